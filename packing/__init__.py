@@ -1,0 +1,61 @@
+"""Packing: the record format, bin packing, ArrayRecord shards, manifests and read-back.
+
+Everything here imports without JAX. The Grain loader (`make_loader`) imports Grain, which pulls in
+JAX, so it is loaded only when first used.
+"""
+
+from lwmkit.packing.assemble import Segment, assemble_packed
+from lwmkit.packing.bins import PackPlan, Piece, best_fit_decreasing, cut_documents, plan_packing
+from lwmkit.packing.manifest import ManifestError, load_manifest, verify_directory
+from lwmkit.packing.records import (
+    DOCUMENT_FORMAT,
+    FORMAT_VERSION,
+    PACKED_FORMAT,
+    RecordError,
+    check_packed,
+    decode_record,
+    document_id,
+    encode_document,
+    encode_packed,
+    tfds_features_json,
+)
+from lwmkit.packing.shards import ShardInfo, read_shard, shard_name, write_shard
+from lwmkit.packing.source import ShardDataSource
+
+__all__ = [
+    "DOCUMENT_FORMAT",
+    "FORMAT_VERSION",
+    "PACKED_FORMAT",
+    "ManifestError",
+    "PackPlan",
+    "Piece",
+    "RecordError",
+    "Segment",
+    "ShardDataSource",
+    "ShardInfo",
+    "assemble_packed",
+    "best_fit_decreasing",
+    "check_packed",
+    "cut_documents",
+    "decode_record",
+    "document_id",
+    "encode_document",
+    "encode_packed",
+    "load_manifest",
+    "make_loader",
+    "plan_packing",
+    "read_shard",
+    "shard_name",
+    "tfds_features_json",
+    "verify_directory",
+    "write_shard",
+]
+
+
+def __getattr__(name: str):
+    # Grain imports JAX; keep `import lwmkit.packing` light for Beam workers.
+    if name == "make_loader":
+        from lwmkit.packing.loader import make_loader
+
+        return make_loader
+    raise AttributeError(f"module 'lwmkit.packing' has no attribute {name!r}")

@@ -1,0 +1,341 @@
+"""The books job: Books3-style text files -> document shards and packed token shards.
+
+The job is a flat list of named stages:
+    read -> normalize -> filter -> dedup -> tokenize -> plan -> write shards -> finalize
+
+Each stage counts seen/kept/dropped and sends dropped records with their reason to
+`failures.jsonl`. Output layout:
+    <output>/documents/        document records, documents.parquet, manifest.json, TFDS metadata
+    <output>/packed-<seq_len>/ packed records of exactly seq_len tokens, the same files
+    <output>/failures.jsonl    one row per dropped record: stage, file, line, reason, detail
+    <output>/manifest.json     the job summary
+
+Run it (the exact command for the demo corpus):
+    lwm-pack books --input 'books/*.jsonl.zst' --tokenizer tokenizer.model \
+        --seq-len 32768 --output out/ --runner DirectRunner
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+
+from lwmkit.packing.bins import LONG_DOCUMENT_POLICIES
+from lwmkit.packing.records import document_id
+from lwmkit.pipelines import runner as runner_lib
+from lwmkit.pipelines.finalize import FinalizeDoFn
+from lwmkit.pipelines.normalize import normalize_text
+from lwmkit.pipelines.outputs import join, read_output_bytes
+from lwmkit.pipelines.planning import iter_placements, make_plan
+from lwmkit.pipelines.readers import input_kind, read_documents
+from lwmkit.pipelines.shard_writing import WriteShardDoFn, route_pieces
+from lwmkit.pipelines.stages import COUNTS, FAILURES, DropRecord, Dropped, run_stage
+from lwmkit.tokenizers.text import SentencePieceTokenizer
+
+STAGES = ("read", "normalize", "filter", "dedup", "tokenize")
+
+
+class NoValidDocumentsError(ValueError):
+    """The job read its inputs but none of them gave a document."""
+
+
+@dataclass(frozen=True)
+class BooksOptions:
+    """Options of the books job.
+
+    Attributes:
+      inputs: file globs (local or any Beam filesystem), `.jsonl.zst`, `.jsonl`, `.txt`, `.parquet`.
+      output: output directory.
+      tokenizer: path of a SentencePiece `.model` file.
+      seq_lens: packed record lengths to produce, e.g. (32768, 131072).
+      text_key: JSON key / parquet column of the text.
+      min_chars, max_chars: keep documents whose normalized length lies in [min_chars, max_chars].
+      shard_tokens: target tokens per shard file.
+      long_document_policy: what packing does with documents longer than seq_len.
+      runner: Beam runner name.
+      direct_running_mode: DirectRunner mode, `in_memory` or `multi_processing`.
+      direct_num_workers: DirectRunner worker count (0: Beam's default).
+      progress: print stage progress to stderr.
+      beam_args: further Beam pipeline options, e.g. ('--project=p', '--region=r').
+      force: rebuild even if the output is already complete for these inputs and options.
+    """
+
+    inputs: tuple[str, ...]
+    output: str
+    tokenizer: str
+    seq_lens: tuple[int, ...] = (32768,)
+    text_key: str = "text"
+    min_chars: int = 1
+    max_chars: int | None = None
+    shard_tokens: int = 1 << 24
+    long_document_policy: str = "split"
+    runner: str = "DirectRunner"
+    direct_running_mode: str = "in_memory"
+    direct_num_workers: int = 0
+    progress: bool = False
+    beam_args: tuple[str, ...] = field(default=())
+    force: bool = False
+
+    def __post_init__(self):
+        if not self.inputs:
+            raise ValueError("inputs: give at least one file or glob")
+        if not self.seq_lens:
+            raise ValueError("seq_lens: give at least one sequence length")
+        for n in self.seq_lens:
+            if not 2 <= n <= 1 << 24:
+                raise ValueError(f"seq_lens: {n} is outside 2..{1 << 24}")
+        if len(set(self.seq_lens)) != len(self.seq_lens):
+            raise ValueError(f"seq_lens: {self.seq_lens} repeats a length")
+        if self.min_chars < 0:
+            raise ValueError(f"min_chars: {self.min_chars} must be >= 0")
+        if self.max_chars is not None and self.max_chars < max(self.min_chars, 1):
+            raise ValueError(f"max_chars: {self.max_chars} must be >= min_chars ({self.min_chars}) and >= 1")
+        if self.shard_tokens < 1:
+            raise ValueError(f"shard_tokens: {self.shard_tokens} must be >= 1")
+        if self.long_document_policy not in LONG_DOCUMENT_POLICIES:
+            raise ValueError(
+                f"long_document_policy: {self.long_document_policy!r} is not one of {list(LONG_DOCUMENT_POLICIES)}"
+            )
+        runner_lib.check_direct_mode(self.direct_running_mode)
+
+    def recorded(self) -> dict[str, Any]:
+        """The options as the manifest records them (everything that shapes the output)."""
+        d = dataclasses.asdict(self)
+        for k in ("output", "progress", "force", "direct_num_workers", "direct_running_mode", "runner", "beam_args"):
+            d.pop(k)
+        d["inputs"] = list(self.inputs)
+        d["seq_lens"] = list(self.seq_lens)
+        return d
+
+
+# --- stage functions (small, picklable, per record) ---------------------------------------------
+
+
+class ReadFile:
+    def __init__(self, text_key: str):
+        self.text_key = text_key
+
+    def __call__(self, path: str) -> Iterator[dict | Dropped]:
+        yield from read_documents(path, self.text_key)
+
+
+def normalize(doc: dict) -> Iterator[dict]:
+    text = normalize_text(doc["text"])
+    yield {**doc, "text": text, "chars": len(text), "doc_id": document_id(text)}
+
+
+class LengthFilter:
+    def __init__(self, min_chars: int, max_chars: int | None):
+        self.min_chars = min_chars
+        self.max_chars = max_chars
+
+    def __call__(self, doc: dict) -> Iterator[dict]:
+        n = doc["chars"]
+        if n < self.min_chars or (n == 0):
+            raise DropRecord("too_short", f"{n} characters after normalization, minimum {max(self.min_chars, 1)}")
+        if self.max_chars is not None and n > self.max_chars:
+            raise DropRecord("too_long", f"{n} characters, maximum {self.max_chars}")
+        yield doc
+
+
+def keep_first(element: tuple[int, Iterable[dict]]) -> Iterator[dict | Dropped]:
+    """Exact dedup: of documents with the same content hash, keep the first by (file, line)."""
+    _, docs = element
+    ordered = sorted(docs, key=lambda d: (d["file"], d["line"]))
+    first = ordered[0]
+    yield first
+    for d in ordered[1:]:
+        yield Dropped("duplicate", f"same text as {first['file']}:{first['line']}", d["file"], d["line"])
+
+
+class Tokenize:
+    def __init__(self, tokenizer: SentencePieceTokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, doc: dict) -> Iterator[tuple[int, dict]]:
+        tokens = self.tokenizer.encode_document(doc["text"])
+        n = tokens.shape[0]
+        weights = np.ones(n, dtype=np.float32)
+        weights[0] = 0.0  # nothing predicts BOS
+        yield doc["doc_id"], {
+            "file": doc["file"],
+            "line": doc["line"],
+            "chars": doc["chars"],
+            "meta": doc["meta"],
+            "tokens": tokens.tobytes(),
+            "vision_mask": np.zeros(n, dtype=bool).tobytes(),
+            "loss_weights": weights.tobytes(),
+        }
+
+
+def index_entry(item: tuple[int, dict]) -> dict[str, Any]:
+    doc_id, d = item
+    return {
+        "doc_id": doc_id,
+        "file": d["file"],
+        "line": d["line"],
+        "chars": d["chars"],
+        "tokens": len(d["tokens"]) // 4,
+        "meta": d["meta"],
+    }
+
+
+# --- the job ---------------------------------------------------------------------------------------
+
+
+def match_inputs(patterns: Sequence[str]) -> list[str]:
+    """Expands globs into a sorted list of supported files.
+
+    Raises:
+      FileNotFoundError: if a pattern matches nothing.
+      ValueError: if a matched file has an unsupported suffix.
+    """
+    from apache_beam.io.filesystems import FileSystems
+
+    files: set[str] = set()
+    for pattern in patterns:
+        matched = [m.path for r in FileSystems.match([pattern]) for m in r.metadata_list]
+        if not matched:
+            raise FileNotFoundError(f"--input {pattern!r} matches no file")
+        for path in matched:
+            input_kind(path)  # raises on an unsupported suffix
+        files.update(matched)
+    return sorted(files)
+
+
+def build_pipeline(p: beam.Pipeline, options: BooksOptions, files: list[str], tokenizer, job: dict):
+    """Adds the books job's stages to pipeline `p`."""
+    progress = options.progress
+    failures, counts = [], []
+
+    def stage(pcoll, name, fn):
+        out, f, c = run_stage(pcoll, name, fn, progress)
+        failures.append(f)
+        counts.append(c)
+        return out
+
+    paths = p | "inputs" >> beam.Create(files) | "spread files" >> beam.Reshuffle()
+    docs = stage(paths, "read", ReadFile(options.text_key))
+    docs = stage(docs, "normalize", normalize)
+    docs = stage(docs, "filter", LengthFilter(options.min_chars, options.max_chars))
+    groups = docs | "key by content" >> beam.Map(lambda d: (d["doc_id"], d)) | "group by content" >> beam.GroupByKey()
+    docs = stage(groups, "dedup", keep_first)
+    tokenized = stage(docs, "tokenize", Tokenize(tokenizer))
+
+    plan = (
+        tokenized
+        | "index" >> beam.Map(index_entry)
+        | "gather index" >> beam.combiners.ToList()
+        | "plan" >> beam.Map(make_plan, options.seq_lens, options.shard_tokens, options.long_document_policy)
+    )
+    placements = plan | "placements" >> beam.FlatMap(iter_placements)
+    shards = (
+        {"doc": tokenized, "place": placements}
+        | "join tokens with plan" >> beam.CoGroupByKey()
+        | "route pieces" >> beam.FlatMap(route_pieces)
+        | "group by shard" >> beam.GroupByKey()
+        | "write shards" >> beam.ParDo(WriteShardDoFn(options.output))
+    )
+    all_failures = failures | "all failures" >> beam.Flatten()
+    all_counts = counts | "all counts" >> beam.Flatten()
+    return (
+        p
+        | "finalize trigger" >> beam.Create([None])
+        | "finalize"
+        >> beam.ParDo(
+            FinalizeDoFn(options.output, job, STAGES),
+            plan=beam.pvalue.AsSingleton(plan),
+            shards=beam.pvalue.AsList(shards),
+            failures=beam.pvalue.AsList(all_failures),
+            counts=beam.pvalue.AsList(all_counts),
+        )
+    )
+
+
+def _job_record(options: BooksOptions, files: list[str], tokenizer: SentencePieceTokenizer) -> dict[str, Any]:
+    from importlib.metadata import version
+
+    return {
+        "lwmkit_version": version("lwmkit"),
+        "options": options.recorded(),
+        "input_files": files,
+        "tokenizer": {**tokenizer.fingerprint(), "path": options.tokenizer},
+        "runner": runner_lib.describe(options.runner, options.direct_running_mode),
+    }
+
+
+def _up_to_date(options: BooksOptions, job: dict) -> dict | None:
+    """The existing job manifest if the output is complete for the same inputs and options."""
+    raw = read_output_bytes(join(options.output, "manifest.json"))
+    if raw is None:
+        return None
+    try:
+        old = json.loads(raw)
+    except json.JSONDecodeError:
+        return None
+    same = all(old.get(k) == job[k] for k in ("options", "input_files", "tokenizer", "lwmkit_version"))
+    if not same or not old.get("documents"):
+        return None
+    for dataset in old.get("datasets", {}):
+        if read_output_bytes(join(options.output, dataset, "manifest.json")) is None:
+            return None
+    return old
+
+
+def _read_tokenizer(path: str) -> SentencePieceTokenizer:
+    from lwmkit.pipelines.outputs import is_local
+
+    if is_local(path):
+        return SentencePieceTokenizer.from_file(path)
+    data = read_output_bytes(path)
+    if data is None:
+        raise FileNotFoundError(f"--tokenizer {path}: no such file")
+    return SentencePieceTokenizer(data, name=path)
+
+
+def run_books(options: BooksOptions) -> dict[str, Any]:
+    """Runs the books job and waits for it.
+
+    Returns:
+      The job manifest (also written to `<output>/manifest.json`).
+
+    Raises:
+      FileNotFoundError: an input pattern matches nothing, or the tokenizer is missing.
+      NoValidDocumentsError: no input record gave a document (see failures.jsonl for why).
+      CountMismatchError (via the runner): records were lost between stages.
+    """
+    log = (lambda msg: print(f"[lwm-pack] {msg}", file=sys.stderr, flush=True)) if options.progress else (lambda m: None)
+    files = match_inputs(options.inputs)
+    tokenizer = _read_tokenizer(options.tokenizer)
+    job = _job_record(options, files, tokenizer)
+    if not options.force and (done := _up_to_date(options, job)):
+        log(f"{options.output} is already complete for these inputs and options; nothing to do (--force rebuilds)")
+        return done
+    if options.output and "://" not in options.output:
+        os.makedirs(options.output, exist_ok=True)
+    log(f"{len(files)} input files; tokenizer {tokenizer.name} ({tokenizer.vocab_size} pieces); runner {job['runner']}")
+    start = time.monotonic()
+    pipeline_options = runner_lib.pipeline_options(
+        options.runner, options.direct_running_mode, options.direct_num_workers, options.beam_args
+    )
+    with beam.Pipeline(options=pipeline_options) as p:
+        build_pipeline(p, options, files, tokenizer, job)
+    manifest = json.loads(read_output_bytes(join(options.output, "manifest.json")))
+    log(f"finished in {time.monotonic() - start:.1f}s")
+    if not manifest["documents"]:
+        reasons = ", ".join(f"{k} x{v}" for k, v in manifest["failures"]["by_reason"].items()) or "none"
+        raise NoValidDocumentsError(
+            f"no valid documents in {len(files)} input files ({', '.join(files[:3])}"
+            f"{', ...' if len(files) > 3 else ''}); failures: {reasons}; "
+            f"see {join(options.output, 'failures.jsonl')}"
+        )
+    return manifest

@@ -1,0 +1,235 @@
+"""The job's last step: reconcile counts, then write manifests, indexes and the failures file.
+
+Runs once, after every shard is written. It refuses to write a manifest when counts do not add
+up (a stage saw fewer records than the one before it emitted, or the packed shards hold a different
+number of tokens than the documents), so an output with a manifest is an output that lost nothing.
+
+Files written: `<out>/failures.jsonl` (one row per dropped record, sorted), `<out>/manifest.json`
+(kind "job"), and per dataset directory `manifest.json`, `dataset_info.json`, `features.json` and
+`documents.parquet`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import apache_beam as beam
+
+from lwmkit.packing.records import DOCUMENT_FORMAT, FORMAT_VERSION, PACKED_FORMAT, tfds_features_json
+from lwmkit.packing.shards import ShardInfo, WRITER_OPTIONS, dataset_info_json, dumps_json
+from lwmkit.pipelines.outputs import join, write_output_bytes
+from lwmkit.pipelines.planning import DOCUMENTS, packed_dir, record_location, tfds_name
+from lwmkit.pipelines.stages import failure_sort_key
+
+FAILURES_FILE = "failures.jsonl"
+# (stage, the stage whose kept count it must have seen)
+STAGE_CHAIN = (("normalize", "read"), ("filter", "normalize"), ("tokenize", "dedup"))
+
+
+class CountMismatchError(RuntimeError):
+    """Records were lost between stages; no manifest is written."""
+
+
+def _sum_counts(counts: Sequence[tuple[str, tuple[int, int, int]]], stages: Sequence[str]) -> dict:
+    out = {s: {"seen": 0, "kept": 0, "dropped": 0} for s in stages}
+    for stage, (seen, kept, dropped) in counts:
+        c = out.setdefault(stage, {"seen": 0, "kept": 0, "dropped": 0})
+        c["seen"] += seen
+        c["kept"] += kept
+        c["dropped"] += dropped
+    return out
+
+
+def reconcile(stages: dict[str, dict[str, int]], plan: dict, shards: Sequence[dict]) -> list[str]:
+    """Returns the count mismatches (empty when nothing was lost)."""
+    problems = []
+    for stage, before in STAGE_CHAIN:
+        if stages[stage]["seen"] != stages[before]["kept"]:
+            problems.append(f"stage {stage} saw {stages[stage]['seen']} records, {before} kept {stages[before]['kept']}")
+    dedup_in = stages["dedup"]["kept"] + stages["dedup"]["dropped"]
+    if dedup_in != stages["filter"]["kept"]:
+        problems.append(f"dedup received {dedup_in} documents, filter kept {stages['filter']['kept']}")
+    if stages["tokenize"]["kept"] != len(plan["docs"]):
+        problems.append(f"tokenize kept {stages['tokenize']['kept']} documents, the plan has {len(plan['docs'])}")
+    doc_tokens = sum(d["tokens"] for d in plan["docs"])
+    by_dataset: dict[str, dict[str, int]] = {}
+    for s in shards:
+        agg = by_dataset.setdefault(s["dataset"], {"records": 0, "tokens": 0})
+        agg["records"] += s["records"]
+        agg["tokens"] += s["tokens"]
+    if plan["docs"]:
+        got = by_dataset.get(DOCUMENTS, {}).get("records", 0)
+        if got != len(plan["docs"]):
+            problems.append(f"document shards hold {got} records, the plan has {len(plan['docs'])}")
+    for seq_len, p in plan["packed"].items():
+        agg = by_dataset.get(packed_dir(seq_len), {"records": 0, "tokens": 0})
+        if agg["records"] != len(p["bins"]):
+            problems.append(f"{packed_dir(seq_len)} holds {agg['records']} records, the plan has {len(p['bins'])}")
+        if agg["tokens"] != doc_tokens:
+            problems.append(f"{packed_dir(seq_len)} holds {agg['tokens']} tokens, the documents {doc_tokens}")
+    return problems
+
+
+def _documents_table(plan: dict, dataset: str):
+    import pyarrow as pa
+
+    docs = plan["docs"]
+    cols: dict[str, Any] = {
+        "doc_id": pa.array([d["doc_id"] for d in docs], pa.int64()),
+        "source_file": pa.array([d["file"] for d in docs], pa.string()),
+        "source_line": pa.array([d["line"] for d in docs], pa.int64()),
+        "chars": pa.array([d["chars"] for d in docs], pa.int64()),
+        "tokens": pa.array([d["tokens"] for d in docs], pa.int64()),
+        "meta": pa.array([d["meta"] for d in docs], pa.string()),
+    }
+    if dataset == DOCUMENTS:
+        starts = [0]
+        for n in plan["doc_shard_lengths"]:
+            starts.append(starts[-1] + n)
+        cols["shard"] = pa.array(plan["doc_shard"], pa.int32())
+        cols["record"] = pa.array(plan["doc_local"], pa.int64())
+        cols["index"] = pa.array([starts[s] + r for s, r in zip(plan["doc_shard"], plan["doc_local"])], pa.int64())
+    else:
+        p = plan["packed"][int(dataset.split("-", 1)[1])]
+        pieces: list[list[dict]] = [[] for _ in docs]
+        for r, bin_ in enumerate(p["bins"]):
+            shard, local = record_location(p["shard_starts"], r)
+            for j, (doc, offset, length) in enumerate(bin_):
+                pieces[doc].append(
+                    {"shard": shard, "record": local, "index": r, "segment": j, "offset": offset, "length": length}
+                )
+        for lst in pieces:
+            lst.sort(key=lambda x: x["offset"])
+        piece_type = pa.struct(
+            [("shard", pa.int32()), ("record", pa.int64()), ("index", pa.int64()), ("segment", pa.int32()),
+             ("offset", pa.int64()), ("length", pa.int64())]
+        )
+        cols["pieces"] = pa.array(pieces, pa.list_(piece_type))
+    return pa.table(cols)
+
+
+def _parquet_bytes(table) -> bytes:
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def _failure_summary(failures: Sequence[dict]) -> dict[str, int]:
+    by_reason: dict[str, int] = {}
+    for f in failures:
+        key = f"{f['stage']}:{f['reason']}"
+        by_reason[key] = by_reason.get(key, 0) + 1
+    return dict(sorted(by_reason.items()))
+
+
+class FinalizeDoFn(beam.DoFn):
+    """Writes every manifest and index once all shards exist; see the module docstring.
+
+    Args:
+      output: the job's output directory.
+      job: what the manifest records about the job (options, tokenizer fingerprint, runner, ...).
+      stages: stage names in order.
+    """
+
+    def __init__(self, output: str, job: dict[str, Any], stages: Sequence[str]):
+        self.output = output
+        self.job = job
+        self.stages = list(stages)
+
+    def process(self, _, plan, shards, failures, counts):
+        failures = sorted(failures, key=failure_sort_key)
+        write_output_bytes(
+            join(self.output, FAILURES_FILE),
+            b"".join(json.dumps(f, sort_keys=True, ensure_ascii=False).encode() + b"\n" for f in failures),
+        )
+        stages = _sum_counts(counts, self.stages)
+        failure_info = {"file": FAILURES_FILE, "total": len(failures), "by_reason": _failure_summary(failures)}
+        now = {"finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        datasets: dict[str, dict[str, Any]] = {}
+        if plan["docs"]:
+            problems = reconcile(stages, plan, shards)
+            if problems:
+                raise CountMismatchError("records were lost; no manifest written: " + "; ".join(problems))
+            datasets = self._write_datasets(plan, shards, stages, failure_info, now)
+        job_manifest = {
+            "format_version": FORMAT_VERSION,
+            "kind": "job",
+            "documents": len(plan["docs"]),
+            "datasets": {k: {"records": v["records"], "fill": v.get("fill")} for k, v in datasets.items()},
+            "stages": stages,
+            "failures": failure_info,
+            **self.job,
+            "timestamps": now,
+        }
+        write_output_bytes(join(self.output, "manifest.json"), dumps_json(job_manifest))
+        yield job_manifest
+
+    def _write_datasets(self, plan, shards, stages, failure_info, now) -> dict[str, dict[str, Any]]:
+        docs = plan["docs"]
+        doc_tokens = sum(d["tokens"] for d in docs)
+        out: dict[str, dict[str, Any]] = {}
+        names = [DOCUMENTS] + [packed_dir(n) for n in plan["packed"]]
+        for dataset in names:
+            mine = sorted((s for s in shards if s["dataset"] == dataset), key=lambda s: s["shard"])
+            infos = [ShardInfo(s["file"], s["records"], s["bytes"], s["sha256"]) for s in mine]
+            records = sum(s.records for s in infos)
+            manifest: dict[str, Any] = {
+                "format_version": FORMAT_VERSION,
+                "dataset_name": tfds_name(dataset),
+                "records": records,
+                "documents": len(docs),
+                "shards": [i.to_json() for i in infos],
+                "shard_writer_options": WRITER_OPTIONS,
+            }
+            if dataset == DOCUMENTS:
+                vision = 0  # the books job writes text only
+                manifest.update(
+                    kind="document",
+                    record_format=DOCUMENT_FORMAT,
+                    seq_len=None,
+                    tokens={"total": doc_tokens, "text": doc_tokens - vision, "vision": vision},
+                )
+                features = tfds_features_json("document")
+                description = "lwmkit document records (one tokenized document each)"
+            else:
+                seq_len = int(dataset.split("-", 1)[1])
+                p = plan["packed"][seq_len]
+                tokens = sum(s["tokens"] for s in mine)
+                vision = sum(s["vision_tokens"] for s in mine)
+                manifest.update(
+                    kind="packed",
+                    record_format=PACKED_FORMAT,
+                    seq_len=seq_len,
+                    tokens={"total": tokens, "text": tokens - vision, "vision": vision, "padding": sum(s["padding"] for s in mine)},
+                    fill=round(tokens / (records * seq_len), 6) if records else 0.0,
+                    segments=sum(s["segments"] for s in mine),
+                    loss_weight_sum=round(sum(s["loss_weight"] for s in mine), 3),
+                    packing={
+                        "algorithm": "best_fit_decreasing",
+                        "long_document_policy": self.job["options"]["long_document_policy"],
+                        "piece_positions": "restart",
+                        "documents_split": p["documents_cut"],
+                    },
+                )
+                features = tfds_features_json("packed", seq_len)
+                description = f"lwmkit packed records of {seq_len} tokens (masked sequence packing)"
+            manifest.update(self.job)
+            manifest["stages"] = stages
+            manifest["failures"] = {**failure_info, "file": f"../{FAILURES_FILE}"}
+            manifest["timestamps"] = now
+            base = join(self.output, dataset)
+            write_output_bytes(join(base, "documents.parquet"), _parquet_bytes(_documents_table(plan, dataset)))
+            write_output_bytes(join(base, "features.json"), dumps_json(features))
+            write_output_bytes(
+                join(base, "dataset_info.json"), dumps_json(dataset_info_json(tfds_name(dataset), infos, description))
+            )
+            # The manifest goes last: its presence marks the directory complete.
+            write_output_bytes(join(base, "manifest.json"), dumps_json(manifest))
+            out[dataset] = manifest
+        return out

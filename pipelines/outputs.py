@@ -1,0 +1,77 @@
+"""Writing job outputs atomically to local disk or any Beam filesystem (`gs://`, `s3://`, ...).
+
+ArrayRecord writes only local files, so a shard bound for object storage is written to local
+scratch and then copied to a temporary name at the destination and renamed: no destination file
+appears until it is complete. Local destinations are written in place under a temporary name and
+renamed (`os.replace`).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterable
+
+from lwmkit.packing.shards import ShardInfo, write_bytes_atomic, write_shard
+
+
+def is_local(path: str) -> bool:
+    return "://" not in path
+
+
+def join(base: str, *parts: str) -> str:
+    if is_local(base):
+        return os.path.join(base, *parts)
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems.join(base, *parts)
+
+
+def _publish(local_path: str, dest: str) -> None:
+    from apache_beam.io.filesystems import FileSystems
+
+    tmp = f"{dest}.tmp-{uuid.uuid4().hex}"
+    FileSystems.copy([local_path], [tmp])
+    if FileSystems.exists(dest):
+        FileSystems.delete([dest])
+    FileSystems.rename([tmp], [dest])
+
+
+def write_output_shard(dest: str, records: Iterable[bytes]) -> ShardInfo:
+    """Writes an ArrayRecord shard to `dest` (local or remote), atomically."""
+    if is_local(dest):
+        return write_shard(dest, records)
+    with tempfile.TemporaryDirectory(prefix="lwmkit-shard-") as scratch:
+        local = os.path.join(scratch, os.path.basename(dest))
+        info = write_shard(local, records)
+        _publish(local, dest)
+        return info
+
+
+def write_output_bytes(dest: str, data: bytes) -> None:
+    """Writes a small file to `dest` (local or remote), atomically."""
+    if is_local(dest):
+        write_bytes_atomic(dest, data)
+        return
+    with tempfile.TemporaryDirectory(prefix="lwmkit-out-") as scratch:
+        local = os.path.join(scratch, os.path.basename(dest))
+        with open(local, "wb") as f:
+            f.write(data)
+        _publish(local, dest)
+
+
+def read_output_bytes(path: str) -> bytes | None:
+    """The bytes of an output file, or None if it does not exist."""
+    if is_local(path):
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+    from apache_beam.io.filesystems import FileSystems
+
+    if not FileSystems.exists(path):
+        return None
+    with FileSystems.open(path) as f:
+        return f.read()

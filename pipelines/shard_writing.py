@@ -1,0 +1,124 @@
+"""Routing document tokens to their shards and writing each shard as one unit of work.
+
+After the join of token data with the plan's placements, every piece becomes
+`((dataset_dir, shard, shard_count), (record, segment, payload))`. Grouping by shard brings one
+shard's pieces to one worker, which orders them, builds the records and writes the file
+atomically. Order inside a shard comes from the plan, never from arrival order, so shards are
+byte-identical across runs and runners.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+
+from lwmkit.packing.assemble import Segment, assemble_packed
+from lwmkit.packing.records import encode_document, encode_packed
+from lwmkit.packing.shards import shard_name
+from lwmkit.pipelines.outputs import join, write_output_shard
+from lwmkit.pipelines.planning import DOCUMENTS, tfds_name
+
+
+def route_pieces(element: tuple[int, dict[str, list]]) -> Iterator[tuple[tuple, tuple]]:
+    """Turns one document joined with its placements into per-shard pieces.
+
+    Raises:
+      RuntimeError: if a document id has no data or two documents (the plan and data disagree).
+    """
+    doc_id, joined = element
+    docs, places = joined["doc"], joined["place"]
+    if len(docs) != 1:
+        raise RuntimeError(f"document {doc_id}: {len(docs)} token records joined with its placements")
+    doc = docs[0]
+    tokens = np.frombuffer(doc["tokens"], dtype="<i4")
+    vision = np.frombuffer(doc["vision_mask"], dtype="|b1")
+    weights = np.frombuffer(doc["loss_weights"], dtype="<f4")
+    for dataset, shard, count, record, segment, offset, length in places:
+        key = (dataset, shard, count)
+        if dataset == DOCUMENTS:
+            data = encode_document(
+                doc_id=doc_id,
+                source_file=doc["file"],
+                source_line=doc["line"],
+                tokens=tokens,
+                vision_mask=vision,
+                loss_weights=weights,
+            )
+            yield key, (record, 0, data)
+        else:
+            end = offset + length
+            yield key, (
+                record,
+                segment,
+                (doc_id, offset, tokens[offset:end].tobytes(), vision[offset:end].tobytes(), weights[offset:end].tobytes()),
+            )
+
+
+def _packed_records(pieces: list[tuple], seq_len: int, where: str) -> Iterator[tuple[bytes, dict]]:
+    record = 0
+    i = 0
+    while i < len(pieces):
+        if pieces[i][0] != record:
+            raise RuntimeError(f"{where}: record {record} has no pieces")
+        segs: list[Segment] = []
+        while i < len(pieces) and pieces[i][0] == record:
+            doc_id, offset, tok, vis, lw = pieces[i][2]
+            segs.append(
+                Segment(
+                    doc_id,
+                    offset,
+                    np.frombuffer(tok, "<i4"),
+                    np.frombuffer(vis, "|b1"),
+                    np.frombuffer(lw, "<f4"),
+                )
+            )
+            i += 1
+        fields = assemble_packed(segs, seq_len)
+        yield encode_packed(fields, seq_len), fields
+        record += 1
+
+
+class WriteShardDoFn(beam.DoFn):
+    """Writes one shard from its grouped pieces and yields a summary of what it wrote.
+
+    Args:
+      output: the job's output directory (local or any Beam filesystem).
+    """
+
+    def __init__(self, output: str):
+        self.output = output
+
+    def process(self, element: tuple[tuple, Iterable[tuple]]) -> Iterator[dict[str, Any]]:
+        (dataset, shard, count), values = element
+        pieces = sorted(values, key=lambda v: (v[0], v[1]))
+        name = shard_name(tfds_name(dataset), shard, count)
+        path = join(self.output, dataset, name)
+        stats = {"tokens": 0, "vision_tokens": 0, "loss_weight": 0.0, "segments": 0, "padding": 0}
+
+        if dataset == DOCUMENTS:
+            if [p[0] for p in pieces] != list(range(len(pieces))):
+                raise RuntimeError(f"{path}: document records are not numbered 0..{len(pieces) - 1}")
+
+            def records() -> Iterator[bytes]:
+                for _, _, data in pieces:
+                    yield data
+
+        else:
+            seq_len = int(dataset.split("-", 1)[1])
+
+            def records() -> Iterator[bytes]:
+                for data, fields in _packed_records(pieces, seq_len, path):
+                    seg = fields["tokens_segment_ids"]
+                    used = int(np.count_nonzero(seg))
+                    stats["tokens"] += used
+                    stats["padding"] += seq_len - used
+                    stats["vision_tokens"] += int(np.count_nonzero(fields["vision_mask"]))
+                    stats["loss_weight"] += float(fields["loss_weights"].sum(dtype=np.float64))
+                    stats["segments"] += int(fields["segment_lengths"].shape[0])
+                    yield data
+
+        info = write_output_shard(path, records())
+        yield {"dataset": dataset, "shard": shard, **info.to_json(), **stats}
