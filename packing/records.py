@@ -157,8 +157,8 @@ def decode_record(data: bytes | bytearray | memoryview) -> dict[str, Any]:
     except WireError as e:
         raise RecordError(f"not a serialized tf.train.Example: {e}") from e
     fmt_values = raw.get("format")
-    if not fmt_values:
-        raise RecordError("record has no 'format' field; not an lwmkit record")
+    if not fmt_values or not isinstance(fmt_values[0], memoryview):
+        raise RecordError("record has no text 'format' field; not an lwmkit record")
     fmt = bytes(fmt_values[0]).decode("utf-8", "replace")
     if fmt not in KINDS:
         raise RecordError(f"unknown record format {fmt!r}; this lwmkit reads {sorted(KINDS)}")
@@ -208,6 +208,8 @@ def check_packed(record: Mapping[str, Any], seq_len: int) -> list[str]:
     pos = np.asarray(record["tokens_positions"])
     lengths = np.asarray(record["segment_lengths"], dtype=np.int64)
     k = lengths.shape[0]
+    if np.any(lengths <= 0):
+        return ["a segment has no tokens"]
     used = int(lengths.sum())
     if used > seq_len:
         return [f"segments hold {used} tokens, more than seq_len {seq_len}"]
@@ -223,8 +225,6 @@ def check_packed(record: Mapping[str, Any], seq_len: int) -> list[str]:
         problems.append("tokens_positions do not restart at 0 per segment")
     if used < seq_len and np.any(np.asarray(record["loss_weights"])[used:] != 0):
         problems.append("padding carries non-zero loss weight")
-    if np.any(lengths <= 0):
-        problems.append("a segment has no tokens")
     return problems
 
 

@@ -61,10 +61,20 @@ def file_sha256(path: str, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def _temp_path(final_path: str) -> str:
     directory, base = os.path.split(final_path)
     fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=directory or ".")
     os.close(fd)
+    os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; outputs get the usual permissions
     return tmp
 
 

@@ -6,8 +6,8 @@ readable by `tfds.builder_from_directory(dir).as_data_source()`, while our own d
 the dozen field headers and returns numpy views straight into the record buffer: nothing is parsed
 per token, so decoding a 1M-token record costs a few microseconds.
 
-The encoder writes features sorted by key, byte for byte what TFDS's own serializer writes, so the
-same arrays always give the same bytes.
+The encoder writes features sorted by key, so the same arrays always give the same bytes; TFDS
+parses them to the same message its own serializer makes (which emits protobuf map order instead).
 
 Example (field values as the wire sees them):
     >>> blob = encode_example({"n": [7], "s": [b"ab"]})
@@ -120,10 +120,11 @@ def _skip(buf: memoryview, pos: int, end: int, wire_type: int) -> int:
         return _read_varint(buf, pos, end)[1]
     if wire_type == _LEN:
         return _read_len(buf, pos, end)[1]
-    if wire_type == 1:
-        return pos + 8
-    if wire_type == 5:
-        return pos + 4
+    width = {1: 8, 5: 4}.get(wire_type)
+    if width is not None:
+        if pos + width > end:
+            raise WireError(f"truncated {width}-byte field")
+        return pos + width
     raise WireError(f"unsupported wire type {wire_type}")
 
 
@@ -199,7 +200,10 @@ def decode_example(data: bytes | bytearray | memoryview) -> dict[str, FeatureVal
                 et, q = _read_varint(buf, q, eend)
                 if et == _TAG_KEY:
                     s, e = _read_len(buf, q, eend)
-                    key = bytes(buf[s:e]).decode("utf-8")
+                    try:
+                        key = bytes(buf[s:e]).decode("utf-8")
+                    except UnicodeDecodeError as err:
+                        raise WireError(f"feature key is not UTF-8: {err}") from err
                     q = e
                 elif et == _TAG_VALUE:
                     s, e = _read_len(buf, q, eend)

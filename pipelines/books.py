@@ -35,9 +35,9 @@ from lwmkit.pipelines import runner as runner_lib
 from lwmkit.pipelines.finalize import FinalizeDoFn
 from lwmkit.pipelines.normalize import normalize_text
 from lwmkit.pipelines.outputs import join, read_output_bytes
-from lwmkit.pipelines.planning import iter_placements, make_plan
+from lwmkit.pipelines.planning import make_plan
 from lwmkit.pipelines.readers import input_kind, read_documents
-from lwmkit.pipelines.shard_writing import WriteShardDoFn, route_pieces
+from lwmkit.pipelines.shard_writing import RouteDoFn, WriteShardDoFn
 from lwmkit.pipelines.stages import COUNTS, FAILURES, DropRecord, Dropped, run_stage
 from lwmkit.tokenizers.text import SentencePieceTokenizer
 
@@ -158,22 +158,23 @@ def keep_first(element: tuple[int, Iterable[dict]]) -> Iterator[dict | Dropped]:
 
 
 class Tokenize:
+    """Encodes a document as [BOS] text [EOS]; see `shard_writing.doc_arrays` for the payload."""
+
     def __init__(self, tokenizer: SentencePieceTokenizer):
         self.tokenizer = tokenizer
+        self.token_dtype = "<u2" if tokenizer.vocab_size <= 1 << 16 else "<i4"
 
     def __call__(self, doc: dict) -> Iterator[tuple[int, dict]]:
         tokens = self.tokenizer.encode_document(doc["text"])
-        n = tokens.shape[0]
-        weights = np.ones(n, dtype=np.float32)
-        weights[0] = 0.0  # nothing predicts BOS
         yield doc["doc_id"], {
             "file": doc["file"],
             "line": doc["line"],
             "chars": doc["chars"],
             "meta": doc["meta"],
-            "tokens": tokens.tobytes(),
-            "vision_mask": np.zeros(n, dtype=bool).tobytes(),
-            "loss_weights": weights.tobytes(),
+            "tokens": tokens.astype(self.token_dtype).tobytes(),
+            "token_dtype": self.token_dtype,
+            "vision_mask": None,  # text only; BOS weight 0, the rest 1
+            "loss_weights": None,
         }
 
 
@@ -184,7 +185,7 @@ def index_entry(item: tuple[int, dict]) -> dict[str, Any]:
         "file": d["file"],
         "line": d["line"],
         "chars": d["chars"],
-        "tokens": len(d["tokens"]) // 4,
+        "tokens": len(d["tokens"]) // np.dtype(d["token_dtype"]).itemsize,
         "meta": d["meta"],
     }
 
@@ -237,11 +238,9 @@ def build_pipeline(p: beam.Pipeline, options: BooksOptions, files: list[str], to
         | "gather index" >> beam.combiners.ToList()
         | "plan" >> beam.Map(make_plan, options.seq_lens, options.shard_tokens, options.long_document_policy)
     )
-    placements = plan | "placements" >> beam.FlatMap(iter_placements)
     shards = (
-        {"doc": tokenized, "place": placements}
-        | "join tokens with plan" >> beam.CoGroupByKey()
-        | "route pieces" >> beam.FlatMap(route_pieces)
+        tokenized
+        | "route pieces" >> beam.ParDo(RouteDoFn(), plan=beam.pvalue.AsSingleton(plan))
         | "group by shard" >> beam.GroupByKey()
         | "write shards" >> beam.ParDo(WriteShardDoFn(options.output))
     )

@@ -1,6 +1,6 @@
 """Routing document tokens to their shards and writing each shard as one unit of work.
 
-After the join of token data with the plan's placements, every piece becomes
+With the plan as a side input, every piece of every document becomes
 `((dataset_dir, shard, shard_count), (record, segment, payload))`. Grouping by shard brings one
 shard's pieces to one worker, which orders them, builds the records and writes the file
 atomically. Order inside a shard comes from the plan, never from arrival order, so shards are
@@ -19,36 +19,61 @@ from lwmkit.packing.assemble import Segment, assemble_packed
 from lwmkit.packing.records import encode_document, encode_packed
 from lwmkit.packing.shards import shard_name
 from lwmkit.pipelines.outputs import join, write_output_shard
-from lwmkit.pipelines.planning import DOCUMENTS, tfds_name
+from lwmkit.pipelines.planning import DOCUMENTS, iter_placements, tfds_name
 
 
-def route_pieces(element: tuple[int, dict[str, list]]) -> Iterator[tuple[tuple, tuple]]:
-    """Turns one document joined with its placements into per-shard pieces.
+def doc_arrays(doc: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(tokens int32, vision_mask bool, loss_weights float32) of a tokenized document payload.
+
+    Payloads travel compactly between workers: tokens as uint16 when the vocabulary allows, and
+    `vision_mask` / `loss_weights` as None for a text document in LWM's default layout (no vision
+    tokens; weight 0 on BOS, 1 elsewhere).
+    """
+    tokens = np.frombuffer(doc["tokens"], dtype=doc["token_dtype"]).astype(np.int32)
+    n = tokens.shape[0]
+    if doc["vision_mask"] is None:
+        vision = np.zeros(n, dtype=bool)
+    else:
+        vision = np.frombuffer(doc["vision_mask"], dtype="|b1")
+    if doc["loss_weights"] is None:
+        weights = np.ones(n, dtype=np.float32)
+        weights[:1] = 0.0
+    else:
+        weights = np.frombuffer(doc["loss_weights"], dtype="<f4")
+    return tokens, vision, weights
+
+
+class RouteDoFn(beam.DoFn):
+    """Sends each tokenized document's pieces to the shards the plan (a side input) names.
+
+    The plan's placements are indexed by document id once per worker and reused.
 
     Raises:
-      RuntimeError: if a document id has no data or two documents (the plan and data disagree).
+      RuntimeError: if a document has no placement (the plan and the data disagree).
     """
-    doc_id, joined = element
-    docs, places = joined["doc"], joined["place"]
-    if len(docs) != 1:
-        raise RuntimeError(f"document {doc_id}: {len(docs)} token records joined with its placements")
-    doc = docs[0]
-    tokens = np.frombuffer(doc["tokens"], dtype="<i4")
-    vision = np.frombuffer(doc["vision_mask"], dtype="|b1")
-    weights = np.frombuffer(doc["loss_weights"], dtype="<f4")
-    for dataset, shard, count, record, segment, offset, length in places:
-        key = (dataset, shard, count)
-        if dataset == DOCUMENTS:
-            data = encode_document(
-                doc_id=doc_id,
-                source_file=doc["file"],
-                source_line=doc["line"],
-                tokens=tokens,
-                vision_mask=vision,
-                loss_weights=weights,
-            )
-            yield key, (record, 0, data)
-        else:
+
+    def setup(self):
+        self._plan_id = None
+        self._index: dict[int, list[tuple]] = {}
+
+    def process(self, element: tuple[int, dict[str, Any]], plan: dict[str, Any]) -> Iterator[tuple[tuple, tuple]]:
+        if self._plan_id != id(plan):
+            self._index = {}
+            for doc_id, place in iter_placements(plan):
+                self._index.setdefault(doc_id, []).append(place)
+            self._plan_id = id(plan)
+        doc_id, doc = element
+        places = self._index.get(doc_id)
+        if not places:
+            raise RuntimeError(f"document {doc_id} ({doc['file']}:{doc['line']}) has no place in the plan")
+        tokens = vision = weights = None
+        for dataset, shard, count, record, segment, offset, length in places:
+            key = (dataset, shard, count)
+            if dataset == DOCUMENTS:
+                yield key, (record, 0, (doc_id, doc))
+                continue
+            if tokens is None:
+                tokens, vision, weights = doc_arrays(doc)
             end = offset + length
             yield key, (
                 record,
@@ -103,8 +128,16 @@ class WriteShardDoFn(beam.DoFn):
                 raise RuntimeError(f"{path}: document records are not numbered 0..{len(pieces) - 1}")
 
             def records() -> Iterator[bytes]:
-                for _, _, data in pieces:
-                    yield data
+                for _, _, (doc_id, doc) in pieces:
+                    tokens, vision, weights = doc_arrays(doc)
+                    yield encode_document(
+                        doc_id=doc_id,
+                        source_file=doc["file"],
+                        source_line=doc["line"],
+                        tokens=tokens,
+                        vision_mask=vision,
+                        loss_weights=weights,
+                    )
 
         else:
             seq_len = int(dataset.split("-", 1)[1])

@@ -1,0 +1,148 @@
+"""`lwm-pack`: the command line. Each subcommand parses its arguments and calls one library function.
+
+    lwm-pack demo OUT
+    lwm-pack books --input 'books/*.jsonl.zst' --tokenizer tokenizer.model --seq-len 32768 --output out/
+    lwm-pack train-tokenizer --input 'books/*.jsonl.zst' --vocab-size 32000 --output tokenizer.model
+    lwm-pack inspect out/ [--record N] [--tokenizer tokenizer.model]
+
+Options `lwm-pack books` does not know are passed to Beam (e.g. Dataflow's `--project`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x.replace("_", "")) for x in text.split(",") if x.strip())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from e
+
+
+def _inputs(values: list[str]) -> tuple[str, ...]:
+    return tuple(p for v in values for p in v.split(",") if p)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lwm-pack", description="Build long-context token shards in the Large World Model format."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="build and read back a small corpus from a built-in sample (no downloads)")
+    demo.add_argument("output", help="directory for the sample, tokenizer and shards")
+    demo.add_argument("--tokenizer", help="a SentencePiece .model to use instead of training one")
+    demo.add_argument("--books", type=int, default=24, help="number of sample books (default 24)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    books = sub.add_parser(
+        "books",
+        help="Books3-style text -> document and packed token shards (Beam job)",
+        epilog="Unknown options are passed to Beam, e.g. --project, --region, --temp_location for Dataflow.",
+    )
+    books.add_argument("--input", action="append", required=True, help="file glob (.jsonl.zst, .jsonl, .txt, .parquet); repeatable")
+    books.add_argument("--tokenizer", required=True, help="SentencePiece .model (e.g. LLaMA-2's tokenizer.model)")
+    books.add_argument("--seq-len", type=_int_list, default=(32768,), help="packed lengths, e.g. 32768,131072")
+    books.add_argument("--output", required=True, help="output directory (local or any Beam filesystem)")
+    books.add_argument("--runner", default="DirectRunner")
+    books.add_argument("--direct-running-mode", default="in_memory", choices=["in_memory", "multi_processing"])
+    books.add_argument("--direct-num-workers", type=int, default=0)
+    books.add_argument("--text-key", default="text", help="JSON key / parquet column of the text")
+    books.add_argument("--min-chars", type=int, default=1)
+    books.add_argument("--max-chars", type=int, default=None)
+    books.add_argument("--shard-tokens", type=int, default=1 << 24, help="target tokens per shard file")
+    books.add_argument("--force", action="store_true", help="rebuild even if the output is complete")
+    books.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    tt = sub.add_parser("train-tokenizer", help="train a LLaMA-style BPE SentencePiece model on your text")
+    tt.add_argument("--input", action="append", required=True, help="file glob; repeatable")
+    tt.add_argument("--vocab-size", type=int, default=32000)
+    tt.add_argument("--output", required=True, help="path of the .model file to write")
+    tt.add_argument("--text-key", default="text")
+    tt.add_argument("--seed", type=int, default=0)
+    tt.add_argument("--max-lines", type=int, default=2_000_000, help="lines SentencePiece samples (default 2M)")
+
+    ins = sub.add_parser("inspect", help="check an output directory against its manifest and show a record")
+    ins.add_argument("directory")
+    ins.add_argument("--record", type=int, default=0, help="record index to show (default 0)")
+    ins.add_argument("--tokenizer", help="tokenizer to render text with (default: the one in the manifest)")
+    ins.add_argument("--no-checksums", action="store_true", help="skip re-hashing shards")
+    ins.add_argument("--max-tokens", type=int, default=200, help="tokens shown per segment")
+    return parser
+
+
+def _books(args, beam_args: list[str]) -> None:
+    from lwmkit.pipelines.books import BooksOptions, run_books
+
+    manifest = run_books(
+        BooksOptions(
+            inputs=_inputs(args.input),
+            output=args.output,
+            tokenizer=args.tokenizer,
+            seq_lens=args.seq_len,
+            text_key=args.text_key,
+            min_chars=args.min_chars,
+            max_chars=args.max_chars,
+            shard_tokens=args.shard_tokens,
+            runner=args.runner,
+            direct_running_mode=args.direct_running_mode,
+            direct_num_workers=args.direct_num_workers,
+            progress=not args.quiet,
+            beam_args=tuple(beam_args),
+            force=args.force,
+        )
+    )
+    summary = ", ".join(f"{k}: {v['records']} records" for k, v in manifest["datasets"].items())
+    print(f"{manifest['documents']} documents -> {summary}; {manifest['failures']['total']} failures")
+
+
+def _train_tokenizer(args) -> None:
+    from lwmkit.pipelines.books import match_inputs
+    from lwmkit.pipelines.outputs import write_output_bytes
+    from lwmkit.pipelines.readers import iter_texts
+    from lwmkit.tokenizers.text import train_bpe
+
+    files = match_inputs(_inputs(args.input))
+    lines = (line for f in files for text in iter_texts(f, args.text_key) for line in text.split("\n"))
+    model = train_bpe(lines, args.vocab_size, seed=args.seed, input_sentence_size=args.max_lines)
+    write_output_bytes(args.output, model)
+    print(f"wrote {args.output} ({args.vocab_size} pieces, trained on {len(files)} files)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.command != "books":
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    try:
+        if args.command == "demo":
+            from lwmkit.pipelines.demo import run_demo
+
+            run_demo(args.output, tokenizer=args.tokenizer, books=args.books, seed=args.seed, progress=not args.quiet)
+        elif args.command == "books":
+            _books(args, unknown)
+        elif args.command == "train-tokenizer":
+            _train_tokenizer(args)
+        elif args.command == "inspect":
+            from lwmkit.pipelines.inspection import inspect
+
+            inspect(
+                args.directory,
+                sys.stdout,
+                record=args.record,
+                tokenizer=args.tokenizer,
+                checksums=not args.no_checksums,
+                max_tokens=args.max_tokens,
+            )
+    except (ValueError, FileNotFoundError, OSError) as e:
+        print(f"lwm-pack {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
