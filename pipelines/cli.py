@@ -11,6 +11,7 @@ Options `lwm-pack books` does not know are passed to Beam (e.g. Dataflow's `--pr
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -113,7 +114,15 @@ def _train_tokenizer(args) -> None:
     print(f"wrote {args.output} ({args.vocab_size} pieces, trained on {len(files)} files)")
 
 
+class _QuietBeamImportWarning(logging.Filter):
+    """Drops Beam's import-time note about optional GCP client libraries (not an lwmkit problem)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "apitools not found" not in record.getMessage()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    logging.getLogger().addFilter(_QuietBeamImportWarning())
     parser = _parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown and args.command != "books":

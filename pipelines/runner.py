@@ -30,6 +30,8 @@ def pipeline_options(runner: str, mode: str, num_workers: int, extra: Sequence[s
     args = [f"--runner={runner}", *extra]
     if runner == "DirectRunner":
         args.append(f"--direct_running_mode={mode}")
+        if not any(a.startswith("--default_sdk_harness_log_level") for a in extra):
+            args.append("--default_sdk_harness_log_level=WARNING")  # worker INFO lines drown progress
         if num_workers:
             args.append(f"--direct_num_workers={num_workers}")
     return PipelineOptions(args)

@@ -75,7 +75,7 @@ class StageDoFn(beam.DoFn):
         self._metric = {
             k: beam.metrics.Metrics.counter("lwmkit", f"{self.stage}.{k}") for k in ("seen", "kept", "dropped")
         }
-        self._last_print = 0.0
+        self._last_print = time.monotonic()  # first line after 2 s: short jobs stay quiet
         self._total = [0, 0, 0]
 
     def start_bundle(self):
