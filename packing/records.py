@@ -58,7 +58,8 @@ class RecordError(ValueError):
 
 
 def document_id(text: str) -> int:
-    """A stable 63-bit id for a document: the leading bytes of BLAKE2b of its normalized text.
+    """A stable 63-bit id for a document: BLAKE2b with an 8-byte digest of its normalized UTF-8
+    text, read little-endian, top bit cleared.
 
     The same id is the content hash used for exact deduplication.
     """

@@ -34,7 +34,7 @@ from lwmkit.packing.records import document_id
 from lwmkit.pipelines import runner as runner_lib
 from lwmkit.pipelines.finalize import FinalizeDoFn
 from lwmkit.pipelines.normalize import normalize_text
-from lwmkit.pipelines.outputs import join, read_output_bytes
+from lwmkit.pipelines.outputs import delete_outputs, join, list_outputs, read_output_bytes
 from lwmkit.pipelines.planning import make_plan
 from lwmkit.pipelines.readers import input_kind, read_documents
 from lwmkit.pipelines.shard_writing import RouteDoFn, WriteShardDoFn
@@ -321,6 +321,8 @@ def run_books(options: BooksOptions) -> dict[str, Any]:
         return done
     if options.output and "://" not in options.output:
         os.makedirs(options.output, exist_ok=True)
+    # A manifest marks a directory complete: withdraw old ones before anything is rewritten.
+    delete_outputs(list_outputs(join(options.output, "*", "manifest.json")) + [join(options.output, "manifest.json")])
     log(f"{len(files)} input files; tokenizer {tokenizer.name} ({tokenizer.vocab_size} pieces); runner {job['runner']}")
     start = time.monotonic()
     pipeline_options = runner_lib.pipeline_options(

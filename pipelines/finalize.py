@@ -21,7 +21,7 @@ import apache_beam as beam
 
 from lwmkit.packing.records import DOCUMENT_FORMAT, FORMAT_VERSION, PACKED_FORMAT, tfds_features_json
 from lwmkit.packing.shards import ShardInfo, WRITER_OPTIONS, dataset_info_json, dumps_json
-from lwmkit.pipelines.outputs import join, write_output_bytes
+from lwmkit.pipelines.outputs import delete_outputs, join, list_outputs, write_output_bytes
 from lwmkit.pipelines.planning import DOCUMENTS, packed_dir, record_location, tfds_name
 from lwmkit.pipelines.stages import failure_sort_key
 
@@ -224,6 +224,12 @@ class FinalizeDoFn(beam.DoFn):
             manifest["failures"] = {**failure_info, "file": f"../{FAILURES_FILE}"}
             manifest["timestamps"] = now
             base = join(self.output, dataset)
+            listed = {i.file for i in infos}
+            stale = [
+                p for p in list_outputs(join(base, f"{tfds_name(dataset)}-*.array_record-*"))
+                if p.rsplit("/", 1)[-1] not in listed
+            ]
+            delete_outputs(stale)  # shards of an earlier run with another shard count
             write_output_bytes(join(base, "documents.parquet"), _parquet_bytes(_documents_table(plan, dataset)))
             write_output_bytes(join(base, "features.json"), dumps_json(features))
             write_output_bytes(

@@ -75,3 +75,22 @@ def read_output_bytes(path: str) -> bytes | None:
         return None
     with FileSystems.open(path) as f:
         return f.read()
+
+
+def delete_outputs(paths: list[str]) -> None:
+    """Deletes the given output files where they exist (local or remote)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    for path in paths:
+        if is_local(path):
+            if os.path.exists(path):
+                os.remove(path)
+        elif FileSystems.exists(path):
+            FileSystems.delete([path])
+
+
+def list_outputs(pattern: str) -> list[str]:
+    """Paths matching a glob (local or remote); empty if none."""
+    from apache_beam.io.filesystems import FileSystems
+
+    return sorted(m.path for r in FileSystems.match([pattern]) for m in r.metadata_list)
