@@ -67,7 +67,6 @@ def main() -> None:
     args = ap.parse_args()
 
     import tensorflow_datasets as tfds
-
     from lwmkit.packing import ShardDataSource, decode_record
 
     with tempfile.TemporaryDirectory(prefix="lwmkit-decode-") as d:

@@ -42,7 +42,6 @@ def _books(text: str) -> list[str]:
 def build_corpus(work: str, copies: int) -> tuple[list[str], list[str], str]:
     """Writes the jsonl.zst inputs and the tokenizer; returns (input paths, book texts, model path)."""
     import zstandard
-
     from lwmkit.tokenizers import train_bpe
 
     texts = []
@@ -70,7 +69,6 @@ def build_corpus(work: str, copies: int) -> tuple[list[str], list[str], str]:
 
 def raw_encode(books: list[str], model: str) -> dict:
     import sentencepiece as spm
-
     from lwmkit.pipelines.normalize import normalize_text
 
     sp = spm.SentencePieceProcessor(model_file=model)

@@ -16,7 +16,6 @@ from typing import Any
 
 import grain
 import numpy as np
-
 from lwmkit.packing.records import PACKED_TOKEN_FIELDS
 from lwmkit.packing.source import ShardDataSource
 

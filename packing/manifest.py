@@ -65,7 +65,11 @@ def verify_directory(directory: str, checksums: bool = True) -> list[str]:
             problems.append(f"{path}: listed in the manifest but missing")
             any_missing = True
             continue
-        n = count_records(path)
+        try:
+            n = count_records(path)
+        except Exception as e:  # ArrayRecord raises RuntimeError for a damaged file
+            problems.append(f"{path}: unreadable ArrayRecord file: {e}")
+            continue
         total += n
         if n != shard["records"]:
             problems.append(f"{path}: {n} records, manifest says {shard['records']}")

@@ -26,7 +26,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-
 from lwmkit.packing.wire import WireError, decode_example, encode_example
 
 FORMAT_VERSION = 1

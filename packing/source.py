@@ -64,7 +64,7 @@ class ShardDataSource:
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         raw = self._source.__getitems__([int(i) for i in indices])
-        return [self._decode(int(i), d) for i, d in zip(indices, raw)]
+        return [self._decode(int(i), d) for i, d in zip(indices, raw, strict=True)]
 
     def __repr__(self) -> str:
         return f"ShardDataSource({self.directory!r}, kind={self.kind}, records={len(self)})"

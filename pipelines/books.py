@@ -28,7 +28,6 @@ from typing import Any
 
 import apache_beam as beam
 import numpy as np
-
 from lwmkit.packing.bins import LONG_DOCUMENT_POLICIES
 from lwmkit.packing.records import document_id
 from lwmkit.pipelines import runner as runner_lib
@@ -38,7 +37,7 @@ from lwmkit.pipelines.outputs import delete_outputs, join, list_outputs, read_ou
 from lwmkit.pipelines.planning import make_plan
 from lwmkit.pipelines.readers import input_kind, read_documents
 from lwmkit.pipelines.shard_writing import RouteDoFn, WriteShardDoFn
-from lwmkit.pipelines.stages import COUNTS, FAILURES, DropRecord, Dropped, run_stage
+from lwmkit.pipelines.stages import Dropped, DropRecord, run_stage
 from lwmkit.tokenizers.text import SentencePieceTokenizer
 
 STAGES = ("read", "normalize", "filter", "dedup", "tokenize")
@@ -294,6 +293,8 @@ def _read_tokenizer(path: str) -> SentencePieceTokenizer:
     from lwmkit.pipelines.outputs import is_local
 
     if is_local(path):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"--tokenizer {path}: no such file")
         return SentencePieceTokenizer.from_file(path)
     data = read_output_bytes(path)
     if data is None:
@@ -308,7 +309,8 @@ def run_books(options: BooksOptions) -> dict[str, Any]:
       The job manifest (also written to `<output>/manifest.json`).
 
     Raises:
-      FileNotFoundError: an input pattern matches nothing, or the tokenizer is missing.
+      FileNotFoundError: an input pattern matches nothing, or the tokenizer file is missing.
+      TokenizerError: the tokenizer file is not a SentencePiece model.
       NoValidDocumentsError: no input record gave a document (see failures.jsonl for why).
       CountMismatchError (via the runner): records were lost between stages.
     """

@@ -28,7 +28,7 @@ def run_demo(
     books: int = 24,
     seed: int = 0,
     vocab_size: int = 1000,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Builds the demo corpus under `output` and reads it back.
@@ -36,6 +36,7 @@ def run_demo(
     Returns:
       The job manifest.
     """
+    out = out if out is not None else sys.stdout
     raw = os.path.join(output, "raw")
     files = write_sample_corpus(raw, books=books, seed=seed)
     out.write(f"sample corpus: {', '.join(files)}\n")

@@ -18,9 +18,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import apache_beam as beam
-
-from lwmkit.packing.records import DOCUMENT_FORMAT, FORMAT_VERSION, PACKED_FORMAT, tfds_features_json
-from lwmkit.packing.shards import ShardInfo, WRITER_OPTIONS, dataset_info_json, dumps_json
+from lwmkit.packing.records import (
+    DOCUMENT_FORMAT,
+    FORMAT_VERSION,
+    PACKED_FORMAT,
+    tfds_features_json,
+)
+from lwmkit.packing.shards import WRITER_OPTIONS, ShardInfo, dataset_info_json, dumps_json
 from lwmkit.pipelines.outputs import delete_outputs, join, list_outputs, write_output_bytes
 from lwmkit.pipelines.planning import DOCUMENTS, packed_dir, record_location, tfds_name
 from lwmkit.pipelines.stages import failure_sort_key
@@ -92,7 +96,7 @@ def _documents_table(plan: dict, dataset: str):
             starts.append(starts[-1] + n)
         cols["shard"] = pa.array(plan["doc_shard"], pa.int32())
         cols["record"] = pa.array(plan["doc_local"], pa.int64())
-        cols["index"] = pa.array([starts[s] + r for s, r in zip(plan["doc_shard"], plan["doc_local"])], pa.int64())
+        cols["index"] = pa.array([starts[s] + r for s, r in zip(plan["doc_shard"], plan["doc_local"], strict=True)], pa.int64())
     else:
         p = plan["packed"][int(dataset.split("-", 1)[1])]
         pieces: list[list[dict]] = [[] for _ in docs]

@@ -49,7 +49,7 @@ def _sources(directory: str) -> dict[int, str]:
     import pyarrow.parquet as pq
 
     t = pq.read_table(path, columns=["doc_id", "source_file", "source_line"]).to_pydict()
-    return {d: f"{f}:{n}" for d, f, n in zip(t["doc_id"], t["source_file"], t["source_line"])}
+    return {d: f"{f}:{n}" for d, f, n in zip(t["doc_id"], t["source_file"], t["source_line"], strict=True)}
 
 
 def _text(tok: SentencePieceTokenizer | None, ids, max_tokens: int) -> str:
@@ -62,7 +62,7 @@ def _text(tok: SentencePieceTokenizer | None, ids, max_tokens: int) -> str:
         for i in part:  # keep special ids visible; decode() would drop them
             out.append(tok.id_to_piece(i) if i in (tok.bos_id, tok.eos_id) else None)
         text, run = [], []
-        for i, special in zip(part, out):
+        for i, special in zip(part, out, strict=True):
             if special is None:
                 run.append(i)
             else:
@@ -96,7 +96,7 @@ def show_record(directory: str, index: int, out: TextIO, tokenizer: str | None =
     used = int(lengths.sum())
     out.write(f"record {index} (seq_len {seq_len}, {len(lengths)} segments, {seq_len - used} padding)\n")
     start = 0
-    for j, (doc, offset, n) in enumerate(zip(rec["segment_doc_ids"], rec["segment_offsets"], lengths)):
+    for j, (doc, offset, n) in enumerate(zip(rec["segment_doc_ids"], rec["segment_offsets"], lengths, strict=True)):
         n = int(n)
         pos = rec["tokens_positions"][start : start + n]
         out.write(

@@ -9,6 +9,7 @@ renamed (`os.replace`).
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterable
@@ -29,10 +30,15 @@ def join(base: str, *parts: str) -> str:
 
 
 def _publish(local_path: str, dest: str) -> None:
+    # FileSystems.copy works only within one filesystem, so the bytes are streamed across.
+    from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
 
     tmp = f"{dest}.tmp-{uuid.uuid4().hex}"
-    FileSystems.copy([local_path], [tmp])
+    with open(local_path, "rb") as src, FileSystems.create(
+        tmp, mime_type="application/octet-stream", compression_type=CompressionTypes.UNCOMPRESSED
+    ) as dst:
+        shutil.copyfileobj(src, dst, 1 << 22)
     if FileSystems.exists(dest):
         FileSystems.delete([dest])
     FileSystems.rename([tmp], [dest])
@@ -73,7 +79,9 @@ def read_output_bytes(path: str) -> bytes | None:
 
     if not FileSystems.exists(path):
         return None
-    with FileSystems.open(path) as f:
+    from apache_beam.io.filesystem import CompressionTypes
+
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         return f.read()
 
 

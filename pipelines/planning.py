@@ -35,15 +35,19 @@ def _shard_of_records(num_records: int, num_shards: int) -> list[int]:
 
 
 def _document_shards(lengths: Sequence[int], shard_tokens: int) -> tuple[int, list[int]]:
-    """Contiguous shards of about shard_tokens tokens each; returns (count, shard of each doc)."""
+    """Contiguous shards of about shard_tokens tokens each; returns (count, shard of each doc).
+
+    A document larger than a shard gets a shard of its own; no shard is ever empty.
+    """
     total = sum(lengths)
-    count = max(1, math.ceil(total / shard_tokens))
-    shard_of: list[int] = []
+    target = max(1, math.ceil(total / shard_tokens))
+    raw: list[int] = []
     before = 0
     for n in lengths:
-        shard_of.append(min(count - 1, before * count // max(total, 1)))
+        raw.append(min(target - 1, before * target // max(total, 1)))
         before += n
-    return count, shard_of
+    renumber = {s: i for i, s in enumerate(sorted(set(raw)))}
+    return max(1, len(renumber)), [renumber[s] for s in raw]
 
 
 def make_plan(
@@ -73,7 +77,7 @@ def make_plan(
     for seq_len in seq_lens:
         pack = plan_packing(lengths, seq_len, policy)
         n = len(pack.bins)
-        shards = max(1, math.ceil(n * seq_len / shard_tokens)) if n else 0
+        shards = min(n, max(1, math.ceil(n * seq_len / shard_tokens)))  # never an empty shard
         packed[seq_len] = {
             "bins": [[(p.doc, p.offset, p.length) for p in b] for b in pack.bins],
             "shard_starts": _shard_of_records(n, shards) if shards else [0],

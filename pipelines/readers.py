@@ -5,8 +5,10 @@ each record it cannot read, with the reason; the rest of the file is still read.
 one document. Files are opened through Beam's `FileSystems`, so any Beam path (`gs://`, `s3://`,
 local) works.
 
-Failure reasons: `unreadable_file`, `corrupt_zstd`, `invalid_utf8`, `invalid_json`,
-`not_an_object`, `missing_text`, `text_not_string`, `parquet_error`.
+Failure reasons: `unreadable_file`, `corrupt_zstd`, `invalid_utf8`, `invalid_unicode`,
+`invalid_json`, `not_an_object`, `missing_text`, `text_not_string`, `parquet_error`.
+A corrupt or truncated zstd stream keeps every complete line before the damage; `invalid_unicode`
+is a lone surrogate, which a JSON escape such as `\\ud800` can produce.
 
 Example, a `books.jsonl` line `{"text": "Call me Ishmael.", "meta": {"title": "Moby Dick"}}`:
     {"file": "books.jsonl", "line": 1, "text": "Call me Ishmael.", "meta": '{"title": "Moby Dick"}'}
@@ -14,13 +16,14 @@ Example, a `books.jsonl` line `{"text": "Call me Ishmael.", "meta": {"title": "M
 
 from __future__ import annotations
 
-import io
 import json
+import re
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 from lwmkit.pipelines.stages import Dropped
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
 SUFFIXES = (".jsonl.zst", ".jsonl.zstd", ".jsonl", ".json.zst", ".txt", ".parquet")
 
 
@@ -52,7 +55,8 @@ def _open(path: str) -> BinaryIO:
 def _meta_json(meta: Any) -> str | None:
     if meta is None:
         return None
-    return json.dumps(meta, sort_keys=True, ensure_ascii=False)
+    # Parquet metadata may hold dates or bytes: record them as text rather than lose the row.
+    return json.dumps(meta, sort_keys=True, ensure_ascii=False, default=str)
 
 
 def _jsonl_record(path: str, line_no: int, raw: bytes, text_key: str) -> dict | Dropped:
@@ -71,26 +75,70 @@ def _jsonl_record(path: str, line_no: int, raw: bytes, text_key: str) -> dict | 
     text = obj[text_key]
     if not isinstance(text, str):
         return Dropped("text_not_string", f"{text_key!r} is a {type(text).__name__}", path, line_no)
+    if bad := _SURROGATE.search(text):  # JSON escapes such as \ud800 decode to lone surrogates
+        return Dropped("invalid_unicode", f"lone surrogate U+{ord(bad.group()):04X} at character {bad.start()}", path, line_no)
     return {"file": path, "line": line_no, "text": text, "meta": _meta_json(obj.get("meta"))}
 
 
-def _read_lines(path: str, stream: BinaryIO, text_key: str, errors: tuple[type, ...], reason: str):
+def _lines_of(path: str, chunks: Iterator[bytes], text_key: str, errors: tuple[type, ...], reason: str):
+    """Splits a stream of byte chunks into records; a stream error keeps every complete line before it."""
     line_no = 0
+    pending = b""
     try:
-        for raw in stream:
-            line_no += 1
-            if not raw.strip():
-                continue
-            yield _jsonl_record(path, line_no, raw.rstrip(b"\r\n"), text_key)
+        for chunk in chunks:
+            parts = (pending + chunk).split(b"\n")
+            pending = parts.pop()
+            for raw in parts:
+                line_no += 1
+                if raw.strip():
+                    yield _jsonl_record(path, line_no, raw.rstrip(b"\r"), text_key)
     except errors as e:
-        yield Dropped(reason, f"after {line_no} lines: {e}", path, line_no + 1)
+        yield Dropped(reason, f"after {line_no} complete lines: {e}", path, line_no + 1)
+        return
+    if pending.strip():
+        line_no += 1
+        yield _jsonl_record(path, line_no, pending.rstrip(b"\r"), text_key)
+
+
+def _file_chunks(f: BinaryIO, size: int = 1 << 20) -> Iterator[bytes]:
+    while chunk := f.read(size):
+        yield chunk
+
+
+class TruncatedZstdError(ValueError):
+    """The compressed input ends inside a zstd frame."""
+
+
+def _zstd_chunks(f: BinaryIO, size: int = 1 << 16) -> Iterator[bytes]:
+    """Decompressed bytes of a (multi-frame) zstd stream, checking that the last frame is complete.
+
+    Input goes in 64 KiB at a time, so a corrupt block loses at most the output of that piece.
+    """
+    import zstandard
+
+    dctx = zstandard.ZstdDecompressor()
+    dobj = dctx.decompressobj()
+    started = False  # the current frame has consumed input
+    while chunk := f.read(size):
+        while chunk:
+            started = True
+            out = dobj.decompress(chunk)
+            if out:
+                yield out
+            if dobj.eof:
+                chunk = dobj.unused_data
+                dobj = dctx.decompressobj()
+                started = False
+            else:
+                chunk = b""
+    if started:
+        raise TruncatedZstdError("the input ends inside a zstd frame (truncated file)")
 
 
 def _read_jsonl_zst(path: str, f: BinaryIO, text_key: str) -> Iterator[dict | Dropped]:
     import zstandard
 
-    reader = zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True, closefd=False)
-    yield from _read_lines(path, io.BufferedReader(reader, 1 << 20), text_key, (zstandard.ZstdError,), "corrupt_zstd")
+    yield from _lines_of(path, _zstd_chunks(f), text_key, (zstandard.ZstdError, TruncatedZstdError), "corrupt_zstd")
 
 
 def _read_txt(path: str, f: BinaryIO) -> Iterator[dict | Dropped]:
@@ -122,7 +170,7 @@ def _read_parquet(path: str, f: BinaryIO, text_key: str) -> Iterator[dict | Drop
         for batch in pf.iter_batches(columns=columns, batch_size=256):
             texts = batch.column(0).to_pylist()
             metas = batch.column(1).to_pylist() if len(columns) > 1 else [None] * len(texts)
-            for text, meta in zip(texts, metas):
+            for text, meta in zip(texts, metas, strict=True):
                 row += 1
                 if text is None:
                     yield Dropped("missing_text", f"{text_key!r} is null", path, row)
@@ -158,7 +206,7 @@ def read_documents(path: str, text_key: str = "text") -> Iterator[dict | Dropped
         if kind == "jsonl.zst":
             yield from _read_jsonl_zst(path, f, text_key)
         elif kind == "jsonl":
-            yield from _read_lines(path, f, text_key, (OSError,), "unreadable_file")
+            yield from _lines_of(path, _file_chunks(f), text_key, (OSError,), "unreadable_file")
         elif kind == "txt":
             yield from _read_txt(path, f)
         else:

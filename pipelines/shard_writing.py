@@ -14,7 +14,6 @@ from typing import Any
 
 import apache_beam as beam
 import numpy as np
-
 from lwmkit.packing.assemble import Segment, assemble_packed
 from lwmkit.packing.records import encode_document, encode_packed
 from lwmkit.packing.shards import shard_name

@@ -111,15 +111,15 @@ class StageDoFn(beam.DoFn):
             now = time.monotonic()
             if now - self._last_print > 2.0:
                 self._last_print = now
-                s, k, d = (t + c for t, c in zip(self._total, self._counts))
+                s, k, d = (t + c for t, c in zip(self._total, self._counts, strict=True))
                 print(f"[lwm-pack] {self.stage}: {s} seen, {k} kept, {d} dropped", file=sys.stderr, flush=True)
 
     def finish_bundle(self):
         seen, kept, dropped = self._counts
-        for name, value in zip(("seen", "kept", "dropped"), self._counts):
+        for name, value in zip(("seen", "kept", "dropped"), self._counts, strict=True):
             if value:
                 self._metric[name].inc(value)
-        self._total = [t + c for t, c in zip(self._total, self._counts)]
+        self._total = [t + c for t, c in zip(self._total, self._counts, strict=True)]
         if seen or kept or dropped:
             yield beam.pvalue.TaggedOutput(
                 COUNTS, WindowedValue((self.stage, (seen, kept, dropped)), MIN_TIMESTAMP, [GlobalWindow()])

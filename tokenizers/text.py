@@ -155,7 +155,8 @@ def train_bpe(
 ) -> bytes:
     """Trains a LLaMA-style BPE SentencePiece model and returns its `.model` bytes.
 
-    LLaMA-2's settings: BPE, byte fallback (every string round-trips, none maps to <unk>), digits
+    LLaMA-2's settings: BPE, byte fallback (every string round-trips, none maps to <unk>, except
+    that U+2581, SentencePiece's space marker, decodes as a space), digits
     split, no text normalization, <unk>=0, <s>=1, </s>=2, no pad id.
 
     Args:

@@ -6,15 +6,21 @@ through Beam's `FileSystems` API, like `gs://` or `s3://` would be.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 
 import pytest
+from apache_beam.io.filesystem import FileMetadata, MatchResult
 from apache_beam.io.localfilesystem import LocalFileSystem
-
 from lwmkit.packing import ShardDataSource, verify_directory
 from lwmkit.pipelines import BooksOptions, run_books
-from lwmkit.pipelines.outputs import is_local, read_output_bytes, write_output_bytes, write_output_shard
+from lwmkit.pipelines.outputs import (
+    is_local,
+    read_output_bytes,
+    write_output_bytes,
+    write_output_shard,
+)
 from lwmkit.pipelines.sample_corpus import write_sample_corpus
 
 _ROOT = {"dir": None}
@@ -46,11 +52,11 @@ class _TestFileSystem(LocalFileSystem):
         os.makedirs(self._local(path), exist_ok=True)
 
     def match(self, patterns, limits=None):
-        results = super().match([self._local(p) for p in patterns], limits)
-        for r in results:
-            r.pattern = self._remote(r.pattern)
-            for m in r.metadata_list:
-                m.path = self._remote(m.path)
+        results = []
+        for pattern in patterns:
+            found = sorted(p for p in glob.glob(self._local(pattern)) if os.path.isfile(p))
+            metadata = [FileMetadata(self._remote(p), os.path.getsize(p), os.path.getmtime(p)) for p in found]
+            results.append(MatchResult(pattern, metadata))
         return results
 
     def create(self, path, *args, **kwargs):

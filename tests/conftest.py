@@ -1,0 +1,43 @@
+"""Shared fixtures: a tiny SentencePiece BPE model trained on text generated here.
+
+JAX is pinned to 8 virtual CPU devices before anything imports it (house style: tests that shard
+over a mesh see the same 8 devices on every machine).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["JAX_PLATFORMS"] = "cpu"
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+
+import random  # noqa: E402
+
+import pytest  # noqa: E402
+
+TINY_VOCAB = 600
+
+
+def tiny_training_lines(seed: int = 0, books: int = 12) -> list[str]:
+    """Non-empty lines of generated sample books: enough text for a few hundred BPE merges."""
+    from lwmkit.pipelines.sample_corpus import sample_book
+
+    rng = random.Random(seed)
+    return [line for _ in range(books) for line in sample_book(rng, 24).split("\n") if line]
+
+
+@pytest.fixture(scope="session")
+def bpe_model(tmp_path_factory) -> str:
+    """Path of a tiny SentencePiece BPE `.model` (600 pieces) trained with `train_bpe`."""
+    from lwmkit.tokenizers import train_bpe
+
+    model = train_bpe(tiny_training_lines(), vocab_size=TINY_VOCAB, seed=0)
+    path = tmp_path_factory.mktemp("tokenizer") / "tiny.model"
+    path.write_bytes(model)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(bpe_model) -> str:
+    """The same tiny model under the name some tests use."""
+    return bpe_model

@@ -1,0 +1,55 @@
+"""Writers for the input files the pipeline tests feed the books job (jsonl, jsonl.zst, txt, parquet)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import zstandard
+
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def record(text, meta=None) -> bytes:
+    """One jsonl line (without the newline) of a Books3-style record."""
+    obj = {"text": text} if meta is None else {"text": text, "meta": meta}
+    return json.dumps(obj, ensure_ascii=False).encode("utf-8")
+
+
+def jsonl_bytes(lines: Sequence[bytes | str]) -> bytes:
+    return b"".join((x.encode("utf-8") if isinstance(x, str) else x) + b"\n" for x in lines)
+
+
+def write_jsonl(path: str | os.PathLike, lines: Sequence[bytes | str]) -> str:
+    Path(path).write_bytes(jsonl_bytes(lines))
+    return str(path)
+
+
+def zstd(data: bytes, checksum: bool = True) -> bytes:
+    return zstandard.ZstdCompressor(level=3, write_checksum=checksum).compress(data)
+
+
+def write_jsonl_zst(path: str | os.PathLike, lines: Sequence[bytes | str]) -> str:
+    Path(path).write_bytes(zstd(jsonl_bytes(lines)))
+    return str(path)
+
+
+def write_parquet(path: str | os.PathLike, texts: list, metas: list | None = None, text_type=None) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cols = {"text": pa.array(texts, text_type)}
+    if metas is not None:
+        cols["meta"] = pa.array(metas)
+    pq.write_table(pa.table(cols), str(path))
+    return str(path)
+
+
+def book(seed: int, paragraphs: int = 6) -> str:
+    """A generated book (distinct per seed) from the sample corpus generator."""
+    from lwmkit.pipelines.sample_corpus import sample_book
+
+    return sample_book(random.Random(seed), paragraphs)

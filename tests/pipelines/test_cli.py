@@ -1,0 +1,324 @@
+"""`lwm-pack`: each subcommand through `cli.main`, plus the installed console script once."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import io
+import logging
+import os
+import shutil
+import subprocess
+import sys
+
+import lwmkit.pipelines.demo as demo_mod
+import pytest
+from lwmkit.packing import verify_directory
+from lwmkit.pipelines.cli import main
+from lwmkit.tokenizers import SentencePieceTokenizer
+
+from .helpers import book, record, write_jsonl, write_jsonl_zst
+
+SUBCOMMANDS = ("demo", "books", "train-tokenizer", "inspect")
+# `demo_mod` is imported here, at collection, on purpose: `run_demo(out=sys.stdout)` binds the stdout
+# of import time (see test_demo_prints_to_the_current_stdout), and pytest's session-wide capture
+# stays open, whereas a per-test `capsys` stream would be closed by the next demo test.
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory) -> str:
+    d = tmp_path_factory.mktemp("cli-raw")
+    write_jsonl_zst(d / "books.jsonl.zst", [record(book(i, 6 + 4 * i), {"n": i}) for i in range(4)] + [b"{bad"])
+    (d / "extra.txt").write_text(book(9, 8), encoding="utf-8")
+    return str(d)
+
+
+@pytest.fixture(scope="module")
+def books_out(raw, bpe_model, tmp_path_factory) -> str:
+    out = str(tmp_path_factory.mktemp("cli-books") / "out")
+    rc = main(["books", "--input", os.path.join(raw, "*.jsonl.zst"), "--input", os.path.join(raw, "*.txt"),
+               "--tokenizer", bpe_model, "--seq-len", "256,1_024", "--output", out, "--quiet"])
+    assert rc == 0
+    return out
+
+
+def test_books(books_out):
+    manifest_dirs = sorted(os.path.basename(os.path.dirname(p)) for p in glob.glob(os.path.join(books_out, "*", "manifest.json")))
+    assert manifest_dirs == ["documents", "packed-1024", "packed-256"]
+    for d in manifest_dirs:
+        assert verify_directory(os.path.join(books_out, d)) == []
+
+
+def test_books_prints_a_summary_and_passes_unknown_args_to_beam(raw, bpe_model, tmp_path, capsys, caplog):
+    out = str(tmp_path / "out")
+    with caplog.at_level(logging.WARNING):
+        rc = main(["books", "--input", os.path.join(raw, "*.jsonl.zst") + "," + os.path.join(raw, "*.txt"),
+                   "--tokenizer", bpe_model, "--seq-len", "512", "--output", out, "--quiet", "--foo=bar"])
+    assert rc == 0
+    assert capsys.readouterr().out.strip() == (
+        f"5 documents -> documents: 5 records, packed-512: {_records(out, 'packed-512')} records; 1 failures"
+    )
+    # Beam does not know --foo either: it logs that it discards it and runs.
+    assert any("Discarding unparseable args" in r.getMessage() and "--foo=bar" in r.getMessage() for r in caplog.records)
+
+
+def _records(out, name) -> int:
+    import json
+
+    with open(os.path.join(out, name, "manifest.json")) as f:
+        return json.load(f)["records"]
+
+
+def test_books_progress_goes_to_stderr(raw, bpe_model, tmp_path, capsys):
+    rc = main(["books", "--input", os.path.join(raw, "*.txt"), "--tokenizer", bpe_model, "--seq-len", "128",
+               "--output", str(tmp_path / "out")])
+    assert rc == 0
+    captured = capsys.readouterr()
+    assert "[lwm-pack]" in captured.err and "finished in" in captured.err
+    assert "[lwm-pack]" not in captured.out
+
+
+def test_books_bad_glob_is_an_error(bpe_model, tmp_path, capsys):
+    pattern = str(tmp_path / "nowhere" / "*.jsonl.zst")
+    rc = main(["books", "--input", pattern, "--tokenizer", bpe_model, "--output", str(tmp_path / "out")])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert err.startswith("lwm-pack books: error:") and pattern in err
+
+
+def test_books_with_no_valid_documents_is_an_error(bpe_model, tmp_path, capsys):
+    write_jsonl(tmp_path / "bad.jsonl", [b"{not json", b'{"text": null}'])
+    rc = main(["books", "--input", str(tmp_path / "bad.jsonl"), "--tokenizer", bpe_model, "--output",
+               str(tmp_path / "out"), "--quiet"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "lwm-pack books: error: no valid documents" in err
+    assert "read:invalid_json x1" in err and "read:missing_text x1" in err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--seq-len", "1"], "seq_lens: 1 is outside"),
+        (["--min-chars", "-1"], "min_chars"),
+        (["--tokenizer-is-not-a-flag-here"], None),  # an unknown flag goes to Beam, not an error of ours
+    ],
+)
+def test_books_bad_option_values(raw, bpe_model, tmp_path, capsys, args, message):
+    base = ["books", "--input", os.path.join(raw, "*.txt"), "--tokenizer", bpe_model, "--output", str(tmp_path / "o"),
+            "--quiet"]
+    rc = main(base + args)
+    if message is None:
+        assert rc == 0
+        return
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert err.startswith("lwm-pack books: error:") and message in err
+
+
+def test_books_bad_tokenizer_is_an_error(raw, tmp_path, capsys):
+    bogus = tmp_path / "bogus.model"
+    bogus.write_text("not a model")
+    rc = main(["books", "--input", os.path.join(raw, "*.txt"), "--tokenizer", str(bogus), "--output", str(tmp_path / "o")])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "error:" in err and str(bogus) in err
+
+
+def test_seq_len_must_be_integers(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["books", "--input", "x.jsonl", "--tokenizer", "t.model", "--output", "o", "--seq-len", "32k"])
+    assert e.value.code == 2
+    assert "expected comma-separated integers" in capsys.readouterr().err
+
+
+def test_train_tokenizer(raw, tmp_path, capsys):
+    path = tmp_path / "tok.model"
+    rc = main(["train-tokenizer", "--input", os.path.join(raw, "*"), "--vocab-size", "400", "--output", str(path)])
+    assert rc == 0
+    assert f"wrote {path} (400 pieces, trained on 2 files)" in capsys.readouterr().out
+    tok = SentencePieceTokenizer.from_file(str(path))
+    assert tok.vocab_size == 400 and (tok.unk_id, tok.bos_id, tok.eos_id) == (0, 1, 2)
+    text = "Ada opened the quiet letter near the harbour. 漢字 😀"
+    assert tok.decode(tok.encode(text)) == text
+
+
+def test_train_tokenizer_errors(raw, tmp_path, capsys):
+    rc = main(["train-tokenizer", "--input", os.path.join(raw, "*"), "--vocab-size", "100", "--output", str(tmp_path / "t")])
+    assert rc == 1
+    assert "lwm-pack train-tokenizer: error: vocab_size must be >= 300" in capsys.readouterr().err
+    rc = main(["train-tokenizer", "--input", str(tmp_path / "none*.jsonl"), "--output", str(tmp_path / "t")])
+    assert rc == 1
+    assert "matches no file" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()
+
+
+def test_inspect_shows_segments(books_out, capsys):
+    assert main(["inspect", books_out, "--max-tokens", "20"]) == 0
+    out = capsys.readouterr().out
+    for name in ("documents: OK", "packed-256: OK", "packed-1024: OK"):
+        assert name in out
+    assert "failures: {'read:invalid_json': 1}" in out
+    assert "record 0 (seq_len " in out
+    assert "── segment 1: doc " in out
+    assert "<s>" in out  # the tokenizer recorded in the manifest renders the text
+
+
+def test_inspect_a_dataset_directory_and_record(books_out, capsys):
+    assert main(["inspect", os.path.join(books_out, "documents"), "--record", "1", "--no-checksums"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("documents: OK")
+    assert "record 1: doc " in out
+
+
+def test_inspect_shows_every_segment_of_a_packed_record(books_out, capsys):
+    from lwmkit.packing import ShardDataSource
+
+    d = os.path.join(books_out, "packed-1024")
+    src = ShardDataSource(d)
+    index = max(range(len(src)), key=lambda i: len(src[i]["segment_lengths"]))
+    k = len(src[index]["segment_lengths"])
+    assert main(["inspect", d, "--record", str(index)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("── segment") == k
+    assert f"── segment {k}: doc {int(src[index]['segment_doc_ids'][-1])}" in out
+
+
+def _flip_byte(shard: str, offset: int) -> None:
+    with open(shard, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)[0]
+        f.seek(offset)
+        f.write(bytes([byte ^ 0x01]))
+
+
+@pytest.mark.parametrize("dataset", ["packed-256", "documents"])
+def test_inspect_tampered_shard_fails(books_out, tmp_path, capsys, dataset):
+    out = tmp_path / "out"
+    shutil.copytree(books_out, out)
+    shard = sorted(glob.glob(str(out / dataset / "*.array_record-*")))[0]
+    assert os.path.getsize(shard) > 30_000
+    _flip_byte(shard, 30_000)  # inside record data of the first 64 KiB block, not a block header
+    rc = main(["inspect", str(out)])
+    assert rc == 1
+    captured = capsys.readouterr()
+    assert f"{dataset}: PROBLEMS" in captured.out
+    assert f"problem: {shard}: SHA-256 differs from the manifest" in captured.out
+    assert captured.err.startswith("lwm-pack inspect: error:") and "1 problems found" in captured.err
+    # Without re-hashing, the same directory passes: the record count is intact.
+    assert main(["inspect", str(out), "--no-checksums"]) == 0
+
+
+def test_inspect_damaged_block_header_is_reported_not_raised(books_out, tmp_path, capsys):
+    out = tmp_path / "out"
+    shutil.copytree(books_out, out)
+    shard = sorted(glob.glob(str(out / "documents" / "*.array_record-*")))[0]
+    _flip_byte(shard, (os.path.getsize(shard) - 1) // 65536 * 65536)  # header of the block holding the footer
+    rc = main(["inspect", str(out)])
+    assert rc == 1
+    captured = capsys.readouterr()
+    assert shard in captured.out and captured.err.startswith("lwm-pack inspect: error:")
+
+
+def test_inspect_not_an_output_directory(tmp_path, capsys):
+    assert main(["inspect", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("lwm-pack inspect: error:") and "no manifest" in err
+
+
+def test_demo(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", str(out), "--books", "6", "--quiet"]) == 0
+    assert (out / "tokenizer.model").is_file()
+    assert sorted(os.listdir(out / "raw")) == ["books-00000.jsonl.zst", "notes.txt"]
+    for d in ("documents", "packed-2048", "packed-8192"):
+        assert verify_directory(str(out / "shards" / d)) == []
+
+
+def test_demo_output(tmp_path):
+    # The demo's report, through its `out` stream.
+    buf = io.StringIO()
+    manifest = demo_mod.run_demo(str(tmp_path / "demo"), books=6, out=buf, progress=False)
+    text = buf.getvalue()
+    assert manifest["documents"] == 7 and manifest["failures"]["by_reason"] == {"read:invalid_json": 1}
+    assert "sample corpus:" in text
+    assert "trained a 1000-piece BPE tokenizer" in text
+    assert "packed-2048: OK" in text and "packed-8192: OK" in text
+    assert "── segment 1:" in text
+    assert "Grain read-back from" in text and "batch of 4 x 2048 tokens" in text
+    assert "failures (with reasons):" in text
+
+
+def test_demo_prints_to_the_current_stdout(tmp_path, bpe_model):
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = main(["demo", str(tmp_path / "demo"), "--books", "6", "--quiet", "--tokenizer", bpe_model])
+    assert rc == 0
+    assert "Grain read-back" in buf.getvalue()
+
+
+def test_demo_with_a_given_tokenizer(tmp_path, bpe_model):
+    buf = io.StringIO()
+    out = tmp_path / "demo"
+    demo_mod.run_demo(str(out), tokenizer=bpe_model, books=6, out=buf, progress=False)
+    assert "trained a" not in buf.getvalue() and not (out / "tokenizer.model").exists()
+    assert "Grain read-back" in buf.getvalue()
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_subcommand_help(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    assert f"usage: lwm-pack {command}" in capsys.readouterr().out
+
+
+def test_top_level_help_lists_subcommands(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert all(c in out for c in SUBCOMMANDS)
+
+
+def test_no_command_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        main([])
+    assert e.value.code == 2
+    assert "usage: lwm-pack" in capsys.readouterr().err
+
+
+def test_unknown_args_are_refused_outside_books(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["inspect", str(tmp_path), "--foo=bar"])
+    assert e.value.code == 2
+    assert "unrecognized arguments: --foo=bar" in capsys.readouterr().err
+
+
+def _console_script() -> str:
+    path = os.path.join(os.path.dirname(sys.executable), "lwm-pack")
+    if not os.path.exists(path):
+        pytest.skip(f"console script not installed next to {sys.executable}")
+    return path
+
+
+def test_console_script_help():
+    result = subprocess.run([_console_script(), "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: lwm-pack")
+    assert all(c in result.stdout for c in SUBCOMMANDS)
+
+
+def test_cli_help_does_not_import_beam():
+    code = (
+        "import sys\n"
+        "from lwmkit.pipelines.cli import main\n"
+        "try:\n"
+        "    main(['books', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted(m for m in sys.modules if m.startswith('apache_beam'))[:3])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
