@@ -21,12 +21,13 @@ from lwmkit.pipelines.outputs import join, write_output_shard
 from lwmkit.pipelines.planning import DOCUMENTS, iter_placements, tfds_name
 
 
-def doc_arrays(doc: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(tokens int32, vision_mask bool, loss_weights float32) of a tokenized document payload.
+def doc_arrays(doc: dict[str, Any], offset: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(tokens int32, vision_mask bool, loss_weights float32) of a document payload or a piece of one.
 
     Payloads travel compactly between workers: tokens as uint16 when the vocabulary allows, and
     `vision_mask` / `loss_weights` as None for a text document in LWM's default layout (no vision
-    tokens; weight 0 on BOS, 1 elsewhere).
+    tokens; weight 0 on BOS, 1 elsewhere). `offset` is where a piece starts in its document, so a
+    piece's default weights have the BOS zero only when the piece starts the document.
     """
     tokens = np.frombuffer(doc["tokens"], dtype=doc["token_dtype"]).astype(np.int32)
     n = tokens.shape[0]
@@ -36,10 +37,22 @@ def doc_arrays(doc: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]
         vision = np.frombuffer(doc["vision_mask"], dtype="|b1")
     if doc["loss_weights"] is None:
         weights = np.ones(n, dtype=np.float32)
-        weights[:1] = 0.0
+        if offset == 0:
+            weights[:1] = 0.0
     else:
         weights = np.frombuffer(doc["loss_weights"], dtype="<f4")
     return tokens, vision, weights
+
+
+def _piece(doc: dict[str, Any], offset: int, length: int) -> dict[str, Any]:
+    """The payload of tokens [offset, offset + length) of a document payload, still compact."""
+    size = np.dtype(doc["token_dtype"]).itemsize
+    return {
+        "tokens": doc["tokens"][offset * size : (offset + length) * size],
+        "token_dtype": doc["token_dtype"],
+        "vision_mask": None if doc["vision_mask"] is None else doc["vision_mask"][offset : offset + length],
+        "loss_weights": None if doc["loss_weights"] is None else doc["loss_weights"][4 * offset : 4 * (offset + length)],
+    }
 
 
 class RouteDoFn(beam.DoFn):
@@ -65,20 +78,12 @@ class RouteDoFn(beam.DoFn):
         places = self._index.get(doc_id)
         if not places:
             raise RuntimeError(f"document {doc_id} ({doc['file']}:{doc['line']}) has no place in the plan")
-        tokens = vision = weights = None
         for dataset, shard, count, record, segment, offset, length in places:
             key = (dataset, shard, count)
             if dataset == DOCUMENTS:
                 yield key, (record, 0, (doc_id, doc))
-                continue
-            if tokens is None:
-                tokens, vision, weights = doc_arrays(doc)
-            end = offset + length
-            yield key, (
-                record,
-                segment,
-                (doc_id, offset, tokens[offset:end].tobytes(), vision[offset:end].tobytes(), weights[offset:end].tobytes()),
-            )
+            else:
+                yield key, (record, segment, (doc_id, offset, _piece(doc, offset, length)))
 
 
 def _packed_records(pieces: list[tuple], seq_len: int, where: str) -> Iterator[tuple[bytes, dict]]:
@@ -89,16 +94,8 @@ def _packed_records(pieces: list[tuple], seq_len: int, where: str) -> Iterator[t
             raise RuntimeError(f"{where}: record {record} has no pieces")
         segs: list[Segment] = []
         while i < len(pieces) and pieces[i][0] == record:
-            doc_id, offset, tok, vis, lw = pieces[i][2]
-            segs.append(
-                Segment(
-                    doc_id,
-                    offset,
-                    np.frombuffer(tok, "<i4"),
-                    np.frombuffer(vis, "|b1"),
-                    np.frombuffer(lw, "<f4"),
-                )
-            )
+            doc_id, offset, piece = pieces[i][2]
+            segs.append(Segment(doc_id, offset, *doc_arrays(piece, offset)))
             i += 1
         fields = assemble_packed(segs, seq_len)
         yield encode_packed(fields, seq_len), fields
