@@ -17,7 +17,8 @@ Example (field values as the wire sees them):
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 # Wire types and field tags of the three messages involved:
 #   Example  { Features features = 1; }
@@ -128,43 +129,47 @@ def _skip(buf: memoryview, pos: int, end: int, wire_type: int) -> int:
     raise WireError(f"unsupported wire type {wire_type}")
 
 
-def _decode_feature(buf: memoryview, pos: int, end: int) -> FeatureValue:
-    values: list = []
+def _fields(buf: memoryview, pos: int, end: int) -> Iterator[tuple[int, Any]]:
+    """Yields (tag, value) for each field of the message in buf[pos:end].
+
+    The value is (start, stop) of the payload for length-delimited fields and the int for varints;
+    fixed-width fields are skipped.
+    """
     while pos < end:
         tag, pos = _read_varint(buf, pos, end)
+        wire_type = tag & 7
+        if wire_type == _LEN:
+            start, pos = _read_len(buf, pos, end)
+            yield tag, (start, pos)
+        elif wire_type == _VARINT:
+            value, pos = _read_varint(buf, pos, end)
+            yield tag, value
+        else:
+            pos = _skip(buf, pos, end, wire_type)
+
+
+def _int64(v: int) -> int:
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def _decode_feature(buf: memoryview, pos: int, end: int) -> FeatureValue:
+    values: list = []
+    for tag, span in _fields(buf, pos, end):
         if tag == _TAG_BYTES_LIST:
-            start, stop = _read_len(buf, pos, end)
-            p = start
-            while p < stop:
-                t, p = _read_varint(buf, p, stop)
-                if t != _TAG_LIST_VALUE_LEN:
-                    p = _skip(buf, p, stop, t & 7)
-                    continue
-                s, e = _read_len(buf, p, stop)
-                values.append(buf[s:e])
-                p = e
-            pos = stop
+            start, stop = span
+            values += [buf[v[0] : v[1]] for t, v in _fields(buf, start, stop) if t == _TAG_LIST_VALUE_LEN]
         elif tag == _TAG_INT64_LIST:
-            start, stop = _read_len(buf, pos, end)
-            p = start
-            while p < stop:
-                t, p = _read_varint(buf, p, stop)
+            start, stop = span
+            for t, v in _fields(buf, start, stop):
                 if t == _TAG_LIST_VALUE_LEN:  # packed
-                    s, e = _read_len(buf, p, stop)
+                    s, e = v
                     while s < e:
-                        v, s = _read_varint(buf, s, e)
-                        values.append(v - (1 << 64) if v >= 1 << 63 else v)
-                    p = e
+                        n, s = _read_varint(buf, s, e)
+                        values.append(_int64(n))
                 elif t == _TAG_LIST_VALUE_VARINT:
-                    v, p = _read_varint(buf, p, stop)
-                    values.append(v - (1 << 64) if v >= 1 << 63 else v)
-                else:
-                    p = _skip(buf, p, stop, t & 7)
-            pos = stop
+                    values.append(_int64(v))
         elif tag == _TAG_FLOAT_LIST:
             raise WireError("float_list features are not part of lwmkit's format")
-        else:
-            pos = _skip(buf, pos, end, tag & 7)
     return values
 
 
@@ -177,43 +182,27 @@ def decode_example(data: bytes | bytearray | memoryview) -> dict[str, FeatureVal
       WireError: if `data` is not a well-formed Example.
     """
     buf = memoryview(data).cast("B") if not isinstance(data, memoryview) else data
-    end = len(buf)
     out: dict[str, FeatureValue] = {}
-    pos = 0
-    while pos < end:
-        tag, pos = _read_varint(buf, pos, end)
+    for tag, features in _fields(buf, 0, len(buf)):
         if tag != _TAG_FEATURES:
-            pos = _skip(buf, pos, end, tag & 7)
             continue
-        fstart, fend = _read_len(buf, pos, end)
-        p = fstart
-        while p < fend:
-            t, p = _read_varint(buf, p, fend)
+        for t, entry in _fields(buf, *features):
             if t != _TAG_ENTRY:
-                p = _skip(buf, p, fend, t & 7)
                 continue
-            estart, eend = _read_len(buf, p, fend)
             key = None
             value: FeatureValue = []
-            q = estart
-            while q < eend:
-                et, q = _read_varint(buf, q, eend)
+            for et, span in _fields(buf, *entry):
+                if et not in (_TAG_KEY, _TAG_VALUE):
+                    continue
+                s, e = span
                 if et == _TAG_KEY:
-                    s, e = _read_len(buf, q, eend)
                     try:
                         key = bytes(buf[s:e]).decode("utf-8")
                     except UnicodeDecodeError as err:
                         raise WireError(f"feature key is not UTF-8: {err}") from err
-                    q = e
-                elif et == _TAG_VALUE:
-                    s, e = _read_len(buf, q, eend)
-                    value = _decode_feature(buf, s, e)
-                    q = e
                 else:
-                    q = _skip(buf, q, eend, et & 7)
+                    value = _decode_feature(buf, s, e)
             if key is None:
                 raise WireError("feature map entry without a key")
             out[key] = value
-            p = eend
-        pos = fend
     return out

@@ -142,7 +142,7 @@ def test_every_truncation_raises():
         (b"\x80" * 11 + b"\x01", "longer than 10 bytes"),
         (b"\x0a\x05ab", "runs past the end"),
         (b"\x0a\x04\x0a\x02\x12\x00", "without a key"),  # map entry with a value only
-        (b"\x0a\x08\x0a\x06\x0a\x01k\x12\x01\x12", "float_list"),
+        (b"\x0a\x09\x0a\x07\x0a\x01k\x12\x02\x12\x00", "float_list"),  # a well-formed empty float_list
         (b"\x0b", "unsupported wire type 3"),  # group start
         (b"\x0f", "unsupported wire type 7"),
     ],

@@ -109,19 +109,21 @@ def test_small_files_and_shards_publish_atomically_to_a_remote_path(remote, tmp_
     assert names == ["b.json", "s-train.array_record-00000-of-00001"]  # no temporary names left
 
 
+def _options(remote: str) -> BooksOptions:
+    return BooksOptions(
+        inputs=(remote + "raw/*.jsonl.zst", remote + "raw/*.txt"),
+        output=remote + "out",
+        tokenizer=remote + "tok.model",
+        seq_lens=(1024,),
+    )
+
+
 def test_books_job_reads_and_writes_through_beam_filesystems(remote, tmp_path, tiny_tokenizer):
     local_raw = tmp_path / "bucket" / "raw"
     write_sample_corpus(str(local_raw), books=4, seed=1)
     with open(tiny_tokenizer, "rb") as f:
         write_output_bytes(remote + "tok.model", f.read())
-    manifest = run_books(
-        BooksOptions(
-            inputs=(remote + "raw/*.jsonl.zst", remote + "raw/*.txt"),
-            output=remote + "out",
-            tokenizer=remote + "tok.model",
-            seq_lens=(1024,),
-        )
-    )
+    manifest = run_books(_options(remote))
     assert manifest["documents"] == 5
     assert all(f.startswith(remote) for f in manifest["input_files"])
     out = os.path.join(_ROOT["dir"], "out")
@@ -131,12 +133,5 @@ def test_books_job_reads_and_writes_through_beam_filesystems(remote, tmp_path, t
     failures = [json.loads(x) for x in open(os.path.join(out, "failures.jsonl"))]
     assert [f["reason"] for f in failures] == ["invalid_json"]
     # Complete output with the same options: the rerun does nothing and returns the same manifest.
-    again = run_books(
-        BooksOptions(
-            inputs=(remote + "raw/*.jsonl.zst", remote + "raw/*.txt"),
-            output=remote + "out",
-            tokenizer=remote + "tok.model",
-            seq_lens=(1024,),
-        )
-    )
+    again = run_books(_options(remote))
     assert again == manifest
