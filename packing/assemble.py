@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from lwmkit.packing.loss import LossPolicy
 
 PAD_ID = 0
 
@@ -28,14 +29,31 @@ class Segment:
     loss_weights: np.ndarray  # [n] float32
 
 
-def assemble_packed(segments: Sequence[Segment], seq_len: int) -> dict[str, np.ndarray]:
-    """Lays segments out back to back and pads to seq_len.
+PIECE_POSITIONS = ("restart", "continue")
 
-    Positions restart at 0 for every segment (a piece of a cut document restarts too).
+
+def assemble_packed(
+    segments: Sequence[Segment],
+    seq_len: int,
+    *,
+    piece_positions: str = "restart",
+    loss_policy: LossPolicy | None = None,
+) -> dict[str, np.ndarray]:
+    """Lays segments out back to back, pads to seq_len and applies the loss policy.
+
+    Args:
+      segments: the record's segments in order.
+      seq_len: record length.
+      piece_positions: "restart" (every segment counts from 0) or "continue" (a piece of a cut
+        document counts on from its offset in the document).
+      loss_policy: rescales the weights inside the record (None keeps them).
 
     Raises:
-      ValueError: if the segments hold more than seq_len tokens or disagree in length.
+      ValueError: if the segments hold more than seq_len tokens or disagree in length, or for an
+        unknown piece_positions.
     """
+    if piece_positions not in PIECE_POSITIONS:
+        raise ValueError(f"piece_positions must be one of {list(PIECE_POSITIONS)}, got {piece_positions!r}")
     lengths = np.array([s.tokens.shape[0] for s in segments], dtype=np.int32)
     used = int(lengths.sum())
     if used > seq_len:
@@ -55,8 +73,11 @@ def assemble_packed(segments: Sequence[Segment], seq_len: int) -> dict[str, np.n
         vision[start:end] = s.vision_mask
         weights[start:end] = s.loss_weights
         seg_ids[start:end] = i + 1
-        positions[start:end] = np.arange(n, dtype=np.int32)
+        first = s.offset if piece_positions == "continue" else 0
+        positions[start:end] = np.arange(first, first + n, dtype=np.int32)
         start = end
+    if loss_policy is not None and loss_policy.steps:
+        weights = loss_policy.apply(weights, vision, seg_ids)
     return {
         "tokens": tokens,
         "vision_mask": vision,

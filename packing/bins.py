@@ -1,11 +1,24 @@
-"""Bin packing of document pieces into fixed-length records (best-fit decreasing).
+"""Bin packing of documents into fixed-length records: cutting at allowed points, then best fit.
 
-A document longer than `seq_len` is first cut into `seq_len`-token pieces (the `split` policy; the
-last piece keeps the remainder). Pieces are then placed largest first, each into the open record
-with the least room that still fits it, opening a new record when none does. Ties break on the
-input order, so the same lengths always give the same plan.
+Cutting. A document may declare *atomic spans*, `[start, end)` token ranges that must never be cut
+(a `<vision>...</vision>` field, a frame, a QA turn). A document longer than `seq_len` is handled by
+its long-document policy:
+    split     cut into pieces of at most seq_len, each cut at the last allowed point;
+    truncate  keep only the first such piece, drop the rest of the document;
+    drop      drop the whole document.
+A document with an atomic span longer than seq_len cannot be placed and is dropped under every
+policy. Every cut, truncation and drop is counted in the plan.
 
-Example, seq_len 8, documents of lengths [5, 9, 3, 2]:
+Packing. Pieces are placed largest first, each into the open record with the least room that still
+fits it (best-fit decreasing), with ties broken by input order. `window=None` packs all pieces at
+once (the best fill); `window=W` packs consecutive groups of W documents independently, which is
+what the online (Grain) packer does, so offline and online give identical records for the same
+window and seed. A top-up pass then dissolves every window's under-filled records and packs their
+pieces again together (the distributed form: windows in parallel, leftovers at the end). Windows
+are consecutive runs of the (seeded) document order rather than length buckets: each window holds
+the corpus's mix of long and short documents, which is what lets best fit close the gaps.
+
+Example, seq_len 8, documents of lengths [5, 9, 3, 2], no spans, policy split:
     cut:   doc 1 -> pieces (offset 0, 8) and (offset 8, 1)
     bins:  [doc1[0:8]] [doc0[0:5], doc2[0:3]] [doc3[0:2], doc1[8:9]]
 """
@@ -14,9 +27,12 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-LONG_DOCUMENT_POLICIES = ("split",)
+import numpy as np
+
+LONG_DOCUMENT_POLICIES = ("split", "truncate", "drop")
+Span = tuple[int, int]
 
 
 @dataclass(frozen=True, order=True)
@@ -28,13 +44,43 @@ class Piece:
     length: int
 
 
+@dataclass
+class CutStats:
+    """What cutting did to documents longer than seq_len (or with unplaceable spans)."""
+
+    documents_split: int = 0
+    documents_truncated: int = 0
+    documents_dropped: int = 0
+    tokens_dropped: int = 0
+    dropped: list[tuple[int, str, str]] = field(default_factory=list)  # (doc, reason, detail)
+
+    def merge(self, other: CutStats) -> None:
+        self.documents_split += other.documents_split
+        self.documents_truncated += other.documents_truncated
+        self.documents_dropped += other.documents_dropped
+        self.tokens_dropped += other.tokens_dropped
+        self.dropped += other.dropped
+
+    def to_json(self) -> dict[str, int]:
+        return {
+            "documents_split": self.documents_split,
+            "documents_truncated": self.documents_truncated,
+            "documents_dropped": self.documents_dropped,
+            "tokens_dropped": self.tokens_dropped,
+        }
+
+
 @dataclass(frozen=True)
 class PackPlan:
     """The result of packing: `bins[r]` lists the pieces of record r in their order in the record."""
 
     seq_len: int
     bins: tuple[tuple[Piece, ...], ...]
-    documents_cut: int
+    cuts: CutStats
+
+    @property
+    def documents_cut(self) -> int:
+        return self.cuts.documents_split
 
     @property
     def tokens(self) -> int:
@@ -46,27 +92,83 @@ class PackPlan:
         return self.tokens / (len(self.bins) * self.seq_len) if self.bins else 0.0
 
 
-def cut_documents(lengths: Sequence[int], seq_len: int) -> tuple[list[Piece], int]:
-    """Cuts each document into pieces of at most `seq_len` tokens.
+def _check_spans(doc: int, n: int, spans: Sequence[Span]) -> None:
+    prev = 0
+    for a, b in spans:
+        if not (prev <= a < b <= n):
+            raise ValueError(f"document {doc}: atomic spans must be sorted, disjoint, non-empty and in [0, {n}]; got {list(spans)}")
+        prev = b
+
+
+def cut_document(doc: int, n: int, seq_len: int, spans: Sequence[Span] = (), policy: str = "split") -> tuple[list[Piece], CutStats]:
+    """Cuts one document of n tokens into pieces of at most seq_len, never inside an atomic span.
 
     Returns:
-      (pieces in document order, number of documents that were cut).
+      (pieces in order, what was cut, truncated or dropped).
 
     Raises:
-      ValueError: if seq_len < 1 or a length is negative.
+      ValueError: for an unknown policy or malformed spans.
+    """
+    if policy not in LONG_DOCUMENT_POLICIES:
+        raise ValueError(f"policy must be one of {list(LONG_DOCUMENT_POLICIES)}, got {policy!r}")
+    if seq_len < 1:
+        raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+    if n < 0:
+        raise ValueError(f"document {doc} has negative length {n}")
+    stats = CutStats()
+    _check_spans(doc, n, spans)
+    too_long = [(a, b) for a, b in spans if b - a > seq_len]
+    if too_long:
+        stats.documents_dropped = 1
+        stats.tokens_dropped = n
+        stats.dropped.append(
+            (doc, "atomic_span_too_long", f"an atomic span of {too_long[0][1] - too_long[0][0]} tokens exceeds seq_len {seq_len}")
+        )
+        return [], stats
+    if n <= seq_len:
+        return ([Piece(doc, 0, n)] if n else []), stats
+    if policy == "drop":
+        stats.documents_dropped = 1
+        stats.tokens_dropped = n
+        stats.dropped.append((doc, "too_long", f"{n} tokens exceed seq_len {seq_len} (policy drop)"))
+        return [], stats
+    starts = [a for a, _ in spans]
+    pieces: list[Piece] = []
+    offset = 0
+    while offset < n:
+        cut = min(n, offset + seq_len)
+        j = bisect.bisect_left(starts, cut) - 1  # the last span starting before `cut`
+        if j >= 0 and starts[j] < cut < spans[j][1]:
+            cut = starts[j]  # cut before the span; it fits in the next piece (checked above)
+        pieces.append(Piece(doc, offset, cut - offset))
+        offset = cut
+        if policy == "truncate":
+            break
+    if policy == "truncate":
+        stats.documents_truncated = 1
+        stats.tokens_dropped = n - pieces[0].length
+    else:
+        stats.documents_split = 1
+    return pieces, stats
+
+
+def cut_documents(
+    lengths: Sequence[int], seq_len: int, spans: Sequence[Sequence[Span]] | None = None, policy: str = "split"
+) -> tuple[list[Piece], CutStats]:
+    """Cuts every document (see `cut_document`); returns pieces in document order and the totals.
+
+    Raises:
+      ValueError: if seq_len < 1, a length is negative, spans are malformed or the policy unknown.
     """
     if seq_len < 1:
         raise ValueError(f"seq_len must be >= 1, got {seq_len}")
     pieces: list[Piece] = []
-    cut = 0
+    total = CutStats()
     for doc, n in enumerate(lengths):
-        if n < 0:
-            raise ValueError(f"document {doc} has negative length {n}")
-        if n > seq_len:
-            cut += 1
-        for offset in range(0, n, seq_len):
-            pieces.append(Piece(doc, offset, min(seq_len, n - offset)))
-    return pieces, cut
+        p, s = cut_document(doc, int(n), seq_len, spans[doc] if spans is not None else (), policy)
+        pieces += p
+        total.merge(s)
+    return pieces, total
 
 
 def best_fit_decreasing(pieces: Sequence[Piece], seq_len: int) -> list[list[Piece]]:
@@ -99,19 +201,84 @@ def best_fit_decreasing(pieces: Sequence[Piece], seq_len: int) -> list[list[Piec
     return bins
 
 
-def plan_packing(lengths: Sequence[int], seq_len: int, policy: str = "split") -> PackPlan:
+def document_order(n: int, seed: int | None) -> np.ndarray:
+    """The order documents are packed in: as given (seed None) or a seeded permutation."""
+    if seed is None:
+        return np.arange(n)
+    return np.random.default_rng(seed).permutation(n)
+
+
+def pack_window(pieces: Sequence[Piece], seq_len: int) -> list[list[Piece]]:
+    """Packs one window's pieces; the online and offline packers both call exactly this."""
+    return best_fit_decreasing(pieces, seq_len)
+
+
+def window_groups(n: int, window: int | None, seed: int | None) -> list[np.ndarray]:
+    """The documents of each window, in packing order (all documents in one window if None)."""
+    if window is not None and window < 1:
+        raise ValueError(f"window must be >= 1 or None, got {window}")
+    order = document_order(n, seed)
+    if window is None:
+        return [order]
+    return [order[start : start + window] for start in range(0, n, window)]
+
+
+def pack_documents(
+    docs: Sequence[int],
+    lengths: Sequence[int],
+    seq_len: int,
+    policy: str = "split",
+    spans: Sequence[Sequence[Span]] | None = None,
+) -> tuple[list[list[Piece]], CutStats]:
+    """Cuts the given documents (indices into lengths/spans) and packs them as one window."""
+    total = CutStats()
+    pieces: list[Piece] = []
+    for d in docs:
+        d = int(d)
+        p, s = cut_document(d, int(lengths[d]), seq_len, spans[d] if spans is not None else (), policy)
+        pieces += p
+        total.merge(s)
+    return pack_window(pieces, seq_len), total
+
+
+def top_up(bins: Sequence[Sequence[Piece]], seq_len: int, below: float = 0.99) -> list[list[Piece]]:
+    """Keeps records filled to at least `below`, and packs the pieces of the others again together."""
+    full = [list(b) for b in bins if sum(p.length for p in b) >= below * seq_len]
+    rest = [p for b in bins if sum(p.length for p in b) < below * seq_len for p in b]
+    return full + best_fit_decreasing(rest, seq_len)
+
+
+def plan_packing(
+    lengths: Sequence[int],
+    seq_len: int,
+    policy: str = "split",
+    *,
+    spans: Sequence[Sequence[Span]] | None = None,
+    window: int | None = None,
+    top_up_below: float | None = None,
+    seed: int | None = None,
+) -> PackPlan:
     """Cuts and packs documents of the given token lengths into records of seq_len tokens.
 
     Args:
-      lengths: token count of each document, in a fixed (deterministic) order.
+      lengths: token count of each document (its index is its id in the plan).
       seq_len: tokens per record.
-      policy: what to do with documents longer than seq_len; only "split" in this version.
+      policy: long-document policy, one of LONG_DOCUMENT_POLICIES.
+      spans: per document, sorted disjoint atomic spans `(start, end)` that must not be cut.
+      window: documents packed together (None: all at once).
+      top_up_below: after packing the windows, re-pack together the pieces of every record filled
+        below this share (None: no top-up pass).
+      seed: shuffle the document order first (None keeps the given order).
 
     Returns:
-      The plan; every token of every document appears in exactly one piece of one bin.
+      The plan; every token of every placed document appears in exactly one piece of one bin.
     """
-    if policy not in LONG_DOCUMENT_POLICIES:
-        raise ValueError(f"policy must be one of {list(LONG_DOCUMENT_POLICIES)}, got {policy!r}")
-    pieces, cut = cut_documents(lengths, seq_len)
-    bins = best_fit_decreasing(pieces, seq_len)
-    return PackPlan(seq_len=seq_len, bins=tuple(tuple(b) for b in bins), documents_cut=cut)
+    total = CutStats()
+    bins: list[list[Piece]] = []
+    for docs in window_groups(len(lengths), window, seed):
+        b, cuts = pack_documents(docs, lengths, seq_len, policy, spans)
+        bins += b
+        total.merge(cuts)
+    if top_up_below is not None:
+        bins = top_up(bins, seq_len, top_up_below)
+    return PackPlan(seq_len=seq_len, bins=tuple(tuple(b) for b in bins), cuts=total)

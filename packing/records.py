@@ -5,7 +5,8 @@ little-endian bytes of one numpy array, which TFDS reads as `Tensor(..., encodin
 specification is `docs/format.md`.
 
 A *document* record is one tokenized document, variable length, not packed:
-    tokens int32[n], vision_mask bool[n], loss_weights float32[n], doc_id, source_file, source_line.
+    tokens int32[n], vision_mask bool[n], loss_weights float32[n], atomic_spans int64[2k] (flat
+    start, end pairs of token ranges packing must never cut), doc_id, source_file, source_line.
 
 A *packed* record holds exactly `seq_len` tokens made of whole documents or pieces of them:
     tokens, vision_mask, loss_weights, tokens_segment_ids (0 = padding, 1..k), tokens_positions
@@ -49,6 +50,9 @@ SEGMENT_FIELDS: dict[str, tuple[str, str, str]] = {
     "segment_offsets": ("<i8", "int64", "token offset of each segment within its document"),
     "segment_lengths": ("<i4", "int32", "number of tokens of each segment"),
 }
+DOCUMENT_ONLY_FIELDS: dict[str, tuple[str, str, str]] = {
+    "atomic_spans": ("<i8", "int64", "flat (start, end) pairs of token ranges that packing never cuts"),
+}
 DOC_ID_MASK = (1 << 63) - 1
 
 
@@ -83,6 +87,7 @@ def encode_document(
     tokens: Any,
     vision_mask: Any = None,
     loss_weights: Any = None,
+    atomic_spans: Any = None,
 ) -> bytes:
     """Serializes one document record.
 
@@ -93,6 +98,7 @@ def encode_document(
       tokens: int token ids.
       vision_mask: bools, default all False (a text document).
       loss_weights: floats, default 1.0 everywhere.
+      atomic_spans: (start, end) pairs, sorted and disjoint, that packing must not cut; default none.
 
     Returns:
       The record bytes.
@@ -114,8 +120,19 @@ def encode_document(
         "tokens": [_array_bytes("tokens", toks, "<i4", None)],
         "vision_mask": [_array_bytes("vision_mask", vision_mask, "|b1", n)],
         "loss_weights": [_array_bytes("loss_weights", loss_weights, "<f4", n)],
+        "atomic_spans": [_array_bytes("atomic_spans", spans_array(atomic_spans).reshape(-1), "<i8", None)],
     }
     return encode_example(features)
+
+
+def spans_array(spans: Any) -> np.ndarray:
+    """Atomic spans as an int64 [k, 2] array (from None, pairs, or a flat even-length array)."""
+    if spans is None:
+        return np.zeros((0, 2), dtype=np.int64)
+    arr = np.asarray(spans, dtype=np.int64)
+    if arr.size % 2:
+        raise RecordError(f"atomic_spans needs (start, end) pairs, got {arr.size} numbers")
+    return arr.reshape(-1, 2)
 
 
 def encode_packed(fields: Mapping[str, Any], seq_len: int) -> bytes:
@@ -162,7 +179,7 @@ def decode_record(data: bytes | bytearray | memoryview) -> dict[str, Any]:
     fmt = bytes(fmt_values[0]).decode("utf-8", "replace")
     if fmt not in KINDS:
         raise RecordError(f"unknown record format {fmt!r}; this lwmkit reads {sorted(KINDS)}")
-    spec = {**PACKED_TOKEN_FIELDS, **SEGMENT_FIELDS} if fmt == PACKED_FORMAT else TOKEN_FIELDS
+    spec = {**PACKED_TOKEN_FIELDS, **SEGMENT_FIELDS} if fmt == PACKED_FORMAT else {**TOKEN_FIELDS, **DOCUMENT_ONLY_FIELDS}
     out: dict[str, Any] = {"format": fmt}
     for name, (dtype, _, _) in spec.items():
         values = raw.get(name)
@@ -194,12 +211,12 @@ def decode_record(data: bytes | bytearray | memoryview) -> dict[str, Any]:
     return out
 
 
-def check_packed(record: Mapping[str, Any], seq_len: int) -> list[str]:
+def check_packed(record: Mapping[str, Any], seq_len: int, piece_positions: str = "restart") -> list[str]:
     """Checks a decoded packed record's internal consistency; returns the problems found.
 
     Checks: every field has seq_len tokens; segment ids run 1..k in contiguous blocks then 0s;
-    positions restart at 0 per segment and count up; block lengths equal `segment_lengths`;
-    padding has zero loss weight.
+    positions count up from 0 per segment ("restart") or from the segment's offset in its document
+    ("continue"); block lengths equal `segment_lengths`; padding has zero loss weight.
     """
     problems: list[str] = []
     if record["tokens"].shape[0] != seq_len:
@@ -221,8 +238,10 @@ def check_packed(record: Mapping[str, Any], seq_len: int) -> list[str]:
     expected_pos = np.zeros(seq_len, dtype=np.int64)
     if k:
         expected_pos[:used] = np.arange(used) - np.repeat(starts, lengths)
+        if piece_positions == "continue":
+            expected_pos[:used] += np.repeat(np.asarray(record["segment_offsets"], dtype=np.int64), lengths)
     if not np.array_equal(pos, expected_pos):
-        problems.append("tokens_positions do not restart at 0 per segment")
+        problems.append(f"tokens_positions do not follow piece_positions={piece_positions!r}")
     if used < seq_len and np.any(np.asarray(record["loss_weights"])[used:] != 0):
         problems.append("padding carries non-zero loss weight")
     return problems
@@ -253,6 +272,8 @@ def tfds_features_json(kind: str, seq_len: int | None = None) -> dict:
     feats: dict[str, dict] = {"format": _text_json("record format and version, e.g. " + PACKED_FORMAT)}
     if kind == "document":
         for name, (_, tf_dtype, doc) in TOKEN_FIELDS.items():
+            feats[name] = _tensor_json(tf_dtype, ["-1"], "bytes", doc)
+        for name, (_, tf_dtype, doc) in DOCUMENT_ONLY_FIELDS.items():
             feats[name] = _tensor_json(tf_dtype, ["-1"], "bytes", doc)
         feats["doc_id"] = _tensor_json("int64", None, "none", "stable 63-bit document id")
         feats["source_file"] = _text_json("input file the document came from")

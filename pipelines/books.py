@@ -18,29 +18,31 @@ Run it (the exact command for the demo corpus):
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
-import numpy as np
-from lwmkit.packing.bins import LONG_DOCUMENT_POLICIES
 from lwmkit.packing.records import document_id
 from lwmkit.pipelines import runner as runner_lib
-from lwmkit.pipelines.finalize import FinalizeDoFn
+from lwmkit.pipelines.finalize import StageChain
 from lwmkit.pipelines.normalize import normalize_text
-from lwmkit.pipelines.outputs import delete_outputs, join, list_outputs, read_output_bytes
-from lwmkit.pipelines.planning import make_plan
+from lwmkit.pipelines.outputs import join, read_output_bytes
+from lwmkit.pipelines.planning import PackOptions
 from lwmkit.pipelines.readers import input_kind, read_documents
-from lwmkit.pipelines.shard_writing import RouteDoFn, WriteShardDoFn
 from lwmkit.pipelines.stages import Dropped, DropRecord, run_stage
+from lwmkit.pipelines.write_stage import run_job, write_datasets
 from lwmkit.tokenizers.text import SentencePieceTokenizer
 
 STAGES = ("read", "normalize", "filter", "dedup", "tokenize")
+CHAIN = StageChain(
+    stages=STAGES,
+    links=(("normalize", "read"), ("filter", "normalize"), ("dedup", "filter"), ("tokenize", "dedup")),
+    last="tokenize",
+    grouped=("dedup",),
+)
 
 
 class NoValidDocumentsError(ValueError):
@@ -59,7 +61,7 @@ class BooksOptions:
       text_key: JSON key / parquet column of the text.
       min_chars, max_chars: keep documents whose normalized length lies in [min_chars, max_chars].
       shard_tokens: target tokens per shard file.
-      long_document_policy: what packing does with documents longer than seq_len.
+      pack: how documents are cut, packed and weighted (policy, positions, loss, window, seed).
       runner: Beam runner name.
       direct_running_mode: DirectRunner mode, `in_memory` or `multi_processing`.
       direct_num_workers: DirectRunner worker count (0: Beam's default).
@@ -76,7 +78,7 @@ class BooksOptions:
     min_chars: int = 1
     max_chars: int | None = None
     shard_tokens: int = 1 << 24
-    long_document_policy: str = "split"
+    pack: PackOptions = field(default_factory=PackOptions)
     runner: str = "DirectRunner"
     direct_running_mode: str = "in_memory"
     direct_num_workers: int = 0
@@ -100,10 +102,6 @@ class BooksOptions:
             raise ValueError(f"max_chars: {self.max_chars} must be >= min_chars ({self.min_chars}) and >= 1")
         if self.shard_tokens < 1:
             raise ValueError(f"shard_tokens: {self.shard_tokens} must be >= 1")
-        if self.long_document_policy not in LONG_DOCUMENT_POLICIES:
-            raise ValueError(
-                f"long_document_policy: {self.long_document_policy!r} is not one of {list(LONG_DOCUMENT_POLICIES)}"
-            )
         runner_lib.check_direct_mode(self.direct_running_mode)
 
     def recorded(self) -> dict[str, Any]:
@@ -113,6 +111,7 @@ class BooksOptions:
             d.pop(k)
         d["inputs"] = list(self.inputs)
         d["seq_lens"] = list(self.seq_lens)
+        d["pack"] = self.pack.to_json()
         return d
 
 
@@ -174,19 +173,8 @@ class Tokenize:
             "token_dtype": self.token_dtype,
             "vision_mask": None,  # text only; BOS weight 0, the rest 1
             "loss_weights": None,
+            "atomic_spans": None,  # text may be cut anywhere
         }
-
-
-def index_entry(item: tuple[int, dict]) -> dict[str, Any]:
-    doc_id, d = item
-    return {
-        "doc_id": doc_id,
-        "file": d["file"],
-        "line": d["line"],
-        "chars": d["chars"],
-        "tokens": len(d["tokens"]) // np.dtype(d["token_dtype"]).itemsize,
-        "meta": d["meta"],
-    }
 
 
 # --- the job ---------------------------------------------------------------------------------------
@@ -231,31 +219,17 @@ def build_pipeline(p: beam.Pipeline, options: BooksOptions, files: list[str], to
     docs = stage(groups, "dedup", keep_first)
     tokenized = stage(docs, "tokenize", Tokenize(tokenizer))
 
-    plan = (
-        tokenized
-        | "index" >> beam.Map(index_entry)
-        | "gather index" >> beam.combiners.ToList()
-        | "plan" >> beam.Map(make_plan, options.seq_lens, options.shard_tokens, options.long_document_policy)
-    )
-    shards = (
-        tokenized
-        | "route pieces" >> beam.ParDo(RouteDoFn(), plan=beam.pvalue.AsSingleton(plan))
-        | "group by shard" >> beam.GroupByKey()
-        | "write shards" >> beam.ParDo(WriteShardDoFn(options.output))
-    )
-    all_failures = failures | "all failures" >> beam.Flatten()
-    all_counts = counts | "all counts" >> beam.Flatten()
-    return (
-        p
-        | "finalize trigger" >> beam.Create([None])
-        | "finalize"
-        >> beam.ParDo(
-            FinalizeDoFn(options.output, job, STAGES),
-            plan=beam.pvalue.AsSingleton(plan),
-            shards=beam.pvalue.AsList(shards),
-            failures=beam.pvalue.AsList(all_failures),
-            counts=beam.pvalue.AsList(all_counts),
-        )
+    return write_datasets(
+        p,
+        tokenized,
+        failures,
+        counts,
+        output=options.output,
+        seq_lens=options.seq_lens,
+        shard_tokens=options.shard_tokens,
+        pack=options.pack,
+        job=job,
+        chain=CHAIN,
     )
 
 
@@ -269,24 +243,6 @@ def _job_record(options: BooksOptions, files: list[str], tokenizer: SentencePiec
         "tokenizer": {**tokenizer.fingerprint(), "path": options.tokenizer},
         "runner": runner_lib.describe(options.runner, options.direct_running_mode),
     }
-
-
-def _up_to_date(options: BooksOptions, job: dict) -> dict | None:
-    """The existing job manifest if the output is complete for the same inputs and options."""
-    raw = read_output_bytes(join(options.output, "manifest.json"))
-    if raw is None:
-        return None
-    try:
-        old = json.loads(raw)
-    except json.JSONDecodeError:
-        return None
-    same = all(old.get(k) == job[k] for k in ("options", "input_files", "tokenizer", "lwmkit_version"))
-    if not same or not old.get("documents"):
-        return None
-    for dataset in old.get("datasets", {}):
-        if read_output_bytes(join(options.output, dataset, "manifest.json")) is None:
-            return None
-    return old
 
 
 def _read_tokenizer(path: str) -> SentencePieceTokenizer:
@@ -318,22 +274,17 @@ def run_books(options: BooksOptions) -> dict[str, Any]:
     files = match_inputs(options.inputs)
     tokenizer = _read_tokenizer(options.tokenizer)
     job = _job_record(options, files, tokenizer)
-    if not options.force and (done := _up_to_date(options, job)):
-        log(f"{options.output} is already complete for these inputs and options; nothing to do (--force rebuilds)")
-        return done
-    if options.output and "://" not in options.output:
-        os.makedirs(options.output, exist_ok=True)
-    # A manifest marks a directory complete: withdraw old ones before anything is rewritten.
-    delete_outputs(list_outputs(join(options.output, "*", "manifest.json")) + [join(options.output, "manifest.json")])
     log(f"{len(files)} input files; tokenizer {tokenizer.name} ({tokenizer.vocab_size} pieces); runner {job['runner']}")
-    start = time.monotonic()
-    pipeline_options = runner_lib.pipeline_options(
-        options.runner, options.direct_running_mode, options.direct_num_workers, options.beam_args
+    manifest = run_job(
+        lambda p: build_pipeline(p, options, files, tokenizer, job),
+        output=options.output,
+        job=job,
+        force=options.force,
+        log=log,
+        pipeline_options=runner_lib.pipeline_options(
+            options.runner, options.direct_running_mode, options.direct_num_workers, options.beam_args
+        ),
     )
-    with beam.Pipeline(options=pipeline_options) as p:
-        build_pipeline(p, options, files, tokenizer, job)
-    manifest = json.loads(read_output_bytes(join(options.output, "manifest.json")))
-    log(f"finished in {time.monotonic() - start:.1f}s")
     if not manifest["documents"]:
         reasons = ", ".join(f"{k} x{v}" for k, v in manifest["failures"]["by_reason"].items()) or "none"
         raise NoValidDocumentsError(

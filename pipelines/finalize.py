@@ -15,6 +15,7 @@ import datetime
 import io
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
@@ -26,12 +27,35 @@ from lwmkit.packing.records import (
 )
 from lwmkit.packing.shards import WRITER_OPTIONS, ShardInfo, dataset_info_json, dumps_json
 from lwmkit.pipelines.outputs import delete_outputs, join, list_outputs, write_output_bytes
-from lwmkit.pipelines.planning import DOCUMENTS, packed_dir, record_location, tfds_name
-from lwmkit.pipelines.stages import failure_sort_key
+from lwmkit.pipelines.planning import DOCUMENTS, PackOptions, packed_dir, record_location, tfds_name
+from lwmkit.pipelines.stages import failure_row, failure_sort_key
+
+_STAGE_KEYS = ("seq_len", "records", "documents", "tokens", "fill", "rope_theta", "documents_long_enough", "min_doc_tokens")
 
 FAILURES_FILE = "failures.jsonl"
-# (stage, the stage whose kept count it must have seen)
-STAGE_CHAIN = (("normalize", "read"), ("filter", "normalize"), ("tokenize", "dedup"))
+
+
+@dataclass(frozen=True)
+class StageChain:
+    """How a job's stage counts must add up.
+
+    `links` are (stage, previous stage): the stage's input count equals the previous stage's kept
+    count. A stage in `grouped` receives groups, so its input count is kept + dropped. `last` is the
+    stage whose kept count is the number of documents in the plan.
+    """
+
+    stages: tuple[str, ...]
+    links: tuple[tuple[str, str], ...]
+    last: str
+    grouped: tuple[str, ...] = ()
+
+
+def recommended_rope_theta(seq_len: int) -> float:
+    """RoPE theta for a text stage of seq_len tokens, following LWM's progressive training."""
+    for limit, theta in ((4096, 1e4), (32768, 1e6), (262144, 1e7), (524288, 2.5e7)):
+        if seq_len <= limit:
+            return theta
+    return 5e7
 
 
 class CountMismatchError(RuntimeError):
@@ -48,24 +72,22 @@ def _sum_counts(counts: Sequence[tuple[str, tuple[int, int, int]]], stages: Sequ
     return out
 
 
-def reconcile(stages: dict[str, dict[str, int]], plan: dict, shards: Sequence[dict]) -> list[str]:
+def reconcile(stages: dict[str, dict[str, int]], chain: StageChain, plan: dict, shards: Sequence[dict]) -> list[str]:
     """Returns the count mismatches (empty when nothing was lost)."""
     problems = []
-    for stage, before in STAGE_CHAIN:
-        if stages[stage]["seen"] != stages[before]["kept"]:
-            problems.append(f"stage {stage} saw {stages[stage]['seen']} records, {before} kept {stages[before]['kept']}")
-    dedup_in = stages["dedup"]["kept"] + stages["dedup"]["dropped"]
-    if dedup_in != stages["filter"]["kept"]:
-        problems.append(f"dedup received {dedup_in} documents, filter kept {stages['filter']['kept']}")
-    if stages["tokenize"]["kept"] != len(plan["docs"]):
-        problems.append(f"tokenize kept {stages['tokenize']['kept']} documents, the plan has {len(plan['docs'])}")
-    doc_tokens = sum(d["tokens"] for d in plan["docs"])
+    for stage, before in chain.links:
+        c = stages[stage]
+        received = c["kept"] + c["dropped"] if stage in chain.grouped else c["seen"]
+        if received != stages[before]["kept"]:
+            problems.append(f"stage {stage} received {received} records, {before} kept {stages[before]['kept']}")
+    if stages[chain.last]["kept"] != len(plan["docs"]):
+        problems.append(f"{chain.last} kept {stages[chain.last]['kept']} documents, the plan has {len(plan['docs'])}")
     by_dataset: dict[str, dict[str, int]] = {}
     for s in shards:
         agg = by_dataset.setdefault(s["dataset"], {"records": 0, "tokens": 0})
         agg["records"] += s["records"]
         agg["tokens"] += s["tokens"]
-    if plan["docs"]:
+    if plan["docs"] and plan["write_documents"]:
         got = by_dataset.get(DOCUMENTS, {}).get("records", 0)
         if got != len(plan["docs"]):
             problems.append(f"document shards hold {got} records, the plan has {len(plan['docs'])}")
@@ -73,8 +95,9 @@ def reconcile(stages: dict[str, dict[str, int]], plan: dict, shards: Sequence[di
         agg = by_dataset.get(packed_dir(seq_len), {"records": 0, "tokens": 0})
         if agg["records"] != len(p["bins"]):
             problems.append(f"{packed_dir(seq_len)} holds {agg['records']} records, the plan has {len(p['bins'])}")
-        if agg["tokens"] != doc_tokens:
-            problems.append(f"{packed_dir(seq_len)} holds {agg['tokens']} tokens, the documents {doc_tokens}")
+        expected = sum(plan["docs"][i]["tokens"] for i in p["eligible"]) - p["cuts"]["tokens_dropped"]
+        if agg["tokens"] != expected:
+            problems.append(f"{packed_dir(seq_len)} holds {agg['tokens']} tokens, expected {expected}")
     return problems
 
 
@@ -138,32 +161,45 @@ class FinalizeDoFn(beam.DoFn):
     Args:
       output: the job's output directory.
       job: what the manifest records about the job (options, tokenizer fingerprint, runner, ...).
-      stages: stage names in order.
+      chain: the job's stages and how their counts add up.
+      pack: the packing options, recorded in each packed manifest.
+      kind: the job manifest's kind ("job", or "stages" for progressive stages).
     """
 
-    def __init__(self, output: str, job: dict[str, Any], stages: Sequence[str]):
+    def __init__(self, output: str, job: dict[str, Any], chain: StageChain, pack: PackOptions, kind: str = "job"):
         self.output = output
         self.job = job
-        self.stages = list(stages)
+        self.chain = chain
+        self.pack = pack
+        self.kind = kind
+
+    def _packing_failures(self, plan) -> list[dict[str, Any]]:
+        """Documents a long-document policy kept out of a packed dataset (they stay in documents/)."""
+        rows = []
+        for seq_len, p in plan["packed"].items():
+            for doc, reason, detail in p["dropped"]:
+                d = plan["docs"][doc]
+                rows.append(failure_row(f"pack-{seq_len}", d["file"], d["line"], reason, detail))
+        return rows
 
     def process(self, _, plan, shards, failures, counts):
-        failures = sorted(failures, key=failure_sort_key)
+        failures = sorted(list(failures) + self._packing_failures(plan), key=failure_sort_key)
         write_output_bytes(
             join(self.output, FAILURES_FILE),
             b"".join(json.dumps(f, sort_keys=True, ensure_ascii=False).encode() + b"\n" for f in failures),
         )
-        stages = _sum_counts(counts, self.stages)
+        stages = _sum_counts(counts, self.chain.stages)
         failure_info = {"file": FAILURES_FILE, "total": len(failures), "by_reason": _failure_summary(failures)}
         now = {"finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
         datasets: dict[str, dict[str, Any]] = {}
         if plan["docs"]:
-            problems = reconcile(stages, plan, shards)
+            problems = reconcile(stages, self.chain, plan, shards)
             if problems:
                 raise CountMismatchError("records were lost; no manifest written: " + "; ".join(problems))
             datasets = self._write_datasets(plan, shards, stages, failure_info, now)
         job_manifest = {
             "format_version": FORMAT_VERSION,
-            "kind": "job",
+            "kind": self.kind,
             "documents": len(plan["docs"]),
             "datasets": {k: {"records": v["records"], "fill": v.get("fill")} for k, v in datasets.items()},
             "stages": stages,
@@ -171,6 +207,10 @@ class FinalizeDoFn(beam.DoFn):
             **self.job,
             "timestamps": now,
         }
+        if self.kind == "stages":
+            job_manifest["stages_schedule"] = [
+                {k: v for k, v in datasets[packed_dir(n)].items() if k in _STAGE_KEYS} for n in plan["packed"] if packed_dir(n) in datasets
+            ]
         write_output_bytes(join(self.output, "manifest.json"), dumps_json(job_manifest))
         yield job_manifest
 
@@ -178,7 +218,7 @@ class FinalizeDoFn(beam.DoFn):
         docs = plan["docs"]
         doc_tokens = sum(d["tokens"] for d in docs)
         out: dict[str, dict[str, Any]] = {}
-        names = [DOCUMENTS] + [packed_dir(n) for n in plan["packed"]]
+        names = ([DOCUMENTS] if plan["write_documents"] else []) + [packed_dir(n) for n in plan["packed"]]
         for dataset in names:
             mine = sorted((s for s in shards if s["dataset"] == dataset), key=lambda s: s["shard"])
             infos = [ShardInfo(s["file"], s["records"], s["bytes"], s["sha256"]) for s in mine]
@@ -206,20 +246,28 @@ class FinalizeDoFn(beam.DoFn):
                 p = plan["packed"][seq_len]
                 tokens = sum(s["tokens"] for s in mine)
                 vision = sum(s["vision_tokens"] for s in mine)
+                w_text = sum(s["loss_weight_text"] for s in mine)
+                w_vision = sum(s["loss_weight_vision"] for s in mine)
+                hist: dict[str, int] = {}
+                for s in mine:
+                    for k, v in s["segments_per_record"].items():
+                        hist[k] = hist.get(k, 0) + v
                 manifest.update(
                     kind="packed",
                     record_format=PACKED_FORMAT,
                     seq_len=seq_len,
+                    documents=len(p["eligible"]) - p["cuts"]["documents_dropped"],
                     tokens={"total": tokens, "text": tokens - vision, "vision": vision, "padding": sum(s["padding"] for s in mine)},
                     fill=round(tokens / (records * seq_len), 6) if records else 0.0,
                     segments=sum(s["segments"] for s in mine),
-                    loss_weight_sum=round(sum(s["loss_weight"] for s in mine), 3),
-                    packing={
-                        "algorithm": "best_fit_decreasing",
-                        "long_document_policy": self.job["options"]["long_document_policy"],
-                        "piece_positions": "restart",
-                        "documents_split": p["documents_cut"],
-                    },
+                    segments_per_record=dict(sorted(hist.items(), key=lambda kv: int(kv[0]))),
+                    loss_weight_sum=round(w_text + w_vision, 3),
+                    loss_weight_by_modality={"text": round(w_text, 3), "vision": round(w_vision, 3)},
+                    packing={**self.pack.to_json(), "documents_split": p["cuts"]["documents_split"]},
+                    cuts=p["cuts"],
+                    min_doc_tokens=p["min_doc_tokens"],
+                    documents_long_enough=p["documents_long_enough"],
+                    rope_theta=recommended_rope_theta(seq_len),
                 )
                 features = tfds_features_json("packed", seq_len)
                 description = f"lwmkit packed records of {seq_len} tokens (masked sequence packing)"

@@ -15,10 +15,11 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 from lwmkit.packing.assemble import Segment, assemble_packed
-from lwmkit.packing.records import encode_document, encode_packed
+from lwmkit.packing.loss import LossPolicy
+from lwmkit.packing.records import encode_document, encode_packed, spans_array
 from lwmkit.packing.shards import shard_name
 from lwmkit.pipelines.outputs import join, write_output_shard
-from lwmkit.pipelines.planning import DOCUMENTS, iter_placements, tfds_name
+from lwmkit.pipelines.planning import DOCUMENTS, PackOptions, iter_placements, tfds_name
 
 
 def doc_arrays(doc: dict[str, Any], offset: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -86,7 +87,8 @@ class RouteDoFn(beam.DoFn):
                 yield key, (record, segment, (doc_id, offset, _piece(doc, offset, length)))
 
 
-def _packed_records(pieces: list[tuple], seq_len: int, where: str) -> Iterator[tuple[bytes, dict]]:
+def _packed_records(pieces: list[tuple], seq_len: int, where: str, pack: PackOptions) -> Iterator[tuple[bytes, dict]]:
+    loss_policy = LossPolicy.parse(pack.loss_policy)
     record = 0
     i = 0
     while i < len(pieces):
@@ -97,7 +99,7 @@ def _packed_records(pieces: list[tuple], seq_len: int, where: str) -> Iterator[t
             doc_id, offset, piece = pieces[i][2]
             segs.append(Segment(doc_id, offset, *doc_arrays(piece, offset)))
             i += 1
-        fields = assemble_packed(segs, seq_len)
+        fields = assemble_packed(segs, seq_len, piece_positions=pack.piece_positions, loss_policy=loss_policy)
         yield encode_packed(fields, seq_len), fields
         record += 1
 
@@ -107,17 +109,22 @@ class WriteShardDoFn(beam.DoFn):
 
     Args:
       output: the job's output directory (local or any Beam filesystem).
+      pack: how packed records are laid out and weighted.
     """
 
-    def __init__(self, output: str):
+    def __init__(self, output: str, pack: PackOptions):
         self.output = output
+        self.pack = pack
 
     def process(self, element: tuple[tuple, Iterable[tuple]]) -> Iterator[dict[str, Any]]:
         (dataset, shard, count), values = element
         pieces = sorted(values, key=lambda v: (v[0], v[1]))
         name = shard_name(tfds_name(dataset), shard, count)
         path = join(self.output, dataset, name)
-        stats = {"tokens": 0, "vision_tokens": 0, "loss_weight": 0.0, "segments": 0, "padding": 0}
+        stats: dict[str, Any] = {
+            "tokens": 0, "vision_tokens": 0, "loss_weight_text": 0.0, "loss_weight_vision": 0.0,
+            "segments": 0, "padding": 0, "segments_per_record": {},
+        }
 
         if dataset == DOCUMENTS:
             if [p[0] for p in pieces] != list(range(len(pieces))):
@@ -133,20 +140,27 @@ class WriteShardDoFn(beam.DoFn):
                         tokens=tokens,
                         vision_mask=vision,
                         loss_weights=weights,
+                        atomic_spans=spans_array(doc.get("atomic_spans")),
                     )
 
         else:
             seq_len = int(dataset.split("-", 1)[1])
 
             def records() -> Iterator[bytes]:
-                for data, fields in _packed_records(pieces, seq_len, path):
+                for data, fields in _packed_records(pieces, seq_len, path, self.pack):
                     seg = fields["tokens_segment_ids"]
                     used = int(np.count_nonzero(seg))
+                    vision = fields["vision_mask"]
+                    weights = fields["loss_weights"]
+                    k = int(fields["segment_lengths"].shape[0])
                     stats["tokens"] += used
                     stats["padding"] += seq_len - used
-                    stats["vision_tokens"] += int(np.count_nonzero(fields["vision_mask"]))
-                    stats["loss_weight"] += float(fields["loss_weights"].sum(dtype=np.float64))
-                    stats["segments"] += int(fields["segment_lengths"].shape[0])
+                    stats["vision_tokens"] += int(np.count_nonzero(vision))
+                    stats["loss_weight_text"] += float(weights[~vision].sum(dtype=np.float64))
+                    stats["loss_weight_vision"] += float(weights[vision].sum(dtype=np.float64))
+                    stats["segments"] += k
+                    hist = stats["segments_per_record"]
+                    hist[str(k)] = hist.get(str(k), 0) + 1
                     yield data
 
         info = write_output_shard(path, records())

@@ -7,7 +7,14 @@ import itertools
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from lwmkit.packing.bins import PackPlan, Piece, best_fit_decreasing, cut_documents, plan_packing
+from lwmkit.packing.bins import (
+    CutStats,
+    PackPlan,
+    Piece,
+    best_fit_decreasing,
+    cut_documents,
+    plan_packing,
+)
 
 LENGTHS = st.lists(st.integers(min_value=0, max_value=60), max_size=40)
 SEQ_LEN = st.integers(min_value=1, max_value=24)
@@ -120,7 +127,7 @@ def test_cut_documents_docstring_example():
         Piece(2, 0, 3),
         Piece(3, 0, 2),
     ]
-    assert cut == 1
+    assert cut.documents_split == 1
 
 
 def test_best_fit_not_first_fit():
@@ -139,7 +146,7 @@ def test_ties_break_on_input_order():
 
 
 def test_empty_and_zero_length_documents():
-    assert plan_packing([], 4) == PackPlan(seq_len=4, bins=(), documents_cut=0)
+    assert plan_packing([], 4) == PackPlan(seq_len=4, bins=(), cuts=CutStats())
     assert plan_packing([], 4).fill == 0.0
     plan = plan_packing([0, 2, 0], 4)
     assert plan.bins == ((Piece(1, 0, 2),),)
@@ -149,7 +156,7 @@ def test_empty_and_zero_length_documents():
 def test_exact_multiple_is_not_cut_into_an_empty_piece():
     pieces, cut = cut_documents([8, 16], 8)
     assert pieces == [Piece(0, 0, 8), Piece(1, 0, 8), Piece(1, 8, 8)]
-    assert cut == 1  # only the 16-token document is longer than seq_len
+    assert cut.documents_split == 1  # only the 16-token document is longer than seq_len
 
 
 @pytest.mark.parametrize("seq_len", [0, -3])
@@ -167,7 +174,7 @@ def test_negative_length_raises():
 
 def test_unknown_policy_raises():
     with pytest.raises(ValueError, match="policy must be one of"):
-        plan_packing([3], 8, policy="truncate")
+        plan_packing([3], 8, policy="shorten")
 
 
 def test_piece_longer_than_seq_len_raises():

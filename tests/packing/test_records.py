@@ -65,7 +65,7 @@ def test_document_round_trip():
     assert rec["doc_id"] == DOC_ID_MASK
     assert rec["source_file"] == "books/ünïcode.jsonl"
     assert rec["source_line"] == 12
-    assert set(rec) == {"format", "doc_id", "source_file", "source_line", *TOKEN_FIELDS}
+    assert set(rec) == {"format", "doc_id", "source_file", "source_line", "atomic_spans", *TOKEN_FIELDS}
     for name, (dtype, _, _) in TOKEN_FIELDS.items():
         assert rec[name].dtype == np.dtype(dtype)
         assert not rec[name].flags.writeable
@@ -214,6 +214,7 @@ def test_decode_rejects_document_fields_of_different_lengths():
             "tokens": [np.arange(3, dtype="<i4").tobytes()],
             "vision_mask": [b"\x00\x00"],
             "loss_weights": [np.ones(3, "<f4").tobytes()],
+            "atomic_spans": [b""],
         }
     )
     with pytest.raises(RecordError, match="per-token fields disagree"):
@@ -359,6 +360,9 @@ def _tfds_features(kind: str, seq_len: int | None, with_docs: bool) -> tfds.feat
                 doc=doc(name),
             )
     else:
+        feats["atomic_spans"] = tfds.features.Tensor(
+            shape=(None,), dtype=np.int64, encoding=tfds.features.Encoding.BYTES, doc=doc("atomic_spans")
+        )
         feats["doc_id"] = tfds.features.Tensor(shape=(), dtype=np.int64, doc=doc("doc_id"))
         feats["source_file"] = tfds.features.Text(doc=doc("source_file"))
         feats["source_line"] = tfds.features.Tensor(

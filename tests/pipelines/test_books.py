@@ -29,6 +29,7 @@ from lwmkit.packing import (
 from lwmkit.pipelines import BooksOptions, NoValidDocumentsError, run_books
 from lwmkit.pipelines import books as books_lib
 from lwmkit.pipelines.normalize import normalize_text
+from lwmkit.pipelines.planning import PackOptions
 from lwmkit.tokenizers import SentencePieceTokenizer
 
 from .helpers import SHARED_DATA, book, record, write_jsonl, write_jsonl_zst, write_parquet
@@ -548,7 +549,6 @@ def test_unsupported_input_file_raises(tmp_path, bpe_model):
         (dict(min_chars=-1), "min_chars"),
         (dict(min_chars=10, max_chars=5), "max_chars"),
         (dict(shard_tokens=0), "shard_tokens"),
-        (dict(long_document_policy="truncate"), "long_document_policy"),
         (dict(direct_running_mode="multi_threading"), "direct_running_mode"),
     ],
 )
@@ -556,6 +556,21 @@ def test_bad_options_raise(kw, match):
     base = dict(inputs=("x.jsonl",), output="out", tokenizer="t.model")
     with pytest.raises(ValueError, match=match):
         BooksOptions(**{**base, **kw})
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(policy="shorten"), "policy"),
+        (dict(piece_positions="keep"), "piece_positions"),
+        (dict(loss_policy="vision_only"), "loss policy"),
+        (dict(window=0), "window"),
+        (dict(top_up_below=1.5), "top_up_below"),
+    ],
+)
+def test_bad_pack_options_raise(kw, match):
+    with pytest.raises(ValueError, match=match):
+        PackOptions(**kw)
 
 
 # --- bugs --------------------------------------------------------------------------------------------------

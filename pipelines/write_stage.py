@@ -1,0 +1,146 @@
+"""The stages every lwmkit job ends with: plan -> (pack windows) -> route -> write shards -> finalize.
+
+A job's earlier stages produce `tokenized`, a PCollection of `(doc_id, payload)` (see
+`shard_writing.doc_arrays` for the payload), plus its failures and counts outputs; this module turns
+them into document and packed datasets, `failures.jsonl` and the manifests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+from lwmkit.pipelines.finalize import FinalizeDoFn, StageChain
+from lwmkit.pipelines.outputs import delete_outputs, is_local, join, list_outputs, read_output_bytes
+from lwmkit.pipelines.planning import (
+    PackOptions,
+    make_plan,
+    merge_windows,
+    pack_window_of,
+    packing_windows,
+)
+from lwmkit.pipelines.shard_writing import RouteDoFn, WriteShardDoFn
+
+
+def index_entry(item: tuple[int, dict]) -> dict[str, Any]:
+    """The small per-document tuple the plan is built from."""
+    doc_id, d = item
+    return {
+        "doc_id": doc_id,
+        "file": d["file"],
+        "line": d["line"],
+        "chars": d["chars"],
+        "tokens": len(d["tokens"]) // np.dtype(d["token_dtype"]).itemsize,
+        "meta": d["meta"],
+        "spans": d.get("atomic_spans"),
+    }
+
+
+def write_datasets(
+    p: beam.Pipeline,
+    tokenized,
+    failures: list,
+    counts: list,
+    *,
+    output: str,
+    seq_lens: Sequence[int],
+    shard_tokens: int,
+    pack: PackOptions,
+    job: dict[str, Any],
+    chain: StageChain,
+    kind: str = "job",
+    write_documents: bool = True,
+    min_doc_tokens: dict[int, int] | None = None,
+):
+    """Adds the planning, writing and finalize stages; returns the finalize output."""
+    plan = (
+        tokenized
+        | "index" >> beam.Map(index_entry)
+        | "gather index" >> beam.combiners.ToList()
+        | "plan"
+        >> beam.Map(
+            make_plan, seq_lens, shard_tokens, pack, write_documents=write_documents, min_doc_tokens=min_doc_tokens
+        )
+    )
+    if pack.window is not None:
+        # The distributed form: every window is packed by its own worker, then merged and topped up.
+        windows = (
+            plan
+            | "windows" >> beam.FlatMap(packing_windows, pack)
+            | "spread windows" >> beam.Reshuffle()
+            | "pack windows" >> beam.Map(pack_window_of, beam.pvalue.AsSingleton(plan), pack)
+            | "group windows" >> beam.GroupByKey()
+        )
+        plan = plan | "merge windows" >> beam.Map(
+            merge_windows, beam.pvalue.AsDict(windows), pack, shard_tokens
+        )
+    shards = (
+        tokenized
+        | "route pieces" >> beam.ParDo(RouteDoFn(), plan=beam.pvalue.AsSingleton(plan))
+        | "group by shard" >> beam.GroupByKey()
+        | "write shards" >> beam.ParDo(WriteShardDoFn(output, pack))
+    )
+    all_failures = failures | "all failures" >> beam.Flatten()
+    all_counts = counts | "all counts" >> beam.Flatten()
+    return (
+        p
+        | "finalize trigger" >> beam.Create([None])
+        | "finalize"
+        >> beam.ParDo(
+            FinalizeDoFn(output, job, chain, pack, kind),
+            plan=beam.pvalue.AsSingleton(plan),
+            shards=beam.pvalue.AsList(shards),
+            failures=beam.pvalue.AsList(all_failures),
+            counts=beam.pvalue.AsList(all_counts),
+        )
+    )
+
+
+def complete_output(output: str, job: dict[str, Any]) -> dict | None:
+    """The existing job manifest if `output` is complete for the same inputs and options."""
+    raw = read_output_bytes(join(output, "manifest.json"))
+    if raw is None:
+        return None
+    try:
+        old = json.loads(raw)
+    except json.JSONDecodeError:
+        return None
+    same = all(old.get(k) == job[k] for k in ("options", "input_files", "tokenizer", "lwmkit_version"))
+    if not same or not old.get("documents"):
+        return None
+    for dataset in old.get("datasets", {}):
+        if read_output_bytes(join(output, dataset, "manifest.json")) is None:
+            return None
+    return old
+
+
+def run_job(
+    build: Callable[[beam.Pipeline], Any],
+    *,
+    output: str,
+    job: dict[str, Any],
+    force: bool,
+    log: Callable[[str], None],
+    pipeline_options,
+) -> dict[str, Any]:
+    """Runs a job unless its output is already complete; returns the job manifest.
+
+    Before anything is rewritten, old manifests are withdrawn: a manifest marks a directory
+    complete, so none may stand beside shards that are being replaced.
+    """
+    if not force and (done := complete_output(output, job)):
+        log(f"{output} is already complete for these inputs and options; nothing to do (--force rebuilds)")
+        return done
+    if is_local(output):
+        os.makedirs(output, exist_ok=True)
+    delete_outputs(list_outputs(join(output, "*", "manifest.json")) + [join(output, "manifest.json")])
+    start = time.monotonic()
+    with beam.Pipeline(options=pipeline_options) as p:
+        build(p)
+    log(f"finished in {time.monotonic() - start:.1f}s")
+    return json.loads(read_output_bytes(join(output, "manifest.json")))
