@@ -3,6 +3,8 @@
     lwm-pack demo OUT
     lwm-pack books --input 'books/*.jsonl.zst' --tokenizer tokenizer.model --seq-len 32768 --output out/
     lwm-pack train-tokenizer --input 'books/*.jsonl.zst' --vocab-size 32000 --output tokenizer.model
+    lwm-pack pack --documents out/documents --schedule lwm-text --output stages/
+    lwm-pack report out/
     lwm-pack inspect out/ [--record N] [--tokenizer tokenizer.model]
 
 Options `lwm-pack books` does not know are passed to Beam (e.g. Dataflow's `--project`).
@@ -56,8 +58,33 @@ def _parser() -> argparse.ArgumentParser:
     books.add_argument("--min-chars", type=int, default=1)
     books.add_argument("--max-chars", type=int, default=None)
     books.add_argument("--shard-tokens", type=int, default=1 << 24, help="target tokens per shard file")
+    _pack_arguments(books)
     books.add_argument("--force", action="store_true", help="rebuild even if the output is complete")
     books.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    pack = sub.add_parser(
+        "pack",
+        help="pack a documents/ directory into every stage of a progressive context schedule (Beam job)",
+        epilog="Unknown options are passed to Beam.",
+    )
+    pack.add_argument("--documents", required=True, help="a documents/ directory written by `lwm-pack books`")
+    pack.add_argument(
+        "--schedule", required=True,
+        help="stage lengths, e.g. 32768,131072, or a named schedule: lwm-text (32K..1M), lwm-vision (1K..1M)",
+    )
+    pack.add_argument("--min-doc-tokens", type=_int_list, default=(), help="per stage, the shortest document kept")
+    pack.add_argument("--output", required=True)
+    pack.add_argument("--shard-tokens", type=int, default=1 << 24)
+    pack.add_argument("--runner", default="DirectRunner")
+    pack.add_argument("--direct-running-mode", default="in_memory", choices=["in_memory", "multi_processing"])
+    pack.add_argument("--direct-num-workers", type=int, default=0)
+    pack.add_argument("--force", action="store_true")
+    pack.add_argument("--quiet", action="store_true")
+    _pack_arguments(pack)
+
+    rep = sub.add_parser("report", help="write an HTML corpus report with plots (lengths, fill, modality, loss, cuts)")
+    rep.add_argument("directory", help="an lwm-pack output directory (or one dataset directory)")
+    rep.add_argument("--output", help="folder for index.html (default DIRECTORY/report)")
 
     tt = sub.add_parser("train-tokenizer", help="train a LLaMA-style BPE SentencePiece model on your text")
     tt.add_argument("--input", action="append", required=True, help="file glob; repeatable")
@@ -76,6 +103,60 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _pack_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("packing")
+    g.add_argument("--long-document-policy", default="split", choices=["split", "truncate", "drop"],
+                   help="documents longer than seq_len: split between atomic spans, keep the first piece, or drop")
+    g.add_argument("--piece-positions", default="restart", choices=["restart", "continue"],
+                   help="positions of a split document's later pieces")
+    g.add_argument("--loss-policy", default="as_is",
+                   help="as_is, lwm_balance, per_document, modality:text=1,vision=0.5, or a '+' combination")
+    g.add_argument("--pack-window", type=int, default=None,
+                   help="documents packed together; set it to pack windows in parallel (default: one global pass)")
+    g.add_argument("--top-up-below", type=float, default=0.99,
+                   help="with --pack-window, re-pack records filled below this share in a final pass")
+    g.add_argument("--pack-seed", type=int, default=None, help="shuffle documents before packing")
+
+
+def _pack_options(args):
+    from lwmkit.pipelines.planning import PackOptions
+
+    return PackOptions(
+        policy=args.long_document_policy,
+        piece_positions=args.piece_positions,
+        loss_policy=args.loss_policy,
+        window=args.pack_window,
+        top_up_below=args.top_up_below,
+        seed=args.pack_seed,
+    )
+
+
+def _stages(args, beam_args: list[str]) -> None:
+    from lwmkit.pipelines.pack import StagesOptions, parse_schedule, run_stages
+
+    manifest = run_stages(
+        StagesOptions(
+            documents=args.documents,
+            output=args.output,
+            schedule=parse_schedule(args.schedule),
+            min_doc_tokens=args.min_doc_tokens,
+            shard_tokens=args.shard_tokens,
+            pack=_pack_options(args),
+            runner=args.runner,
+            direct_running_mode=args.direct_running_mode,
+            direct_num_workers=args.direct_num_workers,
+            progress=not args.quiet,
+            beam_args=tuple(beam_args),
+            force=args.force,
+        )
+    )
+    for stage in manifest.get("stages_schedule", []):
+        print(
+            f"seq_len {stage['seq_len']:>8}: {stage['records']} records, fill {stage['fill']:.2%}, "
+            f"rope_theta {stage['rope_theta']:g}, {stage['documents_long_enough']} documents long enough"
+        )
+
+
 def _books(args, beam_args: list[str]) -> None:
     from lwmkit.pipelines.books import BooksOptions, run_books
 
@@ -89,6 +170,7 @@ def _books(args, beam_args: list[str]) -> None:
             min_chars=args.min_chars,
             max_chars=args.max_chars,
             shard_tokens=args.shard_tokens,
+            pack=_pack_options(args),
             runner=args.runner,
             direct_running_mode=args.direct_running_mode,
             direct_num_workers=args.direct_num_workers,
@@ -125,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger().addFilter(_QuietBeamImportWarning())
     parser = _parser()
     args, unknown = parser.parse_known_args(argv)
-    if unknown and args.command != "books":
+    if unknown and args.command not in ("books", "pack"):
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         if args.command == "demo":
@@ -134,6 +216,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_demo(args.output, tokenizer=args.tokenizer, books=args.books, seed=args.seed, progress=not args.quiet)
         elif args.command == "books":
             _books(args, unknown)
+        elif args.command == "pack":
+            _stages(args, unknown)
+        elif args.command == "report":
+            from lwmkit.pipelines.report import write_report
+
+            print(write_report(args.directory, args.output))
         elif args.command == "train-tokenizer":
             _train_tokenizer(args)
         elif args.command == "inspect":

@@ -27,7 +27,7 @@ class InspectError(ValueError):
 
 def _dataset_dirs(directory: str) -> list[str]:
     manifest = load_manifest(directory)
-    if manifest["kind"] == "job":
+    if manifest["kind"] in ("job", "stages"):
         return [os.path.join(directory, name) for name in manifest["datasets"]]
     return [directory]
 
