@@ -10,7 +10,9 @@ A document with an atomic span longer than seq_len cannot be placed and is dropp
 policy. Every cut, truncation and drop is counted in the plan.
 
 Packing. Pieces are placed largest first, each into the open record with the least room that still
-fits it (best-fit decreasing), with ties broken by input order. `window=None` packs all pieces at
+fits it (best-fit decreasing), with ties broken by input order. Best fit leaves up to one piece's
+length empty when pieces have similar lengths (image-text pairs), so the under-filled records are
+then re-packed by a subset-sum fill and the result kept if it needs fewer records (`pack_window`). `window=None` packs all pieces at
 once (the best fill); `window=W` packs consecutive groups of W documents independently, which is
 what the online (Grain) packer does, so offline and online give identical records for the same
 window and seed. A top-up pass then dissolves every window's under-filled records and packs their
@@ -208,9 +210,76 @@ def document_order(n: int, seed: int | None) -> np.ndarray:
     return np.random.default_rng(seed).permutation(n)
 
 
-def pack_window(pieces: Sequence[Piece], seq_len: int) -> list[list[Piece]]:
-    """Packs one window's pieces; the online and offline packers both call exactly this."""
-    return best_fit_decreasing(pieces, seq_len)
+def _fill_room(pool: dict[int, list[Piece]], room: int) -> list[Piece]:
+    """The pieces from `pool` (length -> pieces) whose lengths sum closest to `room` without passing it.
+
+    Bounded subset sum over the distinct lengths with Python integers as bitsets (bit t set: a sum
+    of t is reachable). Lengths are tried most plentiful first and the search stops at an exact fit.
+    Taken pieces are removed from the pool, lowest input order first.
+    """
+    mask = (1 << (room + 1)) - 1
+    reach = 1
+    steps: list[tuple[int, int, int]] = []  # (length, copies available, reach before)
+    for length in sorted((n for n in pool if n <= room and pool[n]), key=lambda n: (-len(pool[n]), -n)):
+        count = min(len(pool[length]), room // length)
+        before = reach
+        k = 1
+        while count > 0:  # binary splitting: copies 1, 2, 4, ... cover every count
+            take = min(k, count)
+            reach |= (reach << (take * length)) & mask
+            count -= take
+            k <<= 1
+        steps.append((length, min(len(pool[length]), room // length), before))
+        if reach >> room & 1:
+            break
+    best = reach.bit_length() - 1
+    chosen: list[Piece] = []
+    target = best
+    for length, available, before in reversed(steps):
+        # Fewest copies of this length that leave a sum reachable without it.
+        for copies in range(available + 1):
+            if target - copies * length >= 0 and before >> (target - copies * length) & 1:
+                break
+        target -= copies * length
+        chosen += pool[length][:copies]
+        del pool[length][:copies]
+    return chosen
+
+
+def subset_sum_fill(pieces: Sequence[Piece], seq_len: int) -> list[list[Piece]]:
+    """Packs pieces record by record: the largest piece left, then the subset that best fills the rest.
+
+    Near-optimal when many pieces have similar lengths (image-text pairs, video clips), where best
+    fit leaves up to one piece's length empty in most records.
+    """
+    pool: dict[int, list[Piece]] = {}
+    for p in sorted(pieces, key=lambda p: (p.doc, p.offset)):
+        pool.setdefault(p.length, []).append(p)
+    lengths = sorted(pool, reverse=True)
+    bins: list[list[Piece]] = []
+    while lengths:
+        while lengths and not pool[lengths[0]]:
+            lengths.pop(0)
+        if not lengths:
+            break
+        anchor = pool[lengths[0]].pop(0)
+        bins.append([anchor] + _fill_room(pool, seq_len - anchor.length))
+    return bins
+
+
+def pack_window(pieces: Sequence[Piece], seq_len: int, repair_below: float = 0.995) -> list[list[Piece]]:
+    """Packs one window's pieces; the online and offline packers both call exactly this.
+
+    Best-fit decreasing first; then the records filled below `repair_below` are dissolved and their
+    pieces packed again with `subset_sum_fill`, which is kept only if it needs fewer records.
+    """
+    bins = best_fit_decreasing(pieces, seq_len)
+    under = [b for b in bins if sum(p.length for p in b) < repair_below * seq_len]
+    if len(under) < 2:
+        return bins
+    full = [b for b in bins if sum(p.length for p in b) >= repair_below * seq_len]
+    repaired = subset_sum_fill([p for b in under for p in b], seq_len)
+    return full + repaired if len(repaired) < len(under) else bins
 
 
 def window_groups(n: int, window: int | None, seed: int | None) -> list[np.ndarray]:

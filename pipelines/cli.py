@@ -51,16 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     books.add_argument("--tokenizer", required=True, help="SentencePiece .model (e.g. LLaMA-2's tokenizer.model)")
     books.add_argument("--seq-len", type=_int_list, default=(32768,), help="packed lengths, e.g. 32768,131072")
     books.add_argument("--output", required=True, help="output directory (local or any Beam filesystem)")
-    books.add_argument("--runner", default="DirectRunner")
-    books.add_argument("--direct-running-mode", default="in_memory", choices=["in_memory", "multi_processing"])
-    books.add_argument("--direct-num-workers", type=int, default=0)
     books.add_argument("--text-key", default="text", help="JSON key / parquet column of the text")
     books.add_argument("--min-chars", type=int, default=1)
     books.add_argument("--max-chars", type=int, default=None)
-    books.add_argument("--shard-tokens", type=int, default=1 << 24, help="target tokens per shard file")
+    _run_arguments(books)
     _pack_arguments(books)
-    books.add_argument("--force", action="store_true", help="rebuild even if the output is complete")
-    books.add_argument("--quiet", action="store_true", help="no progress lines")
 
     pack = sub.add_parser(
         "pack",
@@ -74,12 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     pack.add_argument("--min-doc-tokens", type=_int_list, default=(), help="per stage, the shortest document kept")
     pack.add_argument("--output", required=True)
-    pack.add_argument("--shard-tokens", type=int, default=1 << 24)
-    pack.add_argument("--runner", default="DirectRunner")
-    pack.add_argument("--direct-running-mode", default="in_memory", choices=["in_memory", "multi_processing"])
-    pack.add_argument("--direct-num-workers", type=int, default=0)
-    pack.add_argument("--force", action="store_true")
-    pack.add_argument("--quiet", action="store_true")
+    _run_arguments(pack)
     _pack_arguments(pack)
 
     rep = sub.add_parser("report", help="write an HTML corpus report with plots (lengths, fill, modality, loss, cuts)")
@@ -131,6 +121,28 @@ def _pack_options(args):
     )
 
 
+def _run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options every Beam job takes: where it runs, shard size, rebuild, progress."""
+    parser.add_argument("--shard-tokens", type=int, default=1 << 24, help="target tokens per shard file")
+    parser.add_argument("--runner", default="DirectRunner")
+    parser.add_argument("--direct-running-mode", default="in_memory", choices=["in_memory", "multi_processing"])
+    parser.add_argument("--direct-num-workers", type=int, default=0)
+    parser.add_argument("--force", action="store_true", help="rebuild even if the output is complete")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def _run_options(args, beam_args: list[str]) -> dict:
+    return {
+        "shard_tokens": args.shard_tokens,
+        "runner": args.runner,
+        "direct_running_mode": args.direct_running_mode,
+        "direct_num_workers": args.direct_num_workers,
+        "progress": not args.quiet,
+        "beam_args": tuple(beam_args),
+        "force": args.force,
+    }
+
+
 def _stages(args, beam_args: list[str]) -> None:
     from lwmkit.pipelines.pack import StagesOptions, parse_schedule, run_stages
 
@@ -140,14 +152,8 @@ def _stages(args, beam_args: list[str]) -> None:
             output=args.output,
             schedule=parse_schedule(args.schedule),
             min_doc_tokens=args.min_doc_tokens,
-            shard_tokens=args.shard_tokens,
             pack=_pack_options(args),
-            runner=args.runner,
-            direct_running_mode=args.direct_running_mode,
-            direct_num_workers=args.direct_num_workers,
-            progress=not args.quiet,
-            beam_args=tuple(beam_args),
-            force=args.force,
+            **_run_options(args, beam_args),
         )
     )
     for stage in manifest.get("stages_schedule", []):
@@ -169,14 +175,8 @@ def _books(args, beam_args: list[str]) -> None:
             text_key=args.text_key,
             min_chars=args.min_chars,
             max_chars=args.max_chars,
-            shard_tokens=args.shard_tokens,
             pack=_pack_options(args),
-            runner=args.runner,
-            direct_running_mode=args.direct_running_mode,
-            direct_num_workers=args.direct_num_workers,
-            progress=not args.quiet,
-            beam_args=tuple(beam_args),
-            force=args.force,
+            **_run_options(args, beam_args),
         )
     )
     summary = ", ".join(f"{k}: {v['records']} records" for k, v in manifest["datasets"].items())

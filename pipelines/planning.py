@@ -71,7 +71,7 @@ class PackOptions:
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["loss_policy"] = LossPolicy.parse(self.loss_policy).spec
-        d["algorithm"] = "best_fit_decreasing"
+        d["algorithm"] = "best_fit_decreasing+subset_sum_repair"
         if self.window is None:
             d["top_up_below"] = None  # one global pass has nothing to top up
         return d

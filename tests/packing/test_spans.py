@@ -112,3 +112,30 @@ def test_assembled_records_are_consistent(case, piece_positions, loss_spec):
         raw[: sum(p.length for p in b)] = np.concatenate([s.loss_weights for s in segs])
         expected = policy.apply(raw, rec["vision_mask"], rec["tokens_segment_ids"])
         assert np.array_equal(rec["loss_weights"], expected)  # the named policy, nothing else
+
+
+def test_subset_sum_repair_fills_similar_sized_pieces_better_than_best_fit():
+    from lwmkit.packing.bins import Piece, best_fit_decreasing, pack_window, subset_sum_fill
+
+    rng = np.random.default_rng(0)
+    pieces = [Piece(i, 0, int(n)) for i, n in enumerate(rng.integers(272, 325, 600))]  # image-text pairs
+    bfd = best_fit_decreasing(pieces, 4096)
+    ours = pack_window(pieces, 4096)
+    assert len(ours) < len(bfd)
+    total = sum(p.length for p in pieces)
+    assert total / (len(ours) * 4096) > 0.99 > total / (len(bfd) * 4096)
+    placed = sorted(p for b in ours for p in b)
+    assert placed == sorted(pieces)  # every piece exactly once
+    assert all(sum(p.length for p in b) <= 4096 for b in ours)
+    assert subset_sum_fill(pieces, 4096) == subset_sum_fill(list(reversed(pieces)), 4096)  # input order does not matter
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(1, 40), min_size=0, max_size=60), st.integers(40, 120))
+def test_subset_sum_fill_places_every_piece_once(lengths, seq_len):
+    from lwmkit.packing.bins import Piece, subset_sum_fill
+
+    pieces = [Piece(i, 0, n) for i, n in enumerate(lengths)]
+    bins = subset_sum_fill(pieces, seq_len)
+    assert sorted(p for b in bins for p in b) == sorted(pieces)
+    assert all(0 < sum(p.length for p in b) <= seq_len for b in bins)
