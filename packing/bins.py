@@ -263,7 +263,8 @@ def subset_sum_fill(pieces: Sequence[Piece], seq_len: int) -> list[list[Piece]]:
         if not lengths:
             break
         anchor = pool[lengths[0]].pop(0)
-        bins.append([anchor] + _fill_room(pool, seq_len - anchor.length))
+        # Largest first inside a record, as best fit places them.
+        bins.append(sorted([anchor] + _fill_room(pool, seq_len - anchor.length), key=lambda p: -p.length))
     return bins
 
 

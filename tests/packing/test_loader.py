@@ -12,6 +12,7 @@ import collections
 import numpy as np
 import pytest
 from lwmkit.packing import make_loader
+from lwmkit.packing.loader import TARGET_FIELDS
 from lwmkit.packing.records import PACKED_TOKEN_FIELDS
 
 from .helpers import write_documents_dir, write_packed_dir
@@ -51,7 +52,7 @@ def test_batches_are_batch_by_seq_len(packed):
     batches = list(make_loader(d, batch_size=3, seed=0))
     assert len(batches) == len(records) // 3  # drop_remainder
     for batch in batches:
-        assert set(batch) == set(PACKED_TOKEN_FIELDS)
+        assert set(batch) == {*PACKED_TOKEN_FIELDS, *TARGET_FIELDS, "dataset_index"}
         for name, (dtype, _, _) in PACKED_TOKEN_FIELDS.items():
             assert isinstance(batch[name], np.ndarray)
             assert batch[name].shape == (3, SEQ_LEN), name
