@@ -37,6 +37,7 @@ from typing import Any
 
 import grain
 import numpy as np
+from lwmkit.packing.records import PACKED_TOKEN_FIELDS
 from lwmkit.packing.source import ShardDataSource
 
 TARGET_FIELDS = ("targets", "target_loss_weights", "target_vision_mask")
@@ -51,30 +52,31 @@ def _ensure_absl_flags_parsed() -> None:
 
 
 def shift_targets(record: dict[str, Any], vision_offset: int | None = None) -> dict[str, np.ndarray]:
-    """The training fields of one packed record: inputs plus targets shifted within segments.
+    """The training fields of packed records: inputs plus targets shifted within segments.
+
+    Works on one record ([seq] arrays) or a batch ([batch, seq]); the shift is along the last axis.
 
     Args:
-      record: a decoded packed record (or the online packer's output).
+      record: a decoded packed record or a batch of them (the online packer's output too).
       vision_offset: if set, emit one id space: vision ids (and vision targets) + vision_offset.
 
     Returns:
-      The per-token fields plus `targets`, `target_loss_weights`, `target_vision_mask` ([seq] each).
+      The per-token fields plus `targets`, `target_loss_weights`, `target_vision_mask`.
     """
-    tokens = np.asarray(record["tokens"], dtype=np.int32)  # [seq]
-    vision = np.asarray(record["vision_mask"], dtype=bool)  # [seq]
-    weights = np.asarray(record["loss_weights"], dtype=np.float32)  # [seq]
-    seg = np.asarray(record["tokens_segment_ids"], dtype=np.int32)  # [seq]
-    same = np.zeros(tokens.shape[0], dtype=bool)  # [seq]: token i+1 continues i's segment
-    same[:-1] = (seg[1:] == seg[:-1]) & (seg[:-1] != 0)
+    tokens = np.asarray(record["tokens"], dtype=np.int32)  # [..., seq]
+    vision = np.asarray(record["vision_mask"], dtype=bool)  # [..., seq]
+    weights = np.asarray(record["loss_weights"], dtype=np.float32)  # [..., seq]
+    seg = np.asarray(record["tokens_segment_ids"], dtype=np.int32)  # [..., seq]
+    same = (seg[..., 1:] == seg[..., :-1]) & (seg[..., :-1] != 0)  # [..., seq-1]: i+1 continues i
     targets = np.zeros_like(tokens)
-    targets[:-1] = np.where(same[:-1], tokens[1:], 0)
+    np.multiply(tokens[..., 1:], same, out=targets[..., :-1])
     target_weights = np.zeros_like(weights)
-    target_weights[:-1] = np.where(same[:-1], weights[1:], 0.0)
+    np.multiply(weights[..., 1:], same, out=target_weights[..., :-1])
     target_vision = np.zeros_like(vision)
-    target_vision[:-1] = same[:-1] & vision[1:]
+    np.logical_and(vision[..., 1:], same, out=target_vision[..., :-1])
     if vision_offset is not None:
-        tokens = np.where(vision, tokens + vision_offset, tokens)
-        targets = np.where(target_vision, targets + vision_offset, targets)
+        tokens = tokens + vision * np.int32(vision_offset)
+        targets = targets + target_vision * np.int32(vision_offset)
     return {
         "tokens": tokens,
         "vision_mask": vision,
@@ -87,16 +89,27 @@ def shift_targets(record: dict[str, Any], vision_offset: int | None = None) -> d
     }
 
 
-class TrainingFields(grain.transforms.Map):
-    """Grain map: a packed record -> its training fields (see `shift_targets`), tagged with its dataset."""
+class TokenFields(grain.transforms.Map):
+    """Grain map: a packed record -> its per-token fields (views, no copy), tagged with its dataset."""
 
-    def __init__(self, dataset_index: int = 0, vision_offset: int | None = None):
+    def __init__(self, dataset_index: int = 0):
         self.dataset_index = dataset_index
+
+    def map(self, element: dict[str, Any]) -> dict[str, np.ndarray]:
+        out = {k: element[k] for k in PACKED_TOKEN_FIELDS}
+        out["dataset_index"] = np.int32(self.dataset_index)
+        return out
+
+
+class TrainingFields(grain.transforms.Map):
+    """Grain map on a batch: adds the targets (see `shift_targets`) in one vectorised pass."""
+
+    def __init__(self, vision_offset: int | None = None):
         self.vision_offset = vision_offset
 
     def map(self, element: dict[str, Any]) -> dict[str, np.ndarray]:
         out = shift_targets(element, self.vision_offset)
-        out["dataset_index"] = np.int32(self.dataset_index)
+        out["dataset_index"] = element["dataset_index"]
         return out
 
 
@@ -113,7 +126,9 @@ class LoaderConfig:
       shard_index, shard_count: this host's share; None takes JAX's process index and count.
       worker_count: Grain worker processes (0 reads in this process).
       worker_buffer_size: batches each worker prepares ahead.
-      read_threads: threads reading records in each process (read-ahead for large records).
+      read_threads: threads reading records in each process; None picks 0 below 64K-token records
+        (a thread hand-off costs more than the read) and 4 from 64K up (read-ahead keeps the
+        latency of 1M-token records flat).
       drop_remainder: drop the last partial batch.
       vision_offset: emit a single id space, vision ids + this offset (e.g. the text vocab size).
       online_seq_len, online_window: pack a document directory on the fly to this seq_len.
@@ -129,7 +144,7 @@ class LoaderConfig:
     shard_count: int | None = None
     worker_count: int = 0
     worker_buffer_size: int = 2
-    read_threads: int = 4
+    read_threads: int | None = None
     drop_remainder: bool = True
     vision_offset: int | None = None
     online_seq_len: int | None = None
@@ -178,13 +193,17 @@ def _packed_dataset(config: LoaderConfig, index: int, shard: tuple[int, int], re
     if config.shuffle:
         ds = ds.shuffle(seed=config.seed + index)
     ds = ds.repeat(repeat)
-    return ds.map(TrainingFields(index, config.vision_offset))
+    return ds.map(TokenFields(index))
 
 
 def build_dataset(config: LoaderConfig) -> grain.IterDataset:
     """The Grain `IterDataset` behind `make_loader`, for users who compose further transforms."""
     shard = _host_shard(config)
-    read = grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=max(2 * config.batch_size, 8))
+    threads = config.read_threads
+    if threads is None:
+        longest = max(ShardDataSource(d).manifest.get("seq_len") or 0 for d in config.directories)
+        threads = 0 if config.online_seq_len is None and longest < 65536 else 4
+    read = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(2 * config.batch_size, 8))
     if config.online_seq_len is not None:
         from lwmkit.packing.bins import document_order
         from lwmkit.packing.online import OnlinePackIterDataset, _Ordered
@@ -192,9 +211,7 @@ def build_dataset(config: LoaderConfig) -> grain.IterDataset:
         source = ShardDataSource(config.directories[0])
         order = document_order(len(source), config.seed if config.shuffle else None)[shard[0] :: shard[1]]
         docs = grain.MapDataset.source(_Ordered(source, order)).repeat(config.num_epochs).to_iter_dataset(read)
-        ds = OnlinePackIterDataset(docs, config.online_seq_len, window=config.online_window).map(
-            TrainingFields(0, config.vision_offset)
-        )
+        ds = OnlinePackIterDataset(docs, config.online_seq_len, window=config.online_window).map(TokenFields(0))
     else:
         mixing = len(config.directories) > 1
         parts = [
@@ -203,7 +220,7 @@ def build_dataset(config: LoaderConfig) -> grain.IterDataset:
         ]
         mixed = grain.MapDataset.mix(parts, list(config.weights or [1.0] * len(parts))) if mixing else parts[0]
         ds = mixed.to_iter_dataset(read)
-    ds = ds.batch(config.batch_size, drop_remainder=config.drop_remainder)
+    ds = ds.batch(config.batch_size, drop_remainder=config.drop_remainder).map(TrainingFields(config.vision_offset))
     if config.worker_count:
         _ensure_absl_flags_parsed()
         ds = ds.mp_prefetch(

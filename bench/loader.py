@@ -1,0 +1,117 @@
+"""Benchmark: the Grain training loader against a raw sequential ArrayRecord read + decode.
+
+Side by side in one run, on the same packed shards: the limit (one process reads every record in
+file order with ArrayRecord and decodes it with lwmkit's zero-copy decoder) and `make_loader` with
+0 and 2 worker processes (global shuffle, targets shifted within segments, batches stacked), at
+seq_len 32,768 and 1,048,576. Reports tokens/s (wall) and CPU-seconds per million tokens, with
+the CPU of worker processes included.
+
+Run (the command recorded in docs/benchmarks.md):
+    python bench/loader.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import tempfile
+import time
+
+import numpy as np
+
+
+def write_dataset(directory: str, seq_len: int, records: int) -> None:
+    from lwmkit.packing.assemble import Segment, assemble_packed
+    from lwmkit.packing.records import encode_packed, tfds_features_json
+    from lwmkit.packing.shards import dataset_info_json, shard_name, write_json_atomic, write_shard
+
+    rng = np.random.default_rng(0)
+    n = seq_len // 4
+
+    def recs():
+        for r in range(records):
+            segs = [
+                Segment(1000 * r + i, 0, rng.integers(3, 32000, n, dtype=np.int32), np.zeros(n, bool),
+                        np.ones(n, np.float32))
+                for i in range(4)
+            ]
+            yield encode_packed(assemble_packed(segs, seq_len), seq_len)
+
+    info = write_shard(os.path.join(directory, shard_name("packed", 0, 1)), recs())
+    write_json_atomic(os.path.join(directory, "features.json"), tfds_features_json("packed", seq_len))
+    write_json_atomic(os.path.join(directory, "dataset_info.json"), dataset_info_json("packed", [info], "bench"))
+    write_json_atomic(
+        os.path.join(directory, "manifest.json"),
+        {"format_version": 1, "kind": "packed", "dataset_name": "packed", "seq_len": seq_len,
+         "records": records, "documents": 4 * records, "shards": [info.to_json()]},
+    )
+
+
+def _cpu() -> float:
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def raw_read(directory: str) -> int:
+    from array_record.python.array_record_module import ArrayRecordReader
+    from lwmkit.packing import decode_record
+    from lwmkit.packing.manifest import shard_paths
+
+    tokens = 0
+    for path in shard_paths(directory):
+        reader = ArrayRecordReader(path)
+        for i in range(reader.num_records()):
+            rec = decode_record(reader.read([i])[0])
+            tokens += int(rec["tokens"].shape[0])
+        reader.close()
+    return tokens
+
+
+def loader_read(directory: str, workers: int, batch_size: int) -> tuple[int, float, float, float]:
+    """(tokens after the first batch, their wall s, their CPU s, seconds to the first batch)."""
+    from lwmkit.packing import make_loader
+
+    w0 = time.perf_counter()
+    it = make_loader(directory, batch_size, seed=0, worker_count=workers, num_epochs=2)
+    next(it)  # start-up (worker processes, imports) is reported apart from the steady rate
+    first = time.perf_counter() - w0
+    c1, w1 = _cpu(), time.perf_counter()
+    tokens = sum(int(batch["tokens"].size) for batch in it)
+    return tokens, time.perf_counter() - w1, _cpu() - c1, first
+
+
+def measure(fn) -> tuple[int, float, float, float]:
+    c0, w0 = _cpu(), time.perf_counter()
+    tokens = fn()
+    return tokens, time.perf_counter() - w0, _cpu() - c0, 0.0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tokens", type=int, default=1 << 27, help="tokens per dataset (default 134M: 4,096 x 32K or 128 x 1M)")
+    args = ap.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="lwmkit-loader-") as work:
+        for seq_len, batch in ((32768, 8), (1 << 20, 1)):
+            d = os.path.join(work, f"packed-{seq_len}")
+            write_dataset(d, seq_len, args.tokens // seq_len)
+            raw_read(d)  # warm the page cache so every row reads from memory
+            limit = measure(lambda d=d: raw_read(d))
+            rows.append((seq_len, "raw ArrayRecord read + decode, 1 process (limit)", limit, limit))
+            for workers in (0, 2):
+                r = loader_read(d, workers, batch)
+                rows.append((seq_len, f"make_loader, {workers} workers, batch {batch}", r, limit))
+    print(f"{os.cpu_count()} CPUs; {args.tokens:,} tokens per dataset; page cache warm; the loaders run two "
+          "epochs and are timed from their first batch (the time to it is its own column)")
+    print(f"| {'seq_len':>9} | {'what':50} | {'tokens/s (wall)':>15} | {'CPU-s per M tokens':>18} | "
+          f"{'rate vs limit':>13} | {'first batch s':>13} |")
+    print(f"|{'-' * 11}|{'-' * 52}|{'-' * 17}|{'-' * 20}|{'-' * 15}|{'-' * 15}|")
+    for seq_len, name, (tokens, wall, cpu, first), (lt, lw, _, _) in rows:
+        print(f"| {seq_len:>9,} | {name:50} | {tokens / wall:>15,.0f} | {cpu / tokens * 1e6:>18.4f} | "
+              f"{(tokens / wall) / (lt / lw):>12.0%} | {first:>13.2f} |")
+
+
+if __name__ == "__main__":
+    main()
