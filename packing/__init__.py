@@ -6,6 +6,7 @@ JAX, so it is loaded only when first used.
 
 from lwmkit.packing.assemble import Segment, assemble_packed
 from lwmkit.packing.bins import PackPlan, Piece, best_fit_decreasing, cut_documents, plan_packing
+from lwmkit.packing.loss import LossPolicy
 from lwmkit.packing.manifest import ManifestError, load_manifest, verify_directory
 from lwmkit.packing.records import (
     DOCUMENT_FORMAT,
@@ -25,6 +26,7 @@ from lwmkit.packing.source import ShardDataSource
 __all__ = [
     "DOCUMENT_FORMAT",
     "FORMAT_VERSION",
+    "LossPolicy",
     "PACKED_FORMAT",
     "ManifestError",
     "PackPlan",
