@@ -13,39 +13,12 @@ Run (the command recorded in docs/benchmarks.md):
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
 
 import numpy as np
-
-
-def _write_dataset(directory: str, seq_len: int, records: int) -> None:
-    from lwmkit.packing.assemble import Segment, assemble_packed
-    from lwmkit.packing.records import encode_packed, tfds_features_json
-    from lwmkit.packing.shards import dataset_info_json, shard_name, write_json_atomic, write_shard
-
-    rng = np.random.default_rng(0)
-
-    def recs():
-        for r in range(records):
-            n = seq_len // 4
-            segs = [
-                Segment(1000 * r + i, 0, rng.integers(3, 32000, n, dtype=np.int32), np.zeros(n, bool),
-                        np.ones(n, np.float32))
-                for i in range(4)
-            ]
-            yield encode_packed(assemble_packed(segs, seq_len), seq_len)
-
-    info = write_shard(os.path.join(directory, shard_name("packed", 0, 1)), recs())
-    write_json_atomic(os.path.join(directory, "features.json"), tfds_features_json("packed", seq_len))
-    write_json_atomic(os.path.join(directory, "dataset_info.json"), dataset_info_json("packed", [info], "bench"))
-    write_json_atomic(
-        os.path.join(directory, "manifest.json"),
-        {"format_version": 1, "kind": "packed", "dataset_name": "packed", "seq_len": seq_len,
-         "records": records, "documents": 4 * records, "shards": [info.to_json()]},
-    )
+from synthetic_shards import write_packed_dataset
 
 
 def _time(fn, repeat: int) -> tuple[float, float]:
@@ -70,7 +43,7 @@ def main() -> None:
     from lwmkit.packing import ShardDataSource, decode_record
 
     with tempfile.TemporaryDirectory(prefix="lwmkit-decode-") as d:
-        _write_dataset(d, args.seq_len, args.records)
+        write_packed_dataset(d, args.seq_len, args.records)
         ours = ShardDataSource(d)
         theirs = tfds.builder_from_directory(d).as_data_source()["train"]
         raw = [ours._source[i] for i in range(args.records)]

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +32,7 @@ from lwmkit.pipelines.outputs import join, read_output_bytes
 from lwmkit.pipelines.planning import PackOptions
 from lwmkit.pipelines.readers import input_kind, read_documents
 from lwmkit.pipelines.stages import Dropped, DropRecord, run_stage
-from lwmkit.pipelines.write_stage import run_job, write_datasets
+from lwmkit.pipelines.write_stage import job_record, progress_log, run_job, write_datasets
 from lwmkit.tokenizers.text import SentencePieceTokenizer
 
 STAGES = ("read", "normalize", "filter", "dedup", "tokenize")
@@ -233,18 +232,6 @@ def build_pipeline(p: beam.Pipeline, options: BooksOptions, files: list[str], to
     )
 
 
-def _job_record(options: BooksOptions, files: list[str], tokenizer: SentencePieceTokenizer) -> dict[str, Any]:
-    from importlib.metadata import version
-
-    return {
-        "lwmkit_version": version("lwmkit"),
-        "options": options.recorded(),
-        "input_files": files,
-        "tokenizer": {**tokenizer.fingerprint(), "path": options.tokenizer},
-        "runner": runner_lib.describe(options.runner, options.direct_running_mode),
-    }
-
-
 def _read_tokenizer(path: str) -> SentencePieceTokenizer:
     from lwmkit.pipelines.outputs import is_local
 
@@ -270,10 +257,15 @@ def run_books(options: BooksOptions) -> dict[str, Any]:
       NoValidDocumentsError: no input record gave a document (see failures.jsonl for why).
       CountMismatchError (via the runner): records were lost between stages.
     """
-    log = (lambda msg: print(f"[lwm-pack] {msg}", file=sys.stderr, flush=True)) if options.progress else (lambda m: None)
+    log = progress_log(options.progress)
     files = match_inputs(options.inputs)
     tokenizer = _read_tokenizer(options.tokenizer)
-    job = _job_record(options, files, tokenizer)
+    job = job_record(
+        options.recorded(),
+        files,
+        {**tokenizer.fingerprint(), "path": options.tokenizer},
+        runner_lib.describe(options.runner, options.direct_running_mode),
+    )
     log(f"{len(files)} input files; tokenizer {tokenizer.name} ({tokenizer.vocab_size} pieces); runner {job['runner']}")
     manifest = run_job(
         lambda p: build_pipeline(p, options, files, tokenizer, job),

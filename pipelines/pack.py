@@ -19,7 +19,6 @@ Run (LWM's text schedule on the demo's documents):
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from lwmkit.pipelines.finalize import StageChain
 from lwmkit.pipelines.outputs import is_local, join, read_output_bytes
 from lwmkit.pipelines.planning import PackOptions
 from lwmkit.pipelines.stages import Dropped, run_stage
-from lwmkit.pipelines.write_stage import run_job, write_datasets
+from lwmkit.pipelines.write_stage import job_record, progress_log, run_job, write_datasets
 
 SCHEDULES = {
     "lwm-text": (32768, 131072, 262144, 524288, 1048576),
@@ -172,20 +171,17 @@ def run_stages(options: StagesOptions) -> dict[str, Any]:
       ManifestError: the documents directory has no readable manifest.
       ValueError: it does not hold document records.
     """
-    log = (lambda msg: print(f"[lwm-pack] {msg}", file=sys.stderr, flush=True)) if options.progress else (lambda m: None)
+    log = progress_log(options.progress)
     source = load_manifest(options.documents)
     if source["kind"] != "document":
         raise ValueError(f"{options.documents}: holds {source['kind']} records; `pack` reads a documents/ directory")
     shards = [join(options.documents, s["file"]) for s in source["shards"]]
-    from importlib.metadata import version
-
-    job = {
-        "lwmkit_version": version("lwmkit"),
-        "options": options.recorded(),
-        "input_files": [s["file"] + ":" + s["sha256"] for s in source["shards"]],
-        "tokenizer": source.get("tokenizer"),
-        "runner": runner_lib.describe(options.runner, options.direct_running_mode),
-    }
+    job = job_record(
+        options.recorded(),
+        [s["file"] + ":" + s["sha256"] for s in source["shards"]],
+        source.get("tokenizer"),
+        runner_lib.describe(options.runner, options.direct_running_mode),
+    )
     log(f"{len(shards)} document shards, {source['documents']} documents; stages {list(options.schedule)}")
 
     def build(p: beam.Pipeline):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -99,6 +100,26 @@ def write_datasets(
             counts=beam.pvalue.AsList(all_counts),
         )
     )
+
+
+def progress_log(enabled: bool) -> Callable[[str], None]:
+    """A function that prints `[lwm-pack] message` lines to stderr, or does nothing."""
+    if not enabled:
+        return lambda message: None
+    return lambda message: print(f"[lwm-pack] {message}", file=sys.stderr, flush=True)
+
+
+def job_record(options: dict[str, Any], input_files: list[str], tokenizer: dict | None, runner: str) -> dict[str, Any]:
+    """What every manifest records about the job that made it (and what makes a rerun a no-op)."""
+    from importlib.metadata import version
+
+    return {
+        "lwmkit_version": version("lwmkit"),
+        "options": options,
+        "input_files": input_files,
+        "tokenizer": tokenizer,
+        "runner": runner,
+    }
 
 
 def complete_output(output: str, job: dict[str, Any]) -> dict | None:
