@@ -28,7 +28,7 @@ Example, seq_len 8, documents of lengths [5, 9, 3, 2], no spans, policy split:
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -295,12 +295,12 @@ def window_groups(n: int, window: int | None, seed: int | None) -> list[np.ndarr
 
 def pack_documents(
     docs: Sequence[int],
-    lengths: Sequence[int],
+    lengths: Sequence[int] | Mapping[int, int],
     seq_len: int,
     policy: str = "split",
-    spans: Sequence[Sequence[Span]] | None = None,
+    spans: Sequence[Sequence[Span]] | Mapping[int, Sequence[Span]] | None = None,
 ) -> tuple[list[list[Piece]], CutStats]:
-    """Cuts the given documents (indices into lengths/spans) and packs them as one window."""
+    """Cuts the given documents (keys into lengths/spans) and packs them as one window."""
     total = CutStats()
     pieces: list[Piece] = []
     for d in docs:

@@ -206,11 +206,11 @@ def build_dataset(config: LoaderConfig) -> grain.IterDataset:
     read = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(2 * config.batch_size, 8))
     if config.online_seq_len is not None:
         from lwmkit.packing.bins import document_order
-        from lwmkit.packing.online import OnlinePackIterDataset, _Ordered
+        from lwmkit.packing.online import OnlinePackIterDataset, OrderedSource
 
         source = ShardDataSource(config.directories[0])
         order = document_order(len(source), config.seed if config.shuffle else None)[shard[0] :: shard[1]]
-        docs = grain.MapDataset.source(_Ordered(source, order)).repeat(config.num_epochs).to_iter_dataset(read)
+        docs = grain.MapDataset.source(OrderedSource(source, order)).repeat(config.num_epochs).to_iter_dataset(read)
         ds = OnlinePackIterDataset(docs, config.online_seq_len, window=config.online_window).map(TokenFields(0))
     else:
         mixing = len(config.directories) > 1

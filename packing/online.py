@@ -135,7 +135,7 @@ class OnlinePackIterDataset(grain.IterDataset):
         return f"OnlinePackIterDataset(seq_len={self._config['seq_len']}, window={self._config['window']})"
 
 
-class _Ordered:
+class OrderedSource:
     """A data source read in a fixed order (a seeded permutation of another source)."""
 
     def __init__(self, source: ShardDataSource, order: np.ndarray):
@@ -169,7 +169,7 @@ def online_packed_dataset(
     source = ShardDataSource(directory)
     if source.kind != "document":
         raise ValueError(f"{directory}: holds {source.kind} records; online packing reads document records")
-    ordered = _Ordered(source, document_order(len(source), seed))
+    ordered = OrderedSource(source, document_order(len(source), seed))
     parent = grain.MapDataset.source(ordered).to_iter_dataset()
     return OnlinePackIterDataset(
         parent, seq_len, window=window, policy=policy, piece_positions=piece_positions, loss_policy=loss_policy

@@ -126,8 +126,10 @@ def packing_windows(plan: dict[str, Any], pack: PackOptions) -> Iterator[tuple[i
 def pack_window_of(item: tuple[int, tuple[int, list[int]]], plan: dict[str, Any], pack: PackOptions):
     """Packs one window (a Beam worker's share); returns (seq_len, (window, bins, cuts))."""
     seq_len, (w, docs) = item
-    lengths = [d["tokens"] for d in plan["docs"]]
-    bins, cuts = pack_documents(docs, lengths, seq_len, pack.policy, _spans(plan["docs"]))
+    # Only this window's documents: each worker does O(window) work, not O(corpus).
+    lengths = {d: plan["docs"][d]["tokens"] for d in docs}
+    spans = {d: [tuple(s) for s in plan["docs"][d].get("spans") or ()] for d in docs}
+    bins, cuts = pack_documents(docs, lengths, seq_len, pack.policy, spans)
     return seq_len, (w, [[(p.doc, p.offset, p.length) for p in b] for b in bins], cuts)
 
 
