@@ -5,6 +5,7 @@ JAX, so it is loaded only when first used.
 """
 
 from lwmkit.packing.assemble import Segment, assemble_packed
+from lwmkit.packing.batches import TrainingBatch, shift_targets
 from lwmkit.packing.bins import PackPlan, Piece, best_fit_decreasing, cut_documents, plan_packing
 from lwmkit.packing.loss import LossPolicy
 from lwmkit.packing.manifest import ManifestError, load_manifest, verify_directory
@@ -35,6 +36,7 @@ __all__ = [
     "Segment",
     "ShardDataSource",
     "ShardInfo",
+    "TrainingBatch",
     "assemble_packed",
     "best_fit_decreasing",
     "check_packed",
@@ -48,6 +50,7 @@ __all__ = [
     "plan_packing",
     "read_shard",
     "shard_name",
+    "shift_targets",
     "tfds_features_json",
     "verify_directory",
     "write_shard",

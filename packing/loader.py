@@ -15,11 +15,15 @@ shifted by one *within each segment* (the last token of a document predicts noth
 document never learns to predict its neighbour's first token), and `dataset_index` (which
 mixture component each row came from).
 
-Example of the targets, two segments [5, 6, 7 | 8, 9] and one padding token:
+Example of the targets (`packing/batches.py` builds them), two segments [5, 6, 7 | 8, 9] and one
+padding token:
     tokens             [5, 6, 7, 8, 9, 0]
     tokens_segment_ids [1, 1, 1, 2, 2, 0]
     targets            [6, 7, 0, 9, 0, 0]
     target_loss_weights = loss_weights of the target token, 0 where targets is 0 above
+
+Batch arrays are recycled once nothing references them (see `packing/batches.py`): keep a batch
+(or a view of it) as long as you like; it never changes under you.
 
 Sharding: every host reads `records[shard_index::shard_count]` of each dataset (defaults:
 `jax.process_index()` / `jax.process_count()` when JAX is present, else 0 / 1). The global
@@ -37,10 +41,9 @@ from typing import Any
 
 import grain
 import numpy as np
+from lwmkit.packing.batches import TrainingBatch
 from lwmkit.packing.records import PACKED_TOKEN_FIELDS
 from lwmkit.packing.source import ShardDataSource
-
-TARGET_FIELDS = ("targets", "target_loss_weights", "target_vision_mask")
 
 
 def _ensure_absl_flags_parsed() -> None:
@@ -49,44 +52,6 @@ def _ensure_absl_flags_parsed() -> None:
 
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
-
-
-def shift_targets(record: dict[str, Any], vision_offset: int | None = None) -> dict[str, np.ndarray]:
-    """The training fields of packed records: inputs plus targets shifted within segments.
-
-    Works on one record ([seq] arrays) or a batch ([batch, seq]); the shift is along the last axis.
-
-    Args:
-      record: a decoded packed record or a batch of them (the online packer's output too).
-      vision_offset: if set, emit one id space: vision ids (and vision targets) + vision_offset.
-
-    Returns:
-      The per-token fields plus `targets`, `target_loss_weights`, `target_vision_mask`.
-    """
-    tokens = np.asarray(record["tokens"], dtype=np.int32)  # [..., seq]
-    vision = np.asarray(record["vision_mask"], dtype=bool)  # [..., seq]
-    weights = np.asarray(record["loss_weights"], dtype=np.float32)  # [..., seq]
-    seg = np.asarray(record["tokens_segment_ids"], dtype=np.int32)  # [..., seq]
-    same = (seg[..., 1:] == seg[..., :-1]) & (seg[..., :-1] != 0)  # [..., seq-1]: i+1 continues i
-    targets = np.zeros_like(tokens)
-    np.multiply(tokens[..., 1:], same, out=targets[..., :-1])
-    target_weights = np.zeros_like(weights)
-    np.multiply(weights[..., 1:], same, out=target_weights[..., :-1])
-    target_vision = np.zeros_like(vision)
-    np.logical_and(vision[..., 1:], same, out=target_vision[..., :-1])
-    if vision_offset is not None:
-        tokens = tokens + vision * np.int32(vision_offset)
-        targets = targets + target_vision * np.int32(vision_offset)
-    return {
-        "tokens": tokens,
-        "vision_mask": vision,
-        "loss_weights": weights,
-        "tokens_segment_ids": seg,
-        "tokens_positions": np.asarray(record["tokens_positions"], dtype=np.int32),
-        "targets": targets,
-        "target_loss_weights": target_weights,
-        "target_vision_mask": target_vision,
-    }
 
 
 class TokenFields(grain.transforms.Map):
@@ -98,18 +63,6 @@ class TokenFields(grain.transforms.Map):
     def map(self, element: dict[str, Any]) -> dict[str, np.ndarray]:
         out = {k: element[k] for k in PACKED_TOKEN_FIELDS}
         out["dataset_index"] = np.int32(self.dataset_index)
-        return out
-
-
-class TrainingFields(grain.transforms.Map):
-    """Grain map on a batch: adds the targets (see `shift_targets`) in one vectorised pass."""
-
-    def __init__(self, vision_offset: int | None = None):
-        self.vision_offset = vision_offset
-
-    def map(self, element: dict[str, Any]) -> dict[str, np.ndarray]:
-        out = shift_targets(element, self.vision_offset)
-        out["dataset_index"] = element["dataset_index"]
         return out
 
 
@@ -220,7 +173,7 @@ def build_dataset(config: LoaderConfig) -> grain.IterDataset:
         ]
         mixed = grain.MapDataset.mix(parts, list(config.weights or [1.0] * len(parts))) if mixing else parts[0]
         ds = mixed.to_iter_dataset(read)
-    ds = ds.batch(config.batch_size, drop_remainder=config.drop_remainder).map(TrainingFields(config.vision_offset))
+    ds = ds.batch(config.batch_size, drop_remainder=config.drop_remainder, batch_fn=TrainingBatch(config.vision_offset))
     if config.worker_count:
         _ensure_absl_flags_parsed()
         ds = ds.mp_prefetch(

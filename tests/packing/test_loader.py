@@ -12,7 +12,7 @@ import collections
 import numpy as np
 import pytest
 from lwmkit.packing import make_loader
-from lwmkit.packing.loader import TARGET_FIELDS
+from lwmkit.packing.batches import TARGET_FIELDS
 from lwmkit.packing.records import PACKED_TOKEN_FIELDS
 
 from .helpers import write_documents_dir, write_packed_dir

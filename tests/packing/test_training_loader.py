@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pytest
 from lwmkit.packing import ShardDataSource, make_loader
-from lwmkit.packing.loader import LoaderConfig, shift_targets
+from lwmkit.packing.batches import shift_targets
+from lwmkit.packing.loader import LoaderConfig
 from lwmkit.packing.online import online_packed_dataset
 
 from tests.packing.helpers import write_documents_dir, write_packed_dir
