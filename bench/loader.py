@@ -21,10 +21,27 @@ import time
 from synthetic_shards import write_packed_dataset
 
 
+def _live_children_cpu() -> float:
+    """CPU seconds of this process's live child processes (Grain workers), from /proc."""
+    import multiprocessing
+
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for child in multiprocessing.active_children():
+        try:
+            with open(f"/proc/{child.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
 def _cpu() -> float:
+    """CPU seconds of this process and its children, live (Grain workers) or ended."""
     me = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime + _live_children_cpu()
 
 
 def raw_read(directory: str) -> int:

@@ -128,27 +128,27 @@ class TrainingBatch:
         self.vision_offset = vision_offset
         self.pool_size = pool_size
         self._pool: list[dict[str, np.ndarray]] = []
-        self._shared_memory = False
+        self._shared = False  # Grain asked for shared-memory output
+        self._segments = None  # the SegmentPool, made where batches are built
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"vision_offset": self.vision_offset, "pool_size": self.pool_size}
-
-    def enable_shared_memory_output(self) -> None:
-        """Called by Grain in a worker process: build batches straight into shared memory.
-
-        The main process takes each batch over without a copy, so buffers cannot be recycled
-        there; writing into shared memory directly saves the worker's copy into it instead.
-        """
-        self._shared_memory = True
+        # Grain enables shared-memory output before it sends this object to its workers.
+        return {"vision_offset": self.vision_offset, "pool_size": self.pool_size, "shared": self._shared}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(**state)
+        self.__init__(state["vision_offset"], state["pool_size"])
+        self._shared = state["shared"]
+
+    def enable_shared_memory_output(self) -> None:
+        """Called by Grain in a worker process: build batches in recycled shared memory.
+
+        Batches then leave as `SharedBatch` references that `OpenSharedBatch` (which the loader
+        maps over the worker output in the main process) turns back into arrays without a copy;
+        see `packing/shared_batches.py`.
+        """
+        self._shared = True
 
     def _buffers(self, rows: int, seq: int) -> dict[str, np.ndarray]:
-        if self._shared_memory:
-            from grain._src.python.ipc.shared_memory_array import SharedMemoryArray
-
-            return {k: SharedMemoryArray((rows, seq), dtype=t) for k, t in BATCH_FIELDS.items()}
         for bufs in self._pool:
             if bufs["tokens"].shape == (rows, seq) and max(_refcounts(bufs)) <= _UNREFERENCED:
                 return bufs
@@ -163,10 +163,22 @@ class TrainingBatch:
         for r in records:
             if r["tokens"].shape != (seq,):
                 raise ValueError(f"a batch mixes sequence lengths {seq} and {r['tokens'].shape[0]}")
-        bufs = self._buffers(len(records), seq)
+        index = np.array([r["dataset_index"] for r in records], dtype=np.int32)
         same = np.empty(seq - 1, dtype=bool)
+        if self._shared:
+            from lwmkit.packing.shared_batches import SegmentPool, SharedBatch, layout, views
+
+            if self._segments is None:
+                self._segments = SegmentPool()
+
+            fields, size = layout({k: (t, (len(records), seq)) for k, t in BATCH_FIELDS.items()})
+            shm = self._segments.take(size)
+            bufs = views(shm.buf, fields)
+            for i, rec in enumerate(records):
+                _fill_row(bufs, i, rec, same, self.vision_offset)
+            del bufs  # no view of the segment may outlive the hand-over
+            return SharedBatch(shm.name, size, fields, {"dataset_index": index})
+        bufs = self._buffers(len(records), seq)
         for i, rec in enumerate(records):
             _fill_row(bufs, i, rec, same, self.vision_offset)
-        out = dict(bufs)
-        out["dataset_index"] = np.array([r["dataset_index"] for r in records], dtype=np.int32)
-        return out
+        return {**bufs, "dataset_index": index}

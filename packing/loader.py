@@ -43,6 +43,7 @@ import grain
 import numpy as np
 from lwmkit.packing.batches import TrainingBatch
 from lwmkit.packing.records import PACKED_TOKEN_FIELDS
+from lwmkit.packing.shared_batches import OpenSharedBatch
 from lwmkit.packing.source import ShardDataSource
 
 
@@ -178,7 +179,7 @@ def build_dataset(config: LoaderConfig) -> grain.IterDataset:
         _ensure_absl_flags_parsed()
         ds = ds.mp_prefetch(
             grain.MultiprocessingOptions(num_workers=config.worker_count, per_worker_buffer_size=config.worker_buffer_size)
-        )
+        ).map(OpenSharedBatch())
     return ds
 
 

@@ -1,6 +1,7 @@
 """TrainingBatch: the loader's batch function equals shift_targets and never recycles a held batch."""
 
 import gc
+import pickle
 
 import numpy as np
 import pytest
@@ -67,16 +68,31 @@ def test_mixed_sequence_lengths_are_refused():
         TrainingBatch()([_record(rng, 32), _record(rng, 16)])
 
 
-def test_shared_memory_output_writes_batches_into_shared_memory():
-    from grain._src.python.ipc.shared_memory_array import SharedMemoryArray
+def test_shared_memory_output_hands_over_batches_without_a_copy_and_never_reuses_a_held_one():
+    from lwmkit.packing.shared_batches import OpenSharedBatch, SharedBatch
 
     rng = np.random.default_rng(3)
-    records = [_record(rng, 48) for _ in range(3)]
     make = TrainingBatch()
     make.enable_shared_memory_output()
-    batch = make(records)
+    worker = pickle.loads(pickle.dumps(make))  # how Grain ships it to a worker process
+    open_batch = OpenSharedBatch()
+    records = [_record(rng, 48) for _ in range(3)]
+    ref = worker(records)
+    assert isinstance(ref, SharedBatch)
+    held = open_batch(pickle.loads(pickle.dumps(ref)))  # what crosses the process boundary
     expected = TrainingBatch()(records)
-    for k in BATCH_FIELDS:
-        assert isinstance(batch[k], SharedMemoryArray), k
-        np.testing.assert_array_equal(batch[k], expected[k], err_msg=k)
-        batch[k].unlink_on_del()  # this test owns them, as Grain's main process would
+    assert set(held) == set(expected)
+    for k in expected:
+        np.testing.assert_array_equal(held[k], expected[k], err_msg=k)
+    # While `held` lives, its segment is in use: the next batch goes elsewhere.
+    second = worker([_record(rng, 48) for _ in range(3)])
+    assert second.name != ref.name
+    np.testing.assert_array_equal(held["targets"], expected["targets"])
+    tokens = held["tokens"]
+    del held
+    third = worker([_record(rng, 48) for _ in range(3)])
+    assert third.name != ref.name  # a view (`tokens`) still holds the first segment
+    del tokens
+    gc.collect()
+    fourth = worker([_record(rng, 48) for _ in range(3)])
+    assert fourth.name == ref.name  # released: reused, no new segment
