@@ -164,3 +164,15 @@ def test_soak_memory_and_shared_memory_stay_flat(packed):
     rss1, shm1 = usage()
     assert rss1 - rss0 < max(0.1 * rss0, 64 << 20), (rss0, rss1)
     assert shm1 - shm0 < 16 << 20, (shm0, shm1)
+
+
+def test_batches_held_from_workers_never_change(packed):
+    """Worker batches live in recycled shared memory: one the caller keeps is never reused."""
+    it = make_loader(packed, 2, seed=0, num_epochs=None, worker_count=2)
+    kept = [next(it) for _ in range(6)]
+    copies = [{k: v.copy() for k, v in b.items()} for b in kept]
+    for _ in range(40):  # far more batches than the workers' pools hold
+        next(it)
+    for held, copy in zip(kept, copies, strict=True):
+        for k in copy:
+            np.testing.assert_array_equal(held[k], copy[k], err_msg=k)
