@@ -86,6 +86,8 @@ class LoaderConfig:
       drop_remainder: drop the last partial batch.
       vision_offset: emit a single id space, vision ids + this offset (e.g. the text vocab size).
       online_seq_len, online_window: pack a document directory on the fly to this seq_len.
+      cache_dir: where directories on object storage (`s3://`, `gs://`) are copied to be read
+        (default `$LWMKIT_CACHE/datasets` or `~/.cache/lwmkit/datasets`).
     """
 
     directories: tuple[str, ...]
@@ -103,6 +105,7 @@ class LoaderConfig:
     vision_offset: int | None = None
     online_seq_len: int | None = None
     online_window: int = 1024
+    cache_dir: str | None = None
 
     def __post_init__(self):
         if not self.directories:
@@ -137,7 +140,7 @@ def _host_shard(config: LoaderConfig) -> tuple[int, int]:
 
 
 def _packed_dataset(config: LoaderConfig, index: int, shard: tuple[int, int], repeat: int | None):
-    source = ShardDataSource(config.directories[index])
+    source = ShardDataSource(config.directories[index], config.cache_dir)
     if source.kind != "packed":
         raise ValueError(
             f"{config.directories[index]}: holds {source.kind} records; make_loader reads packed records "
@@ -155,14 +158,14 @@ def build_dataset(config: LoaderConfig) -> grain.IterDataset:
     shard = _host_shard(config)
     threads = config.read_threads
     if threads is None:
-        longest = max(ShardDataSource(d).manifest.get("seq_len") or 0 for d in config.directories)
+        longest = max(ShardDataSource(d, config.cache_dir).manifest.get("seq_len") or 0 for d in config.directories)
         threads = 0 if config.online_seq_len is None and longest < 65536 else 4
     read = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(2 * config.batch_size, 8))
     if config.online_seq_len is not None:
         from lwmkit.packing.bins import document_order
         from lwmkit.packing.online import OnlinePackIterDataset, OrderedSource
 
-        source = ShardDataSource(config.directories[0])
+        source = ShardDataSource(config.directories[0], config.cache_dir)
         order = document_order(len(source), config.seed if config.shuffle else None)[shard[0] :: shard[1]]
         docs = grain.MapDataset.source(OrderedSource(source, order)).repeat(config.num_epochs).to_iter_dataset(read)
         ds = OnlinePackIterDataset(docs, config.online_seq_len, window=config.online_window).map(TokenFields(0))

@@ -13,6 +13,7 @@ from typing import Any
 
 from lwmkit.packing.manifest import load_manifest, shard_paths
 from lwmkit.packing.records import RecordError, decode_record
+from lwmkit.packing.remote import local_dataset
 
 
 class ShardDataSource:
@@ -20,17 +21,20 @@ class ShardDataSource:
 
     Implements Grain's `RandomAccessDataSource` protocol (`__len__`, `__getitem__`,
     `__getitems__`) and pickles cheaply (paths only), so Grain worker processes can use it.
+    A directory on object storage (`s3://...`, `gs://...`) is read from a verified local copy
+    (see `packing/remote.py`; `cache_dir` overrides where it goes).
 
     Raises:
       ManifestError: if the directory has no readable manifest.
     """
 
-    def __init__(self, directory: str):
+    def __init__(self, directory: str, cache_dir: str | None = None):
         from array_record.python.array_record_data_source import ArrayRecordDataSource
 
         self.directory = directory
-        self.manifest = load_manifest(directory)
-        self._paths = shard_paths(directory, self.manifest)
+        self.local_directory = local_dataset(directory, cache_dir)
+        self.manifest = load_manifest(self.local_directory)
+        self._paths = shard_paths(self.local_directory, self.manifest)
         self._source = ArrayRecordDataSource(self._paths)
         if len(self._source) != self.manifest["records"]:
             raise RecordError(

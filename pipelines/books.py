@@ -258,6 +258,9 @@ def run_books(options: BooksOptions) -> dict[str, Any]:
       CountMismatchError (via the runner): records were lost between stages.
     """
     log = progress_log(options.progress)
+    beam_options = runner_lib.pipeline_options(
+        options.runner, options.direct_running_mode, options.direct_num_workers, options.beam_args
+    )
     files = match_inputs(options.inputs)
     tokenizer = _read_tokenizer(options.tokenizer)
     job = job_record(
@@ -273,9 +276,7 @@ def run_books(options: BooksOptions) -> dict[str, Any]:
         job=job,
         force=options.force,
         log=log,
-        pipeline_options=runner_lib.pipeline_options(
-            options.runner, options.direct_running_mode, options.direct_num_workers, options.beam_args
-        ),
+        pipeline_options=beam_options,
     )
     if not manifest["documents"]:
         reasons = ", ".join(f"{k} x{v}" for k, v in manifest["failures"]["by_reason"].items()) or "none"

@@ -35,6 +35,9 @@ def _publish(local_path: str, dest: str) -> None:
     from apache_beam.io.filesystems import FileSystems
 
     tmp = f"{dest}.tmp-{uuid.uuid4().hex}"
+    if os.path.getsize(local_path) == 0 and dest.startswith("s3://"):
+        _put_empty_s3_object(dest)  # a one-request PUT is atomic by itself
+        return
     with open(local_path, "rb") as src, FileSystems.create(
         tmp, mime_type="application/octet-stream", compression_type=CompressionTypes.UNCOMPRESSED
     ) as dst:
@@ -42,6 +45,17 @@ def _publish(local_path: str, dest: str) -> None:
     if FileSystems.exists(dest):
         FileSystems.delete([dest])
     FileSystems.rename([tmp], [dest])
+
+
+def _put_empty_s3_object(dest: str) -> None:
+    # Beam's S3 uploader always completes a multipart upload, and S3 refuses one with no parts
+    # (MalformedXML): an empty failures.jsonl would fail the job. Put the object in one request.
+    from apache_beam.io.aws import s3io
+    from apache_beam.io.filesystems import FileSystems
+
+    bucket, key = s3io.parse_s3_path(dest)
+    options = FileSystems.get_filesystem(dest)._options
+    s3io.S3IO(options=options).client.client.put_object(Bucket=bucket, Key=key, Body=b"")
 
 
 def write_output_shard(dest: str, records: Iterable[bytes]) -> ShardInfo:

@@ -23,7 +23,13 @@ def describe(runner: str, mode: str) -> str:
 
 
 def pipeline_options(runner: str, mode: str, num_workers: int, extra: Sequence[str] = ()):
-    """PipelineOptions for `runner`; extra Beam flags (e.g. Dataflow's --project) pass through."""
+    """PipelineOptions for `runner`; extra Beam flags (e.g. Dataflow's --project) pass through.
+
+    Also hands the options to Beam's `FileSystems` in this process, so the launcher's own reads
+    and writes (matching inputs, checking for complete outputs) use the same storage flags as the
+    workers (e.g. `--s3_endpoint_url`, `--s3_access_key_id`). Call it before touching inputs.
+    """
+    from apache_beam.io.filesystems import FileSystems
     from apache_beam.options.pipeline_options import PipelineOptions
 
     check_direct_mode(mode)
@@ -34,4 +40,6 @@ def pipeline_options(runner: str, mode: str, num_workers: int, extra: Sequence[s
             args.append("--default_sdk_harness_log_level=WARNING")  # worker INFO lines drown progress
         if num_workers:
             args.append(f"--direct_num_workers={num_workers}")
-    return PipelineOptions(args)
+    options = PipelineOptions(args)
+    FileSystems.set_options(options)
+    return options
