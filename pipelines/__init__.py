@@ -1,15 +1,26 @@
-"""Apache Beam jobs that turn raw data into lwmkit token shards (books; more with later issues).
+"""Apache Beam jobs that turn raw data into lwmkit token shards: books, image-text pairs, long-context QA.
 
 Public names load on first use, so `lwm-pack --help` and `lwmkit.pipelines.cli` start without
 importing Beam.
 """
 
-__all__ = ["BooksOptions", "NoValidDocumentsError", "run_books"]
+import importlib
+
+_EXPORTS = {
+    "BooksOptions": "books",
+    "NoValidDocumentsError": "books",
+    "run_books": "books",
+    "ImagesOptions": "image_text",
+    "NoValidPairsError": "image_text",
+    "run_images": "image_text",
+    "QAOptions": "qa",
+    "NoValidContextsError": "qa",
+    "run_qa": "qa",
+}
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
-    if name in __all__:
-        from lwmkit.pipelines import books
-
-        return getattr(books, name)
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"lwmkit.pipelines.{_EXPORTS[name]}"), name)
     raise AttributeError(f"module 'lwmkit.pipelines' has no attribute {name!r}")

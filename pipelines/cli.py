@@ -2,10 +2,13 @@
 
     lwm-pack demo OUT
     lwm-pack books --input 'books/*.jsonl.zst' --tokenizer tokenizer.model --seq-len 32768 --output out/
+    lwm-pack images --input 'shards/*.tar' --tokenizer tokenizer.model --vqgan vqgan.safetensors --output out/
     lwm-pack train-tokenizer --input 'books/*.jsonl.zst' --vocab-size 32000 --output tokenizer.model
     lwm-pack pack --documents out/documents --schedule lwm-text --output stages/
     lwm-pack report out/
-    lwm-pack inspect out/ [--record N] [--tokenizer tokenizer.model]
+    lwm-pack inspect out/ [--record N] [--tokenizer tokenizer.model] [--render frames/ [--vqgan WEIGHTS]]
+    lwm-pack export --format lwm-jsonl out/ --output lwm.jsonl
+    lwm-pack qa --input 'books/*.jsonl.zst' --tokenizer tokenizer.model --output qa/ [--generator openai --base-url URL --model M]
 
 Options `lwm-pack books` does not know are passed to Beam (e.g. Dataflow's `--project`).
 """
@@ -56,6 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     books.add_argument("--max-chars", type=int, default=None)
     _run_arguments(books)
     _pack_arguments(books)
+    _images_parser(sub)
+    from lwmkit.pipelines.qa_cli import add_qa_parser
+
+    add_qa_parser(sub, _run_arguments, _pack_arguments)
 
     pack = sub.add_parser(
         "pack",
@@ -90,6 +97,14 @@ def _parser() -> argparse.ArgumentParser:
     ins.add_argument("--tokenizer", help="tokenizer to render text with (default: the one in the manifest)")
     ins.add_argument("--no-checksums", action="store_true", help="skip re-hashing shards")
     ins.add_argument("--max-tokens", type=int, default=200, help="tokens shown per segment")
+    ins.add_argument("--render", metavar="OUT_DIR", help="also decode the record's vision frames to PNGs in OUT_DIR")
+    ins.add_argument("--vqgan", metavar="WEIGHTS", help="VQGAN weights for --render (default: the manifest's)")
+
+    exp = sub.add_parser("export", help="write a dataset's documents in another trainer's format (LWM's json_vision)")
+    exp.add_argument("directory", help="a job directory or its documents/ dataset")
+    exp.add_argument("--format", default="lwm-jsonl", choices=["lwm-jsonl"], help="output format (default lwm-jsonl)")
+    exp.add_argument("--output", required=True, help="the .jsonl file to write")
+    exp.add_argument("--tokenizer", help="tokenizer to decode text with (default: the one in the manifest)")
     return parser
 
 
@@ -183,6 +198,88 @@ def _books(args, beam_args: list[str]) -> None:
     print(f"{manifest['documents']} documents -> {summary}; {manifest['failures']['total']} failures")
 
 
+def _images_parser(sub) -> None:
+    im = sub.add_parser(
+        "images",
+        help="image-text pairs (webdataset tars, parquet, folders, URL lists) -> vision-text token shards (Beam job)",
+        epilog="Unknown options are passed to Beam. Without --vqgan the VQGAN is randomly initialised (tests only).",
+    )
+    im.add_argument("--input", action="append", required=True,
+                    help="file glob or folder (.tar/.tar.gz webdataset, .parquet, captions .jsonl); repeatable")
+    im.add_argument("--tokenizer", required=True, help="SentencePiece .model (e.g. LLaMA-2's tokenizer.model)")
+    im.add_argument("--output", required=True, help="output directory (local or any Beam filesystem)")
+    im.add_argument("--seq-len", type=_int_list, default=(8192,), help="packed lengths, e.g. 8192,32768")
+    v = im.add_argument_group("image tokenizer")
+    v.add_argument("--vqgan", help="VQGAN weights (lwmkit safetensors, diffusers VQModel, LWM pickle)")
+    v.add_argument("--vqgan-preset", default="lwm", choices=["lwm", "tiny"], help="the VQGAN's shape (default lwm)")
+    v.add_argument("--vqgan-seed", type=int, default=0, help="seed of the random VQGAN without --vqgan")
+    v.add_argument("--vqgan-dtype", default="float32", choices=["float32", "bfloat16"])
+    v.add_argument("--batch-size", type=int, default=16, help="images per VQGAN call")
+    e = im.add_argument_group("examples")
+    e.add_argument("--generation-fraction", type=float, default=0.5, help="share of generation examples (default 0.5)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the per-pair understanding/generation choice")
+    e.add_argument("--templates", default="lwm", choices=["lwm", "lwm_chat"], help="template preset (default lwm)")
+    e.add_argument("--understanding-template", help="overrides the preset, e.g. '{vision}{caption}'")
+    e.add_argument("--generation-template", help="overrides the preset, e.g. '{caption}{vision}'")
+    s = im.add_argument_group("inputs and images")
+    s.add_argument("--image-column", help="parquet column / jsonl key of the image (default: image, jpg, png, ...)")
+    s.add_argument("--caption-column", help="parquet column / json key of the caption (default: caption, text, ...)")
+    s.add_argument("--url-column", help="parquet column of the URL (default: url)")
+    s.add_argument("--max-image-bytes", type=int, default=32 << 20, help="larger images or downloads are dropped")
+    s.add_argument("--small-images", default="upscale", choices=["upscale", "drop"], help="images under 256 px")
+    s.add_argument("--min-side", type=int, default=32, help="images with a shorter side are always dropped")
+    s.add_argument("--max-pixels", type=int, default=89_478_485, help="decompression-bomb cap (width x height)")
+    s.add_argument("--animated", default="first_frame", choices=["first_frame", "drop"])
+    s.add_argument("--download-timeout", type=float, default=10.0, help="seconds per connect/read")
+    s.add_argument("--download-retries", type=int, default=2)
+    s.add_argument("--download-backoff", type=float, default=1.0, help="seconds before the first retry (doubles)")
+    s.add_argument("--allow-file-urls", action="store_true", help="also fetch file:// URLs")
+    _run_arguments(im)
+    _pack_arguments(im)
+
+
+def _images(args, beam_args: list[str]) -> None:
+    from lwmkit.pipelines.download import DownloadOptions
+    from lwmkit.pipelines.image_examples import Templates
+    from lwmkit.pipelines.image_sources import SourceOptions
+    from lwmkit.pipelines.image_text import ImagesOptions, run_images
+    from lwmkit.tokenizers.vision import ImageOptions
+
+    preset = Templates.preset(args.templates)
+    manifest = run_images(
+        ImagesOptions(
+            inputs=_inputs(args.input),
+            output=args.output,
+            tokenizer=args.tokenizer,
+            vqgan=args.vqgan,
+            vqgan_preset=args.vqgan_preset,
+            vqgan_seed=args.vqgan_seed,
+            vqgan_dtype=args.vqgan_dtype,
+            seq_lens=args.seq_len,
+            generation_fraction=args.generation_fraction,
+            seed=args.seed,
+            templates=Templates(
+                args.understanding_template or preset.understanding, args.generation_template or preset.generation
+            ),
+            sources=SourceOptions(args.image_column, args.caption_column, args.url_column, args.max_image_bytes),
+            images=ImageOptions(args.small_images, args.max_pixels, args.animated, args.min_side),
+            download=DownloadOptions(
+                timeout_s=args.download_timeout,
+                total_timeout_s=max(60.0, args.download_timeout),
+                retries=args.download_retries,
+                backoff_s=args.download_backoff,
+                max_bytes=args.max_image_bytes,
+                allow_file=args.allow_file_urls,
+            ),
+            batch_size=args.batch_size,
+            pack=_pack_options(args),
+            **_run_options(args, beam_args),
+        )
+    )
+    summary = ", ".join(f"{k}: {v['records']} records" for k, v in manifest["datasets"].items())
+    print(f"{manifest['documents']} image-text examples -> {summary}; {manifest['failures']['total']} failures")
+
+
 def _train_tokenizer(args) -> None:
     from lwmkit.pipelines.books import match_inputs
     from lwmkit.pipelines.outputs import write_output_bytes
@@ -207,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger().addFilter(_QuietBeamImportWarning())
     parser = _parser()
     args, unknown = parser.parse_known_args(argv)
-    if unknown and args.command not in ("books", "pack"):
+    if unknown and args.command not in ("books", "pack", "images", "qa"):
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         if args.command == "demo":
@@ -216,6 +313,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_demo(args.output, tokenizer=args.tokenizer, books=args.books, seed=args.seed, progress=not args.quiet)
         elif args.command == "books":
             _books(args, unknown)
+        elif args.command == "qa":
+            from lwmkit.pipelines.qa_cli import run_qa_command
+
+            run_qa_command(args, _run_options(args, unknown), _pack_options(args))
+        elif args.command == "images":
+            _images(args, unknown)
         elif args.command == "pack":
             _stages(args, unknown)
         elif args.command == "report":
@@ -234,7 +337,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 tokenizer=args.tokenizer,
                 checksums=not args.no_checksums,
                 max_tokens=args.max_tokens,
+                render=args.render,
+                vqgan=args.vqgan,
             )
+        elif args.command == "export":
+            from lwmkit.pipelines.export import describe, run_export
+
+            print(describe(run_export(args.format, args.directory, args.output, args.tokenizer)))
     except (ValueError, FileNotFoundError, OSError) as e:
         print(f"lwm-pack {args.command}: error: {e}", file=sys.stderr)
         return 1

@@ -232,7 +232,7 @@ class FinalizeDoFn(beam.DoFn):
                 "shard_writer_options": WRITER_OPTIONS,
             }
             if dataset == DOCUMENTS:
-                vision = 0  # the books job writes text only
+                vision = sum(s["vision_tokens"] for s in mine)
                 manifest.update(
                     kind="document",
                     record_format=DOCUMENT_FORMAT,

@@ -133,6 +133,10 @@ class WriteShardDoFn(beam.DoFn):
             def records() -> Iterator[bytes]:
                 for _, _, (doc_id, doc) in pieces:
                     tokens, vision, weights = doc_arrays(doc)
+                    stats["tokens"] += int(tokens.shape[0])
+                    stats["vision_tokens"] += int(np.count_nonzero(vision))
+                    stats["loss_weight_text"] += float(weights[~vision].sum(dtype=np.float64))
+                    stats["loss_weight_vision"] += float(weights[vision].sum(dtype=np.float64))
                     yield encode_document(
                         doc_id=doc_id,
                         source_file=doc["file"],

@@ -1,4 +1,4 @@
-"""Tokenizers: SentencePiece BPE for text (the Flax VQGAN for vision arrives with its issue)."""
+"""Tokenizers: SentencePiece BPE for text; image preprocessing and the Flax VQGAN for vision."""
 
 from lwmkit.tokenizers.text import (
     SentencePieceTokenizer,
@@ -6,5 +6,17 @@ from lwmkit.tokenizers.text import (
     TokenizerError,
     train_bpe,
 )
+from lwmkit.tokenizers.vision import (
+    ImageError,
+    ImageOptions,
+    codes_to_png,
+    frame_codes,
+    load_image,
+    to_model_input,
+    vision_field,
+)
+from lwmkit.tokenizers.vqgan import VQGAN_PRESETS, ImageTokenizer, VQGANConfig, WeightsError
 
 __all__ = ["SentencePieceTokenizer", "TextTokenizer", "TokenizerError", "train_bpe"]
+__all__ += ["ImageError", "ImageOptions", "codes_to_png", "frame_codes", "load_image", "to_model_input", "vision_field"]
+__all__ += ["VQGAN_PRESETS", "ImageTokenizer", "VQGANConfig", "WeightsError"]

@@ -1,0 +1,326 @@
+"""The image-text job: image-caption pairs -> LWM vision-text examples in document and packed shards.
+
+The job is a flat list of named stages:
+    read -> caption -> download -> dedup -> decode -> [VQGAN RunInference] encode -> example
+         -> plan -> write shards -> finalize
+
+    read      one input file -> pairs (see `image_sources`: webdataset tars, parquet, folders, URLs)
+    caption   missing_caption / empty_caption (checked first: no download or decoding is spent on
+              a pair that would be dropped anyway)
+    download  URL pairs only (see `download`); pairs with bytes pass through
+    dedup     exact duplicates (same image bytes and caption) keep the first by (file, line)
+    decode    `tokenizers.vision.load_image`; an `ImageError` is a drop with its reason
+    encode    Beam RunInference with `JaxModelHandler` running the VQGAN on fixed-size batches; its
+              count is taken on RunInference's output, so the link decode -> encode catches any
+              element RunInference lost
+    example   understanding or generation, templates, tokens, vision_mask, loss_weights and
+              atomic spans (see `image_examples`)
+
+Each stage counts seen/kept/dropped and sends dropped pairs with their reason to `failures.jsonl`:
+    read      unreadable_file, corrupt_tar, unsafe_path, not_a_file, too_large, missing_image,
+              missing_file, invalid_utf8, invalid_json, not_an_object, parquet_error, no_image_column
+    caption   missing_caption, empty_caption
+    download  http_<code>, timeout, too_large, connection_error, invalid_url, unsupported_scheme, ...
+    dedup     duplicate
+    decode    corrupt_image, truncated_image, too_small, too_many_pixels, animated, unsupported_mode
+    encode    bad_codes (the VQGAN returned something other than [16, 16] codes in range)
+    pack-<n>  atomic_span_too_long, too_long (kept out of that packed dataset only)
+Output layout is the books job's (`documents/`, `packed-<seq_len>/`, `failures.jsonl`,
+`manifest.json`); the job manifest also records `vqgan`, the image tokenizer's fingerprint, and
+says `random_init: true` (with a warning) when no weights were given.
+
+Run it:
+    lwm-pack images --input 'shards/*.tar' --tokenizer tokenizer.model --vqgan vqgan.safetensors \
+        --seq-len 8192 --output out/
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import apache_beam as beam
+from lwmkit.pipelines import runner as runner_lib
+from lwmkit.pipelines.download import Download, DownloadOptions
+from lwmkit.pipelines.finalize import StageChain
+from lwmkit.pipelines.image_examples import ExampleBuilder, Templates
+from lwmkit.pipelines.image_sources import SourceOptions, expand_input, source_kind
+from lwmkit.pipelines.image_stages import (
+    Decode,
+    LoadEncoder,
+    MakeExample,
+    ReadPairs,
+    check_caption,
+    content_id,
+    encode_images,
+    join_codes,
+    keep_first,
+    load_image_tokenizer,
+)
+from lwmkit.pipelines.outputs import is_local, join, read_output_bytes
+from lwmkit.pipelines.planning import PackOptions
+from lwmkit.pipelines.stages import run_stage
+from lwmkit.pipelines.write_stage import job_record, progress_log, run_job, write_datasets
+from lwmkit.tokenizers.text import SentencePieceTokenizer
+from lwmkit.tokenizers.vision import VISION_VOCAB_SIZE, ImageOptions
+
+STAGES = ("read", "caption", "download", "dedup", "decode", "encode", "example")
+CHAIN = StageChain(
+    stages=STAGES,
+    links=(
+        ("caption", "read"),
+        ("download", "caption"),
+        ("dedup", "download"),
+        ("decode", "dedup"),
+        ("encode", "decode"),
+        ("example", "encode"),
+    ),
+    last="example",
+    grouped=("dedup",),
+)
+VQGAN_PRESETS = ("lwm", "tiny")
+VQGAN_DTYPES = ("float32", "bfloat16")
+
+
+class NoValidPairsError(ValueError):
+    """The job read its inputs but no pair gave an example."""
+
+
+@dataclass(frozen=True)
+class ImagesOptions:
+    """Options of the image-text job.
+
+    Attributes:
+      inputs: file globs (local or any Beam filesystem): `.tar`/`.tar.gz`/`.tgz` webdataset shards,
+        `.parquet` (image bytes or URLs with captions), captions `.jsonl` files or their folders.
+      output: output directory.
+      tokenizer: path of a SentencePiece `.model` file (the text tokenizer).
+      vqgan: VQGAN weights (`ImageTokenizer.from_weights`: lwmkit safetensors, LWM's pickle or a
+        diffusers VQModel); None initialises `vqgan_preset` randomly (tests, benchmarks; the
+        manifest says so).
+      vqgan_preset: the VQGAN's shape, 'lwm' or 'tiny'.
+      vqgan_seed: seed of the random initialisation when `vqgan` is None.
+      vqgan_dtype: the VQGAN's compute dtype, 'float32' or 'bfloat16' (accelerators).
+      seq_lens: packed record lengths to produce.
+      generation_fraction: share of pairs made generation examples (the rest: understanding).
+      seed: seed of the per-pair understanding/generation choice.
+      templates: the two prompt templates (see `image_examples`).
+      sources: column names of parquet / jsonl inputs and the image size cap.
+      images: how `load_image` treats small, huge, animated images.
+      download: timeouts, retries and size cap of URL inputs.
+      batch_size: images per VQGAN call (RunInference batch).
+      shard_tokens, pack, runner, direct_running_mode, direct_num_workers, progress, beam_args,
+        force: as in `BooksOptions`.
+    """
+
+    inputs: tuple[str, ...]
+    output: str
+    tokenizer: str
+    vqgan: str | None = None
+    vqgan_preset: str = "lwm"
+    vqgan_seed: int = 0
+    vqgan_dtype: str = "float32"
+    seq_lens: tuple[int, ...] = (8192,)
+    generation_fraction: float = 0.5
+    seed: int = 0
+    templates: Templates = field(default_factory=Templates)
+    sources: SourceOptions = field(default_factory=SourceOptions)
+    images: ImageOptions = field(default_factory=ImageOptions)
+    download: DownloadOptions = field(default_factory=DownloadOptions)
+    batch_size: int = 16
+    shard_tokens: int = 1 << 24
+    pack: PackOptions = field(default_factory=PackOptions)
+    runner: str = "DirectRunner"
+    direct_running_mode: str = "in_memory"
+    direct_num_workers: int = 0
+    progress: bool = False
+    beam_args: tuple[str, ...] = field(default=())
+    force: bool = False
+
+    def __post_init__(self):
+        if not self.inputs:
+            raise ValueError("inputs: give at least one file, folder or glob")
+        if not self.seq_lens:
+            raise ValueError("seq_lens: give at least one sequence length")
+        for n in self.seq_lens:
+            if not 2 <= n <= 1 << 24:
+                raise ValueError(f"seq_lens: {n} is outside 2..{1 << 24}")
+        if len(set(self.seq_lens)) != len(self.seq_lens):
+            raise ValueError(f"seq_lens: {self.seq_lens} repeats a length")
+        if self.vqgan_preset not in VQGAN_PRESETS:
+            raise ValueError(f"vqgan_preset: {self.vqgan_preset!r} is not one of {list(VQGAN_PRESETS)}")
+        if self.vqgan_dtype not in VQGAN_DTYPES:
+            raise ValueError(f"vqgan_dtype: {self.vqgan_dtype!r} is not one of {list(VQGAN_DTYPES)}")
+        if not 0.0 <= self.generation_fraction <= 1.0:
+            raise ValueError(f"generation_fraction: {self.generation_fraction} is outside [0, 1]")
+        if not 1 <= self.batch_size <= 4096:
+            raise ValueError(f"batch_size: {self.batch_size} is outside 1..4096")
+        if self.shard_tokens < 1:
+            raise ValueError(f"shard_tokens: {self.shard_tokens} must be >= 1")
+        runner_lib.check_direct_mode(self.direct_running_mode)
+
+    def recorded(self) -> dict[str, Any]:
+        """The options as the manifest records them (everything that shapes the output)."""
+        d = dataclasses.asdict(self)
+        for k in ("output", "progress", "force", "direct_num_workers", "direct_running_mode", "runner", "beam_args"):
+            d.pop(k)
+        d["inputs"] = list(self.inputs)
+        d["seq_lens"] = list(self.seq_lens)
+        d["pack"] = self.pack.to_json()
+        d["download"].pop("user_agent")
+        return d
+
+
+# --- the job ---------------------------------------------------------------------------------------
+
+
+def match_inputs(patterns: Sequence[str]) -> list[str]:
+    """Expands folders and globs into a sorted list of supported files.
+
+    Raises:
+      FileNotFoundError: if a pattern matches nothing.
+      ValueError: if a matched file has an unsupported suffix.
+    """
+    from apache_beam.io.filesystems import FileSystems
+
+    files: set[str] = set()
+    for pattern in patterns:
+        expanded = expand_input(pattern)
+        matched = [m.path for r in FileSystems.match([expanded]) for m in r.metadata_list]
+        if not matched:
+            raise FileNotFoundError(f"--input {pattern!r} matches no file")
+        for path in matched:
+            source_kind(path)  # raises on an unsupported suffix
+        files.update(matched)
+    return sorted(files)
+
+
+def token_dtype(text_vocab_size: int) -> str:
+    """The compact dtype of a payload's tokens: both id spaces must fit."""
+    return "<u2" if max(text_vocab_size, VISION_VOCAB_SIZE) <= 1 << 16 else "<i4"
+
+
+def build_pipeline(p: beam.Pipeline, options: ImagesOptions, files: list[str], tokenizer, vqgan_sha256: str, job: dict):
+    """Adds the image job's stages to pipeline `p`."""
+    progress = options.progress
+    failures, counts = [], []
+
+    def stage(pcoll, name, fn):
+        out, f, c = run_stage(pcoll, name, fn, progress)
+        failures.append(f)
+        counts.append(c)
+        return out
+
+    paths = p | "inputs" >> beam.Create(files) | "spread files" >> beam.Reshuffle()
+    pairs = stage(paths, "read", ReadPairs(options.sources))
+    pairs = pairs | "spread pairs" >> beam.Reshuffle()  # one file's downloads and decodes run in parallel
+    pairs = stage(pairs, "caption", check_caption)
+    pairs = stage(pairs, "download", Download(options.download))
+    groups = (
+        pairs
+        | "key by content" >> beam.Map(lambda d: (content_id(d["image"], d["caption"]), d))
+        | "group by content" >> beam.GroupByKey()
+    )
+    pairs = stage(groups, "dedup", keep_first)
+    decoded = stage(pairs, "decode", Decode(options.images))
+    load = LoadEncoder(options.vqgan, options.vqgan_preset, options.vqgan_seed, options.vqgan_dtype, vqgan_sha256)
+    encoded = stage(encode_images(decoded, load, options.batch_size), "encode", join_codes)
+    builder = ExampleBuilder(tokenizer, options.templates)
+    dtype = token_dtype(tokenizer.vocab_size)
+    examples = stage(encoded, "example", MakeExample(builder, options.seed, options.generation_fraction, dtype))
+
+    return write_datasets(
+        p,
+        examples,
+        failures,
+        counts,
+        output=options.output,
+        seq_lens=options.seq_lens,
+        shard_tokens=options.shard_tokens,
+        pack=options.pack,
+        job=job,
+        chain=CHAIN,
+    )
+
+
+def read_text_tokenizer(path: str) -> SentencePieceTokenizer:
+    """The SentencePiece model at a local or Beam filesystem path.
+
+    Raises:
+      FileNotFoundError: if there is no such file.
+      TokenizerError: if it is not a SentencePiece model.
+    """
+    data = None
+    if is_local(path):
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            pass
+    else:
+        data = read_output_bytes(path)
+    if data is None:
+        raise FileNotFoundError(f"--tokenizer {path}: no such file")
+    return SentencePieceTokenizer(data, name=path)
+
+
+def random_init_warning(preset: str) -> str:
+    return (
+        f"no --vqgan weights given: the VQGAN ({preset} preset) is RANDOMLY INITIALISED; its codes are "
+        "meaningless for training (fine for tests and benchmarks). The manifest records vqgan.random_init=true."
+    )
+
+
+def run_images(options: ImagesOptions) -> dict[str, Any]:
+    """Runs the image-text job and waits for it.
+
+    Returns:
+      The job manifest (also written to `<output>/manifest.json`).
+
+    Raises:
+      FileNotFoundError: an input pattern matches nothing, or the tokenizer or VQGAN file is missing.
+      TokenizerError: the tokenizer file is not a SentencePiece model.
+      NoValidPairsError: no input pair gave an example (see failures.jsonl for why).
+      CountMismatchError (via the runner): records were lost between stages.
+    """
+    log = progress_log(options.progress)
+    files = match_inputs(options.inputs)
+    tokenizer = read_text_tokenizer(options.tokenizer)
+    image_tokenizer = load_image_tokenizer(options.vqgan, options.vqgan_preset, options.vqgan_seed, options.vqgan_dtype)
+    vqgan = {**image_tokenizer.fingerprint(), "path": options.vqgan}
+    del image_tokenizer  # the workers build their own
+    recorded = {**options.recorded(), "vqgan_sha256": vqgan["sha256"]}  # new weights at the same path rebuild
+    job = job_record(
+        recorded,
+        files,
+        {**tokenizer.fingerprint(), "path": options.tokenizer},
+        runner_lib.describe(options.runner, options.direct_running_mode),
+    )
+    job["vqgan"] = vqgan
+    if vqgan.get("random_init"):
+        warning = random_init_warning(options.vqgan_preset)
+        job["warnings"] = [warning]
+        print(f"[lwm-pack] WARNING: {warning}", file=sys.stderr, flush=True)
+    log(f"{len(files)} input files; tokenizer {tokenizer.name} ({tokenizer.vocab_size} pieces); "
+        f"VQGAN {options.vqgan or 'random ' + options.vqgan_preset}; runner {job['runner']}")
+    manifest = run_job(
+        lambda p: build_pipeline(p, options, files, tokenizer, vqgan["sha256"], job),
+        output=options.output,
+        job=job,
+        force=options.force,
+        log=log,
+        pipeline_options=runner_lib.pipeline_options(
+            options.runner, options.direct_running_mode, options.direct_num_workers, options.beam_args
+        ),
+    )
+    if not manifest["documents"]:
+        reasons = ", ".join(f"{k} x{v}" for k, v in manifest["failures"]["by_reason"].items()) or "none"
+        raise NoValidPairsError(
+            f"no valid image-text pairs in {len(files)} input files ({', '.join(files[:3])}"
+            f"{', ...' if len(files) > 3 else ''}); failures: {reasons}; "
+            f"see {join(options.output, 'failures.jsonl')}"
+        )
+    return manifest
