@@ -6,9 +6,11 @@ one document. Files are opened through Beam's `FileSystems`, so any Beam path (`
 local) works.
 
 Failure reasons: `unreadable_file`, `corrupt_zstd`, `invalid_utf8`, `invalid_unicode`,
-`invalid_json`, `not_an_object`, `missing_text`, `text_not_string`, `parquet_error`.
+`invalid_json`, `not_an_object`, `missing_text`, `text_not_string`, `line_too_long`, `parquet_error`.
 A corrupt or truncated zstd stream keeps every complete line before the damage; `invalid_unicode`
-is a lone surrogate, which a JSON escape such as `\\ud800` can produce.
+is a lone surrogate, which a JSON escape such as `\\ud800` can produce. Memory stays bounded
+whatever the input: zstd output is produced a few MiB at a time and a line over
+`MAX_LINE_BYTES` (a decompression bomb is one endless line) is dropped without being held.
 
 Example, a `books.jsonl` line `{"text": "Call me Ishmael.", "meta": {"title": "Moby Dick"}}`:
     {"file": "books.jsonl", "line": 1, "text": "Call me Ishmael.", "meta": '{"title": "Moby Dick"}'}
@@ -80,22 +82,45 @@ def _jsonl_record(path: str, line_no: int, raw: bytes, text_key: str) -> dict | 
     return {"file": path, "line": line_no, "text": text, "meta": _meta_json(obj.get("meta"))}
 
 
-def _lines_of(path: str, chunks: Iterator[bytes], text_key: str, errors: tuple[type, ...], reason: str):
+# A line longer than this is dropped (`line_too_long`) without being held in memory: a Books3 book
+# is a few MB, and a decompression bomb is one endless line.
+MAX_LINE_BYTES = 256 << 20
+
+
+def _lines_of(
+    path: str, chunks: Iterator[bytes], text_key: str, errors: tuple[type, ...], reason: str,
+    max_line_bytes: int = MAX_LINE_BYTES,
+):
     """Splits a stream of byte chunks into records; a stream error keeps every complete line before it."""
     line_no = 0
     pending = b""
+    skipped = 0  # bytes of an over-long line dropped so far (0: not inside one)
     try:
         for chunk in chunks:
+            if skipped:
+                end = chunk.find(b"\n")
+                if end < 0:
+                    skipped += len(chunk)
+                    continue
+                line_no += 1
+                yield Dropped("line_too_long", f"{skipped + end:,} bytes, maximum {max_line_bytes:,}", path, line_no)
+                skipped, chunk = 0, chunk[end + 1 :]
             parts = (pending + chunk).split(b"\n")
             pending = parts.pop()
             for raw in parts:
                 line_no += 1
-                if raw.strip():
+                if len(raw) > max_line_bytes:
+                    yield Dropped("line_too_long", f"{len(raw):,} bytes, maximum {max_line_bytes:,}", path, line_no)
+                elif raw.strip():
                     yield _jsonl_record(path, line_no, raw.rstrip(b"\r"), text_key)
+            if len(pending) > max_line_bytes:
+                skipped, pending = len(pending), b""
     except errors as e:
         yield Dropped(reason, f"after {line_no} complete lines: {e}", path, line_no + 1)
         return
-    if pending.strip():
+    if skipped:
+        yield Dropped("line_too_long", f"{skipped:,} bytes, maximum {max_line_bytes:,}", path, line_no + 1)
+    elif pending.strip():
         line_no += 1
         yield _jsonl_record(path, line_no, pending.rstrip(b"\r"), text_key)
 
@@ -109,28 +134,32 @@ class TruncatedZstdError(ValueError):
     """The compressed input ends inside a zstd frame."""
 
 
-def _zstd_chunks(f: BinaryIO, size: int = 1 << 16) -> Iterator[bytes]:
+def _zstd_chunks(f: BinaryIO, size: int = 1 << 16, feed: int = 512) -> Iterator[bytes]:
     """Decompressed bytes of a (multi-frame) zstd stream, checking that the last frame is complete.
 
-    Input goes in 64 KiB at a time, so a corrupt block loses at most the output of that piece.
+    Input is read 64 KiB at a time and fed to the decompressor `feed` bytes at a time: zstd can
+    expand a few bytes into a 128 KiB block, so 512 input bytes yield at most ~16 MiB and a
+    decompression bomb never lands in memory at once (`_lines_of` then drops its endless line).
     """
     import zstandard
 
     dctx = zstandard.ZstdDecompressor()
     dobj = dctx.decompressobj()
     started = False  # the current frame has consumed input
-    while chunk := f.read(size):
-        while chunk:
-            started = True
-            out = dobj.decompress(chunk)
-            if out:
-                yield out
-            if dobj.eof:
-                chunk = dobj.unused_data
-                dobj = dctx.decompressobj()
-                started = False
-            else:
-                chunk = b""
+    while data := f.read(size):
+        for start in range(0, len(data), feed):
+            chunk = data[start : start + feed]
+            while chunk:
+                started = True
+                out = dobj.decompress(chunk)
+                if out:
+                    yield out
+                if dobj.eof:
+                    chunk = dobj.unused_data
+                    dobj = dctx.decompressobj()
+                    started = False
+                else:
+                    chunk = b""
     if started:
         raise TruncatedZstdError("the input ends inside a zstd frame (truncated file)")
 

@@ -15,7 +15,7 @@ from .helpers import jsonl_bytes, record, write_jsonl, write_jsonl_zst, write_pa
 
 READER_REASONS = {
     "unreadable_file", "corrupt_zstd", "invalid_utf8", "invalid_unicode", "invalid_json",
-    "not_an_object", "missing_text", "text_not_string", "parquet_error",
+    "not_an_object", "missing_text", "text_not_string", "line_too_long", "parquet_error",
 }
 
 
@@ -349,3 +349,32 @@ def test_lone_surrogate_from_a_json_escape_is_invalid_unicode(tmp_path):
     assert [d["text"] for d in docs] == ["fine"]
     assert where(dropped) == [("invalid_unicode", "s.jsonl", 2)]
     assert "U+D800" in dropped[0].detail
+
+
+def test_a_zstd_bomb_is_dropped_without_being_held_in_memory(tmp_path):
+    """1 GiB of zeros (32 KiB compressed, one endless line) between two good lines."""
+    import resource
+
+    import zstandard
+
+    c = zstandard.ZstdCompressor()
+    path = tmp_path / "bomb.jsonl.zst"
+    path.write_bytes(c.compress(record("first book") + b"\n") + c.compress(b"\0" * (1 << 30)) + c.compress(b"\n" + record("last book")))
+    assert path.stat().st_size < 1 << 20
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    docs, dropped = read(path)
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert [d["text"] for d in docs] == ["first book", "last book"]
+    assert where(dropped) == [("line_too_long", "bomb.jsonl.zst", 2)]
+    assert "1,073,741,824 bytes" in dropped[0].detail
+    assert grown < 700 << 10, f"peak memory grew by {grown} KiB"
+
+
+def test_an_over_long_line_in_the_middle_of_a_chunk(tmp_path):
+    from lwmkit.pipelines import readers
+
+    lines = [record("a"), b"x" * 5000, record("b"), b"y" * 3000, record("c")]
+    items = list(readers._lines_of("f", iter([b"\n".join(lines)[i : i + 700] for i in range(0, 20000, 700)]), "text",
+                                   (), "corrupt", max_line_bytes=1000))
+    assert [(x.reason, x.line) if isinstance(x, Dropped) else x["text"] for x in items] == [
+        "a", ("line_too_long", 2), "b", ("line_too_long", 4), "c"]
