@@ -234,6 +234,10 @@ def _images_parser(sub) -> None:
     s.add_argument("--download-retries", type=int, default=2)
     s.add_argument("--download-backoff", type=float, default=1.0, help="seconds before the first retry (doubles)")
     s.add_argument("--allow-file-urls", action="store_true", help="also fetch file:// URLs")
+    s.add_argument("--allow-host", action="append", default=[], metavar="HOST",
+                   help="fetch from this host or IP even if it is private/loopback (repeatable)")
+    s.add_argument("--allow-private-addresses", action="store_true",
+                   help="fetch from any private, loopback or link-local address")
     _run_arguments(im)
     _pack_arguments(im)
 
@@ -270,6 +274,8 @@ def _images(args, beam_args: list[str]) -> None:
                 backoff_s=args.download_backoff,
                 max_bytes=args.max_image_bytes,
                 allow_file=args.allow_file_urls,
+                allow_private=args.allow_private_addresses,
+                allowed_hosts=tuple(args.allow_host),
             ),
             batch_size=args.batch_size,
             pack=_pack_options(args),

@@ -9,9 +9,17 @@ Reasons (the `failures.jsonl` vocabulary of the download stage):
     too_large           Content-Length or the streamed byte count exceeds `max_bytes`
     connection_error    refused, reset, DNS failure, TLS error, a bad redirect, ...
     missing_file        file:// (when allowed) names no readable file
+    blocked_address     the host resolves to a private, loopback, link-local, multicast or
+                        reserved address (a URL list from elsewhere must not reach the worker's
+                        own network: cloud metadata servers, internal services); allow hosts
+                        with `allowed_hosts` or all of them with `allow_private`
+    too_many_redirects  more than `max_redirects` redirects
 Transient failures (timeout, connection_error, http_408/425/429/5xx) are retried `retries` times
 with exponential backoff `backoff_s * 2**attempt` (no jitter: a rerun behaves the same); the
-reason reported is the last attempt's. Redirects are followed to http(s) targets only.
+reason reported is the last attempt's. Redirects are followed to http(s) targets only, at most
+`max_redirects` of them. The address check runs when each connection is made, on the address
+actually connected to (so a redirect or a DNS answer that changes between check and use cannot
+slip past it); behind an HTTP proxy it checks what the host name resolves to here.
 
 Example, a pair with a URL becomes a pair with image bytes (the download stage):
     before {"key": "000001", "url": "https://example.com/cat.jpg", "image": None, ...}
@@ -20,7 +28,9 @@ Example, a pair with a URL becomes a pair with image bytes (the download stage):
 
 from __future__ import annotations
 
+import functools
 import http.client
+import ipaddress
 import os
 import socket
 import ssl
@@ -64,6 +74,9 @@ class DownloadOptions:
       backoff_s: wait before retry k is backoff_s * 2**k.
       max_bytes: the largest body accepted.
       allow_file: also accept file:// URLs (off: a URL list from elsewhere must not read local files).
+      allow_private: also connect to private, loopback, link-local and reserved addresses.
+      allowed_hosts: host names or IP addresses allowed even so (e.g. ("127.0.0.1",) in tests).
+      max_redirects: redirects followed per request.
       user_agent: the User-Agent header sent.
     """
 
@@ -73,6 +86,9 @@ class DownloadOptions:
     backoff_s: float = 1.0
     max_bytes: int = 32 << 20
     allow_file: bool = False
+    allow_private: bool = False
+    allowed_hosts: tuple[str, ...] = ()
+    max_redirects: int = 5
     user_agent: str = "lwmkit-image-download/1 (+https://github.com/LargeWorldModel)"
 
     def __post_init__(self):
@@ -86,10 +102,95 @@ class DownloadOptions:
             raise ValueError(f"backoff_s: {self.backoff_s} is outside [0, 600]")
         if not 1 <= self.max_bytes <= 1 << 31:
             raise ValueError(f"max_bytes: {self.max_bytes} is outside 1..{1 << 31}")
+        if not 0 <= self.max_redirects <= 30:
+            raise ValueError(f"max_redirects: {self.max_redirects} is outside 0..30")
+        if isinstance(self.allowed_hosts, str):
+            raise ValueError(f"allowed_hosts: give a tuple of hosts, not the string {self.allowed_hosts!r}")
+
+
+def check_address(host: str, ip: str, options: DownloadOptions) -> None:
+    """Raises DownloadError('blocked_address') unless `options` allow connecting to `ip` for `host`."""
+    if options.allow_private or host in options.allowed_hosts or ip in options.allowed_hosts:
+        return
+    addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    if not addr.is_global or addr.is_multicast:
+        raise DownloadError(
+            "blocked_address",
+            f"{host} resolves to {ip}, a non-public address (allow it with allowed_hosts / --allow-host {host})",
+        )
+
+
+def _checked_addresses(host: str, port: int, options: DownloadOptions) -> list[tuple]:
+    """getaddrinfo results for host:port whose addresses pass `check_address` (raises if none do)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise DownloadError("connection_error", f"cannot resolve {host}: {e}") from e
+    for info in infos:
+        check_address(host, info[4][0], options)  # any non-public answer blocks the host
+    return infos
+
+
+class _GuardedConnection(http.client.HTTPConnection):
+    """Connects only to addresses that pass `check_address`, and to exactly the one it checked."""
+
+    def __init__(self, *args, options: DownloadOptions, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._options = options
+
+    def connect(self):
+        if self._tunnel_host:  # through a proxy: check the target by name, connect to the proxy
+            _checked_addresses(self._tunnel_host, self._tunnel_port or 443, self._options)
+            return super().connect()
+        last: OSError | None = None
+        for family, kind, proto, _, address in _checked_addresses(self.host, self.port, self._options):
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.settimeout(self.timeout)
+                if self.source_address:
+                    sock.bind(self.source_address)
+                sock.connect(address)
+            except OSError as e:
+                sock.close()
+                last = e
+                continue
+            self.sock = sock
+            return
+        raise last or OSError(f"no address for {self.host}")
+
+
+class _GuardedHTTPSConnection(http.client.HTTPSConnection, _GuardedConnection):
+    """HTTPS over `_GuardedConnection.connect` (HTTPSConnection.connect wraps what it connects)."""
+
+
+class _GuardedHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, options: DownloadOptions):
+        super().__init__()
+        self._options = options
+
+    def http_open(self, req):
+        return self.do_open(functools.partial(_GuardedConnection, options=self._options), req)
+
+
+class _GuardedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, options: DownloadOptions):
+        super().__init__()
+        self._options = options
+
+    def https_open(self, req):
+        return self.do_open(functools.partial(_GuardedHTTPSConnection, options=self._options), req,
+                            context=self._context)
 
 
 class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
-    """Follows redirects only to http(s) (urllib would also follow one to ftp://)."""
+    """Follows at most `max_redirects` redirects, and only to http(s) (urllib would also follow ftp://)."""
+
+    def __init__(self, max_redirects: int):
+        super().__init__()
+        self.max_redirections = max_redirects
+        self.max_repeats = min(self.max_repeats, max_redirects)
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):
         scheme = urllib.parse.urlsplit(urllib.parse.urljoin(req.full_url, newurl)).scheme.lower()
@@ -97,14 +198,23 @@ class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
             raise DownloadError("connection_error", f"redirect to a {scheme or 'relative'}:// URL refused")
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
+    def http_error_302(self, req, fp, code, msg, headers):
+        visited = getattr(req, "redirect_dict", {})
+        if len(visited) >= self.max_redirections:
+            fp.close()
+            raise DownloadError("too_many_redirects", f"more than {self.max_redirections} redirects from {req.full_url}")
+        return super().http_error_302(req, fp, code, msg, headers)
 
-def _opener() -> urllib.request.OpenerDirector:
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+
+def _opener(options: DownloadOptions) -> urllib.request.OpenerDirector:
     # Proxies come from the environment as usual; file:, ftp: and data: handlers are left out.
     handlers = [
         urllib.request.ProxyHandler(),
-        urllib.request.HTTPHandler(),
-        urllib.request.HTTPSHandler(),
-        _HttpOnlyRedirects(),
+        _GuardedHTTPHandler(options),
+        _GuardedHTTPSHandler(options),
+        _HttpOnlyRedirects(options.max_redirects),
         urllib.request.HTTPErrorProcessor(),
         urllib.request.HTTPDefaultErrorHandler(),
     ]
@@ -212,7 +322,7 @@ def fetch(url: str, options: DownloadOptions = DownloadOptions(), *, sleep=time.
     url = url.strip()
     if scheme == "file":
         return _fetch_file(url, options)
-    opener = opener or _opener()
+    opener = opener or _opener(options)
     attempt = 0
     while True:
         try:
@@ -246,7 +356,7 @@ class Download:
         if pair.get("url") is None:
             raise DropRecord("missing_image", "no image bytes and no URL")
         if self._opener is None:
-            self._opener = _opener()
+            self._opener = _opener(self.options)
         try:
             data = fetch(pair["url"], self.options, opener=self._opener)
         except DownloadError as e:

@@ -146,6 +146,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(200, self.files.get("flaky", b"ok"))
         elif path == "/to-ftp":
             self._send(302, headers={"Location": "ftp://127.0.0.1/x.png"})
+        elif path == "/redirect-to-metadata":  # a cloud metadata server, never to be reached
+            self._send(302, headers={"Location": "http://169.254.169.254/latest/meta-data/"})
+        elif path.startswith("/redirect-loop/"):
+            self._send(302, headers={"Location": f"/redirect-loop/{int(path.rsplit('/', 1)[1]) + 1}"})
         elif path == "/to-img":
             self._send(302, headers={"Location": "/img/" + next(iter(self.files), "none")})
         else:

@@ -11,7 +11,8 @@ from lwmkit.pipelines.stages import DropRecord
 from .image_inputs import SLOW_S, rgb, serve
 
 PNG = rgb(40, 30, seed=3)
-FAST = DownloadOptions(timeout_s=0.5, total_timeout_s=5.0, retries=1, backoff_s=0.01, max_bytes=100_000)
+LOCAL = ("127.0.0.1",)  # the test server; any other non-public address stays blocked
+FAST = DownloadOptions(timeout_s=0.5, total_timeout_s=5.0, retries=1, backoff_s=0.01, max_bytes=100_000, allowed_hosts=LOCAL)
 
 
 @pytest.fixture(autouse=True)
@@ -54,7 +55,7 @@ def test_a_hanging_server_times_out_after_each_retry(server):
 
 def test_transient_errors_are_retried_with_exponential_backoff(server):
     sleeps = []
-    options = DownloadOptions(timeout_s=1.0, retries=3, backoff_s=0.5)
+    options = DownloadOptions(timeout_s=1.0, retries=3, backoff_s=0.5, allowed_hosts=LOCAL)
     assert fetch(server.url("/flaky"), options, sleep=sleeps.append) == PNG  # 503, 503, then 200
     assert sleeps == [0.5, 1.0]
 
@@ -62,7 +63,7 @@ def test_transient_errors_are_retried_with_exponential_backoff(server):
 def test_retries_exhausted_report_the_last_status(server):
     server.handler.hits.pop("/flaky", None)
     with pytest.raises(DownloadError) as e:
-        fetch(server.url("/flaky"), DownloadOptions(timeout_s=1.0, retries=1, backoff_s=0), sleep=lambda s: None)
+        fetch(server.url("/flaky"), DownloadOptions(timeout_s=1.0, retries=1, backoff_s=0, allowed_hosts=LOCAL), sleep=lambda s: None)
     assert e.value.reason == "http_503"
     assert "after 2 attempts" in e.value.detail
 
@@ -70,7 +71,7 @@ def test_retries_exhausted_report_the_last_status(server):
 def test_size_cap_by_content_length_and_by_counting(server):
     assert reason_of(server.url("/big")) == "too_large"  # refused from the header, body never read
     assert reason_of(server.url("/stream")) == "too_large"  # 256 KiB streamed with no length, cap 100 KB
-    roomy = DownloadOptions(max_bytes=1 << 20)
+    roomy = DownloadOptions(max_bytes=1 << 20, allowed_hosts=LOCAL)
     assert len(fetch(server.url("/stream"), roomy)) == 64 * 4096
 
 
@@ -154,3 +155,36 @@ def test_download_stage_pickles_without_its_opener(server):
 def test_options_are_validated(kw, field):
     with pytest.raises(ValueError, match=field):
         DownloadOptions(**kw)
+
+
+@pytest.mark.parametrize("ip", ["127.0.0.1", "10.1.2.3", "192.168.0.7", "169.254.169.254", "::1", "fe80::1", "0.0.0.0",
+                                "::ffff:127.0.0.1", "224.0.0.1"])
+def test_non_public_addresses_are_blocked_unless_allowed(ip):
+    from lwmkit.pipelines.download import check_address
+
+    with pytest.raises(DownloadError) as e:
+        check_address("example.test", ip, DownloadOptions())
+    assert e.value.reason == "blocked_address" and ip in e.value.detail
+    check_address("example.test", ip, DownloadOptions(allowed_hosts=(ip,)))
+    check_address("example.test", ip, DownloadOptions(allowed_hosts=("example.test",)))
+    check_address("example.test", ip, DownloadOptions(allow_private=True))
+    check_address("example.test", "93.184.215.14", DownloadOptions())  # a public address passes
+
+
+def test_the_local_server_is_refused_by_default_and_nothing_is_sent(server):
+    before = server.hits.get("/img/a.png", 0)
+    assert reason_of(server.url("/img/a.png"), DownloadOptions(retries=0)) == "blocked_address"
+    assert server.hits.get("/img/a.png", 0) == before  # refused before connecting
+
+
+def test_a_redirect_to_a_blocked_address_is_refused(server):
+    # Allowed by name for the first hop only: the redirect target is checked when it is connected to.
+    url = server.url("/redirect-to-metadata")
+    opts = DownloadOptions(retries=0, allowed_hosts=("localhost",))
+    assert reason_of(url.replace("127.0.0.1", "localhost"), opts) == "blocked_address"
+
+
+def test_redirects_are_bounded(server):
+    opts = DownloadOptions(retries=0, allowed_hosts=LOCAL, max_redirects=3)
+    assert reason_of(server.url("/redirect-loop/0"), opts) == "too_many_redirects"
+    assert server.hits["/redirect-loop/3"] == 1 and "/redirect-loop/4" not in server.hits
