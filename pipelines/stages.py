@@ -5,6 +5,15 @@ A stage function takes one element and yields output elements and/or `Dropped` m
 `dropped` in Beam metrics and in a per-bundle counts output that the job reconciles in its
 manifest. Every drop becomes a failure row `{stage, file, line, reason, detail}`.
 
+Any other exception is a fault, not a verdict on the record. If it comes before the element gave
+any output, the element is tried again (up to `attempts` times in all, with a short growing pause:
+a flaky network mount or an out-of-memory blip passes; after five records in a row failed every
+attempt the stage stops pausing and retrying until one succeeds, so a systematic error costs no
+time); if it persists, or if it comes after some
+outputs were already sent on (a retry would duplicate them), the element is dropped with reason
+`stage_error` and the exception in the detail. One bad record never stops the job and is never
+lost silently; nothing is emitted twice.
+
 Example, a stage that drops empty texts:
     def non_empty(doc):
         if not doc["text"]:
@@ -66,16 +75,21 @@ class StageDoFn(beam.DoFn):
       progress: print a progress line to stderr at most every 2 seconds.
     """
 
-    def __init__(self, stage: str, fn: Callable[[Any], Iterable[Any]], progress: bool = False):
+    def __init__(self, stage: str, fn: Callable[[Any], Iterable[Any]], progress: bool = False, attempts: int = 3,
+                 retry_pause_s: float = 0.1):
         self.stage = stage
         self.fn = fn
         self.progress = progress
+        self.attempts = attempts
+        self.retry_pause_s = retry_pause_s
 
     def setup(self):
         self._metric = {
-            k: beam.metrics.Metrics.counter("lwmkit", f"{self.stage}.{k}") for k in ("seen", "kept", "dropped")
+            k: beam.metrics.Metrics.counter("lwmkit", f"{self.stage}.{k}")
+            for k in ("seen", "kept", "dropped", "retried")
         }
         self._last_print = time.monotonic()  # first line after 2 s: short jobs stay quiet
+        self._failing_in_a_row = 0  # records that failed every attempt, since the last success
         self._total = [0, 0, 0]
 
     def start_bundle(self):
@@ -92,21 +106,39 @@ class StageDoFn(beam.DoFn):
 
     def process(self, element):
         self._counts[0] += 1
-        try:
-            for out in self.fn(element):
-                if isinstance(out, Dropped):
-                    self._counts[2] += 1
-                    file, line = (out.file, out.line) if out.file else self._where(element)
-                    yield beam.pvalue.TaggedOutput(
-                        FAILURES, failure_row(self.stage, file, line, out.reason, out.detail)
-                    )
-                else:
-                    self._counts[1] += 1
-                    yield out
-        except DropRecord as d:
-            self._counts[2] += 1
-            file, line = self._where(element)
-            yield beam.pvalue.TaggedOutput(FAILURES, failure_row(self.stage, file, line, d.reason, d.detail))
+        for attempt in range(1, self.attempts + 1):
+            emitted = 0
+            try:
+                for out in self.fn(element):
+                    emitted += 1
+                    if isinstance(out, Dropped):
+                        self._counts[2] += 1
+                        file, line = (out.file, out.line) if out.file else self._where(element)
+                        yield beam.pvalue.TaggedOutput(
+                            FAILURES, failure_row(self.stage, file, line, out.reason, out.detail)
+                        )
+                    else:
+                        self._counts[1] += 1
+                        yield out
+                self._failing_in_a_row = 0
+                break
+            except DropRecord as d:
+                self._counts[2] += 1
+                file, line = self._where(element)
+                yield beam.pvalue.TaggedOutput(FAILURES, failure_row(self.stage, file, line, d.reason, d.detail))
+                break
+            except Exception as e:  # noqa: BLE001 - a fault in one record must not stop the job
+                if emitted == 0 and attempt < self.attempts and self._failing_in_a_row < 5:
+                    self._metric["retried"].inc()
+                    time.sleep(self.retry_pause_s * attempt)
+                    continue
+                self._counts[2] += 1
+                file, line = self._where(element)
+                when = f"after {emitted} outputs" if emitted else f"on each of {attempt} attempts"
+                detail = f"{type(e).__name__}: {e} ({when})"
+                self._failing_in_a_row += 1
+                yield beam.pvalue.TaggedOutput(FAILURES, failure_row(self.stage, file, line, "stage_error", detail))
+                break
         if self.progress:
             now = time.monotonic()
             if now - self._last_print > 2.0:
