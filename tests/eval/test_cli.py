@@ -1,0 +1,82 @@
+"""`lwm-needle` through `main([...])`: build, build-video, run (OpenAI backend), report, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from lwmkit.eval.cases import read_cases
+from lwmkit.eval.cli import main
+from lwmkit.eval.evaluate import read_results
+from lwmkit.packing.source import ShardDataSource
+
+from tests.eval.openai_server import FakeOpenAI
+
+
+def test_build_run_report(tmp_path, haystack_paths, bpe_model, tok, capsys):
+    cases_path, results = str(tmp_path / "cases.jsonl"), str(tmp_path / "results.jsonl")
+    args = ["build", "--haystack", haystack_paths[0], "--haystack", haystack_paths[2], "--tokenizer", bpe_model]
+    args += ["--lengths", "400,800", "--depths", "0,50,100", "--out", cases_path, "--records", str(tmp_path / "ds")]
+    assert main(args) == 0
+    assert "wrote 6 lwm_single cases" in capsys.readouterr().out
+    cases = read_cases(cases_path)
+    assert sorted({c["length"] for c in cases}) == [400, 800]
+    assert all(1 + len(tok.encode(c["prompt"])) + c["answer_tokens"] == c["length"] for c in cases)
+    assert len(ShardDataSource(str(tmp_path / "ds"))) == 6
+
+    heat, plot, summary = (str(tmp_path / n) for n in ("h.png", "s.png", "s.json"))
+    with FakeOpenAI(delay=0.0) as server:
+        run = ["run", "--cases", cases_path, "--results", results, "--backend", "openai", "--base-url", server.url]
+        run += ["--model", "fake", "--heatmap", heat, "--summary-plot", plot, "--summary-json", summary]
+        assert main(run) == 0
+        assert len(server.prompts) == 6
+    out = capsys.readouterr().out
+    assert "6 results in" in out and "lwm_single: mean" in out and f"heatmap: {heat}" in out
+    assert os.path.getsize(heat) > 1000 and os.path.getsize(plot) > 1000
+    assert json.load(open(summary))["lwm_single"]["cases"] == 6
+    assert len(read_results(results)) == 6
+
+    assert main(["report", "--results", results, "--heatmap", str(tmp_path / "again.png")]) == 0
+    assert os.path.exists(tmp_path / "again.png")
+
+
+def test_recipe_only_cases_and_task_overrides(tmp_path, haystack_paths, bpe_model):
+    out = str(tmp_path / "c.jsonl")
+    args = ["build", "--haystack", haystack_paths[1], "--tokenizer", bpe_model, "--task", "lwm_multi"]
+    args += ["--needles", "3", "--queries", "2", "--lengths", "900", "--depths", "30", "--no-prompt", "--out", out]
+    assert main(args) == 0
+    (case,) = read_cases(out)
+    assert "prompt" not in case and len(case["needles"]) == 3 and len(case["expected"]) == 2
+    with FakeOpenAI(delay=0.0) as server:
+        run = ["run", "--cases", out, "--results", str(tmp_path / "r.jsonl"), "--backend", "openai"]
+        assert main([*run, "--base-url", server.url, "--model", "fake", "--mode", "chat"]) == 0
+        assert server.paths == ["/v1/chat/completions"] and case["needles"][0]["text"] in server.prompts[0]
+
+
+def test_build_video(tmp_path, bpe_model):
+    from PIL import Image
+
+    img = tmp_path / "needle.png"
+    Image.new("RGB", (256, 256), "red").save(img)
+    out = str(tmp_path / "v.jsonl")
+    args = ["build-video", "--haystack", "generated", "--haystack-frames", "20", "--tokenizer", bpe_model]
+    args += ["--needle-image", str(img), "--vqgan-preset", "tiny", "--question", "Which colour?"]
+    args += ["--option", "red", "--option", "blue", "--answer", "red", "--lengths", "4,8", "--depths", "0,100"]
+    assert main([*args, "--out", out, "--records", str(tmp_path / "vds")]) == 0
+    cases = read_cases(out)
+    assert len(cases) == 4 and all(c["modality"] == "video" for c in cases)
+    rec = ShardDataSource(str(tmp_path / "vds"))[0]
+    assert rec["vision_mask"].sum() == 5 * 257  # 4 haystack frames + the needle
+
+
+def test_errors_are_reported_not_raised(tmp_path, haystack_paths, bpe_model, capsys):
+    missing = str(tmp_path / "missing.txt")
+    args = ["build", "--haystack", missing, "--tokenizer", bpe_model, "--out", str(tmp_path / "c.jsonl")]
+    assert main(args) == 1
+    assert f"lwm-needle build: error: {missing}: no such file" in capsys.readouterr().err
+    (tmp_path / "c.jsonl").write_text("")
+    run = ["run", "--cases", str(tmp_path / "c.jsonl"), "--results", str(tmp_path / "r.jsonl"), "--backend", "openai"]
+    assert main(run) == 1
+    assert "needs --base-url and --model" in capsys.readouterr().err
+    assert main(["report", "--results", str(tmp_path / "none.jsonl")]) == 1
+    assert "no results" in capsys.readouterr().err
