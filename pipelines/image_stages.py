@@ -156,18 +156,20 @@ class LoadEncoder:
 
     def __call__(self):
         import jax.numpy as jnp
+        from lwmkit.tokenizers.vqgan import jit_for_backend
 
         tokenizer = load_image_tokenizer(self.vqgan, self.preset, self.seed, self.dtype)
         got = tokenizer.fingerprint()["sha256"]
         if got != self.sha256:
             name = self.vqgan or f"random {self.preset}"
             raise RuntimeError(f"VQGAN {name}: the worker loaded sha256 {got}, the driver {self.sha256}")
-        apply, params = tokenizer.encode_fn()
+        model = tokenizer.flax_model()
 
         def encode_pixels(p, pixels):  # [B, 256, 256, 3] uint8 -> [B, 16, 16] int32
-            return apply(p, pixels.astype(jnp.float32) / 127.5 - 1.0)
+            return model.apply({"params": p}, pixels.astype(jnp.float32) / 127.5 - 1.0, method=model.encode)
 
-        return encode_pixels, params
+        # Compiled here, with the VQGAN's CPU compiler options; the handler runs it as it is.
+        return jit_for_backend(encode_pixels), tokenizer.params
 
 
 def encode_images(pairs, load: LoadEncoder, batch_size: int):
@@ -181,5 +183,6 @@ def encode_images(pairs, load: LoadEncoder, batch_size: int):
         example_shape=(IMAGE_SIZE, IMAGE_SIZE, 3),
         example_dtype=np.uint8,
         name="vqgan",
+        jit=False,  # LoadEncoder compiles it with the VQGAN's own compiler options
     )
     return pairs | "vqgan" >> RunInference(KeyedModelHandler(handler))

@@ -80,6 +80,9 @@ class JaxModelHandler(ModelHandler[np.ndarray, PredictionResult, LoadedJaxModel]
       device: None = the first local device; "cpu" / "gpu" / "tpu" = that backend's first local
         device; an int = that index in `jax.local_devices()`.
       max_batch_duration_secs: streaming only: flush a partial batch after this long.
+      jit: wrap the apply function in `jax.jit` (default). Pass False when `load()` returns a
+        function that is already compiled with its own options: an outer jit would inline it and
+        drop them (the VQGAN's CPU compiler options, for one).
 
     Raises:
       ValueError: a bad argument, naming it, its value and the allowed range.
@@ -95,6 +98,7 @@ class JaxModelHandler(ModelHandler[np.ndarray, PredictionResult, LoadedJaxModel]
         *,
         device: str | int | None = None,
         max_batch_duration_secs: float | None = None,
+        jit: bool = True,
     ):
         if not callable(load):
             raise ValueError(f"load: {load!r} is not callable; pass a function returning (apply_fn, params)")
@@ -122,6 +126,7 @@ class JaxModelHandler(ModelHandler[np.ndarray, PredictionResult, LoadedJaxModel]
         self.example_dtype = dtype
         self.name = name
         self.device = device
+        self.jit = jit
         self._metrics: dict[str, Any] | None = None
 
     # -- loading ---------------------------------------------------------------------------------
@@ -138,7 +143,8 @@ class JaxModelHandler(ModelHandler[np.ndarray, PredictionResult, LoadedJaxModel]
         if not (isinstance(loaded, tuple) and len(loaded) == 2 and callable(loaded[0])):
             raise ValueError(f"{self.name}: load() must return (apply_fn, params), got {type(loaded).__name__}")
         apply_fn, params = loaded
-        return LoadedJaxModel(apply=jax.jit(apply_fn), params=jax.device_put(params, device), device=device)
+        apply = jax.jit(apply_fn) if self.jit else apply_fn
+        return LoadedJaxModel(apply=apply, params=jax.device_put(params, device), device=device)
 
     # -- inference -------------------------------------------------------------------------------
 

@@ -240,6 +240,17 @@ def load_image(data: bytes, options: ImageOptions = ImageOptions(), name: str = 
     return _resize_crop(im, options, name)
 
 
+def preprocess_frame(frame: np.ndarray, options: ImageOptions = ImageOptions(), name: str = "") -> np.ndarray:
+    """`load_image`'s resize and centre crop for one decoded video frame (uint8 RGB [h, w, 3]).
+
+    Raises:
+      ImageError: too_small, as `load_image` (a video frame is never animated, alpha or 16-bit).
+    """
+    from PIL import Image
+
+    return _resize_crop(Image.fromarray(np.ascontiguousarray(frame, dtype=np.uint8), "RGB"), options, name)
+
+
 def to_model_input(images: np.ndarray) -> np.ndarray:
     """uint8 images [..., 256, 256, 3] -> float32 in [-1, 1] (x / 127.5 - 1), the VQGAN's input."""
     return np.asarray(images, dtype=np.float32) / 127.5 - 1.0

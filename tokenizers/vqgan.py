@@ -35,7 +35,7 @@ DTYPES = ("float32", "bfloat16")
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
 
 
-def _jit(fn: Callable) -> Callable:
+def jit_for_backend(fn: Callable) -> Callable:
     """jax.jit, with CPU_COMPILER_OPTIONS on the CPU backend (falling back when XLA rejects them)."""
     import jax
 
@@ -221,6 +221,11 @@ class ImageTokenizer:
 
         return VQGANModel(self.config, dtype=jnp.bfloat16 if self.dtype == "bfloat16" else jnp.float32)
 
+    def flax_model(self):
+        """The Flax module (`model.apply({"params": p}, x, method=model.encode)`), for callers that
+        compose their own function around the encoder and compile it with `jit_for_backend`."""
+        return self._model()
+
     def encode_fn(self) -> tuple[Callable[[Any, Any], Any], dict[str, Any]]:
         """(apply, params): apply(params, float32 [B, 256, 256, 3] in [-1, 1]) -> int32 [B, 16, 16].
 
@@ -233,7 +238,7 @@ class ImageTokenizer:
         def apply(params, images):
             return model.apply({"params": params}, images, method=model.encode)
 
-        return _jit(apply), self.params
+        return jit_for_backend(apply), self.params
 
     def decode_fn(self) -> tuple[Callable[[Any, Any], Any], dict[str, Any]]:
         """(apply, params): apply(params, int [B, 16, 16]) -> float32 [B, 256, 256, 3] in [-1, 1]."""
@@ -242,7 +247,7 @@ class ImageTokenizer:
         def apply(params, codes):
             return model.apply({"params": params}, codes, method=model.decode)
 
-        return _jit(apply), self.params
+        return jit_for_backend(apply), self.params
 
     def _jax(self) -> dict[str, Any]:
         if self._runtime is None:
@@ -261,8 +266,8 @@ class ImageTokenizer:
 
             self._runtime = {
                 "params": jax.device_put(self.params),
-                "encode": _jit(encode),
-                "decode": _jit(decode),
+                "encode": jit_for_backend(encode),
+                "decode": jit_for_backend(decode),
             }
         return self._runtime
 

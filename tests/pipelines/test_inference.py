@@ -281,3 +281,22 @@ def test_module_imports_without_jax():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/")
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_jit_false_runs_the_loaded_function_as_it_is():
+    """An apply function compiled with its own options must not be re-jitted (that would drop them)."""
+    import jax
+
+    calls = []
+
+    def compiled(params, batch):  # stands in for a function jitted with custom compiler options
+        calls.append(type(batch).__name__)
+        return np.asarray(batch) * params
+
+    plain = JaxModelHandler(lambda: (compiled, 2.0), batch_size=2, example_shape=(3,), example_dtype=np.float32, jit=False)
+    model = plain.load_model()
+    assert model.apply is compiled
+    out = list(plain.run_inference([np.ones(3, np.float32)], model))
+    assert np.array_equal(out[0].inference, np.full(3, 2.0)) and calls  # called eagerly, not traced
+    wrapped = JaxModelHandler(lambda: (compiled, 2.0), batch_size=2, example_shape=(3,), example_dtype=np.float32)
+    assert wrapped.load_model().apply is not compiled and isinstance(jax.jit(compiled), type(wrapped.load_model().apply))
