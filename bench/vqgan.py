@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import json
 import os
 import pickle
 import sys
@@ -83,13 +84,57 @@ def diffusers_model(preset: str, seed: int):
     return model
 
 
-def pipeline_rows(args: argparse.Namespace, images: np.ndarray, reference: np.ndarray) -> list[Row]:
-    """Rows for the Beam image job's VQGAN stage (RunInference over the same images); none yet.
+def _run_job(folder: str, weights: str, out: str, args: argparse.Namespace, tokenizer: str) -> tuple[float, float, int]:
+    """(wall s, CPU s, documents) of `lwm-pack images` over a folder, in this process (in_memory runner)."""
+    from lwmkit.pipelines.image_text import ImagesOptions, run_images
 
-    Add a row per pipeline configuration here: time it with `measure` and compare its codes to
-    `reference` (the diffusers codes, int [N, 16, 16]).
+    w0, c0 = time.perf_counter(), time.process_time()
+    manifest = run_images(ImagesOptions(
+        inputs=(folder,), output=out, tokenizer=tokenizer, vqgan=weights, vqgan_preset=args.preset,
+        seq_lens=(8192,), batch_size=args.batch, direct_running_mode="in_memory", progress=False, force=True,
+    ))
+    return time.perf_counter() - w0, time.process_time() - c0, manifest["documents"]
+
+
+def pipeline_rows(args: argparse.Namespace, tok, work: str) -> list[Row]:
+    """The whole image-text job (read, decode, preprocess, VQGAN via RunInference, examples, packing,
+    shards) over `--copies` copies of the images, with the same weights; and the same job over one
+    image, whose cost (Beam and JAX start-up, compilation) is subtracted in the "after start-up" row.
     """
-    return []
+    import shutil
+
+    from lwmkit.tokenizers.text import train_bpe
+
+    weights = os.path.join(work, "vqgan.safetensors")
+    tok.save(weights)
+    captions = {}
+    with open(os.path.join(args.images, "captions.jsonl"), encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            captions[row["file"]] = row["caption"]
+    model = os.path.join(work, "text.model")
+    with open(model, "wb") as f:
+        f.write(train_bpe([c for c in captions.values()] * 50, 400))
+    folders = {}
+    for name, copies in (("one", 0), ("all", args.copies)):
+        folder = os.path.join(work, name)
+        os.makedirs(folder)
+        rows = []
+        files = sorted(captions)[:1] if copies == 0 else sorted(captions)
+        for c in range(max(copies, 1)):
+            for file in files:
+                target = f"{c:02d}-{file}"
+                shutil.copy(os.path.join(args.images, file), os.path.join(folder, target))
+                rows.append({"file": target, "caption": f"{captions[file]} (copy {c})"})
+        with open(os.path.join(folder, "captions.jsonl"), "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+        folders[name] = folder
+    w1, c1, n1 = _run_job(folders["one"], weights, os.path.join(work, "out-one"), args, model)
+    wall, cpu, n = _run_job(folders["all"], weights, os.path.join(work, "out-all"), args, model)
+    return [
+        Row(f"lwm-pack images job, {n} images (whole run, with start-up)", n, wall, cpu, c1, None),
+        Row(f"lwm-pack images job, after start-up ({n} minus 1 image)", n - n1, wall - w1, cpu - c1, c1, None),
+    ]
 
 
 def main() -> None:
@@ -101,6 +146,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-default-compile", action="store_true", help="skip the row without CPU_COMPILER_OPTIONS")
+    parser.add_argument("--copies", type=int, default=4, help="copies of the images the pipeline rows run over")
+    parser.add_argument("--no-pipeline", action="store_true", help="skip the pipeline rows")
     args = parser.parse_args()
 
     import torch
@@ -139,7 +186,9 @@ def main() -> None:
             vqgan.CPU_COMPILER_OPTIONS = saved
         name = "lwmkit ImageTokenizer.encode (jit; XLA's default compile)"
         rows.insert(1, Row(name, n, wall, cpu, first, float((codes == ref).mean())))
-    rows += pipeline_rows(args, images, ref)
+    if not args.no_pipeline:
+        with tempfile.TemporaryDirectory() as work:
+            rows += pipeline_rows(args, tok, work)
 
     print(
         f"{os.cpu_count()} CPUs; preset {args.preset}; {n} images of 256x256 from {args.images}; batch {args.batch}; "
