@@ -19,7 +19,7 @@ from lwmkit.tokenizers import SentencePieceTokenizer
 
 from .helpers import book, record, write_jsonl, write_jsonl_zst
 
-SUBCOMMANDS = ("demo", "books", "train-tokenizer", "inspect")
+SUBCOMMANDS = ("demo", "books", "images", "qa", "pack", "report", "inspect", "export", "train-tokenizer")
 # `demo_mod` is imported here, at collection, on purpose: `run_demo(out=sys.stdout)` binds the stdout
 # of import time (see test_demo_prints_to_the_current_stdout), and pytest's session-wide capture
 # stays open, whereas a per-test `capsys` stream would be closed by the next demo test.
