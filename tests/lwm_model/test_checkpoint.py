@@ -1,0 +1,144 @@
+"""Parameter files: LWM's streaming msgpack format (read and write), Orbax round trips, layer layouts."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import msgpack
+import numpy as np
+import pytest
+from flax.serialization import to_bytes
+from flax.traverse_util import flatten_dict, unflatten_dict
+from lwmkit.lwm_model.checkpoint import (
+    expected_shapes,
+    load_lwm_params,
+    read_lwm_params,
+    restore_params,
+    save_lwm_params,
+    save_params,
+    stack_layers,
+    unstack_layers,
+)
+from lwmkit.lwm_model.config import preset
+from lwmkit.lwm_model.mesh import make_mesh, param_shardings
+
+TINY = preset("tiny", num_layers=2)
+
+
+@pytest.fixture(scope="module")
+def params():
+    """Random arrays of the model's parameter shapes (traced, not compiled: these tests only move them)."""
+    rng = np.random.default_rng(0)
+    flat = {
+        k: rng.normal(size=shape).astype(dtype)
+        for k, (shape, dtype) in expected_shapes(TINY).items()
+    }
+    return unflatten_dict(flat, sep="/")
+
+
+def write_like_lwm(path, tree, prefix=(), extra=()):
+    """What tux/EasyLM's StreamingCheckpointer.save_train_state_to_file does: one msgpack
+    (key tuple, flax to_bytes(array)) pair per leaf, streamed into the file."""
+    packer = msgpack.Packer()
+    with open(path, "wb") as f:
+        for key, value in list(extra) + list(flatten_dict(tree).items()):
+            f.write(packer.pack((prefix + key, to_bytes(np.asarray(value)))))
+
+
+def assert_same_tree(a, b):
+    fa, fb = flatten_dict(a, sep="/"), flatten_dict(b, sep="/")
+    assert sorted(fa) == sorted(fb)
+    for k in fa:
+        np.testing.assert_array_equal(np.asarray(fa[k]), np.asarray(fb[k]), err_msg=k)
+
+
+def test_reads_lwm_unrolled_train_state_into_scanned_model(tmp_path, params):
+    unrolled = unstack_layers(flatten_dict(params, sep="/"))
+    tree = {tuple(k.split("/")): v for k, v in unrolled.items()}
+    path = tmp_path / "streaming_train_state"
+    step = (("step",), np.int32(100))
+    moment = (
+        ("opt_state", "1", "0", "mu", "transformer", "ln_f", "kernel"),
+        np.ones(64, np.float32),
+    )
+    write_like_lwm(path, unflatten_dict(tree), prefix=("params", "params"), extra=[step, moment])
+    flat = read_lwm_params(path)
+    assert "transformer/h/1/attention/wq/kernel" in flat and not any("opt_state" in k for k in flat)
+    assert_same_tree(load_lwm_params(path, TINY), params)  # stacked into scan_decoder
+    unrolled_config = dataclasses.replace(TINY, scan_layers=False)
+    assert "0" in load_lwm_params(path, unrolled_config)["transformer"]["h"]
+
+
+def test_save_then_load_round_trip_keeps_dtype_and_values(tmp_path, params):
+    path = tmp_path / "params"
+    bf16 = jax.tree.map(lambda x: x.astype("bfloat16"), params)
+    save_lwm_params(path, bf16)
+    flat = read_lwm_params(path)
+    assert flat["lm_head/kernel"].dtype == np.dtype("bfloat16")
+    config = dataclasses.replace(TINY, param_dtype="bfloat16")
+    assert_same_tree(load_lwm_params(path, config), bf16)
+
+
+def test_bad_files_name_the_file_and_the_problem(tmp_path, params):
+    path = tmp_path / "params"
+    save_lwm_params(path, params)
+    data = path.read_bytes()
+    cut = tmp_path / "truncated"
+    cut.write_bytes(data[: len(data) - 100])
+    with pytest.raises(ValueError, match=f"{cut}: truncated"):
+        read_lwm_params(cut)
+    junk = tmp_path / "junk"
+    junk.write_bytes(msgpack.packb({"not": "a pair"}))
+    with pytest.raises(
+        ValueError, match=f"{junk}: record 0: expected a \\(key path, bytes\\) pair"
+    ):
+        read_lwm_params(junk)
+    wrong = dataclasses.replace(TINY, hidden_size=32)
+    with pytest.raises(
+        ValueError,
+        match=f"{path}: wrong shapes: .*wte/embedding \\(256, 64\\) \\(want \\(256, 32\\)\\)",
+    ):
+        load_lwm_params(path, wrong)
+    text_only = tmp_path / "text_only"
+    save_lwm_params(text_only, {k: v for k, v in params.items() if k != "vision_head"})
+    with pytest.raises(ValueError, match="missing \\['vision_head/kernel'\\]"):
+        load_lwm_params(text_only, TINY)
+
+
+def test_stack_and_unstack_are_inverse(params):
+    flat = flatten_dict(params, sep="/")
+    unrolled = unstack_layers(flat)
+    assert unrolled["transformer/h/1/feed_forward/w2/kernel"].shape == (128, 64)
+    restacked = stack_layers(unrolled, TINY.num_layers)
+    assert sorted(restacked) == sorted(flat)
+    for k in flat:
+        np.testing.assert_array_equal(np.asarray(restacked[k]), np.asarray(flat[k]))
+    del unrolled["transformer/h/1/ffn_norm/kernel"]
+    with pytest.raises(ValueError, match="ffn_norm/kernel: have layers \\[0\\], need 0..1"):
+        stack_layers(unrolled, TINY.num_layers)
+
+
+def test_orbax_round_trip_restores_values_and_shardings(tmp_path, params):
+    path = tmp_path / "orbax"
+    save_params(path, params)
+    assert_same_tree(restore_params(path), params)
+    mesh = make_mesh("1,2,1,4")
+    target = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        params,
+        param_shardings(params, mesh),
+    )
+    restored = restore_params(path, target)
+    assert_same_tree(restored, params)
+    wq = restored["transformer"]["h"]["scan_decoder"]["attention"]["wq"]["kernel"]
+    assert (
+        wq.sharding
+        == target["transformer"]["h"]["scan_decoder"]["attention"]["wq"]["kernel"].sharding
+    )
+    save_params(path, jax.tree.map(lambda x: x + 1, params))  # overwrite in place
+    np.testing.assert_array_equal(
+        restore_params(path)["lm_head"]["kernel"], np.asarray(params["lm_head"]["kernel"]) + 1
+    )
+    with pytest.raises(ValueError, match="no Orbax checkpoint"):
+        restore_params(tmp_path / "missing")
