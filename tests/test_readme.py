@@ -19,4 +19,8 @@ def test_ci_runs_the_readme_commands():
     assert install in ci, "the README's install command is not a line of .ci/run"
     assert test in ci, "the README's test command is not a line of .ci/run"
     assert ci.index(install) < ci.index(test)
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    interop = 'pip install -c constraints.txt ".[interop]"'
+    assert f"```bash\n{interop}\n```" in text and interop in ci, "CI installs the interop extra as the README says"
+    assert ci.index(install) < ci.index(interop) < ci.index(test)
     assert "lwm-pack demo" in install and "constraints.txt" in install
