@@ -318,6 +318,24 @@ def test_rerun_is_byte_identical_and_the_cli_matches(built, bpe_model, tmp_path)
     assert (out / "failures.jsonl").read_text() == (again / "failures.jsonl").read_text()
 
 
+@pytest.mark.slow
+def test_multi_processing_matches_in_memory(built, bpe_model, tmp_path):
+    """Every DoFn pickles and holds no process-global state: worker processes write the same bytes."""
+    corpus, _, _, out = built
+    mp = tmp_path / "mp"
+    with pytest.MonkeyPatch.context() as patch:
+        for k in PROXY_VARS:
+            patch.delenv(k, raising=False)
+        manifest = run_images(options(corpus, mp, bpe_model, direct_running_mode="multi_processing", direct_num_workers=2))
+    assert manifest["runner"] == "DirectRunner (multi_processing)"
+    for sub in ("documents", "packed-2048", "packed-320"):
+        names = sorted(p.name for p in (out / sub).glob("*.array_record-*"))
+        assert names and names == sorted(p.name for p in (mp / sub).glob("*.array_record-*"))
+        _, mismatch, errors = filecmp.cmpfiles(out / sub, mp / sub, names, shallow=False)
+        assert mismatch == [] and errors == []
+    assert (out / "failures.jsonl").read_text() == (mp / "failures.jsonl").read_text()
+
+
 @pytest.mark.realdata
 def test_real_images(built):
     corpus, _, _, out = built

@@ -275,6 +275,24 @@ def test_documents_of_the_books_job_give_the_same_contexts(extractive, tmp_path,
                                    if ".array_record-" in f]
 
 
+@pytest.mark.slow
+def test_multi_processing_matches_in_memory(extractive, tmp_path, bpe_model):
+    """Every DoFn pickles and holds no process-global state: worker processes write the same bytes."""
+    from lwmkit.pipelines.cli import main
+
+    mp = tmp_path / "mp"
+    argv = ["qa", "--input", extractive["pattern"], "--tokenizer", bpe_model, "--output", str(mp), "--preset", "tiny",
+            "--generator", "extractive", "--pairs-per-chunk", "2", "--seed", "5", "--quiet",
+            "--direct-running-mode", "multi_processing", "--direct-num-workers", "2"]
+    assert main(argv) == 0
+    assert read_json(mp / "manifest.json")["runner"] == "DirectRunner (multi_processing)"
+    for sub in ("documents", f"packed-{SEQ_LEN}"):
+        d1, d2 = extractive["out"] / sub, mp / sub
+        shards = sorted(f for f in os.listdir(d1) if ".array_record-" in f)
+        assert shards and shards == sorted(f for f in os.listdir(d2) if ".array_record-" in f)
+        assert all(filecmp.cmp(d1 / f, d2 / f, shallow=False) for f in shards)
+
+
 def test_no_context_raises_with_the_reasons(tmp_path, bpe_model):
     write_jsonl(tmp_path / "short.jsonl", [record("One short book. Nothing more."), record(book(1, 3))])
     with pytest.raises(NoValidContextsError, match="chunk:too_short x2"):
