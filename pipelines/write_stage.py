@@ -123,7 +123,12 @@ def job_record(options: dict[str, Any], input_files: list[str], tokenizer: dict 
 
 
 def complete_output(output: str, job: dict[str, Any]) -> dict | None:
-    """The existing job manifest if `output` is complete for the same inputs and options."""
+    """The existing job manifest if `output` is complete for the same inputs and options.
+
+    Complete means: the job and every dataset manifest are there, were written for these inputs
+    and options, and every shard they list exists with the listed size (one listing per dataset;
+    `lwm-pack inspect` re-hashes them).
+    """
     raw = read_output_bytes(join(output, "manifest.json"))
     if raw is None:
         return None
@@ -135,9 +140,22 @@ def complete_output(output: str, job: dict[str, Any]) -> dict | None:
     if not same or not old.get("documents"):
         return None
     for dataset in old.get("datasets", {}):
-        if read_output_bytes(join(output, dataset, "manifest.json")) is None:
+        raw = read_output_bytes(join(output, dataset, "manifest.json"))
+        if raw is None or _shards_missing(join(output, dataset), json.loads(raw)):
             return None
     return old
+
+
+def _shards_missing(directory: str, manifest: dict[str, Any]) -> list[str]:
+    """Shards a dataset manifest lists that are absent or of another size (one listing, no reads)."""
+    found = {p.rsplit("/", 1)[-1]: size for p, size in _sizes(join(directory, "*.array_record-*"))}
+    return [s["file"] for s in manifest.get("shards", []) if found.get(s["file"]) != s["bytes"]]
+
+
+def _sizes(pattern: str) -> list[tuple[str, int]]:
+    from apache_beam.io.filesystems import FileSystems
+
+    return [(m.path, m.size_in_bytes) for r in FileSystems.match([pattern]) for m in r.metadata_list]
 
 
 def run_job(

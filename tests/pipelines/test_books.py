@@ -502,6 +502,22 @@ def test_incomplete_or_changed_output_is_rebuilt(built, corpus, bpe_model, tmp_p
     verify_output(str(out), (1024, 256))
 
 
+@pytest.mark.parametrize("damage", ["delete", "truncate"])
+def test_a_missing_or_damaged_shard_makes_the_output_incomplete(built, corpus, bpe_model, tmp_path, monkeypatch, damage):
+    src, _ = built
+    out = tmp_path / "copy"
+    shutil.copytree(src, out)
+    counting = _CountingBuild(monkeypatch)
+    shard = sorted((out / "packed-256").glob("*.array_record-*"))[0]
+    if damage == "delete":
+        shard.unlink()
+    else:
+        shard.write_bytes(shard.read_bytes()[:-10])
+    run_books(options(corpus, out, bpe_model))
+    assert counting.calls == 1  # the manifests alone no longer vouch for it: rebuilt
+    compare_outputs(src, str(out))
+
+
 # --- failing runs ----------------------------------------------------------------------------------------
 
 
