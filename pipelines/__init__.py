@@ -1,4 +1,4 @@
-"""Apache Beam jobs that turn raw data into lwmkit token shards: books, image-text pairs, long-context QA.
+"""Apache Beam jobs that turn raw data into lwmkit token shards: books, image-text pairs, videos, long-context QA.
 
 Public names load on first use, so `lwm-pack --help` and `lwmkit.pipelines.cli` start without
 importing Beam.
@@ -16,6 +16,9 @@ _EXPORTS = {
     "QAOptions": "qa",
     "NoValidContextsError": "qa",
     "run_qa": "qa",
+    "VideosOptions": "video_text",
+    "NoValidVideosError": "video_text",
+    "run_videos": "video_text",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -9,6 +9,7 @@
     lwm-pack inspect out/ [--record N] [--tokenizer tokenizer.model] [--render frames/ [--vqgan WEIGHTS]]
     lwm-pack export --format lwm-jsonl out/ --output lwm.jsonl
     lwm-pack qa --input 'books/*.jsonl.zst' --tokenizer tokenizer.model --output qa/ [--generator openai --base-url URL --model M]
+    lwm-pack videos --input 'webvid/*.csv' --tokenizer tokenizer.model --vqgan vqgan.safetensors --output out/
 
 Options `lwm-pack books` does not know are passed to Beam (e.g. Dataflow's `--project`).
 """
@@ -43,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--tokenizer", help="a SentencePiece .model to use instead of training one")
     demo.add_argument("--books", type=int, default=24, help="number of sample books (default 24)")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--videos", type=int, default=2, help="generated clips for the video part (0: none; default 2)")
     demo.add_argument("--quiet", action="store_true", help="no progress lines")
 
     books = sub.add_parser(
@@ -63,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     from lwmkit.pipelines.qa_cli import add_qa_parser
 
     add_qa_parser(sub, _run_arguments, _pack_arguments)
+    from lwmkit.pipelines.video_cli import add_videos_parser
+
+    add_videos_parser(sub, _run_arguments, _pack_arguments, _int_list)
 
     pack = sub.add_parser(
         "pack",
@@ -310,15 +315,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger().addFilter(_QuietBeamImportWarning())
     parser = _parser()
     args, unknown = parser.parse_known_args(argv)
-    if unknown and args.command not in ("books", "pack", "images", "qa"):
+    if unknown and args.command not in ("books", "pack", "images", "qa", "videos"):
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         if args.command == "demo":
             from lwmkit.pipelines.demo import run_demo
 
-            run_demo(args.output, tokenizer=args.tokenizer, books=args.books, seed=args.seed, progress=not args.quiet)
+            run_demo(args.output, tokenizer=args.tokenizer, books=args.books, seed=args.seed, progress=not args.quiet,
+                     videos=args.videos)
         elif args.command == "books":
             _books(args, unknown)
+        elif args.command == "videos":
+            from lwmkit.pipelines.video_cli import run_videos_command
+
+            run_videos_command(args, _run_options(args, unknown), _pack_options(args))
         elif args.command == "qa":
             from lwmkit.pipelines.qa_cli import run_qa_command
 

@@ -319,9 +319,12 @@ def vision_runs(vision_mask: np.ndarray) -> list[tuple[int, int]]:
 def run_frames(tokens: np.ndarray, start: int, end: int) -> np.ndarray:
     """The codes [F, 16, 16] of one vision run `tokens[start:end]` (codes, <eof>, ..., <eov>).
 
+    The last frame may also end in <eof>: a long video that packing cut between frames leaves
+    pieces whose runs stop at a frame boundary before the video's end.
+
     Raises:
       VisionFieldError: naming the token position, if the run is not whole frames ending in
-        <eof> (all but the last) and <eov> (the last), with codes in 0..8191.
+        <eof> (all but the last) and <eov> or <eof> (the last), with codes in 0..8191.
     """
     run = np.asarray(tokens[start:end])
     if run.shape[0] == 0 or run.shape[0] % TOKENS_PER_FRAME:
@@ -331,7 +334,7 @@ def run_frames(tokens: np.ndarray, start: int, end: int) -> np.ndarray:
     frames = run.reshape(-1, TOKENS_PER_FRAME)  # [F, 257]
     ends = frames[:, CODES_PER_FRAME]
     want = np.full(frames.shape[0], EOF_ID)
-    want[-1] = EOV_ID
+    want[-1] = EOV_ID if ends[-1] != EOF_ID else EOF_ID  # a cut piece may stop at a frame boundary
     if (bad := np.flatnonzero(ends != want)).size:
         f = int(bad[0])
         raise VisionFieldError(

@@ -151,9 +151,9 @@ def test_load_vqgan_from_a_recorded_path_or_an_override(tmp_path, vq):
 def test_render_refuses_malformed_vision_runs(tmp_path, tok, vq, tiny_tokenizer):
     job, docs = build_job(tmp_path, tok, tiny_tokenizer, vq.fingerprint())
     bad = dict(docs[0], tokens=docs[0]["tokens"].copy())
-    bad["tokens"][np.flatnonzero(bad["vision_mask"])[-1]] = 8192  # a last frame ending in <eof>
+    bad["tokens"][np.flatnonzero(bad["vision_mask"])[0]] = 9000  # not a VQGAN code
     d = tmp_path / "bad"
     d.mkdir()
     write_dataset(str(d), [encode_document(**bad)], kind="document", seq_len=None, num_shards=1, documents=1)
-    with pytest.raises(InspectError, match="record 0, segment 1: .*expected 8193"):
+    with pytest.raises(InspectError, match="record 0, segment 1: .*not a code in 0..8191"):
         render_record(str(d), 0, str(tmp_path / "f"), io.StringIO(), image_tokenizer=vq)

@@ -378,3 +378,18 @@ def test_codes_to_png_with_the_tiny_vqgan():
     im = np.asarray(Image.open(io.BytesIO(png)))
     assert im.shape == (256, 512, 3)
     np.testing.assert_array_equal(im, np.concatenate(list(tokenizer.decode(codes)), axis=1))
+
+
+def test_a_run_cut_between_frames_may_end_in_eof_but_not_mid_frame():
+    from lwmkit.tokenizers.vision import EOF_ID, EOV_ID, VisionFieldError, run_frames
+
+    codes = np.arange(3 * 256).reshape(3, 16, 16) % 8192
+    whole = np.concatenate([np.append(c.reshape(-1), EOF_ID) for c in codes])
+    whole[-1] = EOV_ID
+    np.testing.assert_array_equal(run_frames(whole, 0, len(whole)), codes)
+    piece = whole[: 2 * 257]  # packing cut the video after its second frame
+    np.testing.assert_array_equal(run_frames(piece, 0, len(piece)), codes[:2])
+    bad = whole.copy()
+    bad[256] = EOV_ID  # a middle frame may not end the video
+    with pytest.raises(VisionFieldError, match="frame 0 ends with 8193"):
+        run_frames(bad, 0, len(bad))

@@ -1,0 +1,126 @@
+"""The `lwm-pack videos` subcommand: its arguments, and the call to `run_videos` they make.
+
+Kept apart from `cli.py` because the video job has many settings (sampling, decoders, downloads);
+it imports no Beam until the command runs.
+
+    lwm-pack videos --input 'webvid/*.csv' --tokenizer tokenizer.model --vqgan vqgan.safetensors \
+        --num-frames 32 --seq-len 32768 --output out/
+    lwm-pack videos --input chat.jsonl --tokenizer tokenizer.model --sampling fps --fps 1 --max-frames 3600 \
+        --seq-len 1048576 --output out/
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+
+def add_videos_parser(sub, run_arguments: Callable, pack_arguments: Callable, int_list: Callable) -> None:
+    """Adds `videos` to the subparsers `sub`; `run_arguments`/`pack_arguments` add the options every job takes."""
+    v = sub.add_parser(
+        "videos",
+        help="videos (URLs or files) with captions or chat turns -> video-text token shards (Beam job)",
+        epilog="Unknown options are passed to Beam. Without --vqgan the VQGAN is randomly initialised (tests only).",
+    )
+    v.add_argument("--input", action="append", required=True,
+                   help="video list glob (.parquet, .csv, .jsonl); repeatable")
+    v.add_argument("--tokenizer", required=True, help="SentencePiece .model (e.g. LLaMA-2's tokenizer.model)")
+    v.add_argument("--output", required=True, help="output directory (local or any Beam filesystem)")
+    v.add_argument("--seq-len", type=int_list, default=(32768,), help="packed lengths, e.g. 32768,131072")
+    t = v.add_argument_group("image tokenizer")
+    t.add_argument("--vqgan", help="VQGAN weights (lwmkit safetensors, diffusers VQModel, LWM pickle)")
+    t.add_argument("--vqgan-preset", default="lwm", choices=["lwm", "tiny"], help="the VQGAN's shape (default lwm)")
+    t.add_argument("--vqgan-seed", type=int, default=0, help="seed of the random VQGAN without --vqgan")
+    t.add_argument("--vqgan-dtype", default="float32", choices=["float32", "bfloat16"])
+    t.add_argument("--batch-size", type=int, default=16, help="frames per VQGAN call")
+    s = v.add_argument_group("frames")
+    s.add_argument("--sampling", default="count", choices=["count", "fps"], help="by frame count (LWM) or by rate")
+    s.add_argument("--num-frames", type=int, default=32, help="frames per video in count mode (default 32)")
+    s.add_argument("--fps", type=float, default=1.0, help="frames per second of video in fps mode")
+    s.add_argument("--max-frames", type=int, default=4096, help="most frames of one video, both modes")
+    s.add_argument("--decoders", default="decord,pyav", help="decoders to try in order (decord, pyav)")
+    s.add_argument("--min-side", type=int, default=16, help="videos with a shorter side are dropped")
+    s.add_argument("--max-pixels", type=int, default=3840 * 2160, help="videos with larger frames are dropped")
+    s.add_argument("--decode-workers", type=int, default=1, help="decode processes per Beam worker process")
+    s.add_argument("--decode-budget", type=float, default=600.0, help="seconds a video may wait on its decoder")
+    s.add_argument("--videos-per-worker", type=int, default=32, help="decode processes are replaced after this many")
+    s.add_argument("--chunk-frames", type=int, default=16, help="frames per message from a decode process")
+    e = v.add_argument_group("examples")
+    e.add_argument("--generation-fraction", type=float, default=0.5, help="share of captioned videos made generation")
+    e.add_argument("--seed", type=int, default=0, help="seed of the per-video understanding/generation choice")
+    e.add_argument("--templates", default="lwm", choices=["lwm", "lwm_chat"], help="template preset (default lwm)")
+    e.add_argument("--url-column", help="column of the video URL (default: url, contentUrl, ...)")
+    e.add_argument("--path-column", help="column of the video path (default: path, video_path, ...)")
+    e.add_argument("--caption-column", help="column of the caption (default: caption, text, name)")
+    d = v.add_argument_group("downloads")
+    d.add_argument("--work-dir", help="where downloads are kept between runs (default OUTPUT/video-cache)")
+    d.add_argument("--max-height", type=int, default=360, help="format cap in pixels (frames are cropped to 256)")
+    d.add_argument("--download-timeout", type=float, default=20.0, help="seconds per connect/read")
+    d.add_argument("--download-total-timeout", type=float, default=900.0, help="seconds per transfer")
+    d.add_argument("--download-retries", type=int, default=2)
+    d.add_argument("--download-backoff", type=float, default=2.0, help="seconds before the first retry (doubles)")
+    d.add_argument("--max-video-bytes", type=int, default=1 << 31, help="larger downloads are dropped")
+    d.add_argument("--host-interval", type=float, default=0.0, help="least seconds between requests to one host")
+    d.add_argument("--time-ranges", action="store_true", help="download only each row's clip range (needs ffmpeg)")
+    d.add_argument("--allow-file-urls", action="store_true", help="also read file:// URLs and absolute paths")
+    run_arguments(v)
+    pack_arguments(v)
+
+
+def run_videos_command(args: argparse.Namespace, run_options: dict[str, Any], pack) -> None:
+    """Builds `VideosOptions` from parsed arguments, runs the job and prints a summary line."""
+    from lwmkit.pipelines.video_download import VideoDownloadOptions
+    from lwmkit.pipelines.video_examples import VideoTemplates
+    from lwmkit.pipelines.video_frames import DecodeOptions, FrameSampling
+    from lwmkit.pipelines.video_sources import VideoSourceOptions
+    from lwmkit.pipelines.video_text import VideosOptions, run_videos
+
+    decode = DecodeOptions(
+        sampling=FrameSampling(args.sampling, args.num_frames, args.fps, args.max_frames),
+        decoders=tuple(x.strip() for x in args.decoders.split(",") if x.strip()),
+        min_side=args.min_side,
+        max_pixels=args.max_pixels,
+        chunk_frames=args.chunk_frames,
+        time_budget_s=args.decode_budget,
+        workers=args.decode_workers,
+        videos_per_worker=args.videos_per_worker,
+    )
+    download = VideoDownloadOptions(
+        work_dir=args.work_dir,
+        max_height=args.max_height,
+        timeout_s=args.download_timeout,
+        total_timeout_s=max(args.download_total_timeout, args.download_timeout),
+        retries=args.download_retries,
+        backoff_s=args.download_backoff,
+        max_bytes=args.max_video_bytes,
+        host_interval_s=args.host_interval,
+        allow_file=args.allow_file_urls,
+        time_ranges=args.time_ranges,
+    )
+    inputs = tuple(p for x in args.input for p in x.split(",") if p)
+    manifest = run_videos(
+        VideosOptions(
+            inputs=inputs,
+            output=args.output,
+            tokenizer=args.tokenizer,
+            vqgan=args.vqgan,
+            vqgan_preset=args.vqgan_preset,
+            vqgan_seed=args.vqgan_seed,
+            vqgan_dtype=args.vqgan_dtype,
+            seq_lens=args.seq_len,
+            generation_fraction=args.generation_fraction,
+            seed=args.seed,
+            templates=VideoTemplates.preset(args.templates),
+            sources=VideoSourceOptions(args.url_column, args.path_column, args.caption_column, args.allow_file_urls),
+            download=download,
+            decode=decode,
+            batch_size=args.batch_size,
+            pack=pack,
+            **run_options,
+        )
+    )
+    summary = ", ".join(f"{k}: {v['records']} records" for k, v in manifest["datasets"].items())
+    frames = manifest["stages"]["frames"]["kept"]
+    print(f"{manifest['documents']} video examples ({frames} frames) -> {summary}; "
+          f"{manifest['failures']['total']} failures")

@@ -1,0 +1,327 @@
+"""The video-text job: lists of videos with captions or chat turns -> LWM video-text examples in shards.
+
+The job is a flat list of named stages:
+    read -> text -> dedup -> download -> decode -> [frames] -> [VQGAN RunInference] encode -> gather
+         -> example -> plan -> write shards -> finalize
+
+    read      one list (parquet, CSV, JSONL) -> videos (see `video_sources`)
+    text      captions and turns normalized; missing_caption / empty_caption / empty_turn (checked
+              before anything is downloaded)
+    dedup     rows with the same video, clip range and text keep the first by (file, line)
+    download  yt-dlp into the work directory, with a cache (see `video_download`); local paths and
+              allowed file:// URLs are read in place
+    decode    worker processes sample and decode frames (see `video_frames`, `video_workers`); each
+              frame leaves as its own element, so frames stream to the VQGAN and are batched
+              across videos; `frames` counts them
+    encode    Beam RunInference with the image job's `JaxModelHandler(LoadEncoder)`; one element per
+              frame; its count is checked against `frames`
+    gather    each video's codes, joined with its decode summary by CoGroupByKey (frames of a video
+              that failed part-way through decoding are left out here: metric gather.orphan_frames)
+    example   understanding, generation or chat, with atomic spans at frame boundaries (see
+              `video_examples`)
+
+Failure reasons, by stage:
+    read      unreadable_file, parquet_error, csv_error, invalid_utf8, invalid_json, not_an_object,
+              missing_video, unsafe_path, bad_time, bad_turns
+    text      missing_caption, empty_caption, empty_turn
+    dedup     duplicate
+    download  unavailable, private, geo_blocked, bot_check, login_required, rate_limited, timeout,
+              too_large, unsupported, http_<code>, connection_error, invalid_url, unsupported_scheme,
+              missing_file, download_error
+    decode    missing_file, broken_container, no_video_stream, zero_frames, too_many_pixels, too_small,
+              truncated_video, corrupt_video, empty_clip, decoder_crashed, timeout, decode_error
+    encode    bad_codes;  gather: missing_frames;  pack-<n>: atomic_span_too_long, too_long
+Output layout is the books and image jobs' (`documents/`, `packed-<seq_len>/`, `failures.jsonl`,
+`manifest.json`, with `vqgan` and the random-init warning); downloads stay in the work directory
+(default `<output>/video-cache`) for the next run.
+
+Memory: a video is never held whole. Per Beam worker process the frames in memory are at most
+2 x `chunk_frames` (the chunk being received) + 3 x `batch_size` (the batch being filled, stacked
+and handed to JAX), 196,608 bytes each, plus 1-2 KB of codes per frame until the gather: for an
+hour at 1 fps (3,600 frames) with the defaults, about 37 MB of frames and 7 MB of codes, where
+holding the decoded video would take 675 MiB (tests/pipelines/test_video_workers.py measures it).
+Each decode worker process adds its decoder and up to 2 x `chunk_frames` frames.
+
+Run it:
+    lwm-pack videos --input 'webvid/*.csv' --tokenizer tokenizer.model --vqgan vqgan.safetensors \
+        --num-frames 32 --seq-len 32768 --output out/
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import apache_beam as beam
+from lwmkit.pipelines import runner as runner_lib
+from lwmkit.pipelines.finalize import StageChain
+from lwmkit.pipelines.image_stages import (
+    LoadEncoder,
+    encode_images,
+    join_codes,
+    load_image_tokenizer,
+)
+from lwmkit.pipelines.image_text import (
+    VQGAN_DTYPES,
+    VQGAN_PRESETS,
+    random_init_warning,
+    read_text_tokenizer,
+    token_dtype,
+)
+from lwmkit.pipelines.outputs import join
+from lwmkit.pipelines.planning import PackOptions
+from lwmkit.pipelines.stages import run_stage
+from lwmkit.pipelines.video_download import DownloadVideo, VideoDownloadOptions
+from lwmkit.pipelines.video_examples import VideoExampleBuilder, VideoTemplates
+from lwmkit.pipelines.video_frames import DecodeOptions
+from lwmkit.pipelines.video_sources import VideoSourceOptions, source_kind
+from lwmkit.pipelines.video_stages import (
+    MakeVideoExample,
+    ReadVideos,
+    check_text,
+    content_id,
+    gather_codes,
+    keep_first,
+    keyed_codes,
+    run_decode,
+)
+from lwmkit.pipelines.video_workers import DEFAULT_TASK
+from lwmkit.pipelines.write_stage import job_record, progress_log, run_job, write_datasets
+
+STAGES = ("read", "text", "dedup", "download", "decode", "frames", "encode", "gather", "example")
+CHAIN = StageChain(
+    stages=STAGES,
+    links=(
+        ("text", "read"),
+        ("dedup", "text"),
+        ("download", "dedup"),
+        ("decode", "download"),
+        ("encode", "frames"),
+        ("gather", "decode"),
+        ("example", "gather"),
+    ),
+    last="example",
+    grouped=("dedup", "gather"),
+)
+WORK_DIR = "video-cache"
+_UNRECORDED_DECODE = ("workers", "videos_per_worker", "max_worker_rss_mb", "decoder_threads")
+
+
+class NoValidVideosError(ValueError):
+    """The job read its inputs but no video gave an example."""
+
+
+@dataclass(frozen=True)
+class VideosOptions:
+    """Options of the video-text job.
+
+    Attributes:
+      inputs: file globs (local or any Beam filesystem) of `.parquet`, `.csv` or `.jsonl` lists.
+      output: output directory.
+      tokenizer: path of a SentencePiece `.model` file (the text tokenizer).
+      vqgan, vqgan_preset, vqgan_seed, vqgan_dtype: the VQGAN, as in `ImagesOptions`.
+      seq_lens: packed record lengths to produce.
+      generation_fraction: share of captioned videos made generation examples.
+      seed: seed of the per-video understanding/generation choice.
+      templates: the three kinds' templates (see `video_examples`).
+      sources: column names and whether absolute paths may be read.
+      download: yt-dlp options, the work directory (None: `<output>/video-cache`), retries, limits.
+      decode: frame sampling, decoders and decode worker settings.
+      batch_size: frames per VQGAN call (RunInference batch).
+      shard_tokens, pack, runner, direct_running_mode, direct_num_workers, progress, beam_args,
+        force: as in `BooksOptions`.
+      decode_task, decode_python_path: what the decode workers run (tests swap in a crashing task).
+    """
+
+    inputs: tuple[str, ...]
+    output: str
+    tokenizer: str
+    vqgan: str | None = None
+    vqgan_preset: str = "lwm"
+    vqgan_seed: int = 0
+    vqgan_dtype: str = "float32"
+    seq_lens: tuple[int, ...] = (32768,)
+    generation_fraction: float = 0.5
+    seed: int = 0
+    templates: VideoTemplates = field(default_factory=VideoTemplates)
+    sources: VideoSourceOptions = field(default_factory=VideoSourceOptions)
+    download: VideoDownloadOptions = field(default_factory=VideoDownloadOptions)
+    decode: DecodeOptions = field(default_factory=DecodeOptions)
+    batch_size: int = 16
+    shard_tokens: int = 1 << 24
+    pack: PackOptions = field(default_factory=PackOptions)
+    runner: str = "DirectRunner"
+    direct_running_mode: str = "in_memory"
+    direct_num_workers: int = 0
+    progress: bool = False
+    beam_args: tuple[str, ...] = field(default=())
+    force: bool = False
+    decode_task: str = DEFAULT_TASK
+    decode_python_path: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if not self.inputs:
+            raise ValueError("inputs: give at least one file or glob")
+        if not self.seq_lens:
+            raise ValueError("seq_lens: give at least one sequence length")
+        for n in self.seq_lens:
+            if not 2 <= n <= 1 << 24:
+                raise ValueError(f"seq_lens: {n} is outside 2..{1 << 24}")
+        if len(set(self.seq_lens)) != len(self.seq_lens):
+            raise ValueError(f"seq_lens: {self.seq_lens} repeats a length")
+        if self.vqgan_preset not in VQGAN_PRESETS:
+            raise ValueError(f"vqgan_preset: {self.vqgan_preset!r} is not one of {list(VQGAN_PRESETS)}")
+        if self.vqgan_dtype not in VQGAN_DTYPES:
+            raise ValueError(f"vqgan_dtype: {self.vqgan_dtype!r} is not one of {list(VQGAN_DTYPES)}")
+        if not 0.0 <= self.generation_fraction <= 1.0:
+            raise ValueError(f"generation_fraction: {self.generation_fraction} is outside [0, 1]")
+        if not 1 <= self.batch_size <= 4096:
+            raise ValueError(f"batch_size: {self.batch_size} is outside 1..4096")
+        if self.shard_tokens < 1:
+            raise ValueError(f"shard_tokens: {self.shard_tokens} must be >= 1")
+        runner_lib.check_direct_mode(self.direct_running_mode)
+
+    @property
+    def work_dir(self) -> str:
+        return self.download.work_dir or join(self.output, WORK_DIR)
+
+    def recorded(self) -> dict[str, Any]:
+        """The options as the manifest records them (everything that shapes the output)."""
+        d = dataclasses.asdict(self)
+        for k in ("output", "progress", "force", "direct_num_workers", "direct_running_mode", "runner", "beam_args",
+                  "decode_task", "decode_python_path"):
+            d.pop(k)
+        d["inputs"] = list(self.inputs)
+        d["seq_lens"] = list(self.seq_lens)
+        d["pack"] = self.pack.to_json()
+        d["download"] = self.download.recorded()
+        d["decode"] = {k: v for k, v in self.decode.to_json().items() if k not in _UNRECORDED_DECODE}
+        return d
+
+
+def match_inputs(patterns: Sequence[str]) -> list[str]:
+    """Expands globs into a sorted list of video lists.
+
+    Raises:
+      FileNotFoundError: if a pattern matches nothing.
+      ValueError: if a matched file has an unsupported suffix.
+    """
+    from apache_beam.io.filesystems import FileSystems
+
+    files: set[str] = set()
+    for pattern in patterns:
+        matched = [m.path for r in FileSystems.match([pattern]) for m in r.metadata_list]
+        if not matched:
+            raise FileNotFoundError(f"--input {pattern!r} matches no file")
+        for path in matched:
+            source_kind(path)  # raises on an unsupported suffix
+        files.update(matched)
+    return sorted(files)
+
+
+def build_pipeline(p: beam.Pipeline, options: VideosOptions, files: list[str], tokenizer, vqgan_sha256: str, job: dict):
+    """Adds the video job's stages to pipeline `p`."""
+    progress = options.progress
+    failures, counts = [], []
+
+    def stage(pcoll, name, fn):
+        out, f, c = run_stage(pcoll, name, fn, progress)
+        failures.append(f)
+        counts.append(c)
+        return out
+
+    paths = p | "inputs" >> beam.Create(files) | "spread files" >> beam.Reshuffle()
+    videos = stage(paths, "read", ReadVideos(options.sources))
+    videos = videos | "spread videos" >> beam.Reshuffle()
+    videos = stage(videos, "text", check_text)
+    keyed = videos | "key by content" >> beam.Map(lambda v: (content_id(v), v))
+    groups = keyed | "group by content" >> beam.GroupByKey()
+    videos = stage(groups, "dedup", keep_first)
+    download = dataclasses.replace(options.download, work_dir=options.work_dir)
+    videos = stage(videos, "download", DownloadVideo(download))
+    videos = videos | "spread downloads" >> beam.Reshuffle()  # decodes run where workers are free
+    decoded, frames, f, c = run_decode(
+        videos, options.decode, progress, options.decode_task, options.decode_python_path
+    )
+    failures.append(f)
+    counts.append(c)
+    load = LoadEncoder(options.vqgan, options.vqgan_preset, options.vqgan_seed, options.vqgan_dtype, vqgan_sha256)
+    encoded = stage(encode_images(frames, load, options.batch_size), "encode", join_codes)
+    joined = {
+        "video": decoded | "key videos" >> beam.Map(lambda v: (v["doc_id"], v)),
+        "codes": encoded | "key codes" >> beam.Map(keyed_codes),
+    } | "join codes" >> beam.CoGroupByKey()
+    videos = stage(joined, "gather", gather_codes)
+    builder = VideoExampleBuilder(tokenizer, options.templates)
+    dtype = token_dtype(tokenizer.vocab_size)
+    examples = stage(videos, "example", MakeVideoExample(builder, options.seed, options.generation_fraction, dtype))
+    return write_datasets(
+        p,
+        examples,
+        failures,
+        counts,
+        output=options.output,
+        seq_lens=options.seq_lens,
+        shard_tokens=options.shard_tokens,
+        pack=options.pack,
+        job=job,
+        chain=CHAIN,
+    )
+
+
+def run_videos(options: VideosOptions) -> dict[str, Any]:
+    """Runs the video-text job and waits for it.
+
+    Returns:
+      The job manifest (also written to `<output>/manifest.json`).
+
+    Raises:
+      FileNotFoundError: an input pattern matches nothing, or the tokenizer or VQGAN file is missing.
+      ValueError: time_ranges without ffmpeg, or an unsupported input suffix.
+      TokenizerError: the tokenizer file is not a SentencePiece model.
+      NoValidVideosError: no video gave an example (see failures.jsonl for why).
+      CountMismatchError (via the runner): records were lost between stages.
+    """
+    if options.download.time_ranges and shutil.which("ffmpeg") is None:
+        raise ValueError("download.time_ranges: yt-dlp cuts time ranges with ffmpeg, which is not installed")
+    log = progress_log(options.progress)
+    files = match_inputs(options.inputs)
+    tokenizer = read_text_tokenizer(options.tokenizer)
+    image_tokenizer = load_image_tokenizer(options.vqgan, options.vqgan_preset, options.vqgan_seed, options.vqgan_dtype)
+    vqgan = {**image_tokenizer.fingerprint(), "path": options.vqgan}
+    del image_tokenizer  # the workers build their own
+    recorded = {**options.recorded(), "vqgan_sha256": vqgan["sha256"]}
+    job = job_record(
+        recorded,
+        files,
+        {**tokenizer.fingerprint(), "path": options.tokenizer},
+        runner_lib.describe(options.runner, options.direct_running_mode),
+    )
+    job["vqgan"] = vqgan
+    if vqgan.get("random_init"):
+        warning = random_init_warning(options.vqgan_preset)
+        job["warnings"] = [warning]
+        print(f"[lwm-pack] WARNING: {warning}", file=sys.stderr, flush=True)
+    log(f"{len(files)} video lists; tokenizer {tokenizer.name} ({tokenizer.vocab_size} pieces); "
+        f"VQGAN {options.vqgan or 'random ' + options.vqgan_preset}; downloads in {options.work_dir}")
+    manifest = run_job(
+        lambda p: build_pipeline(p, options, files, tokenizer, vqgan["sha256"], job),
+        output=options.output,
+        job=job,
+        force=options.force,
+        log=log,
+        pipeline_options=runner_lib.pipeline_options(
+            options.runner, options.direct_running_mode, options.direct_num_workers, options.beam_args
+        ),
+    )
+    if not manifest["documents"]:
+        reasons = ", ".join(f"{k} x{v}" for k, v in manifest["failures"]["by_reason"].items()) or "none"
+        raise NoValidVideosError(
+            f"no valid videos in {len(files)} input lists ({', '.join(files[:3])}{', ...' if len(files) > 3 else ''}); "
+            f"failures: {reasons}; see {join(options.output, 'failures.jsonl')}"
+        )
+    return manifest
