@@ -19,7 +19,7 @@ from lwmkit.tokenizers import SentencePieceTokenizer
 
 from .helpers import book, record, write_jsonl, write_jsonl_zst
 
-SUBCOMMANDS = ("demo", "books", "images", "qa", "pack", "report", "inspect", "export", "train-tokenizer")
+SUBCOMMANDS = ("demo", "books", "images", "videos", "qa", "pack", "report", "inspect", "export", "train-tokenizer")
 # `demo_mod` is imported here, at collection, on purpose: `run_demo(out=sys.stdout)` binds the stdout
 # of import time (see test_demo_prints_to_the_current_stdout), and pytest's session-wide capture
 # stays open, whereas a per-test `capsys` stream would be closed by the next demo test.
@@ -238,7 +238,7 @@ def test_demo(tmp_path):
 def test_demo_output(tmp_path):
     # The demo's report, through its `out` stream.
     buf = io.StringIO()
-    manifest = demo_mod.run_demo(str(tmp_path / "demo"), books=6, out=buf, progress=False)
+    manifest = demo_mod.run_demo(str(tmp_path / "demo"), books=6, out=buf, progress=False, videos=0)
     text = buf.getvalue()
     assert manifest["documents"] == 7 and manifest["failures"]["by_reason"] == {"read:invalid_json": 1}
     assert "sample corpus:" in text
@@ -252,7 +252,7 @@ def test_demo_output(tmp_path):
 def test_demo_prints_to_the_current_stdout(tmp_path, bpe_model):
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        rc = main(["demo", str(tmp_path / "demo"), "--books", "6", "--quiet", "--tokenizer", bpe_model])
+        rc = main(["demo", str(tmp_path / "demo"), "--books", "6", "--quiet", "--tokenizer", bpe_model, "--videos", "0"])
     assert rc == 0
     assert "Grain read-back" in buf.getvalue()
 
@@ -260,7 +260,7 @@ def test_demo_prints_to_the_current_stdout(tmp_path, bpe_model):
 def test_demo_with_a_given_tokenizer(tmp_path, bpe_model):
     buf = io.StringIO()
     out = tmp_path / "demo"
-    demo_mod.run_demo(str(out), tokenizer=bpe_model, books=6, out=buf, progress=False)
+    demo_mod.run_demo(str(out), tokenizer=bpe_model, books=6, out=buf, progress=False, videos=0)
     assert "trained a" not in buf.getvalue() and not (out / "tokenizer.model").exists()
     assert "Grain read-back" in buf.getvalue()
 
