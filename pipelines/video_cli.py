@@ -64,6 +64,10 @@ def add_videos_parser(sub, run_arguments: Callable, pack_arguments: Callable, in
     d.add_argument("--host-interval", type=float, default=0.0, help="least seconds between requests to one host")
     d.add_argument("--time-ranges", action="store_true", help="download only each row's clip range (needs ffmpeg)")
     d.add_argument("--allow-file-urls", action="store_true", help="also read file:// URLs and absolute paths")
+    d.add_argument("--allow-host", action="append", default=[], metavar="HOST",
+                   help="download from this host or IP even if it is private/loopback (repeatable)")
+    d.add_argument("--allow-private-addresses", action="store_true",
+                   help="download from any private, loopback or link-local address")
     run_arguments(v)
     pack_arguments(v)
 
@@ -96,6 +100,8 @@ def run_videos_command(args: argparse.Namespace, run_options: dict[str, Any], pa
         max_bytes=args.max_video_bytes,
         host_interval_s=args.host_interval,
         allow_file=args.allow_file_urls,
+        allow_private=args.allow_private_addresses,
+        allowed_hosts=tuple(args.allow_host),
         time_ranges=args.time_ranges,
     )
     inputs = tuple(p for x in args.input for p in x.split(",") if p)

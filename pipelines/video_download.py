@@ -24,6 +24,9 @@ Failure reasons (from yt-dlp's errors and messages, see `classify`):
     unsupported       no video found at the URL (an HTML page, an unknown site, no format)
     http_<code>       any other HTTP status
     connection_error  refused, reset, DNS, TLS
+    blocked_address   the host resolves to a private, loopback, link-local or reserved address
+                      (allow hosts with `allowed_hosts`, all with `allow_private`); checked before
+                      yt-dlp connects (redirects that yt-dlp follows are not re-checked)
     invalid_url, unsupported_scheme, missing_file   as in the image job (`download.check_url`)
     download_error    anything else (the detail has yt-dlp's message)
 
@@ -49,7 +52,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from lwmkit.pipelines.download import DownloadError, DownloadOptions, check_url
+from lwmkit.pipelines.download import DownloadError, DownloadOptions, _checked_addresses, check_url
 from lwmkit.pipelines.outputs import is_local, join, read_output_bytes, write_output_bytes
 from lwmkit.pipelines.stages import DropRecord
 
@@ -89,6 +92,8 @@ class VideoDownloadOptions:
       max_bytes: the largest video accepted.
       host_interval_s: least time between request starts to one host, per worker process.
       allow_file: also accept file:// URLs.
+      allow_private: also download from private, loopback, link-local and reserved addresses.
+      allowed_hosts: host names or IP addresses allowed even so (e.g. ("127.0.0.1",) in tests).
       time_ranges: download only the row's [start, end) where the site allows (needs ffmpeg).
     """
 
@@ -102,6 +107,8 @@ class VideoDownloadOptions:
     host_interval_s: float = 0.0
     allow_file: bool = False
     time_ranges: bool = False
+    allow_private: bool = False
+    allowed_hosts: tuple[str, ...] = ()
 
     def __post_init__(self):
         DownloadOptions(self.timeout_s, self.total_timeout_s, self.retries, self.backoff_s, self.max_bytes)
@@ -284,7 +291,10 @@ def fetch_video(
         cached = join(work, json.loads(marker)["file"])
         if FileSystems.exists(cached):
             return cached, False
-    host = urllib.parse.urlsplit(url).hostname or ""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme.lower() in ("http", "https"):  # the worker's own network is off limits
+        _checked_addresses(host, parts.port or (443 if parts.scheme.lower() == "https" else 80), options)
     limiter = limiter or _LIMITER
     local_dir = work if is_local(work) else tempfile.mkdtemp(prefix="lwmkit-video-")
     os.makedirs(local_dir, exist_ok=True)

@@ -44,7 +44,7 @@ def server(clip):
 
 
 def _options(tmp_path, **kw) -> VideoDownloadOptions:
-    defaults = dict(work_dir=str(tmp_path / "work"), timeout_s=1.0, retries=0, backoff_s=0.01)
+    defaults = dict(work_dir=str(tmp_path / "work"), timeout_s=1.0, retries=0, backoff_s=0.01, allowed_hosts=("127.0.0.1",))
     return VideoDownloadOptions(**{**defaults, **kw})
 
 
@@ -208,3 +208,12 @@ def test_stage_paths_and_file_urls(tmp_path, clip):
 def test_options_are_validated(kw, field):
     with pytest.raises(ValueError, match=field):
         VideoDownloadOptions(**kw)
+
+
+def test_a_loopback_host_is_refused_by_default_before_yt_dlp_connects(server, tmp_path):
+    before = dict(server.hits)
+    opts = _options(tmp_path, allowed_hosts=())
+    with pytest.raises(DownloadError) as e:
+        fetch_video(server.url("/img/a.mp4"), "k", opts)
+    assert e.value.reason == "blocked_address"
+    assert server.hits == before  # nothing was requested

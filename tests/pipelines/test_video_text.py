@@ -145,7 +145,7 @@ def options(corpus: Corpus, output, tokenizer: str, **kw) -> VideosOptions:
         generation_fraction=FRACTION,
         seed=SEED,
         sources=VideoSourceOptions(allow_local=True),
-        download=VideoDownloadOptions(timeout_s=0.5, retries=1, backoff_s=0.01),
+        download=VideoDownloadOptions(timeout_s=0.5, retries=1, backoff_s=0.01, allowed_hosts=("127.0.0.1",)),
         decode=DecodeOptions(SAMPLING, chunk_frames=CHUNK),
         batch_size=4,
         shard_tokens=8192,
@@ -302,7 +302,7 @@ def test_cli_rerun_by_fps_downloads_nothing_again(built, bpe_model, server, tmp_
     urls = corpus.inputs[1:]  # the parquet of URLs and the CSV
     args = ["videos", *sum((["--input", i] for i in urls), []), "--tokenizer", bpe_model,
             "--output", str(again), "--work-dir", opts.work_dir, "--vqgan-preset", "tiny", "--seq-len", "4096",
-            "--sampling", "fps", "--fps", "2", "--chunk-frames", "8", "--allow-file-urls", "--download-timeout", "0.5",
+            "--sampling", "fps", "--fps", "2", "--chunk-frames", "8", "--allow-file-urls", "--allow-host", "127.0.0.1", "--download-timeout", "0.5",
             "--download-retries", "0", "--batch-size", "4", "--shard-tokens", "8192", "--quiet"]
     assert main(args) == 0
     assert {route: server.hits[route] for route in corpus.served} == hits  # every good URL came from the cache
