@@ -58,6 +58,13 @@ _EXPORTS = {
     "sample_vision": "vision_generate",
     "generate_frames": "vision_generate",
     "guide": "vision_generate",
+    "TrainResult": "train",
+    "TrainConfig": "train_config",
+    "StageConfig": "train_config",
+    "OptimizerConfig": "train_config",
+    "TRAIN_PRESETS": "train_presets",
+    "load_config": "train_presets",
+    "train_preset": "train_presets",
 }
 
 __all__ = sorted(_EXPORTS)
