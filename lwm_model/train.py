@@ -196,7 +196,10 @@ def train(config: TrainConfig, *, stop_after: int | None = None, stream: TextIO 
                     break
                 run = _StageRun(config, index, stage, vocab, base_step, log, stream)
                 try:
-                    state = run.start_state(ckpts, latest, params, previous)
+                    # Wait for the stage's start state (resharded or converted parameters) before
+                    # the first step: on the CPU backend two programs with collectives in flight at
+                    # once over the same virtual devices can deadlock in XLA's rendezvous.
+                    state = jax.block_until_ready(run.start_state(ckpts, latest, params, previous))
                     state, done = run.loop(state, ckpts, budget, stop)
                 finally:
                     ckpts.close()

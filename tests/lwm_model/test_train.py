@@ -16,6 +16,8 @@ import json
 import os
 import random
 import signal
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -25,7 +27,7 @@ from lwmkit.lwm_model.checkpoint import restore_params, save_lwm_params
 from lwmkit.lwm_model.loss import lwm_loss
 from lwmkit.lwm_model.mesh import layout_batch, make_mesh, param_shardings
 from lwmkit.lwm_model.model import LWM, forward
-from lwmkit.lwm_model.train import main, stage_model_config, train
+from lwmkit.lwm_model.train import stage_model_config, train
 from lwmkit.lwm_model.train_log import read_metrics
 from lwmkit.lwm_model.train_presets import load_config
 from lwmkit.lwm_model.train_state import initial_params
@@ -212,26 +214,34 @@ def test_init_from_a_checkpoint_fills_missing_vision_tables(trained, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_stage_progressive_run_from_one_command(trained, corpus, tmp_path, capsys):
+def test_two_stage_progressive_run_from_one_command(trained, corpus, tmp_path):
     out = tmp_path / "progressive"
-    rc = main(["tiny-progressive", f"data_root={corpus}", f"output={out}", f"stages.0.steps={STEPS}",
-               "stages.0.checkpoint_every=10", "stages.1.steps=3", "log_every=1"])
-    assert rc == 0
+    argv = ["tiny-progressive", f"data_root={corpus}", f"output={out}", f"stages.0.steps={STEPS}",
+            "stages.0.checkpoint_every=10", "stages.1.steps=3", "log_every=1",
+            "attention=dense", "stages.0.mesh=1,1,1,1", "stages.1.mesh=1,1,1,1"]
+    # One command, in its own process on one CPU device: with jax 0.10.2, the second stage's first
+    # program on 8 virtual devices was seen to deadlock in XLA's collective rendezvous (CI, twice);
+    # the ring itself is covered by the tests above.
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+    code = "import sys; from lwmkit.lwm_model.train import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.run([sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     records = read_metrics(out / "metrics.jsonl")
     assert [(r["stage"], r["step"], r["global_step"], r["seq_len"]) for r in records] == (
         [("tiny-512", s, s, 512) for s in range(1, STEPS + 1)]
         + [("tiny-2048", s, STEPS + s, 2048) for s in range(1, 4)]
     )
-    # Its first stage is the tiny-cpu run's stage (same data, seed and optimiser).
-    assert _losses(records[:STEPS]).tolist() == _losses(trained[1].records).tolist()
-    err = capsys.readouterr().err
+    # Its first stage is the tiny-cpu run's stage (same data, seed and optimiser; dense on one device
+    # instead of a ring of 4, so equal within float tolerance).
+    np.testing.assert_allclose(_losses(records[:STEPS]), _losses(trained[1].records), rtol=2e-4)
+    err = proc.stderr + proc.stdout
     assert "[tiny-2048] starting from the previous stage; seq_len 2048, rope_theta 100000" in err
     assert "finished at stage 'tiny-2048' step 3" in err
     # Stage 2 began from stage 1's last parameters: its first loss is theirs on its first batch.
     config = load_config(str(out / "config.json"))
     stage = config.stages[1]
     params = restore_params(out / "checkpoints" / "tiny-512" / str(STEPS) / "params")
-    dense = stage_model_config(load_config(str(out / "config.json"), ["attention=dense"]), stage, 4, 512)
+    dense = stage_model_config(load_config(str(out / "config.json"), ["attention=dense"]), stage, 1, 512)
     assert dense.rope_theta == 1e5 and dense.max_sequence_length >= 2048
     batch = next(make_loader(stage.directories(config.data_root), stage.rows, seed=config.seed + 1,
                              num_epochs=None))
