@@ -274,6 +274,30 @@ def random_init_warning(preset: str) -> str:
     )
 
 
+def vqgan_job(options: Any, files: list[str], tokenizer: SentencePieceTokenizer) -> tuple[dict[str, Any], str]:
+    """The job record of a job that runs the VQGAN (images, videos), and the VQGAN's sha256.
+
+    Builds the VQGAN once here for its fingerprint (workers build their own); new weights at the
+    same path change the recorded options, so the output is rebuilt. Random weights put a warning
+    in the record and on stderr.
+    """
+    image_tokenizer = load_image_tokenizer(options.vqgan, options.vqgan_preset, options.vqgan_seed, options.vqgan_dtype)
+    vqgan = {**image_tokenizer.fingerprint(), "path": options.vqgan}
+    del image_tokenizer
+    job = job_record(
+        {**options.recorded(), "vqgan_sha256": vqgan["sha256"]},
+        files,
+        {**tokenizer.fingerprint(), "path": options.tokenizer},
+        runner_lib.describe(options.runner, options.direct_running_mode),
+    )
+    job["vqgan"] = vqgan
+    if vqgan.get("random_init"):
+        warning = random_init_warning(options.vqgan_preset)
+        job["warnings"] = [warning]
+        print(f"[lwm-pack] WARNING: {warning}", file=sys.stderr, flush=True)
+    return job, vqgan["sha256"]
+
+
 def run_images(options: ImagesOptions) -> dict[str, Any]:
     """Runs the image-text job and waits for it.
 
@@ -287,34 +311,21 @@ def run_images(options: ImagesOptions) -> dict[str, Any]:
       CountMismatchError (via the runner): records were lost between stages.
     """
     log = progress_log(options.progress)
+    beam_options = runner_lib.pipeline_options(  # first: storage flags apply to matching inputs too
+        options.runner, options.direct_running_mode, options.direct_num_workers, options.beam_args
+    )
     files = match_inputs(options.inputs)
     tokenizer = read_text_tokenizer(options.tokenizer)
-    image_tokenizer = load_image_tokenizer(options.vqgan, options.vqgan_preset, options.vqgan_seed, options.vqgan_dtype)
-    vqgan = {**image_tokenizer.fingerprint(), "path": options.vqgan}
-    del image_tokenizer  # the workers build their own
-    recorded = {**options.recorded(), "vqgan_sha256": vqgan["sha256"]}  # new weights at the same path rebuild
-    job = job_record(
-        recorded,
-        files,
-        {**tokenizer.fingerprint(), "path": options.tokenizer},
-        runner_lib.describe(options.runner, options.direct_running_mode),
-    )
-    job["vqgan"] = vqgan
-    if vqgan.get("random_init"):
-        warning = random_init_warning(options.vqgan_preset)
-        job["warnings"] = [warning]
-        print(f"[lwm-pack] WARNING: {warning}", file=sys.stderr, flush=True)
+    job, vqgan_sha256 = vqgan_job(options, files, tokenizer)
     log(f"{len(files)} input files; tokenizer {tokenizer.name} ({tokenizer.vocab_size} pieces); "
         f"VQGAN {options.vqgan or 'random ' + options.vqgan_preset}; runner {job['runner']}")
     manifest = run_job(
-        lambda p: build_pipeline(p, options, files, tokenizer, vqgan["sha256"], job),
+        lambda p: build_pipeline(p, options, files, tokenizer, vqgan_sha256, job),
         output=options.output,
         job=job,
         force=options.force,
         log=log,
-        pipeline_options=runner_lib.pipeline_options(
-            options.runner, options.direct_running_mode, options.direct_num_workers, options.beam_args
-        ),
+        pipeline_options=beam_options,
     )
     if not manifest["documents"]:
         reasons = ", ".join(f"{k} x{v}" for k, v in manifest["failures"]["by_reason"].items()) or "none"

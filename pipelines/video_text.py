@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,14 +62,13 @@ from lwmkit.pipelines.image_stages import (
     LoadEncoder,
     encode_images,
     join_codes,
-    load_image_tokenizer,
 )
 from lwmkit.pipelines.image_text import (
     VQGAN_DTYPES,
     VQGAN_PRESETS,
-    random_init_warning,
     read_text_tokenizer,
     token_dtype,
+    vqgan_job,
 )
 from lwmkit.pipelines.outputs import join
 from lwmkit.pipelines.planning import PackOptions
@@ -90,7 +88,7 @@ from lwmkit.pipelines.video_stages import (
     run_decode,
 )
 from lwmkit.pipelines.video_workers import DEFAULT_TASK
-from lwmkit.pipelines.write_stage import job_record, progress_log, run_job, write_datasets
+from lwmkit.pipelines.write_stage import progress_log, run_job, write_datasets
 
 STAGES = ("read", "text", "dedup", "download", "decode", "frames", "encode", "gather", "example")
 CHAIN = StageChain(
@@ -289,34 +287,21 @@ def run_videos(options: VideosOptions) -> dict[str, Any]:
     if options.download.time_ranges and shutil.which("ffmpeg") is None:
         raise ValueError("download.time_ranges: yt-dlp cuts time ranges with ffmpeg, which is not installed")
     log = progress_log(options.progress)
+    beam_options = runner_lib.pipeline_options(  # first: storage flags apply to matching inputs too
+        options.runner, options.direct_running_mode, options.direct_num_workers, options.beam_args
+    )
     files = match_inputs(options.inputs)
     tokenizer = read_text_tokenizer(options.tokenizer)
-    image_tokenizer = load_image_tokenizer(options.vqgan, options.vqgan_preset, options.vqgan_seed, options.vqgan_dtype)
-    vqgan = {**image_tokenizer.fingerprint(), "path": options.vqgan}
-    del image_tokenizer  # the workers build their own
-    recorded = {**options.recorded(), "vqgan_sha256": vqgan["sha256"]}
-    job = job_record(
-        recorded,
-        files,
-        {**tokenizer.fingerprint(), "path": options.tokenizer},
-        runner_lib.describe(options.runner, options.direct_running_mode),
-    )
-    job["vqgan"] = vqgan
-    if vqgan.get("random_init"):
-        warning = random_init_warning(options.vqgan_preset)
-        job["warnings"] = [warning]
-        print(f"[lwm-pack] WARNING: {warning}", file=sys.stderr, flush=True)
+    job, vqgan_sha256 = vqgan_job(options, files, tokenizer)
     log(f"{len(files)} video lists; tokenizer {tokenizer.name} ({tokenizer.vocab_size} pieces); "
         f"VQGAN {options.vqgan or 'random ' + options.vqgan_preset}; downloads in {options.work_dir}")
     manifest = run_job(
-        lambda p: build_pipeline(p, options, files, tokenizer, vqgan["sha256"], job),
+        lambda p: build_pipeline(p, options, files, tokenizer, vqgan_sha256, job),
         output=options.output,
         job=job,
         force=options.force,
         log=log,
-        pipeline_options=runner_lib.pipeline_options(
-            options.runner, options.direct_running_mode, options.direct_num_workers, options.beam_args
-        ),
+        pipeline_options=beam_options,
     )
     if not manifest["documents"]:
         reasons = ", ".join(f"{k} x{v}" for k, v in manifest["failures"]["by_reason"].items()) or "none"
