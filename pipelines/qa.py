@@ -306,6 +306,9 @@ def run_qa(options: QAOptions) -> dict[str, Any]:
       CountMismatchError (via the runner): records were lost between stages.
     """
     log = progress_log(options.progress)
+    beam_options = runner_lib.pipeline_options(  # first: storage flags apply to reading inputs too
+        options.runner, options.direct_running_mode, options.direct_num_workers, options.beam_args
+    )
     tokenizer = _read_tokenizer(options.tokenizer)
     files = _document_shards(options.documents, tokenizer) if options.documents else match_inputs(options.inputs)
     generator = make_generator(options.generator)
@@ -329,9 +332,7 @@ def run_qa(options: QAOptions) -> dict[str, Any]:
         job=job,
         force=force,
         log=log,
-        pipeline_options=runner_lib.pipeline_options(
-            options.runner, options.direct_running_mode, options.direct_num_workers, options.beam_args
-        ),
+        pipeline_options=beam_options,
     )
     if "qa" not in manifest:
         manifest = _add_qa_section(options.output, c.seq_len)
