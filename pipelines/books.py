@@ -1,10 +1,18 @@
 """The books job: Books3-style text files -> document shards and packed token shards.
 
 The job is a flat list of named stages:
-    read -> normalize -> filter -> dedup -> tokenize -> plan -> write shards -> finalize
+    read -> normalize -> filter -> tokenize -> spill -> dedup -> plan -> write shards -> finalize
 
 Each stage counts seen/kept/dropped and sends dropped records with their reason to
-`failures.jsonl`. Output layout:
+`failures.jsonl`. Tokenized documents go to the work store (`<output>/.work`, see
+`work_store.py`) as soon as they are made, and only small references travel on, so dedup, the
+plan and the shard routing never move token data, and peak memory stays flat as the input grows
+(dedup after tokenize costs the tokenization of exact duplicates, usually a few percent).
+
+Resume: a rerun of a killed job skips every source record whose document is already in the work
+store (its counts are carried over), and every shard already written. `retry_failures` re-runs a
+finished job the same way: only the rows of its `failures.jsonl` are processed again, and the
+results are merged with the documents it kept. Output layout:
     <output>/documents/        document records, documents.parquet, manifest.json, TFDS metadata
     <output>/packed-<seq_len>/ packed records of exactly seq_len tokens, the same files
     <output>/failures.jsonl    one row per dropped record: stage, file, line, reason, detail
@@ -18,30 +26,44 @@ Run it (the exact command for the demo corpus):
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
 from lwmkit.packing.records import document_id
 from lwmkit.pipelines import runner as runner_lib
-from lwmkit.pipelines.finalize import StageChain
+from lwmkit.pipelines import work_store
+from lwmkit.pipelines.finalize import FAILURES_FILE, StageChain
 from lwmkit.pipelines.normalize import normalize_text
 from lwmkit.pipelines.outputs import join, read_output_bytes
 from lwmkit.pipelines.planning import PackOptions
 from lwmkit.pipelines.readers import input_kind, read_documents
-from lwmkit.pipelines.stages import Dropped, DropRecord, run_stage
-from lwmkit.pipelines.write_stage import job_record, progress_log, run_job, write_datasets
+from lwmkit.pipelines.stages import COUNTS, Dropped, DropRecord, run_stage
+from lwmkit.pipelines.work_store import DEFAULT_UNIT_BYTES, ReadReceipt, SpillDoFn, receipt_paths
+from lwmkit.pipelines.write_stage import (
+    job_record,
+    progress_log,
+    run_job,
+    work_identity,
+    write_datasets,
+)
 from lwmkit.tokenizers.text import SentencePieceTokenizer
 
-STAGES = ("read", "normalize", "filter", "dedup", "tokenize")
+STAGES = ("read", "normalize", "filter", "tokenize", "dedup")
 CHAIN = StageChain(
     stages=STAGES,
-    links=(("normalize", "read"), ("filter", "normalize"), ("dedup", "filter"), ("tokenize", "dedup")),
-    last="tokenize",
+    links=(("normalize", "read"), ("filter", "normalize"), ("tokenize", "filter"), ("dedup", "tokenize")),
+    last="dedup",
     grouped=("dedup",),
 )
+# Stages a record whose document is already in the work store skips (each counts it as kept).
+SKIPPED_WHEN_DONE = ("normalize", "filter", "tokenize")
 
 
 class NoValidDocumentsError(ValueError):
@@ -66,7 +88,13 @@ class BooksOptions:
       direct_num_workers: DirectRunner worker count (0: Beam's default).
       progress: print stage progress to stderr.
       beam_args: further Beam pipeline options, e.g. ('--project=p', '--region=r').
-      force: rebuild even if the output is already complete for these inputs and options.
+      force: rebuild even if the output is already complete for these inputs and options (this
+        also empties the work store).
+      retry_failures: run again over a finished output, processing only the rows its
+        failures.jsonl lists (every other document comes from the work store) and merging them.
+      keep_work: keep the work store (`<output>/.work`: the tokenized documents) after success,
+        so that `retry_failures` and other packing options cost no tokenization.
+      unit_bytes: size of a work-store unit (memory per worker grows with it).
     """
 
     inputs: tuple[str, ...]
@@ -84,8 +112,13 @@ class BooksOptions:
     progress: bool = False
     beam_args: tuple[str, ...] = field(default=())
     force: bool = False
+    retry_failures: bool = False
+    keep_work: bool = True
+    unit_bytes: int = DEFAULT_UNIT_BYTES
 
     def __post_init__(self):
+        if self.unit_bytes < 1:
+            raise ValueError(f"unit_bytes: {self.unit_bytes} must be >= 1")
         if not self.inputs:
             raise ValueError("inputs: give at least one file or glob")
         if not self.seq_lens:
@@ -106,7 +139,8 @@ class BooksOptions:
     def recorded(self) -> dict[str, Any]:
         """The options as the manifest records them (everything that shapes the output)."""
         d = dataclasses.asdict(self)
-        for k in ("output", "progress", "force", "direct_num_workers", "direct_running_mode", "runner", "beam_args"):
+        for k in ("output", "progress", "force", "direct_num_workers", "direct_running_mode", "runner", "beam_args",
+                  "retry_failures", "keep_work", "unit_bytes"):
             d.pop(k)
         d["inputs"] = list(self.inputs)
         d["seq_lens"] = list(self.seq_lens)
@@ -154,6 +188,53 @@ def keep_first(element: tuple[int, Iterable[dict]]) -> Iterator[dict | Dropped]:
         yield Dropped("duplicate", f"same text as {first['file']}:{first['line']}", d["file"], d["line"])
 
 
+def keep_first_reference(element: tuple[int, Iterable[dict]]) -> Iterator[tuple[int, dict] | Dropped]:
+    """`keep_first` over work-store references; yields (doc_id, reference) of the one kept.
+
+    Example: (7, [ref of b.jsonl:2, ref of a.jsonl:9]) -> (7, ref of a.jsonl:9), Dropped(b.jsonl:2)
+    """
+    doc_id, refs = element
+    for out in keep_first((doc_id, refs)):
+        yield out if isinstance(out, Dropped) else (doc_id, out)
+
+
+class SkipDone(beam.DoFn):
+    """Passes on source records whose document is not in the work store yet.
+
+    A record that is already there (from an interrupted run, or a finished one being retried)
+    is not processed again; it is counted as kept by every stage it skips, so the job's counts
+    equal an uninterrupted run's.
+    """
+
+    def setup(self):
+        self._done_id = None
+        self._done: set = set()
+
+    def start_bundle(self):
+        self._skipped = 0
+
+    def process(self, doc: dict, done: list):
+        if self._done_id != id(done):
+            self._done = set(done)
+            self._done_id = id(done)
+        if (doc["file"], doc["line"]) in self._done:
+            self._skipped += 1
+            return
+        yield doc
+
+    def finish_bundle(self):
+        if self._skipped:
+            for stage in SKIPPED_WHEN_DONE:
+                counts = (stage, (self._skipped, self._skipped, 0))
+                yield beam.pvalue.TaggedOutput(COUNTS, WindowedValue(counts, MIN_TIMESTAMP, [GlobalWindow()]))
+
+
+def _one_per_record(item: tuple[tuple[str, int], Iterable[tuple[int, dict]]]) -> tuple[int, dict]:
+    """Of the references a record has in the store (a retried bundle may have written two), one."""
+    _, refs = item
+    return min(refs, key=lambda r: (r[1]["at"][0], r[1]["at"][1]))
+
+
 class Tokenize:
     """Encodes a document as [BOS] text [EOS]; see `shard_writing.doc_arrays` for the payload."""
 
@@ -199,7 +280,15 @@ def match_inputs(patterns: Sequence[str]) -> list[str]:
     return sorted(files)
 
 
-def build_pipeline(p: beam.Pipeline, options: BooksOptions, files: list[str], tokenizer, job: dict):
+def build_pipeline(
+    p: beam.Pipeline,
+    options: BooksOptions,
+    files: list[str],
+    tokenizer,
+    job: dict,
+    receipts: Sequence[str] = (),
+    retried: Sequence[dict] | None = None,
+):
     """Adds the books job's stages to pipeline `p`."""
     progress = options.progress
     failures, counts = [], []
@@ -210,17 +299,31 @@ def build_pipeline(p: beam.Pipeline, options: BooksOptions, files: list[str], to
         counts.append(c)
         return out
 
+    stored = (
+        p
+        | "work receipts" >> beam.Create(receipts)
+        | "read receipts" >> beam.FlatMap(ReadReceipt())
+        | "key stored by record" >> beam.Map(lambda r: ((r[1]["file"], r[1]["line"]), r))
+        | "group stored by record" >> beam.GroupByKey()
+        | "one per record" >> beam.Map(_one_per_record)
+    )
+    done = stored | "stored records" >> beam.Map(lambda r: (r[1]["file"], r[1]["line"]))
+
     paths = p | "inputs" >> beam.Create(files) | "spread files" >> beam.Reshuffle()
     docs = stage(paths, "read", ReadFile(options.text_key))
-    docs = stage(docs, "normalize", normalize)
+    todo = docs | "skip done" >> beam.ParDo(SkipDone(), done=beam.pvalue.AsList(done)).with_outputs(COUNTS, main="main")
+    counts.append(todo[COUNTS])
+    docs = stage(todo.main, "normalize", normalize)
     docs = stage(docs, "filter", LengthFilter(options.min_chars, options.max_chars))
-    groups = docs | "key by content" >> beam.Map(lambda d: (d["doc_id"], d)) | "group by content" >> beam.GroupByKey()
-    docs = stage(groups, "dedup", keep_first)
     tokenized = stage(docs, "tokenize", Tokenize(tokenizer))
+    spilled = tokenized | "spill" >> beam.ParDo(SpillDoFn(options.output, options.unit_bytes))
+    refs = (spilled, stored) | "new and stored" >> beam.Flatten()
+    groups = refs | "group by content" >> beam.GroupByKey()
+    kept = stage(groups, "dedup", keep_first_reference)
 
     return write_datasets(
         p,
-        tokenized,
+        kept,
         failures,
         counts,
         output=options.output,
@@ -229,6 +332,8 @@ def build_pipeline(p: beam.Pipeline, options: BooksOptions, files: list[str], to
         pack=options.pack,
         job=job,
         chain=CHAIN,
+        spilled=True,
+        retried=retried,
     )
 
 
@@ -243,6 +348,22 @@ def _read_tokenizer(path: str) -> SentencePieceTokenizer:
     if data is None:
         raise FileNotFoundError(f"--tokenizer {path}: no such file")
     return SentencePieceTokenizer(data, name=path)
+
+
+def previous_failures(output: str) -> list[dict[str, Any]]:
+    """The rows of an earlier run's failures.jsonl that `retry_failures` processes again.
+
+    Rows of the packing stages (`pack-<seq_len>`) are left out: those documents were kept, and
+    a long-document policy, not a fault, kept them out of a packed dataset.
+
+    Raises:
+      FileNotFoundError: `output` has no failures.jsonl (no earlier run finished there).
+    """
+    raw = read_output_bytes(join(output, FAILURES_FILE))
+    if raw is None:
+        raise FileNotFoundError(f"--retry-failures: {join(output, FAILURES_FILE)} does not exist; run the job first")
+    rows = [json.loads(line) for line in raw.decode("utf-8").splitlines() if line.strip()]
+    return [r for r in rows if not r["stage"].startswith("pack-")]
 
 
 def run_books(options: BooksOptions) -> dict[str, Any]:
@@ -270,15 +391,26 @@ def run_books(options: BooksOptions) -> dict[str, Any]:
         runner_lib.describe(options.runner, options.direct_running_mode),
     )
     log(f"{len(files)} input files; tokenizer {tokenizer.name} ({tokenizer.vocab_size} pieces); runner {job['runner']}")
+    retried = previous_failures(options.output) if options.retry_failures else None
+    if retried is not None:
+        log(f"retrying {len(retried)} failed rows of the previous run; its documents come from the work store")
+    # Units hold tokenized documents: they depend on the inputs, the tokenizer and the options that
+    # shape documents, not on packing, so a run with other lengths reuses them.
+    identity = work_identity(job)
+    identity["options"] = {k: job["options"][k] for k in ("inputs", "tokenizer", "text_key", "min_chars", "max_chars")}
     manifest = run_job(
-        lambda p: build_pipeline(p, options, files, tokenizer, job),
+        lambda p: build_pipeline(p, options, files, tokenizer, job, receipt_paths(options.output), retried),
         output=options.output,
         job=job,
         force=options.force,
         log=log,
         pipeline_options=beam_options,
+        identity=identity,
+        keep_work=options.keep_work,
+        rerun=options.retry_failures,
     )
     if not manifest["documents"]:
+        work_store.clear(options.output)  # nothing in it is worth keeping
         reasons = ", ".join(f"{k} x{v}" for k, v in manifest["failures"]["by_reason"].items()) or "none"
         raise NoValidDocumentsError(
             f"no valid documents in {len(files)} input files ({', '.join(files[:3])}"

@@ -59,6 +59,14 @@ def _parser() -> argparse.ArgumentParser:
     books.add_argument("--text-key", default="text", help="JSON key / parquet column of the text")
     books.add_argument("--min-chars", type=int, default=1)
     books.add_argument("--max-chars", type=int, default=None)
+    books.add_argument("--retry-failures", action="store_true",
+                       help="run again over a finished output: process only the rows of its failures.jsonl and "
+                            "merge them with the documents it kept (from the work store, <output>/.work)")
+    books.add_argument("--discard-work", action="store_true",
+                       help="delete the work store (the tokenized documents in <output>/.work) after success; "
+                            "--retry-failures and other --seq-len values then tokenize everything again")
+    books.add_argument("--work-unit-mb", type=float, default=64.0,
+                       help="size of a work-store unit in MiB (memory per worker grows with it; default 64)")
     _run_arguments(books)
     _pack_arguments(books)
     _images_parser(sub)
@@ -196,11 +204,17 @@ def _books(args, beam_args: list[str]) -> None:
             min_chars=args.min_chars,
             max_chars=args.max_chars,
             pack=_pack_options(args),
+            retry_failures=args.retry_failures,
+            keep_work=not args.discard_work,
+            unit_bytes=max(1, int(args.work_unit_mb * (1 << 20))),
             **_run_options(args, beam_args),
         )
     )
     summary = ", ".join(f"{k}: {v['records']} records" for k, v in manifest["datasets"].items())
     print(f"{manifest['documents']} documents -> {summary}; {manifest['failures']['total']} failures")
+    if "retry" in manifest:
+        r = manifest["retry"]
+        print(f"retried {r['rows']} failed rows: {r['recovered']} recovered, {r['still_failing']} still failing")
 
 
 def _images_parser(sub) -> None:

@@ -164,14 +164,17 @@ class FinalizeDoFn(beam.DoFn):
       chain: the job's stages and how their counts add up.
       pack: the packing options, recorded in each packed manifest.
       kind: the job manifest's kind ("job", or "stages" for progressive stages).
+      retried: with --retry-failures, the earlier run's failure rows that were processed again.
     """
 
-    def __init__(self, output: str, job: dict[str, Any], chain: StageChain, pack: PackOptions, kind: str = "job"):
+    def __init__(self, output: str, job: dict[str, Any], chain: StageChain, pack: PackOptions, kind: str = "job",
+                 retried: Sequence[dict] | None = None):
         self.output = output
         self.job = job
         self.chain = chain
         self.pack = pack
         self.kind = kind
+        self.retried = None if retried is None else [(r["file"], r["line"]) for r in retried]
 
     def _packing_failures(self, plan) -> list[dict[str, Any]]:
         """Documents a long-document policy kept out of a packed dataset (they stay in documents/)."""
@@ -207,6 +210,11 @@ class FinalizeDoFn(beam.DoFn):
             **self.job,
             "timestamps": now,
         }
+        if self.retried is not None:
+            still = {(f["file"], f["line"]) for f in failures}
+            recovered = sum(1 for key in set(self.retried) if key not in still)
+            job_manifest["retry"] = {"rows": len(set(self.retried)), "recovered": recovered,
+                                     "still_failing": len(set(self.retried)) - recovered}
         if self.kind == "stages":
             job_manifest["stages_schedule"] = [
                 {k: v for k, v in datasets[packed_dir(n)].items() if k in _STAGE_KEYS} for n in plan["packed"] if packed_dir(n) in datasets

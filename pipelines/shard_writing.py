@@ -1,14 +1,17 @@
 """Routing document tokens to their shards and writing each shard as one unit of work.
 
 With the plan as a side input, every piece of every document becomes
-`((dataset_dir, shard, shard_count), (record, segment, payload))`. Grouping by shard brings one
-shard's pieces to one worker, which orders them, builds the records and writes the file
-atomically. Order inside a shard comes from the plan, never from arrival order, so shards are
+`((dataset_dir, shard, shard_count), (record, segment, reference))`, a reference into the work
+store (`pipelines/work_store.py`), never the tokens themselves. Grouping by shard brings one
+shard's pieces to one worker, which orders them, reads their tokens from the work store, builds
+the records and writes the file atomically, then a receipt that lets a rerun skip it. Order inside a shard comes from the plan, never from arrival order, so shards are
 byte-identical across runs and runners.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -16,10 +19,17 @@ import apache_beam as beam
 import numpy as np
 from lwmkit.packing.assemble import Segment, assemble_packed
 from lwmkit.packing.loss import LossPolicy
-from lwmkit.packing.records import encode_document, encode_packed, spans_array
-from lwmkit.packing.shards import shard_name
-from lwmkit.pipelines.outputs import join, write_output_shard
+from lwmkit.packing.records import FORMAT_VERSION, encode_document, encode_packed, spans_array
+from lwmkit.packing.shards import dumps_json, shard_name
+from lwmkit.pipelines.outputs import (
+    is_local,
+    join,
+    read_output_bytes,
+    write_output_bytes,
+    write_output_shard,
+)
 from lwmkit.pipelines.planning import DOCUMENTS, PackOptions, iter_placements, tfds_name
+from lwmkit.pipelines.work_store import UnitReader, work_dir
 
 
 def doc_arrays(doc: dict[str, Any], offset: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -57,7 +67,7 @@ def _piece(doc: dict[str, Any], offset: int, length: int) -> dict[str, Any]:
 
 
 class RouteDoFn(beam.DoFn):
-    """Sends each tokenized document's pieces to the shards the plan (a side input) names.
+    """Sends each document's pieces, as references into the work store, to the shards the plan names.
 
     The plan's placements are indexed by document id once per worker and reused.
 
@@ -75,19 +85,22 @@ class RouteDoFn(beam.DoFn):
             for doc_id, place in iter_placements(plan):
                 self._index.setdefault(doc_id, []).append(place)
             self._plan_id = id(plan)
-        doc_id, doc = element
+        doc_id, ref = element
         places = self._index.get(doc_id)
         if not places:
-            raise RuntimeError(f"document {doc_id} ({doc['file']}:{doc['line']}) has no place in the plan")
+            raise RuntimeError(f"document {doc_id} ({ref['file']}:{ref['line']}) has no place in the plan")
+        where = {"at": ref["at"], "sha": ref["sha"]}
         for dataset, shard, count, record, segment, offset, length in places:
             key = (dataset, shard, count)
             if dataset == DOCUMENTS:
-                yield key, (record, 0, (doc_id, doc))
+                yield key, (record, 0, (doc_id, ref))
             else:
-                yield key, (record, segment, (doc_id, offset, _piece(doc, offset, length)))
+                yield key, (record, segment, (doc_id, offset, length, where))
 
 
-def _packed_records(pieces: list[tuple], seq_len: int, where: str, pack: PackOptions) -> Iterator[tuple[bytes, dict]]:
+def _packed_records(
+    pieces: list[tuple], seq_len: int, where: str, pack: PackOptions, units: UnitReader
+) -> Iterator[tuple[bytes, dict]]:
     loss_policy = LossPolicy.parse(pack.loss_policy)
     record = 0
     i = 0
@@ -96,7 +109,8 @@ def _packed_records(pieces: list[tuple], seq_len: int, where: str, pack: PackOpt
             raise RuntimeError(f"{where}: record {record} has no pieces")
         segs: list[Segment] = []
         while i < len(pieces) and pieces[i][0] == record:
-            doc_id, offset, piece = pieces[i][2]
+            doc_id, offset, length, ref = pieces[i][2]
+            piece = _piece(units.load(doc_id, ref), offset, length)
             segs.append(Segment(doc_id, offset, *doc_arrays(piece, offset)))
             i += 1
         fields = assemble_packed(segs, seq_len, piece_positions=pack.piece_positions, loss_policy=loss_policy)
@@ -104,8 +118,21 @@ def _packed_records(pieces: list[tuple], seq_len: int, where: str, pack: PackOpt
         record += 1
 
 
+def shard_key(dataset: str, shard: int, count: int, pieces: list[tuple], pack: PackOptions) -> str:
+    """What decides a shard's bytes: its pieces (by record content hash) and the layout options."""
+    if dataset == DOCUMENTS:
+        parts = [(r, s, d, ref["sha"], ref["file"], ref["line"], ref.get("atomic_spans")) for r, s, (d, ref) in pieces]
+    else:
+        parts = [(r, s, d, off, n, ref["sha"]) for r, s, (d, off, n, ref) in pieces]
+    blob = json.dumps([FORMAT_VERSION, dataset, shard, count, pack.to_json(), parts], sort_keys=True, default=list)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
 class WriteShardDoFn(beam.DoFn):
     """Writes one shard from its grouped pieces and yields a summary of what it wrote.
+
+    A shard whose receipt in the work store names the same pieces, and whose file on disk still
+    has the receipt's size and SHA-256, is not written again (the resume of a killed job).
 
     Args:
       output: the job's output directory (local or any Beam filesystem).
@@ -116,11 +143,26 @@ class WriteShardDoFn(beam.DoFn):
         self.output = output
         self.pack = pack
 
+    def setup(self):
+        self._units = UnitReader(self.output)
+        self._reused = beam.metrics.Metrics.counter("lwmkit", "shards.reused")
+        self._written = beam.metrics.Metrics.counter("lwmkit", "shards.written")
+
+    def teardown(self):
+        self._units.close()
+
     def process(self, element: tuple[tuple, Iterable[tuple]]) -> Iterator[dict[str, Any]]:
         (dataset, shard, count), values = element
         pieces = sorted(values, key=lambda v: (v[0], v[1]))
         name = shard_name(tfds_name(dataset), shard, count)
         path = join(self.output, dataset, name)
+        key = shard_key(dataset, shard, count, pieces, self.pack)
+        receipt_path = join(work_dir(self.output), "shards", dataset, f"{name}.json")
+        done = _finished_shard(path, receipt_path, key)
+        if done is not None:
+            self._reused.inc()
+            yield done
+            return
         stats: dict[str, Any] = {
             "tokens": 0, "vision_tokens": 0, "loss_weight_text": 0.0, "loss_weight_vision": 0.0,
             "segments": 0, "padding": 0, "segments_per_record": {},
@@ -131,27 +173,27 @@ class WriteShardDoFn(beam.DoFn):
                 raise RuntimeError(f"{path}: document records are not numbered 0..{len(pieces) - 1}")
 
             def records() -> Iterator[bytes]:
-                for _, _, (doc_id, doc) in pieces:
-                    tokens, vision, weights = doc_arrays(doc)
+                for _, _, (doc_id, ref) in pieces:
+                    tokens, vision, weights = doc_arrays(self._units.load(doc_id, ref))
                     stats["tokens"] += int(tokens.shape[0])
                     stats["vision_tokens"] += int(np.count_nonzero(vision))
                     stats["loss_weight_text"] += float(weights[~vision].sum(dtype=np.float64))
                     stats["loss_weight_vision"] += float(weights[vision].sum(dtype=np.float64))
                     yield encode_document(
                         doc_id=doc_id,
-                        source_file=doc["file"],
-                        source_line=doc["line"],
+                        source_file=ref["file"],
+                        source_line=ref["line"],
                         tokens=tokens,
                         vision_mask=vision,
                         loss_weights=weights,
-                        atomic_spans=spans_array(doc.get("atomic_spans")),
+                        atomic_spans=spans_array(ref.get("atomic_spans")),
                     )
 
         else:
             seq_len = int(dataset.split("-", 1)[1])
 
             def records() -> Iterator[bytes]:
-                for data, fields in _packed_records(pieces, seq_len, path, self.pack):
+                for data, fields in _packed_records(pieces, seq_len, path, self.pack, self._units):
                     seg = fields["tokens_segment_ids"]
                     used = int(np.count_nonzero(seg))
                     vision = fields["vision_mask"]
@@ -168,4 +210,45 @@ class WriteShardDoFn(beam.DoFn):
                     yield data
 
         info = write_output_shard(path, records())
-        yield {"dataset": dataset, "shard": shard, **info.to_json(), **stats}
+        summary = {"dataset": dataset, "shard": shard, **info.to_json(), **stats}
+        write_output_bytes(receipt_path, dumps_json({"key": key, "summary": summary}))
+        self._written.inc()
+        yield summary
+
+
+def _finished_shard(path: str, receipt_path: str, key: str) -> dict[str, Any] | None:
+    """The stored summary if the shard at `path` is complete for `key` (size and SHA-256 checked)."""
+    raw = read_output_bytes(receipt_path)
+    if raw is None:
+        return None
+    try:
+        receipt = json.loads(raw)
+    except json.JSONDecodeError:
+        return None
+    summary = receipt.get("summary") or {}
+    if receipt.get("key") != key or _size_and_sha256(path) != (summary.get("bytes"), summary.get("sha256")):
+        return None
+    return summary
+
+
+def _size_and_sha256(path: str) -> tuple[int, str] | None:
+    """(size, SHA-256) of a local or remote file, streamed; None if it does not exist."""
+    try:
+        if is_local(path):
+            f = open(path, "rb")  # noqa: SIM115 - closed below
+        else:
+            from apache_beam.io.filesystem import CompressionTypes
+            from apache_beam.io.filesystems import FileSystems
+
+            if not FileSystems.exists(path):
+                return None
+            f = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    except FileNotFoundError:
+        return None
+    h = hashlib.sha256()
+    size = 0
+    with f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+            size += len(chunk)
+    return size, h.hexdigest()

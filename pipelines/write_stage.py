@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import apache_beam as beam
-import numpy as np
+from lwmkit.pipelines import work_store
 from lwmkit.pipelines.finalize import FinalizeDoFn, StageChain
 from lwmkit.pipelines.outputs import delete_outputs, is_local, join, list_outputs, read_output_bytes
 from lwmkit.pipelines.planning import (
@@ -26,19 +26,20 @@ from lwmkit.pipelines.planning import (
     packing_windows,
 )
 from lwmkit.pipelines.shard_writing import RouteDoFn, WriteShardDoFn
+from lwmkit.pipelines.work_store import DEFAULT_UNIT_BYTES, SpillDoFn
 
 
 def index_entry(item: tuple[int, dict]) -> dict[str, Any]:
-    """The small per-document tuple the plan is built from."""
-    doc_id, d = item
+    """The small per-document tuple the plan is built from (from a work-store reference)."""
+    doc_id, ref = item
     return {
         "doc_id": doc_id,
-        "file": d["file"],
-        "line": d["line"],
-        "chars": d["chars"],
-        "tokens": len(d["tokens"]) // np.dtype(d["token_dtype"]).itemsize,
-        "meta": d["meta"],
-        "spans": d.get("atomic_spans"),
+        "file": ref["file"],
+        "line": ref["line"],
+        "chars": ref["chars"],
+        "tokens": ref["num_tokens"],
+        "meta": ref["meta"],
+        "spans": ref.get("atomic_spans"),
     }
 
 
@@ -57,8 +58,18 @@ def write_datasets(
     kind: str = "job",
     write_documents: bool = True,
     min_doc_tokens: dict[int, int] | None = None,
+    spilled: bool = False,
+    unit_bytes: int = DEFAULT_UNIT_BYTES,
+    retried: Sequence[dict] | None = None,
 ):
-    """Adds the planning, writing and finalize stages; returns the finalize output."""
+    """Adds the spill, planning, writing and finalize stages; returns the finalize output.
+
+    `tokenized` holds `(doc_id, payload)`, or with `spilled` already `(doc_id, reference)` from
+    the work store (see `work_store.SpillDoFn`). `retried`: the earlier run's failure rows that
+    this run processed again (the job manifest then says how many were recovered).
+    """
+    if not spilled:
+        tokenized = tokenized | "spill" >> beam.ParDo(SpillDoFn(output, unit_bytes))
     plan = (
         tokenized
         | "index" >> beam.Map(index_entry)
@@ -93,7 +104,7 @@ def write_datasets(
         | "finalize trigger" >> beam.Create([None])
         | "finalize"
         >> beam.ParDo(
-            FinalizeDoFn(output, job, chain, pack, kind),
+            FinalizeDoFn(output, job, chain, pack, kind, retried),
             plan=beam.pvalue.AsSingleton(plan),
             shards=beam.pvalue.AsList(shards),
             failures=beam.pvalue.AsList(all_failures),
@@ -158,6 +169,11 @@ def _sizes(pattern: str) -> list[tuple[str, int]]:
     return [(m.path, m.size_in_bytes) for r in FileSystems.match([pattern]) for m in r.metadata_list]
 
 
+def work_identity(job: dict[str, Any]) -> dict[str, Any]:
+    """What the work store's units depend on: the job's inputs, options, tokenizer and version."""
+    return {k: job[k] for k in ("lwmkit_version", "options", "input_files", "tokenizer")}
+
+
 def run_job(
     build: Callable[[beam.Pipeline], Any],
     *,
@@ -166,20 +182,32 @@ def run_job(
     force: bool,
     log: Callable[[str], None],
     pipeline_options,
+    identity: dict[str, Any] | None = None,
+    keep_work: bool = False,
+    rerun: bool = False,
 ) -> dict[str, Any]:
     """Runs a job unless its output is already complete; returns the job manifest.
 
     Before anything is rewritten, old manifests are withdrawn: a manifest marks a directory
-    complete, so none may stand beside shards that are being replaced.
+    complete, so none may stand beside shards that are being replaced. The work store
+    (`<output>/.work`, see `work_store.py`) is kept from an interrupted run of the same job
+    (`identity`, by default `work_identity(job)`), emptied otherwise or with `force`, and deleted
+    after success unless `keep_work`. `rerun` runs even if the output is complete (e.g. to retry
+    failures).
     """
-    if not force and (done := complete_output(output, job)):
+    if not force and not rerun and (done := complete_output(output, job)):
         log(f"{output} is already complete for these inputs and options; nothing to do (--force rebuilds)")
         return done
     if is_local(output):
         os.makedirs(output, exist_ok=True)
+    kept = work_store.prepare(output, identity or work_identity(job), fresh=force)
+    if kept:
+        log(f"resuming from {kept} work units of an earlier run in {work_store.work_dir(output)}")
     delete_outputs(list_outputs(join(output, "*", "manifest.json")) + [join(output, "manifest.json")])
     start = time.monotonic()
     with beam.Pipeline(options=pipeline_options) as p:
         build(p)
     log(f"finished in {time.monotonic() - start:.1f}s")
+    if not keep_work:
+        work_store.clear(output)
     return json.loads(read_output_bytes(join(output, "manifest.json")))

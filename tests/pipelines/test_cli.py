@@ -69,6 +69,19 @@ def _records(out, name) -> int:
         return json.load(f)["records"]
 
 
+def test_books_retry_failures_and_discard_work(raw, bpe_model, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    args = ["books", "--input", os.path.join(raw, "*.jsonl.zst"), "--tokenizer", bpe_model, "--seq-len", "512",
+            "--output", out, "--quiet"]
+    assert main(args) == 0
+    assert os.path.isdir(os.path.join(out, ".work", "units"))  # kept by default, for retries
+    capsys.readouterr()
+    # The one failure ({bad, a JSON error) fails again: the summary says so.
+    assert main([*args, "--retry-failures", "--discard-work"]) == 0
+    assert capsys.readouterr().out.strip().endswith("retried 1 failed rows: 0 recovered, 1 still failing")
+    assert not os.path.exists(os.path.join(out, ".work"))
+
+
 def test_books_progress_goes_to_stderr(raw, bpe_model, tmp_path, capsys):
     rc = main(["books", "--input", os.path.join(raw, "*.txt"), "--tokenizer", bpe_model, "--seq-len", "128",
                "--output", str(tmp_path / "out")])
