@@ -26,26 +26,29 @@ Run it (the exact command for the demo corpus):
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.transforms.window import GlobalWindow
-from apache_beam.utils.timestamp import MIN_TIMESTAMP
-from apache_beam.utils.windowed_value import WindowedValue
 from lwmkit.packing.records import document_id
 from lwmkit.pipelines import runner as runner_lib
 from lwmkit.pipelines import work_store
-from lwmkit.pipelines.finalize import FAILURES_FILE, StageChain
+from lwmkit.pipelines.finalize import StageChain
 from lwmkit.pipelines.normalize import normalize_text
 from lwmkit.pipelines.outputs import join, read_output_bytes
 from lwmkit.pipelines.planning import PackOptions
 from lwmkit.pipelines.readers import input_kind, read_documents
-from lwmkit.pipelines.stages import COUNTS, Dropped, DropRecord, run_stage
-from lwmkit.pipelines.work_store import DEFAULT_UNIT_BYTES, ReadReceipt, SpillDoFn, receipt_paths
+from lwmkit.pipelines.stages import Dropped, DropRecord, run_stage
+from lwmkit.pipelines.work_store import (
+    DEFAULT_UNIT_BYTES,
+    SpillDoFn,
+    previous_failures,
+    receipt_paths,
+    skip_stored,
+    stored_documents,
+)
 from lwmkit.pipelines.write_stage import (
     job_record,
     progress_log,
@@ -198,43 +201,6 @@ def keep_first_reference(element: tuple[int, Iterable[dict]]) -> Iterator[tuple[
         yield out if isinstance(out, Dropped) else (doc_id, out)
 
 
-class SkipDone(beam.DoFn):
-    """Passes on source records whose document is not in the work store yet.
-
-    A record that is already there (from an interrupted run, or a finished one being retried)
-    is not processed again; it is counted as kept by every stage it skips, so the job's counts
-    equal an uninterrupted run's.
-    """
-
-    def setup(self):
-        self._done_id = None
-        self._done: set = set()
-
-    def start_bundle(self):
-        self._skipped = 0
-
-    def process(self, doc: dict, done: list):
-        if self._done_id != id(done):
-            self._done = set(done)
-            self._done_id = id(done)
-        if (doc["file"], doc["line"]) in self._done:
-            self._skipped += 1
-            return
-        yield doc
-
-    def finish_bundle(self):
-        if self._skipped:
-            for stage in SKIPPED_WHEN_DONE:
-                counts = (stage, (self._skipped, self._skipped, 0))
-                yield beam.pvalue.TaggedOutput(COUNTS, WindowedValue(counts, MIN_TIMESTAMP, [GlobalWindow()]))
-
-
-def _one_per_record(item: tuple[tuple[str, int], Iterable[tuple[int, dict]]]) -> tuple[int, dict]:
-    """Of the references a record has in the store (a retried bundle may have written two), one."""
-    _, refs = item
-    return min(refs, key=lambda r: (r[1]["at"][0], r[1]["at"][1]))
-
-
 class Tokenize:
     """Encodes a document as [BOS] text [EOS]; see `shard_writing.doc_arrays` for the payload."""
 
@@ -299,21 +265,12 @@ def build_pipeline(
         counts.append(c)
         return out
 
-    stored = (
-        p
-        | "work receipts" >> beam.Create(receipts)
-        | "read receipts" >> beam.FlatMap(ReadReceipt())
-        | "key stored by record" >> beam.Map(lambda r: ((r[1]["file"], r[1]["line"]), r))
-        | "group stored by record" >> beam.GroupByKey()
-        | "one per record" >> beam.Map(_one_per_record)
-    )
-    done = stored | "stored records" >> beam.Map(lambda r: (r[1]["file"], r[1]["line"]))
-
+    stored, done = stored_documents(p, receipts)
     paths = p | "inputs" >> beam.Create(files) | "spread files" >> beam.Reshuffle()
     docs = stage(paths, "read", ReadFile(options.text_key))
-    todo = docs | "skip done" >> beam.ParDo(SkipDone(), done=beam.pvalue.AsList(done)).with_outputs(COUNTS, main="main")
-    counts.append(todo[COUNTS])
-    docs = stage(todo.main, "normalize", normalize)
+    docs, skipped = skip_stored(docs, done, SKIPPED_WHEN_DONE)
+    counts.append(skipped)
+    docs = stage(docs, "normalize", normalize)
     docs = stage(docs, "filter", LengthFilter(options.min_chars, options.max_chars))
     tokenized = stage(docs, "tokenize", Tokenize(tokenizer))
     spilled = tokenized | "spill" >> beam.ParDo(SpillDoFn(options.output, options.unit_bytes))
@@ -350,22 +307,6 @@ def _read_tokenizer(path: str) -> SentencePieceTokenizer:
     return SentencePieceTokenizer(data, name=path)
 
 
-def previous_failures(output: str) -> list[dict[str, Any]]:
-    """The rows of an earlier run's failures.jsonl that `retry_failures` processes again.
-
-    Rows of the packing stages (`pack-<seq_len>`) are left out: those documents were kept, and
-    a long-document policy, not a fault, kept them out of a packed dataset.
-
-    Raises:
-      FileNotFoundError: `output` has no failures.jsonl (no earlier run finished there).
-    """
-    raw = read_output_bytes(join(output, FAILURES_FILE))
-    if raw is None:
-        raise FileNotFoundError(f"--retry-failures: {join(output, FAILURES_FILE)} does not exist; run the job first")
-    rows = [json.loads(line) for line in raw.decode("utf-8").splitlines() if line.strip()]
-    return [r for r in rows if not r["stage"].startswith("pack-")]
-
-
 def run_books(options: BooksOptions) -> dict[str, Any]:
     """Runs the books job and waits for it.
 
@@ -394,10 +335,6 @@ def run_books(options: BooksOptions) -> dict[str, Any]:
     retried = previous_failures(options.output) if options.retry_failures else None
     if retried is not None:
         log(f"retrying {len(retried)} failed rows of the previous run; its documents come from the work store")
-    # Units hold tokenized documents: they depend on the inputs, the tokenizer and the options that
-    # shape documents, not on packing, so a run with other lengths reuses them.
-    identity = work_identity(job)
-    identity["options"] = {k: job["options"][k] for k in ("inputs", "tokenizer", "text_key", "min_chars", "max_chars")}
     manifest = run_job(
         lambda p: build_pipeline(p, options, files, tokenizer, job, receipt_paths(options.output), retried),
         output=options.output,
@@ -405,7 +342,7 @@ def run_books(options: BooksOptions) -> dict[str, Any]:
         force=options.force,
         log=log,
         pipeline_options=beam_options,
-        identity=identity,
+        identity=work_identity(job),
         keep_work=options.keep_work,
         rerun=options.retry_failures,
     )

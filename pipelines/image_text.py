@@ -44,6 +44,7 @@ from typing import Any
 
 import apache_beam as beam
 from lwmkit.pipelines import runner as runner_lib
+from lwmkit.pipelines import work_store
 from lwmkit.pipelines.download import Download, DownloadOptions
 from lwmkit.pipelines.finalize import StageChain
 from lwmkit.pipelines.image_examples import ExampleBuilder, Templates
@@ -63,7 +64,20 @@ from lwmkit.pipelines.image_stages import (
 from lwmkit.pipelines.outputs import is_local, join, read_output_bytes
 from lwmkit.pipelines.planning import PackOptions
 from lwmkit.pipelines.stages import run_stage
-from lwmkit.pipelines.write_stage import job_record, progress_log, run_job, write_datasets
+from lwmkit.pipelines.work_store import (
+    SpillDoFn,
+    previous_failures,
+    receipt_paths,
+    skip_stored,
+    stored_documents,
+)
+from lwmkit.pipelines.write_stage import (
+    job_record,
+    progress_log,
+    run_job,
+    work_identity,
+    write_datasets,
+)
 from lwmkit.tokenizers.text import SentencePieceTokenizer
 from lwmkit.tokenizers.vision import VISION_VOCAB_SIZE, ImageOptions
 
@@ -113,7 +127,9 @@ class ImagesOptions:
       download: timeouts, retries and size cap of URL inputs.
       batch_size: images per VQGAN call (RunInference batch).
       shard_tokens, pack, runner, direct_running_mode, direct_num_workers, progress, beam_args,
-        force: as in `BooksOptions`.
+        force, retry_failures, keep_work: as in `BooksOptions` (with `retry_failures`, only the
+        pairs of the earlier run's failures.jsonl are read, downloaded and encoded again; a retried
+        pair that duplicates one already stored is not caught by dedup).
     """
 
     inputs: tuple[str, ...]
@@ -139,6 +155,8 @@ class ImagesOptions:
     progress: bool = False
     beam_args: tuple[str, ...] = field(default=())
     force: bool = False
+    retry_failures: bool = False
+    keep_work: bool = True
 
     def __post_init__(self):
         if not self.inputs:
@@ -165,7 +183,8 @@ class ImagesOptions:
     def recorded(self) -> dict[str, Any]:
         """The options as the manifest records them (everything that shapes the output)."""
         d = dataclasses.asdict(self)
-        for k in ("output", "progress", "force", "direct_num_workers", "direct_running_mode", "runner", "beam_args"):
+        for k in ("output", "progress", "force", "direct_num_workers", "direct_running_mode", "runner", "beam_args",
+                  "retry_failures", "keep_work"):
             d.pop(k)
         d["inputs"] = list(self.inputs)
         d["seq_lens"] = list(self.seq_lens)
@@ -203,8 +222,17 @@ def token_dtype(text_vocab_size: int) -> str:
     return "<u2" if max(text_vocab_size, VISION_VOCAB_SIZE) <= 1 << 16 else "<i4"
 
 
-def build_pipeline(p: beam.Pipeline, options: ImagesOptions, files: list[str], tokenizer, vqgan_sha256: str, job: dict):
-    """Adds the image job's stages to pipeline `p`."""
+def build_pipeline(
+    p: beam.Pipeline,
+    options: ImagesOptions,
+    files: list[str],
+    tokenizer,
+    vqgan_sha256: str,
+    job: dict,
+    receipts: Sequence[str] = (),
+    retried: Sequence[dict] | None = None,
+):
+    """Adds the image job's stages to pipeline `p`; pairs already in the work store are skipped."""
     progress = options.progress
     failures, counts = [], []
 
@@ -214,8 +242,11 @@ def build_pipeline(p: beam.Pipeline, options: ImagesOptions, files: list[str], t
         counts.append(c)
         return out
 
+    stored, done = stored_documents(p, receipts)
     paths = p | "inputs" >> beam.Create(files) | "spread files" >> beam.Reshuffle()
     pairs = stage(paths, "read", ReadPairs(options.sources))
+    pairs, skipped = skip_stored(pairs, done, STAGES[1:])
+    counts.append(skipped)
     pairs = pairs | "spread pairs" >> beam.Reshuffle()  # one file's downloads and decodes run in parallel
     pairs = stage(pairs, "caption", check_caption)
     pairs = stage(pairs, "download", Download(options.download))
@@ -231,10 +262,12 @@ def build_pipeline(p: beam.Pipeline, options: ImagesOptions, files: list[str], t
     builder = ExampleBuilder(tokenizer, options.templates)
     dtype = token_dtype(tokenizer.vocab_size)
     examples = stage(encoded, "example", MakeExample(builder, options.seed, options.generation_fraction, dtype))
+    spilled = examples | "spill" >> beam.ParDo(SpillDoFn(options.output))
+    refs = (spilled, stored) | "new and stored" >> beam.Flatten()
 
     return write_datasets(
         p,
-        examples,
+        refs,
         failures,
         counts,
         output=options.output,
@@ -243,6 +276,8 @@ def build_pipeline(p: beam.Pipeline, options: ImagesOptions, files: list[str], t
         pack=options.pack,
         job=job,
         chain=CHAIN,
+        spilled=True,
+        retried=retried,
     )
 
 
@@ -319,15 +354,23 @@ def run_images(options: ImagesOptions) -> dict[str, Any]:
     job, vqgan_sha256 = vqgan_job(options, files, tokenizer)
     log(f"{len(files)} input files; tokenizer {tokenizer.name} ({tokenizer.vocab_size} pieces); "
         f"VQGAN {options.vqgan or 'random ' + options.vqgan_preset}; runner {job['runner']}")
+    retried = previous_failures(options.output) if options.retry_failures else None
+    if retried is not None:
+        log(f"retrying {len(retried)} failed pairs of the previous run; its examples come from the work store")
     manifest = run_job(
-        lambda p: build_pipeline(p, options, files, tokenizer, vqgan_sha256, job),
+        lambda p: build_pipeline(p, options, files, tokenizer, vqgan_sha256, job, receipt_paths(options.output),
+                                 retried),
         output=options.output,
         job=job,
         force=options.force,
         log=log,
         pipeline_options=beam_options,
+        identity=work_identity(job),
+        keep_work=options.keep_work,
+        rerun=options.retry_failures,
     )
     if not manifest["documents"]:
+        work_store.clear(options.output)
         reasons = ", ".join(f"{k} x{v}" for k, v in manifest["failures"]["by_reason"].items()) or "none"
         raise NoValidPairsError(
             f"no valid image-text pairs in {len(files)} input files ({', '.join(files[:3])}"

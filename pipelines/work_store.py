@@ -33,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -51,6 +51,7 @@ from lwmkit.pipelines.outputs import (
     read_output_bytes,
     write_output_bytes,
 )
+from lwmkit.pipelines.stages import COUNTS
 
 WORK_DIR = ".work"
 DEFAULT_UNIT_BYTES = 64 << 20
@@ -169,6 +170,90 @@ class SpillDoFn(beam.DoFn):
         refs = self._refs
         self.start_bundle()
         yield from refs
+
+
+# --- resuming: stored documents and the records they cover ---
+
+
+class SkipDone(beam.DoFn):
+    """Passes on source records whose document is not in the work store yet.
+
+    A record that is already there (from an interrupted run, or a finished one being retried)
+    is not processed again; it is counted as kept by every stage it skips (`stages`), so the
+    job's counts equal an uninterrupted run's. Records are dicts with `file` and `line`.
+    """
+
+    def __init__(self, stages: tuple[str, ...]):
+        self.stages = stages
+
+    def setup(self):
+        self._done_id = None
+        self._done: set = set()
+
+    def start_bundle(self):
+        self._skipped = 0
+
+    def process(self, doc: dict, done: list):
+        if self._done_id != id(done):
+            self._done = set(done)
+            self._done_id = id(done)
+        if (doc["file"], doc["line"]) in self._done:
+            self._skipped += 1
+            return
+        yield doc
+
+    def finish_bundle(self):
+        if self._skipped:
+            for stage in self.stages:
+                counts = (stage, (self._skipped, self._skipped, 0))
+                yield beam.pvalue.TaggedOutput(COUNTS, WindowedValue(counts, MIN_TIMESTAMP, [GlobalWindow()]))
+
+
+def _one_per_record(item: tuple[tuple[str, int], Iterable[tuple[int, dict]]]) -> tuple[int, dict]:
+    """Of the references a record has in the store (a retried bundle may have written two), one."""
+    _, refs = item
+    return min(refs, key=lambda r: (r[1]["at"][0], r[1]["at"][1]))
+
+
+def stored_documents(p: beam.Pipeline, receipts: Sequence[str]):
+    """(references, done records) of the documents already in the store, as PCollections.
+
+    References are `(doc_id, ref)`, one per source record; done records are `(file, line)`.
+    """
+    stored = (
+        p
+        | "work receipts" >> beam.Create(list(receipts))
+        | "read receipts" >> beam.FlatMap(ReadReceipt())
+        | "key stored by record" >> beam.Map(lambda r: ((r[1]["file"], r[1]["line"]), r))
+        | "group stored by record" >> beam.GroupByKey()
+        | "one per record" >> beam.Map(_one_per_record)
+    )
+    return stored, stored | "stored records" >> beam.Map(lambda r: (r[1]["file"], r[1]["line"]))
+
+
+def skip_stored(records, done, stages: tuple[str, ...]):
+    """(records still to process, counts of the skipped ones): applies `SkipDone`."""
+    out = records | "skip stored" >> beam.ParDo(SkipDone(stages), done=beam.pvalue.AsList(done)).with_outputs(
+        COUNTS, main="main"
+    )
+    return out.main, out[COUNTS]
+
+
+def previous_failures(output: str) -> list[dict[str, Any]]:
+    """The rows of an earlier run's failures.jsonl that `retry_failures` processes again.
+
+    Rows of the packing stages (`pack-<seq_len>`) are left out: those documents were kept, and
+    a long-document policy, not a fault, kept them out of a packed dataset.
+
+    Raises:
+      FileNotFoundError: `output` has no failures.jsonl (no earlier run finished there).
+    """
+    raw = read_output_bytes(join(output, "failures.jsonl"))
+    if raw is None:
+        raise FileNotFoundError(f"--retry-failures: {join(output, 'failures.jsonl')} does not exist; run the job first")
+    rows = [json.loads(line) for line in raw.decode("utf-8").splitlines() if line.strip()]
+    return [r for r in rows if not r["stage"].startswith("pack-")]
+
 
 
 # --- reading units back -----------------------------------------------------------------------

@@ -169,9 +169,16 @@ def _sizes(pattern: str) -> list[tuple[str, int]]:
     return [(m.path, m.size_in_bytes) for r in FileSystems.match([pattern]) for m in r.metadata_list]
 
 
+PACKING_OPTIONS = ("seq_lens", "shard_tokens", "pack")
+
+
 def work_identity(job: dict[str, Any]) -> dict[str, Any]:
-    """What the work store's units depend on: the job's inputs, options, tokenizer and version."""
-    return {k: job[k] for k in ("lwmkit_version", "options", "input_files", "tokenizer")}
+    """What the work store's units depend on: the job's inputs, tokenizer, version and options,
+    except the packing options (documents do not depend on them, so packing an output again to
+    other lengths reuses its units)."""
+    identity = {k: job[k] for k in ("lwmkit_version", "options", "input_files", "tokenizer")}
+    identity["options"] = {k: v for k, v in job["options"].items() if k not in PACKING_OPTIONS}
+    return identity
 
 
 def run_job(
