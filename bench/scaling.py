@@ -35,9 +35,9 @@ sys.exit(code)
 """
 
 
-def run(paths: list[str], model: str, out: str, mode: str, workers: int) -> dict:
+def run(paths: list[str], model: str, out: str, mode: str, workers: int, unit_mb: float) -> dict:
     cmd = [sys.executable, "-c", MEASURE, "books", "--tokenizer", model, "--output", out, "--seq-len", "32768",
-           "--direct-running-mode", mode, "--quiet", "--force"]
+           "--direct-running-mode", mode, "--quiet", "--force", "--work-unit-mb", str(unit_mb)]
     cmd += ["--direct-num-workers", str(workers)] if workers else []
     for p in paths:
         cmd += ["--input", p]
@@ -61,6 +61,8 @@ def main() -> None:
     ap.add_argument("--mode", default="in_memory", choices=["in_memory", "multi_processing"])
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--work", help="keep inputs here between runs (default: a temporary folder)")
+    ap.add_argument("--work-unit-mb", type=float, default=16.0,
+                    help="the job's work-store unit size (peak memory includes one unit; default 16)")
     args = ap.parse_args()
     scales = [int(x) for x in args.scales.split(",")]
     with tempfile.TemporaryDirectory(prefix="lwmkit-scaling-") as tmp:
@@ -69,16 +71,26 @@ def main() -> None:
         paths, _, model = build_corpus(work, max(scales))
         rows = []
         for s in scales:
-            rows.append((s, run(paths[:s], model, os.path.join(work, f"out-{s}"), args.mode, args.workers)))
-    base = rows[0][1]
+            rows.append((s, run(paths[:s], model, os.path.join(work, f"out-{s}"), args.mode, args.workers,
+                                args.work_unit_mb)))
+    # Linear in the input: CPU = start-up + per-token cost, fitted by least squares over every row.
+    xs = [r["tokens"] / 1e6 for _, r in rows]
+    ys = [r["cpu"] for _, r in rows]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / max(sum((x - mx) ** 2 for x in xs), 1e-12)
+    start = my - slope * mx
+    base_rss = rows[0][1]["rss_main"]
     print(f"{os.cpu_count()} CPUs; lwm-pack books, DirectRunner {args.mode}"
-          + (f" with {args.workers} workers" if args.workers else "") + "; seq_len 32768")
-    print("| input | tokens | wall s | CPU s | CPU-s per M tokens | CPU vs linear | peak RSS job MiB | peak RSS workers MiB |")
-    print("|---|---|---|---|---|---|---|---|")
+          + (f" with {args.workers} workers" if args.workers else "")
+          + f"; seq_len 32768; work unit {args.work_unit_mb:g} MiB")
+    print(f"fitted CPU line: {start:.1f} CPU-s start-up + {slope:.2f} CPU-s per M tokens")
+    print("| input | tokens | wall s | CPU s | CPU-s per M tokens | CPU vs fitted line | peak RSS job MiB "
+          "| vs 1x | peak RSS workers MiB |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for s, r in rows:
-        linear = base["cpu"] / base["tokens"] * r["tokens"]
+        fitted = start + slope * r["tokens"] / 1e6
         print(f"| {s}x | {r['tokens']:,} | {r['wall']:.1f} | {r['cpu']:.1f} | {r['cpu'] / r['tokens'] * 1e6:.2f} | "
-              f"{r['cpu'] / linear:.0%} | {r['rss_main']:.0f} | {r['rss_worker']:.0f} |")
+              f"{r['cpu'] / fitted:.0%} | {r['rss_main']:.0f} | {r['rss_main'] / base_rss:.0%} | {r['rss_worker']:.0f} |")
 
 
 if __name__ == "__main__":
