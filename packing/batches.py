@@ -43,7 +43,9 @@ BATCH_FIELDS: dict[str, Any] = {
 }
 
 
-def shift_targets(record: dict[str, Any], vision_offset: int | None = None) -> dict[str, np.ndarray]:
+def shift_targets(
+    record: dict[str, Any], vision_offset: int | None = None
+) -> dict[str, np.ndarray]:
     """The training fields of packed records: inputs plus targets shifted within segments.
 
     Works on one record ([seq] arrays) or a batch ([batch, seq]); the shift is along the last axis.
@@ -81,8 +83,15 @@ def shift_targets(record: dict[str, Any], vision_offset: int | None = None) -> d
     }
 
 
-def _fill_row(out: dict[str, np.ndarray], i: int, rec: dict[str, Any], same: np.ndarray, offset: int | None) -> None:
-    """Row i of a batch from one record; `same` is scratch space of seq-1 bools."""
+def _fill_row(
+    out: dict[str, np.ndarray], i: int, rec: dict[str, Any], scratch: np.ndarray, offset: int | None
+) -> None:
+    """Row i of a batch from one record; `scratch` is [2, seq-1] bools of working space.
+
+    The targets are the next token's fields copied whole, then zeroed where the next token starts
+    another segment or the token is padding: those few positions are found with one scan of the
+    segment ids instead of masking every token (a multiply by a bool mask costs a cast per token).
+    """
     seg = out["tokens_segment_ids"][i]
     seg[...] = rec["tokens_segment_ids"]
     out["tokens_positions"][i] = rec["tokens_positions"]
@@ -90,15 +99,23 @@ def _fill_row(out: dict[str, np.ndarray], i: int, rec: dict[str, Any], same: np.
     tokens[...] = rec["tokens"]
     vision[...] = rec["vision_mask"]
     weights[...] = rec["loss_weights"]
-    np.equal(seg[1:], seg[:-1], out=same)
-    same &= seg[:-1] != 0  # token i+1 continues token i's document
-    targets, target_weights, target_vision = out["targets"][i], out["target_loss_weights"][i], out["target_vision_mask"][i]
-    np.multiply(tokens[1:], same, out=targets[:-1])
-    np.multiply(weights[1:], same, out=target_weights[:-1])
-    np.logical_and(vision[1:], same, out=target_vision[:-1])
+    targets = out["targets"][i]
+    target_weights = out["target_loss_weights"][i]
+    target_vision = out["target_vision_mask"][i]
+    targets[:-1] = tokens[1:]
+    target_weights[:-1] = weights[1:]
+    target_vision[:-1] = vision[1:]
     targets[-1] = 0
     target_weights[-1] = 0
     target_vision[-1] = False
+    stop, padding = scratch[0], scratch[1]
+    np.not_equal(seg[1:], seg[:-1], out=stop)  # token i+1 starts another segment
+    np.equal(seg[:-1], 0, out=padding)
+    stop |= padding
+    ends = np.flatnonzero(stop)  # [k]: the positions that predict nothing
+    targets[ends] = 0
+    target_weights[ends] = 0
+    target_vision[ends] = False
     if offset is not None:
         tokens += vision * np.int32(offset)
         targets += target_vision * np.int32(offset)
@@ -133,7 +150,11 @@ class TrainingBatch:
 
     def __getstate__(self) -> dict[str, Any]:
         # Grain enables shared-memory output before it sends this object to its workers.
-        return {"vision_offset": self.vision_offset, "pool_size": self.pool_size, "shared": self._shared}
+        return {
+            "vision_offset": self.vision_offset,
+            "pool_size": self.pool_size,
+            "shared": self._shared,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["vision_offset"], state["pool_size"])
@@ -164,7 +185,7 @@ class TrainingBatch:
             if r["tokens"].shape != (seq,):
                 raise ValueError(f"a batch mixes sequence lengths {seq} and {r['tokens'].shape[0]}")
         index = np.array([r["dataset_index"] for r in records], dtype=np.int32)
-        same = np.empty(seq - 1, dtype=bool)
+        scratch = np.empty((2, seq - 1), dtype=bool)
         if self._shared:
             from lwmkit.packing.shared_batches import SegmentPool, SharedBatch, layout, views
 
@@ -175,10 +196,10 @@ class TrainingBatch:
             shm = self._segments.take(size)
             bufs = views(shm.buf, fields)
             for i, rec in enumerate(records):
-                _fill_row(bufs, i, rec, same, self.vision_offset)
+                _fill_row(bufs, i, rec, scratch, self.vision_offset)
             del bufs  # no view of the segment may outlive the hand-over
             return SharedBatch(shm.name, size, fields, {"dataset_index": index})
         bufs = self._buffers(len(records), seq)
         for i, rec in enumerate(records):
-            _fill_row(bufs, i, rec, same, self.vision_offset)
+            _fill_row(bufs, i, rec, scratch, self.vision_offset)
         return {**bufs, "dataset_index": index}
