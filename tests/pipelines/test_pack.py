@@ -141,3 +141,21 @@ def test_pack_cli_runs_a_schedule(tmp_path, corpus, bpe_model, capsys):
     assert "seq_len     1024" in capsys.readouterr().out
     m = json.load(open(tmp_path / "st" / "packed-1024" / "manifest.json"))
     assert m["packing"]["loss_policy"] == "per_document"
+
+
+@pytest.mark.slow
+def test_stages_job_multi_processing_matches_in_memory(tmp_path, corpus, bpe_model):
+    import filecmp
+
+    out = _books(tmp_path, corpus, bpe_model, PackOptions())
+    runs = {}
+    for mode in ("in_memory", "multi_processing"):
+        runs[mode] = str(tmp_path / mode)
+        run_stages(StagesOptions(documents=os.path.join(out, "documents"), output=runs[mode], schedule=(256, 1024),
+                                 direct_running_mode=mode, direct_num_workers=2 if mode == "multi_processing" else 0))
+    for seq_len in (256, 1024):
+        a, b = (os.path.join(runs[m], f"packed-{seq_len}") for m in ("in_memory", "multi_processing"))
+        names = sorted(n for n in os.listdir(a) if ".array_record-" in n)
+        assert names and names == sorted(n for n in os.listdir(b) if ".array_record-" in n)
+        _, mismatch, errors = filecmp.cmpfiles(a, b, names, shallow=False)
+        assert mismatch == [] and errors == []

@@ -12,6 +12,7 @@ download cache and must download nothing again.
 
 from __future__ import annotations
 
+import filecmp
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -335,3 +336,24 @@ def test_no_valid_videos(tmp_path, bpe_model):
 def test_options_are_validated(kw, name):
     with pytest.raises(ValueError, match=name):
         VideosOptions(**{**dict(inputs=("a.csv",), output="o", tokenizer="t.model"), **kw})
+
+
+@pytest.mark.slow
+def test_multi_processing_matches_in_memory(built, bpe_model, tmp_path):
+    """Every DoFn of the video job pickles and holds no process-global state: worker processes
+    write the same bytes as the in-memory runner."""
+    corpus, _, _, out = built
+    mp = tmp_path / "mp"
+    with pytest.MonkeyPatch.context() as patch:
+        for k in PROXY_VARS:
+            patch.delenv(k, raising=False)
+        manifest = run_videos(options(corpus, mp, bpe_model, direct_running_mode="multi_processing",
+                                      direct_num_workers=2))
+    assert manifest["runner"] == "DirectRunner (multi_processing)"
+    subs = ["documents", *(f"packed-{n}" for n in SEQ_LENS)]
+    for sub in subs:
+        names = sorted(p.name for p in (out / sub).glob("*.array_record-*"))
+        assert names and names == sorted(p.name for p in (mp / sub).glob("*.array_record-*"))
+        _, mismatch, errors = filecmp.cmpfiles(out / sub, mp / sub, names, shallow=False)
+        assert mismatch == [] and errors == []
+    assert (out / "failures.jsonl").read_text() == (mp / "failures.jsonl").read_text()
