@@ -117,3 +117,43 @@ def test_a_corrupted_remote_shard_is_refused_by_its_checksum(s3, tmp_path, bpe_m
         ShardDataSource(f"s3://{BUCKET}/out2/packed-512", cache_dir=str(tmp_path / "cache"))
     # Nothing that looks complete was left in the cache: the next reader copies again.
     assert not list((tmp_path / "cache").rglob("manifest.json"))
+
+
+def test_the_work_store_on_s3_resumes_retries_and_is_discarded(s3, tmp_path, bpe_model, monkeypatch):
+    """Units and shard receipts live on S3 with the output; a resumed run reads them back there."""
+    from lwmkit.pipelines import books as books_lib
+
+    from .faults import Faulty
+
+    url, client, flags = s3
+    local_in = tmp_path / "in"
+    local_in.mkdir()
+    path = write_jsonl_zst(local_in / "books.jsonl.zst", [record(book(i, 5)) for i in range(1, 6)])
+    client.put_object(Bucket=BUCKET, Key="raw3/books.jsonl.zst", Body=open(path, "rb").read())
+    state = tmp_path / "calls"
+    state.mkdir()
+    real = books_lib.Tokenize
+    fail_on = {("books.jsonl.zst", 2): None}
+    monkeypatch.setattr(books_lib, "Tokenize", lambda tok: Faulty(real(tok), str(state), fail_on=fail_on))
+
+    def run(**kw):
+        return run_books(BooksOptions(
+            inputs=(f"s3://{BUCKET}/raw3/*.jsonl.zst",), output=f"s3://{BUCKET}/out3", tokenizer=bpe_model,
+            seq_lens=(512,), shard_tokens=2048, direct_running_mode="in_memory", beam_args=flags, **kw,
+        ))
+
+    first = run()
+    assert first["failures"]["by_reason"] == {"tokenize:stage_error": 1}
+    assert [k for k in _keys(client, "out3/.work/units/") if k.endswith(".json")]
+    fail_on.clear()
+    for f in state.iterdir():
+        f.unlink()
+    second = run(retry_failures=True, keep_work=False)
+    assert {f.name for f in state.iterdir() if f.name.startswith("attempt-")} == {"attempt-books.jsonl.zst-2"}
+    assert second["retry"] == {"rows": 1, "recovered": 1, "still_failing": 0} and second["documents"] == 5
+    assert _keys(client, "out3/.work/") == []  # --discard-work: nothing of the store is left
+    run_books(BooksOptions(inputs=(path,), output=str(tmp_path / "local"), tokenizer=bpe_model, seq_lens=(512,),
+                           shard_tokens=2048, direct_running_mode="in_memory"))
+    for name in sorted(p.name for p in (tmp_path / "local" / "packed-512").glob("*.array_record-*")):
+        body = client.get_object(Bucket=BUCKET, Key=f"out3/packed-512/{name}")["Body"].read()
+        assert body == (tmp_path / "local" / "packed-512" / name).read_bytes(), name
