@@ -34,10 +34,9 @@ from typing import Any
 import apache_beam as beam
 from lwmkit.packing.records import document_id
 from lwmkit.pipelines import runner as runner_lib
-from lwmkit.pipelines import work_store
 from lwmkit.pipelines.finalize import StageChain
 from lwmkit.pipelines.normalize import normalize_text
-from lwmkit.pipelines.outputs import join, read_output_bytes
+from lwmkit.pipelines.outputs import read_output_bytes
 from lwmkit.pipelines.planning import PackOptions
 from lwmkit.pipelines.readers import input_kind, read_documents
 from lwmkit.pipelines.stages import Dropped, DropRecord, run_stage
@@ -52,6 +51,7 @@ from lwmkit.pipelines.work_store import (
 from lwmkit.pipelines.write_stage import (
     job_record,
     progress_log,
+    require_documents,
     run_job,
     work_identity,
     write_datasets,
@@ -346,12 +346,5 @@ def run_books(options: BooksOptions) -> dict[str, Any]:
         keep_work=options.keep_work,
         rerun=options.retry_failures,
     )
-    if not manifest["documents"]:
-        work_store.clear(options.output)  # nothing in it is worth keeping
-        reasons = ", ".join(f"{k} x{v}" for k, v in manifest["failures"]["by_reason"].items()) or "none"
-        raise NoValidDocumentsError(
-            f"no valid documents in {len(files)} input files ({', '.join(files[:3])}"
-            f"{', ...' if len(files) > 3 else ''}); failures: {reasons}; "
-            f"see {join(options.output, 'failures.jsonl')}"
-        )
+    require_documents(manifest, NoValidDocumentsError, "no valid documents in", files, options.output)
     return manifest

@@ -44,7 +44,6 @@ from typing import Any
 
 import apache_beam as beam
 from lwmkit.pipelines import runner as runner_lib
-from lwmkit.pipelines import work_store
 from lwmkit.pipelines.download import Download, DownloadOptions
 from lwmkit.pipelines.finalize import StageChain
 from lwmkit.pipelines.image_examples import ExampleBuilder, Templates
@@ -61,7 +60,7 @@ from lwmkit.pipelines.image_stages import (
     keep_first,
     load_image_tokenizer,
 )
-from lwmkit.pipelines.outputs import is_local, join, read_output_bytes
+from lwmkit.pipelines.outputs import is_local, read_output_bytes
 from lwmkit.pipelines.planning import PackOptions
 from lwmkit.pipelines.stages import run_stage
 from lwmkit.pipelines.work_store import (
@@ -74,6 +73,7 @@ from lwmkit.pipelines.work_store import (
 from lwmkit.pipelines.write_stage import (
     job_record,
     progress_log,
+    require_documents,
     run_job,
     work_identity,
     write_datasets,
@@ -369,12 +369,5 @@ def run_images(options: ImagesOptions) -> dict[str, Any]:
         keep_work=options.keep_work,
         rerun=options.retry_failures,
     )
-    if not manifest["documents"]:
-        work_store.clear(options.output)
-        reasons = ", ".join(f"{k} x{v}" for k, v in manifest["failures"]["by_reason"].items()) or "none"
-        raise NoValidPairsError(
-            f"no valid image-text pairs in {len(files)} input files ({', '.join(files[:3])}"
-            f"{', ...' if len(files) > 3 else ''}); failures: {reasons}; "
-            f"see {join(options.output, 'failures.jsonl')}"
-        )
+    require_documents(manifest, NoValidPairsError, "no valid image-text pairs in", files, options.output)
     return manifest

@@ -67,7 +67,13 @@ from lwmkit.pipelines.qa_stages import (
     validate,
 )
 from lwmkit.pipelines.stages import run_stage
-from lwmkit.pipelines.write_stage import job_record, progress_log, run_job, write_datasets
+from lwmkit.pipelines.write_stage import (
+    job_record,
+    progress_log,
+    require_documents,
+    run_job,
+    write_datasets,
+)
 from lwmkit.tokenizers.text import SentencePieceTokenizer
 
 STAGES = ("read", "normalize", "filter", "dedup", "chunk", "generate", "validate", "assemble")
@@ -338,10 +344,5 @@ def run_qa(options: QAOptions) -> dict[str, Any]:
         manifest = _add_qa_section(options.output, c.seq_len)
     g = manifest["qa"]["generation"]
     log(f"{g['calls']} generator calls, {g['cache_hits']} cache hits, {g['usage']['total_tokens']} tokens used")
-    if not manifest["documents"]:
-        reasons = ", ".join(f"{k} x{v}" for k, v in manifest["failures"]["by_reason"].items()) or "none"
-        raise NoValidContextsError(
-            f"no QA context assembled from {len(files)} input files ({', '.join(files[:3])}"
-            f"{', ...' if len(files) > 3 else ''}); failures: {reasons}; see {join(options.output, 'failures.jsonl')}"
-        )
+    require_documents(manifest, NoValidContextsError, "no QA context assembled from", files, options.output)
     return manifest

@@ -88,7 +88,7 @@ from lwmkit.pipelines.video_stages import (
     run_decode,
 )
 from lwmkit.pipelines.video_workers import DEFAULT_TASK
-from lwmkit.pipelines.write_stage import progress_log, run_job, write_datasets
+from lwmkit.pipelines.write_stage import progress_log, require_documents, run_job, write_datasets
 
 STAGES = ("read", "text", "dedup", "download", "decode", "frames", "encode", "gather", "example")
 CHAIN = StageChain(
@@ -303,10 +303,5 @@ def run_videos(options: VideosOptions) -> dict[str, Any]:
         log=log,
         pipeline_options=beam_options,
     )
-    if not manifest["documents"]:
-        reasons = ", ".join(f"{k} x{v}" for k, v in manifest["failures"]["by_reason"].items()) or "none"
-        raise NoValidVideosError(
-            f"no valid videos in {len(files)} input lists ({', '.join(files[:3])}{', ...' if len(files) > 3 else ''}); "
-            f"failures: {reasons}; see {join(options.output, 'failures.jsonl')}"
-        )
+    require_documents(manifest, NoValidVideosError, "no valid videos in", files, options.output)
     return manifest

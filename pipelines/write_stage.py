@@ -172,6 +172,23 @@ def _sizes(pattern: str) -> list[tuple[str, int]]:
 PACKING_OPTIONS = ("seq_lens", "shard_tokens", "pack")
 
 
+def require_documents(manifest: dict[str, Any], error: type[Exception], lead: str, files: Sequence[str],
+                      output: str) -> None:
+    """Raises `error` when a job kept no document, naming its inputs and the failure reasons.
+
+    The message reads "<lead> N input files (a, b, c, ...); failures: <stage:reason> xK, ...;
+    see <output>/failures.jsonl". The work store has nothing worth keeping then and is deleted.
+    """
+    if manifest["documents"]:
+        return
+    work_store.clear(output)
+    reasons = ", ".join(f"{k} x{v}" for k, v in manifest["failures"]["by_reason"].items()) or "none"
+    raise error(
+        f"{lead} {len(files)} input files ({', '.join(files[:3])}{', ...' if len(files) > 3 else ''}); "
+        f"failures: {reasons}; see {join(output, 'failures.jsonl')}"
+    )
+
+
 def work_identity(job: dict[str, Any]) -> dict[str, Any]:
     """What the work store's units depend on: the job's inputs, tokenizer, version and options,
     except the packing options (documents do not depend on them, so packing an output again to
