@@ -9,9 +9,9 @@ its bytes, block headers skipped, into a recycled buffer (when it crosses blocks
 
 Why recycle buffers: a fresh 0.5 MB buffer per 32K-token record costs a page fault per 4 KiB
 whenever glibc hands the freed memory back to the OS, which it does in Grain's worker processes
-(measured: 475,000 faults per worker over 450 batches, half the loader's time). `RecordBuffers`
-reuses a buffer only once nothing references it any more (by reference count, as
-`packing/batches.py` does), so a record never changes under whoever holds it.
+(measured: 475,000 faults per worker over 450 batches, and 2 workers at about half the rate they
+reach with recycling). `RecordBuffers` reuses a buffer only once nothing references it any more
+(by reference count, as `packing/batches.py` does), so a record never changes under its holder.
 
 Any file that is a valid ArrayRecord file but laid out otherwise (compressed, several records per
 chunk, transposed chunks, another footer version) is read through Grain's `ArrayRecordDataSource`
@@ -79,8 +79,9 @@ class RecordBuffers:
     """Recycled byte buffers for records that cross a block boundary (see the module docstring).
 
     Thread-safe. A buffer is reused for a record of at least half its size once nothing outside
-    the pool references it; past `max_bytes` or `max_count` the oldest buffers leave the pool
-    (those still in use are freed when their last user lets go).
+    the pool references it, so the pool holds about as many buffers as records were in flight at
+    the busiest moment (a loader's prefetch buffer and batch); past `max_bytes` or `max_count` the
+    oldest buffers leave the pool (those still in use are freed when their last user lets go).
 
     Args:
       max_bytes: the most bytes the pool keeps.

@@ -14,6 +14,7 @@ import pytest
 from lwmkit.packing import make_loader
 from lwmkit.packing.batches import TARGET_FIELDS
 from lwmkit.packing.records import PACKED_TOKEN_FIELDS
+from lwmkit.packing.source import ShardDataSource
 
 from .helpers import write_documents_dir, write_packed_dir
 
@@ -128,3 +129,18 @@ def test_rejects_batch_size_below_one(packed):
     d, _ = packed
     with pytest.raises(ValueError, match="batch_size"):
         make_loader(d, batch_size=0)
+
+
+@pytest.mark.parametrize("worker_count", [0, 2])
+def test_records_that_cross_shard_blocks_arrive_whole(tmp_path, worker_count):
+    # 8K-token records are 139 KB: each crosses 64 KiB block headers, so the mmap reader copies
+    # them into recycled buffers, in Grain's worker processes too.
+    d = str(tmp_path / "packed-8192")
+    records = write_packed_dir(d, [3000, 9000, 500, 12000, 7000, 4000, 8192, 6000], seq_len=8192)
+    assert ShardDataSource(d).reader_modes == {"mmap": 2}
+    loader = make_loader(
+        d, batch_size=2, seed=5, worker_count=worker_count, num_epochs=2, drop_remainder=False
+    )
+    batches = list(loader)
+    order = _order(batches, records)
+    assert sorted(order) == sorted(list(range(len(records))) * 2)
