@@ -114,7 +114,9 @@ class LoaderConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.weights is not None:
             if len(self.weights) != len(self.directories):
-                raise ValueError(f"weights: {len(self.weights)} weights for {len(self.directories)} directories")
+                raise ValueError(
+                    f"weights: {len(self.weights)} weights for {len(self.directories)} directories"
+                )
             if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
                 raise ValueError(f"weights: {self.weights} must be >= 0 and not all 0")
         if self.num_epochs is not None and self.num_epochs < 1:
@@ -158,30 +160,53 @@ def build_dataset(config: LoaderConfig) -> grain.IterDataset:
     shard = _host_shard(config)
     threads = config.read_threads
     if threads is None:
-        longest = max(ShardDataSource(d, config.cache_dir).manifest.get("seq_len") or 0 for d in config.directories)
+        longest = max(
+            ShardDataSource(d, config.cache_dir).manifest.get("seq_len") or 0
+            for d in config.directories
+        )
         threads = 0 if config.online_seq_len is None and longest < 65536 else 4
-    read = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(2 * config.batch_size, 8))
+    read = grain.ReadOptions(
+        num_threads=threads, prefetch_buffer_size=max(2 * config.batch_size, 8)
+    )
     if config.online_seq_len is not None:
         from lwmkit.packing.bins import document_order
         from lwmkit.packing.online import OnlinePackIterDataset, OrderedSource
 
         source = ShardDataSource(config.directories[0], config.cache_dir)
-        order = document_order(len(source), config.seed if config.shuffle else None)[shard[0] :: shard[1]]
-        docs = grain.MapDataset.source(OrderedSource(source, order)).repeat(config.num_epochs).to_iter_dataset(read)
-        ds = OnlinePackIterDataset(docs, config.online_seq_len, window=config.online_window).map(TokenFields(0))
+        order = document_order(len(source), config.seed if config.shuffle else None)[
+            shard[0] :: shard[1]
+        ]
+        docs = (
+            grain.MapDataset.source(OrderedSource(source, order))
+            .repeat(config.num_epochs)
+            .to_iter_dataset(read)
+        )
+        ds = OnlinePackIterDataset(docs, config.online_seq_len, window=config.online_window).map(
+            TokenFields(0)
+        )
     else:
         mixing = len(config.directories) > 1
         parts = [
             _packed_dataset(config, i, shard, None if mixing else config.num_epochs)
             for i in range(len(config.directories))
         ]
-        mixed = grain.MapDataset.mix(parts, list(config.weights or [1.0] * len(parts))) if mixing else parts[0]
+        mixed = (
+            grain.MapDataset.mix(parts, list(config.weights or [1.0] * len(parts)))
+            if mixing
+            else parts[0]
+        )
         ds = mixed.to_iter_dataset(read)
-    ds = ds.batch(config.batch_size, drop_remainder=config.drop_remainder, batch_fn=TrainingBatch(config.vision_offset))
+    ds = ds.batch(
+        config.batch_size,
+        drop_remainder=config.drop_remainder,
+        batch_fn=TrainingBatch(config.vision_offset),
+    )
     if config.worker_count:
         _ensure_absl_flags_parsed()
         ds = ds.mp_prefetch(
-            grain.MultiprocessingOptions(num_workers=config.worker_count, per_worker_buffer_size=config.worker_buffer_size)
+            grain.MultiprocessingOptions(
+                num_workers=config.worker_count, per_worker_buffer_size=config.worker_buffer_size
+            )
         ).map(OpenSharedBatch())
     return ds
 

@@ -43,7 +43,9 @@ class SharedBatch:
     extras: dict[str, Any]  # small arrays that travel by value (e.g. dataset_index)
 
 
-def layout(fields: dict[str, tuple[Any, tuple[int, ...]]]) -> tuple[tuple[tuple[str, str, tuple[int, ...], int], ...], int]:
+def layout(
+    fields: dict[str, tuple[Any, tuple[int, ...]]],
+) -> tuple[tuple[tuple[str, str, tuple[int, ...], int], ...], int]:
     """Offsets of each field in a segment; returns (fields with offsets, segment size)."""
     out, offset = [], _HEADER
     for name, (dtype, shape) in fields.items():
@@ -138,7 +140,8 @@ class OpenSharedBatch:
         if not isinstance(element, SharedBatch):
             return element
         m = self._map(element.name, element.size)
-        base = np.ndarray((element.size,), dtype=np.uint8, buffer=m)  # every view below keeps it alive
+        # Every view below keeps `base` alive.
+        base = np.ndarray((element.size,), dtype=np.uint8, buffer=m)
         out = views(base, element.fields)
         flag = np.ndarray((1,), dtype=np.uint8, buffer=m)  # refers to the mapping, not to `base`
         weakref.finalize(base, _release, flag)  # last view gone: the worker may reuse the segment

@@ -78,7 +78,8 @@ def test_targets_never_cross_a_segment_boundary(packed):
         assert np.all(batch["target_loss_weights"][~same] == 0)
         assert np.array_equal(batch["targets"][:, :-1][same[:, :-1]], tok[:, 1:][same[:, :-1]])
         np.testing.assert_array_equal(
-            batch["target_loss_weights"][:, :-1][same[:, :-1]], batch["loss_weights"][:, 1:][same[:, :-1]]
+            batch["target_loss_weights"][:, :-1][same[:, :-1]],
+            batch["loss_weights"][:, 1:][same[:, :-1]],
         )
 
 
@@ -101,11 +102,15 @@ def test_shift_targets_docstring_example_and_single_vocabulary():
 def test_online_path_gives_the_online_packers_records(tmp_path):
     d = str(tmp_path / "docs")
     write_documents_dir(d, LENGTHS)
-    batches = list(make_loader(d, 2, online_seq_len=48, online_window=5, seed=3, drop_remainder=False))
+    batches = list(
+        make_loader(d, 2, online_seq_len=48, online_window=5, seed=3, drop_remainder=False)
+    )
     records = list(online_packed_dataset(d, 48, window=5, seed=3))
     rows = [row for b in batches for row in b["tokens"]]
     assert len(rows) == len(records)
-    assert all(np.array_equal(r, np.asarray(x["tokens"])) for r, x in zip(rows, records, strict=True))
+    assert all(
+        np.array_equal(r, np.asarray(x["tokens"])) for r, x in zip(rows, records, strict=True)
+    )
 
 
 @pytest.mark.parametrize(
@@ -130,7 +135,9 @@ def test_global_arrays_are_sharded_over_data_and_sequence_axes(packed):
 
     devices = np.array(jax.devices()[:8]).reshape(2, 1, 1, 4)
     if devices.size < 8:
-        pytest.skip("needs 8 devices (tests/conftest.py sets 8 virtual CPU devices before JAX starts)")
+        pytest.skip(
+            "needs 8 devices (tests/conftest.py sets 8 virtual CPU devices before JAX starts)"
+        )
     mesh = Mesh(devices, ("dp", "fsdp", "tp", "sp"))
     batch = next(make_loader(packed, 4, seed=0))
     arrays = to_global_arrays(batch, mesh)
@@ -152,7 +159,11 @@ def test_soak_memory_and_shared_memory_stay_flat(packed):
     def usage() -> tuple[int, int]:
         me = psutil.Process()
         rss = me.memory_info().rss + sum(c.memory_info().rss for c in me.children(recursive=True))
-        shm = sum(e.stat().st_size for e in os.scandir("/dev/shm") if e.is_file()) if os.path.isdir("/dev/shm") else 0
+        shm = (
+            sum(e.stat().st_size for e in os.scandir("/dev/shm") if e.is_file())
+            if os.path.isdir("/dev/shm")
+            else 0
+        )
         return rss, shm
 
     it = make_loader(packed, 4, seed=0, num_epochs=None, worker_count=2)
