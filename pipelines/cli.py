@@ -11,7 +11,9 @@
     lwm-pack qa --input 'books/*.jsonl.zst' --tokenizer tokenizer.model --output qa/ [--generator openai --base-url URL --model M]
     lwm-pack videos --input 'webvid/*.csv' --tokenizer tokenizer.model --vqgan vqgan.safetensors --output out/
 
-Options `lwm-pack books` does not know are passed to Beam (e.g. Dataflow's `--project`).
+Options `lwm-pack books` does not know are passed to Beam (e.g. Dataflow's `--project`). With
+Beam's `--dry_run=True` and `--runner DataflowRunner`, `books`, `images`, `videos` and `qa` build and
+check the Dataflow job without submitting it (see `dataflow.py`).
 """
 
 from __future__ import annotations
@@ -193,23 +195,25 @@ def _stages(args, beam_args: list[str]) -> None:
 
 def _books(args, beam_args: list[str]) -> None:
     from lwmkit.pipelines.books import BooksOptions, run_books
+    from lwmkit.pipelines.dataflow import dry_run_instead
 
-    manifest = run_books(
-        BooksOptions(
-            inputs=_inputs(args.input),
-            output=args.output,
-            tokenizer=args.tokenizer,
-            seq_lens=args.seq_len,
-            text_key=args.text_key,
-            min_chars=args.min_chars,
-            max_chars=args.max_chars,
-            pack=_pack_options(args),
-            retry_failures=args.retry_failures,
-            keep_work=not args.discard_work,
-            unit_bytes=max(1, int(args.work_unit_mb * (1 << 20))),
-            **_run_options(args, beam_args),
-        )
+    options = BooksOptions(
+        inputs=_inputs(args.input),
+        output=args.output,
+        tokenizer=args.tokenizer,
+        seq_lens=args.seq_len,
+        text_key=args.text_key,
+        min_chars=args.min_chars,
+        max_chars=args.max_chars,
+        pack=_pack_options(args),
+        retry_failures=args.retry_failures,
+        keep_work=not args.discard_work,
+        unit_bytes=max(1, int(args.work_unit_mb * (1 << 20))),
+        **_run_options(args, beam_args),
     )
+    if dry_run_instead(options):
+        return
+    manifest = run_books(options)
     summary = ", ".join(f"{k}: {v['records']} records" for k, v in manifest["datasets"].items())
     print(f"{manifest['documents']} documents -> {summary}; {manifest['failures']['total']} failures")
     if "retry" in manifest:
@@ -262,6 +266,7 @@ def _images_parser(sub) -> None:
 
 
 def _images(args, beam_args: list[str]) -> None:
+    from lwmkit.pipelines.dataflow import dry_run_instead
     from lwmkit.pipelines.download import DownloadOptions
     from lwmkit.pipelines.image_examples import Templates
     from lwmkit.pipelines.image_sources import SourceOptions
@@ -269,38 +274,39 @@ def _images(args, beam_args: list[str]) -> None:
     from lwmkit.tokenizers.vision import ImageOptions
 
     preset = Templates.preset(args.templates)
-    manifest = run_images(
-        ImagesOptions(
-            inputs=_inputs(args.input),
-            output=args.output,
-            tokenizer=args.tokenizer,
-            vqgan=args.vqgan,
-            vqgan_preset=args.vqgan_preset,
-            vqgan_seed=args.vqgan_seed,
-            vqgan_dtype=args.vqgan_dtype,
-            seq_lens=args.seq_len,
-            generation_fraction=args.generation_fraction,
-            seed=args.seed,
-            templates=Templates(
-                args.understanding_template or preset.understanding, args.generation_template or preset.generation
-            ),
-            sources=SourceOptions(args.image_column, args.caption_column, args.url_column, args.max_image_bytes),
-            images=ImageOptions(args.small_images, args.max_pixels, args.animated, args.min_side),
-            download=DownloadOptions(
-                timeout_s=args.download_timeout,
-                total_timeout_s=max(60.0, args.download_timeout),
-                retries=args.download_retries,
-                backoff_s=args.download_backoff,
-                max_bytes=args.max_image_bytes,
-                allow_file=args.allow_file_urls,
-                allow_private=args.allow_private_addresses,
-                allowed_hosts=tuple(args.allow_host),
-            ),
-            batch_size=args.batch_size,
-            pack=_pack_options(args),
-            **_run_options(args, beam_args),
-        )
+    options = ImagesOptions(
+        inputs=_inputs(args.input),
+        output=args.output,
+        tokenizer=args.tokenizer,
+        vqgan=args.vqgan,
+        vqgan_preset=args.vqgan_preset,
+        vqgan_seed=args.vqgan_seed,
+        vqgan_dtype=args.vqgan_dtype,
+        seq_lens=args.seq_len,
+        generation_fraction=args.generation_fraction,
+        seed=args.seed,
+        templates=Templates(
+            args.understanding_template or preset.understanding, args.generation_template or preset.generation
+        ),
+        sources=SourceOptions(args.image_column, args.caption_column, args.url_column, args.max_image_bytes),
+        images=ImageOptions(args.small_images, args.max_pixels, args.animated, args.min_side),
+        download=DownloadOptions(
+            timeout_s=args.download_timeout,
+            total_timeout_s=max(60.0, args.download_timeout),
+            retries=args.download_retries,
+            backoff_s=args.download_backoff,
+            max_bytes=args.max_image_bytes,
+            allow_file=args.allow_file_urls,
+            allow_private=args.allow_private_addresses,
+            allowed_hosts=tuple(args.allow_host),
+        ),
+        batch_size=args.batch_size,
+        pack=_pack_options(args),
+        **_run_options(args, beam_args),
     )
+    if dry_run_instead(options):
+        return
+    manifest = run_images(options)
     summary = ", ".join(f"{k}: {v['records']} records" for k, v in manifest["datasets"].items())
     print(f"{manifest['documents']} image-text examples -> {summary}; {manifest['failures']['total']} failures")
 
@@ -331,6 +337,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(argv)
     if unknown and args.command not in ("books", "pack", "images", "qa", "videos"):
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.command == "pack" and any(a.startswith("--dry_run") for a in unknown):
+        parser.error("--dry_run: `lwm-pack pack` has no dry run (books, images, videos and qa have)")
     try:
         if args.command == "demo":
             from lwmkit.pipelines.demo import run_demo

@@ -122,7 +122,11 @@ def _generator(args):
 
 
 def run_qa_command(args: argparse.Namespace, run_options: dict[str, Any], pack) -> None:
-    """Builds `QAOptions` from parsed arguments, runs the job and prints a summary line."""
+    """Builds `QAOptions` from parsed arguments, runs the job and prints a summary line.
+
+    With Beam's `--dry_run=True` it builds and checks the Dataflow job instead (`dataflow.py`).
+    """
+    from lwmkit.pipelines.dataflow import dry_run_instead
     from lwmkit.pipelines.qa import QAOptions, run_qa
     from lwmkit.pipelines.qa_assembly import ContextOptions
 
@@ -136,24 +140,25 @@ def run_qa_command(args: argparse.Namespace, run_options: dict[str, Any], pack) 
         if value is not None:
             overrides[key] = value
     inputs = tuple(p for v in args.input or () for p in v.split(",") if p)
-    manifest = run_qa(
-        QAOptions(
-            inputs=inputs,
-            documents=args.documents,
-            output=args.output,
-            tokenizer=args.tokenizer,
-            generator=_generator(args),
-            context=ContextOptions.preset(args.preset, **overrides),
-            max_attempts=args.max_attempts,
-            cache_dir=args.cache_dir,
-            books_per_batch=args.books_per_batch,
-            text_key=args.text_key,
-            min_chars=args.min_chars,
-            max_chars=args.max_chars,
-            pack=pack,
-            **run_options,
-        )
+    options = QAOptions(
+        inputs=inputs,
+        documents=args.documents,
+        output=args.output,
+        tokenizer=args.tokenizer,
+        generator=_generator(args),
+        context=ContextOptions.preset(args.preset, **overrides),
+        max_attempts=args.max_attempts,
+        cache_dir=args.cache_dir,
+        books_per_batch=args.books_per_batch,
+        text_key=args.text_key,
+        min_chars=args.min_chars,
+        max_chars=args.max_chars,
+        pack=pack,
+        **run_options,
     )
+    if dry_run_instead(options):
+        return
+    manifest = run_qa(options)
     qa = manifest["qa"]
     g, ctx = qa["generation"], qa["contexts"]
     print(

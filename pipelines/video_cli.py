@@ -73,7 +73,11 @@ def add_videos_parser(sub, run_arguments: Callable, pack_arguments: Callable, in
 
 
 def run_videos_command(args: argparse.Namespace, run_options: dict[str, Any], pack) -> None:
-    """Builds `VideosOptions` from parsed arguments, runs the job and prints a summary line."""
+    """Builds `VideosOptions` from parsed arguments, runs the job and prints a summary line.
+
+    With Beam's `--dry_run=True` it builds and checks the Dataflow job instead (`dataflow.py`).
+    """
+    from lwmkit.pipelines.dataflow import dry_run_instead
     from lwmkit.pipelines.video_download import VideoDownloadOptions
     from lwmkit.pipelines.video_examples import VideoTemplates
     from lwmkit.pipelines.video_frames import DecodeOptions, FrameSampling
@@ -105,27 +109,28 @@ def run_videos_command(args: argparse.Namespace, run_options: dict[str, Any], pa
         time_ranges=args.time_ranges,
     )
     inputs = tuple(p for x in args.input for p in x.split(",") if p)
-    manifest = run_videos(
-        VideosOptions(
-            inputs=inputs,
-            output=args.output,
-            tokenizer=args.tokenizer,
-            vqgan=args.vqgan,
-            vqgan_preset=args.vqgan_preset,
-            vqgan_seed=args.vqgan_seed,
-            vqgan_dtype=args.vqgan_dtype,
-            seq_lens=args.seq_len,
-            generation_fraction=args.generation_fraction,
-            seed=args.seed,
-            templates=VideoTemplates.preset(args.templates),
-            sources=VideoSourceOptions(args.url_column, args.path_column, args.caption_column, args.allow_file_urls),
-            download=download,
-            decode=decode,
-            batch_size=args.batch_size,
-            pack=pack,
-            **run_options,
-        )
+    options = VideosOptions(
+        inputs=inputs,
+        output=args.output,
+        tokenizer=args.tokenizer,
+        vqgan=args.vqgan,
+        vqgan_preset=args.vqgan_preset,
+        vqgan_seed=args.vqgan_seed,
+        vqgan_dtype=args.vqgan_dtype,
+        seq_lens=args.seq_len,
+        generation_fraction=args.generation_fraction,
+        seed=args.seed,
+        templates=VideoTemplates.preset(args.templates),
+        sources=VideoSourceOptions(args.url_column, args.path_column, args.caption_column, args.allow_file_urls),
+        download=download,
+        decode=decode,
+        batch_size=args.batch_size,
+        pack=pack,
+        **run_options,
     )
+    if dry_run_instead(options):
+        return
+    manifest = run_videos(options)
     summary = ", ".join(f"{k}: {v['records']} records" for k, v in manifest["datasets"].items())
     frames = manifest["stages"]["frames"]["kept"]
     print(f"{manifest['documents']} video examples ({frames} frames) -> {summary}; "
