@@ -61,12 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     books.add_argument("--text-key", default="text", help="JSON key / parquet column of the text")
     books.add_argument("--min-chars", type=int, default=1)
     books.add_argument("--max-chars", type=int, default=None)
-    books.add_argument("--retry-failures", action="store_true",
-                       help="run again over a finished output: process only the rows of its failures.jsonl and "
-                            "merge them with the documents it kept (from the work store, <output>/.work)")
-    books.add_argument("--discard-work", action="store_true",
-                       help="delete the work store (the tokenized documents in <output>/.work) after success; "
-                            "--retry-failures and other --seq-len values then tokenize everything again")
+    _work_arguments(books)
     books.add_argument("--work-unit-mb", type=float, default=64.0,
                        help="size of a work-store unit in MiB (memory per worker grows with it; default 64)")
     _run_arguments(books)
@@ -121,6 +116,22 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--output", required=True, help="the .jsonl file to write")
     exp.add_argument("--tokenizer", help="tokenizer to decode text with (default: the one in the manifest)")
     return parser
+
+
+def _work_arguments(parser: argparse.ArgumentParser) -> None:
+    """--retry-failures and --discard-work: jobs that resume from their work store (<output>/.work)."""
+    parser.add_argument("--retry-failures", action="store_true",
+                        help="run again over a finished output: process only the rows of its failures.jsonl and "
+                             "merge them with what it kept (from the work store, <output>/.work)")
+    parser.add_argument("--discard-work", action="store_true",
+                        help="delete the work store (<output>/.work) after success; --retry-failures and other "
+                             "--seq-len values then process everything again")
+
+
+def _print_retry(manifest: dict) -> None:
+    if "retry" in manifest:
+        r = manifest["retry"]
+        print(f"retried {r['rows']} failed rows: {r['recovered']} recovered, {r['still_failing']} still failing")
 
 
 def _pack_arguments(parser: argparse.ArgumentParser) -> None:
@@ -216,9 +227,7 @@ def _books(args, beam_args: list[str]) -> None:
     manifest = run_books(options)
     summary = ", ".join(f"{k}: {v['records']} records" for k, v in manifest["datasets"].items())
     print(f"{manifest['documents']} documents -> {summary}; {manifest['failures']['total']} failures")
-    if "retry" in manifest:
-        r = manifest["retry"]
-        print(f"retried {r['rows']} failed rows: {r['recovered']} recovered, {r['still_failing']} still failing")
+    _print_retry(manifest)
 
 
 def _images_parser(sub) -> None:
@@ -262,6 +271,7 @@ def _images_parser(sub) -> None:
     s.add_argument("--allow-private-addresses", action="store_true",
                    help="fetch from any private, loopback or link-local address")
     _run_arguments(im)
+    _work_arguments(im)
     _pack_arguments(im)
 
 
@@ -302,6 +312,8 @@ def _images(args, beam_args: list[str]) -> None:
         ),
         batch_size=args.batch_size,
         pack=_pack_options(args),
+        retry_failures=args.retry_failures,
+        keep_work=not args.discard_work,
         **_run_options(args, beam_args),
     )
     if dry_run_instead(options):
@@ -309,6 +321,7 @@ def _images(args, beam_args: list[str]) -> None:
     manifest = run_images(options)
     summary = ", ".join(f"{k}: {v['records']} records" for k, v in manifest["datasets"].items())
     print(f"{manifest['documents']} image-text examples -> {summary}; {manifest['failures']['total']} failures")
+    _print_retry(manifest)
 
 
 def _train_tokenizer(args) -> None:
