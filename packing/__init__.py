@@ -21,6 +21,7 @@ from lwmkit.packing.records import (
     encode_packed,
     tfds_features_json,
 )
+from lwmkit.packing.shard_reader import ShardFile, ShardFileError, ShardReader
 from lwmkit.packing.shards import ShardInfo, read_shard, shard_name, write_shard
 from lwmkit.packing.source import ShardDataSource
 
@@ -35,7 +36,10 @@ __all__ = [
     "RecordError",
     "Segment",
     "ShardDataSource",
+    "ShardFile",
+    "ShardFileError",
     "ShardInfo",
+    "ShardReader",
     "TrainingBatch",
     "assemble_packed",
     "best_fit_decreasing",
