@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     add_qa_parser(sub, _run_arguments, _pack_arguments)
     from lwmkit.pipelines.video_cli import add_videos_parser
 
-    add_videos_parser(sub, _run_arguments, _pack_arguments, _int_list)
+    add_videos_parser(sub, _job_arguments, _pack_arguments, _int_list)
 
     pack = sub.add_parser(
         "pack",
@@ -128,10 +128,21 @@ def _work_arguments(parser: argparse.ArgumentParser) -> None:
                              "--seq-len values then process everything again")
 
 
+def _work_options(args) -> dict:
+    return {"retry_failures": args.retry_failures, "keep_work": not args.discard_work}
+
+
+def _job_arguments(parser: argparse.ArgumentParser) -> None:
+    """`_run_arguments` and `_work_arguments`: a job that resumes from its work store."""
+    _run_arguments(parser)
+    _work_arguments(parser)
+
+
 def _print_retry(manifest: dict) -> None:
-    if "retry" in manifest:
-        r = manifest["retry"]
-        print(f"retried {r['rows']} failed rows: {r['recovered']} recovered, {r['still_failing']} still failing")
+    from lwmkit.pipelines.work_store import retry_summary
+
+    if line := retry_summary(manifest):
+        print(line)
 
 
 def _pack_arguments(parser: argparse.ArgumentParser) -> None:
@@ -270,8 +281,7 @@ def _images_parser(sub) -> None:
                    help="fetch from this host or IP even if it is private/loopback (repeatable)")
     s.add_argument("--allow-private-addresses", action="store_true",
                    help="fetch from any private, loopback or link-local address")
-    _run_arguments(im)
-    _work_arguments(im)
+    _job_arguments(im)
     _pack_arguments(im)
 
 
@@ -312,8 +322,7 @@ def _images(args, beam_args: list[str]) -> None:
         ),
         batch_size=args.batch_size,
         pack=_pack_options(args),
-        retry_failures=args.retry_failures,
-        keep_work=not args.discard_work,
+        **_work_options(args),
         **_run_options(args, beam_args),
     )
     if dry_run_instead(options):
@@ -363,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "videos":
             from lwmkit.pipelines.video_cli import run_videos_command
 
-            run_videos_command(args, _run_options(args, unknown), _pack_options(args))
+            run_videos_command(args, {**_run_options(args, unknown), **_work_options(args)}, _pack_options(args))
         elif args.command == "qa":
             from lwmkit.pipelines.qa_cli import run_qa_command
 

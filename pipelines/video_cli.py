@@ -83,6 +83,7 @@ def run_videos_command(args: argparse.Namespace, run_options: dict[str, Any], pa
     from lwmkit.pipelines.video_frames import DecodeOptions, FrameSampling
     from lwmkit.pipelines.video_sources import VideoSourceOptions
     from lwmkit.pipelines.video_text import VideosOptions, run_videos
+    from lwmkit.pipelines.work_store import retry_summary
 
     decode = DecodeOptions(
         sampling=FrameSampling(args.sampling, args.num_frames, args.fps, args.max_frames),
@@ -135,3 +136,5 @@ def run_videos_command(args: argparse.Namespace, run_options: dict[str, Any], pa
     frames = manifest["stages"]["frames"]["kept"]
     print(f"{manifest['documents']} video examples ({frames} frames) -> {summary}; "
           f"{manifest['failures']['total']} failures")
+    if line := retry_summary(manifest):
+        print(line)

@@ -50,6 +50,7 @@ Run it:
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -88,7 +89,20 @@ from lwmkit.pipelines.video_stages import (
     run_decode,
 )
 from lwmkit.pipelines.video_workers import DEFAULT_TASK
-from lwmkit.pipelines.write_stage import progress_log, require_documents, run_job, write_datasets
+from lwmkit.pipelines.work_store import (
+    SpillDoFn,
+    previous_failures,
+    receipt_paths,
+    skip_stored,
+    stored_documents,
+)
+from lwmkit.pipelines.write_stage import (
+    progress_log,
+    require_documents,
+    run_job,
+    work_identity,
+    write_datasets,
+)
 
 STAGES = ("read", "text", "dedup", "download", "decode", "frames", "encode", "gather", "example")
 CHAIN = StageChain(
@@ -158,6 +172,8 @@ class VideosOptions:
     progress: bool = False
     beam_args: tuple[str, ...] = field(default=())
     force: bool = False
+    retry_failures: bool = False
+    keep_work: bool = True
     decode_task: str = DEFAULT_TASK
     decode_python_path: tuple[str, ...] = ()
 
@@ -191,7 +207,7 @@ class VideosOptions:
         """The options as the manifest records them (everything that shapes the output)."""
         d = dataclasses.asdict(self)
         for k in ("output", "progress", "force", "direct_num_workers", "direct_running_mode", "runner", "beam_args",
-                  "decode_task", "decode_python_path"):
+                  "decode_task", "decode_python_path", "retry_failures", "keep_work"):
             d.pop(k)
         d["inputs"] = list(self.inputs)
         d["seq_lens"] = list(self.seq_lens)
@@ -221,8 +237,23 @@ def match_inputs(patterns: Sequence[str]) -> list[str]:
     return sorted(files)
 
 
-def build_pipeline(p: beam.Pipeline, options: VideosOptions, files: list[str], tokenizer, vqgan_sha256: str, job: dict):
-    """Adds the video job's stages to pipeline `p`."""
+def frames_of(ref: dict) -> dict[str, int]:
+    """How often a stored video counts in the stages that count frames (for resumed counts)."""
+    frames = int(json.loads(ref["meta"])["frames"])
+    return {"frames": frames, "encode": frames}
+
+
+def build_pipeline(
+    p: beam.Pipeline,
+    options: VideosOptions,
+    files: list[str],
+    tokenizer,
+    vqgan_sha256: str,
+    job: dict,
+    receipts: Sequence[str] = (),
+    retried: Sequence[dict] | None = None,
+):
+    """Adds the video job's stages to pipeline `p`; videos already in the work store are skipped."""
     progress = options.progress
     failures, counts = [], []
 
@@ -232,8 +263,11 @@ def build_pipeline(p: beam.Pipeline, options: VideosOptions, files: list[str], t
         counts.append(c)
         return out
 
+    stored, done = stored_documents(p, receipts, frames_of)
     paths = p | "inputs" >> beam.Create(files) | "spread files" >> beam.Reshuffle()
     videos = stage(paths, "read", ReadVideos(options.sources))
+    videos, skipped = skip_stored(videos, done, STAGES[1:])
+    counts.append(skipped)
     videos = videos | "spread videos" >> beam.Reshuffle()
     videos = stage(videos, "text", check_text)
     keyed = videos | "key by content" >> beam.Map(lambda v: (content_id(v), v))
@@ -257,9 +291,11 @@ def build_pipeline(p: beam.Pipeline, options: VideosOptions, files: list[str], t
     builder = VideoExampleBuilder(tokenizer, options.templates)
     dtype = token_dtype(tokenizer.vocab_size)
     examples = stage(videos, "example", MakeVideoExample(builder, options.seed, options.generation_fraction, dtype))
+    spilled = examples | "spill" >> beam.ParDo(SpillDoFn(options.output))
+    refs = (spilled, stored) | "new and stored" >> beam.Flatten()
     return write_datasets(
         p,
-        examples,
+        refs,
         failures,
         counts,
         output=options.output,
@@ -268,6 +304,8 @@ def build_pipeline(p: beam.Pipeline, options: VideosOptions, files: list[str], t
         pack=options.pack,
         job=job,
         chain=CHAIN,
+        spilled=True,
+        retried=retried,
     )
 
 
@@ -295,13 +333,20 @@ def run_videos(options: VideosOptions) -> dict[str, Any]:
     job, vqgan_sha256 = vqgan_job(options, files, tokenizer)
     log(f"{len(files)} video lists; tokenizer {tokenizer.name} ({tokenizer.vocab_size} pieces); "
         f"VQGAN {options.vqgan or 'random ' + options.vqgan_preset}; downloads in {options.work_dir}")
+    retried = previous_failures(options.output) if options.retry_failures else None
+    if retried is not None:
+        log(f"retrying {len(retried)} failed videos of the previous run; its examples come from the work store")
     manifest = run_job(
-        lambda p: build_pipeline(p, options, files, tokenizer, vqgan_sha256, job),
+        lambda p: build_pipeline(p, options, files, tokenizer, vqgan_sha256, job, receipt_paths(options.output),
+                                 retried),
         output=options.output,
         job=job,
         force=options.force,
         log=log,
         pipeline_options=beam_options,
+        identity=work_identity(job),
+        keep_work=options.keep_work,
+        rerun=options.retry_failures,
     )
     require_documents(manifest, NoValidVideosError, "no valid videos in", files, options.output)
     return manifest

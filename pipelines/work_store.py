@@ -33,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -179,8 +179,10 @@ class SkipDone(beam.DoFn):
     """Passes on source records whose document is not in the work store yet.
 
     A record that is already there (from an interrupted run, or a finished one being retried)
-    is not processed again; it is counted as kept by every stage it skips (`stages`), so the
-    job's counts equal an uninterrupted run's. Records are dicts with `file` and `line`.
+    is not processed again; it is counted as kept by every stage it skips (`stages`: once each,
+    or as often as the stored record says, e.g. its frames), so the job's counts equal an
+    uninterrupted run's. Records are dicts with `file` and `line`; the side input `done` holds
+    `((file, line), {stage: count})` per stored record.
     """
 
     def __init__(self, stages: tuple[str, ...]):
@@ -188,25 +190,26 @@ class SkipDone(beam.DoFn):
 
     def setup(self):
         self._done_id = None
-        self._done: set = set()
+        self._done: dict = {}
 
     def start_bundle(self):
-        self._skipped = 0
+        self._skipped = dict.fromkeys(self.stages, 0)
 
-    def process(self, doc: dict, done: list):
+    def process(self, record: dict, done: list):
         if self._done_id != id(done):
-            self._done = set(done)
+            self._done = {tuple(where): counts for where, counts in done}
             self._done_id = id(done)
-        if (doc["file"], doc["line"]) in self._done:
-            self._skipped += 1
+        counts = self._done.get((record["file"], record["line"]))
+        if counts is None:
+            yield record
             return
-        yield doc
+        for stage in self.stages:
+            self._skipped[stage] += counts.get(stage, 1)
 
     def finish_bundle(self):
-        if self._skipped:
-            for stage in self.stages:
-                counts = (stage, (self._skipped, self._skipped, 0))
-                yield beam.pvalue.TaggedOutput(COUNTS, WindowedValue(counts, MIN_TIMESTAMP, [GlobalWindow()]))
+        for stage, n in self._skipped.items():
+            if n:
+                yield beam.pvalue.TaggedOutput(COUNTS, WindowedValue((stage, (n, n, 0)), MIN_TIMESTAMP, [GlobalWindow()]))
 
 
 def _one_per_record(item: tuple[tuple[str, int], Iterable[tuple[int, dict]]]) -> tuple[int, dict]:
@@ -215,10 +218,12 @@ def _one_per_record(item: tuple[tuple[str, int], Iterable[tuple[int, dict]]]) ->
     return min(refs, key=lambda r: (r[1]["at"][0], r[1]["at"][1]))
 
 
-def stored_documents(p: beam.Pipeline, receipts: Sequence[str]):
+def stored_documents(p: beam.Pipeline, receipts: Sequence[str], weigh: Callable[[dict], dict] | None = None):
     """(references, done records) of the documents already in the store, as PCollections.
 
-    References are `(doc_id, ref)`, one per source record; done records are `(file, line)`.
+    References are `(doc_id, ref)`, one per source record; done records are
+    `((file, line), {stage: count})`, the counts from `weigh(ref)` for stages that count a stored
+    record more than once (none by default).
     """
     stored = (
         p
@@ -228,7 +233,12 @@ def stored_documents(p: beam.Pipeline, receipts: Sequence[str]):
         | "group stored by record" >> beam.GroupByKey()
         | "one per record" >> beam.Map(_one_per_record)
     )
-    return stored, stored | "stored records" >> beam.Map(lambda r: (r[1]["file"], r[1]["line"]))
+    return stored, stored | "stored records" >> beam.Map(_done_entry, weigh)
+
+
+def _done_entry(item: tuple[int, dict], weigh: Callable[[dict], dict] | None) -> tuple[tuple[str, int], dict]:
+    ref = item[1]
+    return (ref["file"], ref["line"]), (weigh(ref) if weigh else {})
 
 
 def skip_stored(records, done, stages: tuple[str, ...]):
@@ -254,6 +264,14 @@ def previous_failures(output: str) -> list[dict[str, Any]]:
     rows = [json.loads(line) for line in raw.decode("utf-8").splitlines() if line.strip()]
     return [r for r in rows if not r["stage"].startswith("pack-")]
 
+
+
+def retry_summary(manifest: dict[str, Any]) -> str | None:
+    """The line a command prints after --retry-failures, from the job manifest's `retry` entry."""
+    r = manifest.get("retry")
+    if r is None:
+        return None
+    return f"retried {r['rows']} failed rows: {r['recovered']} recovered, {r['still_failing']} still failing"
 
 
 # --- reading units back -----------------------------------------------------------------------
