@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +68,7 @@ from lwmkit.pipelines.qa_stages import (
     validate,
 )
 from lwmkit.pipelines.stages import run_stage
+from lwmkit.pipelines.work_store import previous_failures
 from lwmkit.pipelines.write_stage import (
     job_record,
     progress_log,
@@ -149,6 +151,7 @@ class QAOptions:
     progress: bool = False
     beam_args: tuple[str, ...] = field(default=())
     force: bool = False
+    retry_failures: bool = False
 
     def __post_init__(self):
         if bool(self.inputs) == bool(self.documents):
@@ -225,7 +228,15 @@ def _document_shards(directory: str, tokenizer: SentencePieceTokenizer) -> list[
     return [join(directory, s["file"]) for s in source["shards"]]
 
 
-def build_pipeline(p: beam.Pipeline, options: QAOptions, files: list[str], tokenizer, generator, job: dict):
+def build_pipeline(
+    p: beam.Pipeline,
+    options: QAOptions,
+    files: list[str],
+    tokenizer,
+    generator,
+    job: dict,
+    retried: Sequence[dict] | None = None,
+):
     """Adds the QA job's stages to pipeline `p`."""
     progress = options.progress
     failures, counts = [], []
@@ -274,6 +285,7 @@ def build_pipeline(p: beam.Pipeline, options: QAOptions, files: list[str], token
         pack=options.pack,
         job=job,
         chain=CHAIN,
+        retried=retried,
     )
 
 
@@ -332,13 +344,17 @@ def run_qa(options: QAOptions) -> dict[str, Any]:
         f"reply cache {options.cache_directory}; runner {job['runner']}"
     )
     force = options.force or _has_qa_section(options.output) is False  # a run that stopped before its last step
+    # A retry runs the whole job again: the reply cache answers every request that succeeded
+    # before, so only the failed chunks cost generator calls.
+    retried = previous_failures(options.output) if options.retry_failures else None
     manifest = run_job(
-        lambda p: build_pipeline(p, options, files, tokenizer, generator, job),
+        lambda p: build_pipeline(p, options, files, tokenizer, generator, job, retried),
         output=options.output,
         job=job,
         force=force,
         log=log,
         pipeline_options=beam_options,
+        rerun=options.retry_failures,
     )
     if "qa" not in manifest:
         manifest = _add_qa_section(options.output, c.seq_len)

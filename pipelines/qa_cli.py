@@ -77,6 +77,9 @@ def add_qa_parser(sub, run_arguments: Callable, pack_arguments: Callable) -> Non
     m.add_argument("--backoff", type=float, default=1.0, help="seconds before the first retry (doubles)")
     m.add_argument("--max-backoff", type=float, default=60.0)
     run_arguments(qa)
+    qa.add_argument("--retry-failures", action="store_true",
+                    help="run again over a finished output: the reply cache answers every request that succeeded "
+                         "before, so only the failed chunks are sent to the generator again")
     pack_arguments(qa)
 
 
@@ -129,6 +132,7 @@ def run_qa_command(args: argparse.Namespace, run_options: dict[str, Any], pack) 
     from lwmkit.pipelines.dataflow import dry_run_instead
     from lwmkit.pipelines.qa import QAOptions, run_qa
     from lwmkit.pipelines.qa_assembly import ContextOptions
+    from lwmkit.pipelines.work_store import retry_summary
 
     overrides: dict[str, Any] = {"min_fill": args.min_fill, "order": args.question_order, "seed": args.seed}
     for key, value in (
@@ -154,6 +158,7 @@ def run_qa_command(args: argparse.Namespace, run_options: dict[str, Any], pack) 
         min_chars=args.min_chars,
         max_chars=args.max_chars,
         pack=pack,
+        retry_failures=args.retry_failures,
         **run_options,
     )
     if dry_run_instead(options):
@@ -167,3 +172,5 @@ def run_qa_command(args: argparse.Namespace, run_options: dict[str, Any], pack) 
         f"{manifest['generator']['kind']}: {g['calls']} calls, {g['cache_hits']} cache hits, "
         f"{g['usage']['total_tokens']} tokens; {manifest['failures']['total']} failures"
     )
+    if line := retry_summary(manifest):
+        print(line)

@@ -227,10 +227,12 @@ def test_calls_that_got_no_reply_are_made_again_on_rerun(tmp_path, bpe_model, to
         assert server.requests == len(chunks) + len(down)  # each down chunk: one try and one retry
     assert first["qa"]["chunks"]["failures_by_reason"] == {"http_503": len(down)}
     with FakeChatServer(script=lambda p, n: "ok") as server:
-        second = run_qa(dataclasses.replace(opts, generator=chat_options(server.url), force=True))
+        second = run_qa(dataclasses.replace(opts, generator=chat_options(server.url), retry_failures=True))
         assert server.requests == len(down)  # only the chunks that never got a reply
         assert {e.passage for e in server.answered()} == down
     assert second["qa"]["chunks"]["failed"] == 0 and second["qa"]["generation"]["cache_hits"] == len(chunks) - len(down)
+    # The book whose chunks failed is recovered; the broken line and the too-short book fail again.
+    assert second["retry"] == {"rows": 3, "recovered": 1, "still_failing": 2}
 
 
 @pytest.fixture(scope="module")
