@@ -35,6 +35,7 @@ import apache_beam as beam
 from lwmkit.packing.records import document_id
 from lwmkit.pipelines import runner as runner_lib
 from lwmkit.pipelines.finalize import StageChain
+from lwmkit.pipelines.launch import PreparedJob, launch
 from lwmkit.pipelines.normalize import normalize_text
 from lwmkit.pipelines.outputs import read_output_bytes
 from lwmkit.pipelines.planning import PackOptions
@@ -43,17 +44,11 @@ from lwmkit.pipelines.stages import Dropped, DropRecord, run_stage
 from lwmkit.pipelines.work_store import (
     DEFAULT_UNIT_BYTES,
     SpillDoFn,
-    previous_failures,
-    receipt_paths,
     skip_stored,
     stored_documents,
 )
 from lwmkit.pipelines.write_stage import (
     job_record,
-    progress_log,
-    require_documents,
-    run_job,
-    work_identity,
     write_datasets,
 )
 from lwmkit.tokenizers.text import SentencePieceTokenizer
@@ -307,22 +302,13 @@ def _read_tokenizer(path: str) -> SentencePieceTokenizer:
     return SentencePieceTokenizer(data, name=path)
 
 
-def run_books(options: BooksOptions) -> dict[str, Any]:
-    """Runs the books job and waits for it.
-
-    Returns:
-      The job manifest (also written to `<output>/manifest.json`).
+def prepare_books(options: BooksOptions) -> PreparedJob:
+    """Matches the inputs, reads the tokenizer and builds the job record; see `launch.PreparedJob`.
 
     Raises:
       FileNotFoundError: an input pattern matches nothing, or the tokenizer file is missing.
       TokenizerError: the tokenizer file is not a SentencePiece model.
-      NoValidDocumentsError: no input record gave a document (see failures.jsonl for why).
-      CountMismatchError (via the runner): records were lost between stages.
     """
-    log = progress_log(options.progress)
-    beam_options = runner_lib.pipeline_options(
-        options.runner, options.direct_running_mode, options.direct_num_workers, options.beam_args
-    )
     files = match_inputs(options.inputs)
     tokenizer = _read_tokenizer(options.tokenizer)
     job = job_record(
@@ -331,20 +317,27 @@ def run_books(options: BooksOptions) -> dict[str, Any]:
         {**tokenizer.fingerprint(), "path": options.tokenizer},
         runner_lib.describe(options.runner, options.direct_running_mode),
     )
-    log(f"{len(files)} input files; tokenizer {tokenizer.name} ({tokenizer.vocab_size} pieces); runner {job['runner']}")
-    retried = previous_failures(options.output) if options.retry_failures else None
-    if retried is not None:
-        log(f"retrying {len(retried)} failed rows of the previous run; its documents come from the work store")
-    manifest = run_job(
-        lambda p: build_pipeline(p, options, files, tokenizer, job, receipt_paths(options.output), retried),
-        output=options.output,
+    return PreparedJob(
+        files=files,
         job=job,
-        force=options.force,
-        log=log,
-        pipeline_options=beam_options,
-        identity=work_identity(job),
-        keep_work=options.keep_work,
-        rerun=options.retry_failures,
+        build=lambda p, receipts=(), retried=None: build_pipeline(p, options, files, tokenizer, job, receipts, retried),
+        stages=STAGES,
+        summary=f"{len(files)} input files; tokenizer {tokenizer.name} ({tokenizer.vocab_size} pieces); "
+        f"runner {job['runner']}",
     )
-    require_documents(manifest, NoValidDocumentsError, "no valid documents in", files, options.output)
-    return manifest
+
+
+def run_books(options: BooksOptions) -> dict[str, Any]:
+    """Runs the books job and waits for it.
+
+    Returns:
+      The job manifest (also written to `<output>/manifest.json`).
+
+    Raises:
+      FileNotFoundError: an input pattern matches nothing, or the tokenizer file is missing, or
+        retry_failures finds no earlier run.
+      TokenizerError: the tokenizer file is not a SentencePiece model.
+      NoValidDocumentsError: no input record gave a document (see failures.jsonl for why).
+      CountMismatchError (via the runner): records were lost between stages.
+    """
+    return launch(options, prepare_books, NoValidDocumentsError, "no valid documents in")

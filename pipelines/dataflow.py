@@ -26,11 +26,15 @@ Example (prints a report like the one below and writes job.json):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from lwmkit.pipelines.launch import PreparedJob
 
 # Every job ends with these stages (`write_stage.write_datasets`).
 FINAL_STAGES = ("plan", "write shards", "finalize")
@@ -158,9 +162,10 @@ def dry_run(options: Any) -> GraphReport:
     # Beam checks the project, region and locations here.
     pipeline = beam.Pipeline(options=beam_options)
     job, prepare = kind
-    build, stages = prepare(options)
+    prepared = prepare(options)  # the same inputs, tokenizer, job record and graph as a real launch
+    stages = prepared.stages
     try:
-        build(pipeline)
+        prepared.build(pipeline)
     except RuntimeError as e:  # Beam pickles each DoFn as it is added and raises RuntimeError
         raise ValueError(f"the {job} job graph could not be built: {e}") from e
     graph = build_graph(pipeline, (*stages, *FINAL_STAGES))
@@ -274,65 +279,30 @@ def option_warnings(options: Any, beam_options) -> list[str]:
 # --- the jobs' graphs (what each run_* builds before run_job) -----------------------------------
 
 
-def _tokenizer_record(options, tokenizer) -> dict[str, Any]:
-    return {**tokenizer.fingerprint(), "path": options.tokenizer}
+def _books(options) -> PreparedJob:
+    from lwmkit.pipelines.books import prepare_books
+
+    return prepare_books(options)
 
 
-def _books(options) -> tuple[Callable, tuple[str, ...]]:
-    from lwmkit.pipelines import books
-    from lwmkit.pipelines.image_text import read_text_tokenizer
-    from lwmkit.pipelines.write_stage import job_record
+def _images(options) -> PreparedJob:
+    from lwmkit.pipelines.image_text import prepare_images
 
-    files = books.match_inputs(options.inputs)
-    tokenizer = read_text_tokenizer(options.tokenizer)
-    job = job_record(
-        options.recorded(), files, _tokenizer_record(options, tokenizer), options.runner
-    )
-    return (lambda p: books.build_pipeline(p, options, files, tokenizer, job)), books.STAGES
+    return prepare_images(options)
 
 
-def _images(options) -> tuple[Callable, tuple[str, ...]]:
-    from lwmkit.pipelines import image_text
+def _videos(options) -> PreparedJob:
+    from lwmkit.pipelines.video_text import prepare_videos
 
-    files = image_text.match_inputs(options.inputs)
-    tokenizer = image_text.read_text_tokenizer(options.tokenizer)
-    job, vqgan_sha256 = image_text.vqgan_job(options, files, tokenizer)
-    return (
-        lambda p: image_text.build_pipeline(p, options, files, tokenizer, vqgan_sha256, job)
-    ), image_text.STAGES
-
-
-def _videos(options) -> tuple[Callable, tuple[str, ...]]:
-    from lwmkit.pipelines import video_text
-    from lwmkit.pipelines.image_text import read_text_tokenizer, vqgan_job
-
-    files = video_text.match_inputs(options.inputs)
-    tokenizer = read_text_tokenizer(options.tokenizer)
-    job, vqgan_sha256 = vqgan_job(options, files, tokenizer)
+    prepared = prepare_videos(options)
     # "frames" is counted by the decode stage (its second output), not a transform of its own.
-    stages = tuple(s for s in video_text.STAGES if s != "frames")
-    return (
-        lambda p: video_text.build_pipeline(p, options, files, tokenizer, vqgan_sha256, job)
-    ), stages
+    return dataclasses.replace(prepared, stages=tuple(s for s in prepared.stages if s != "frames"))
 
 
-def _qa(options) -> tuple[Callable, tuple[str, ...]]:
-    from lwmkit.pipelines import qa
-    from lwmkit.pipelines.image_text import read_text_tokenizer
-    from lwmkit.pipelines.write_stage import job_record
+def _qa(options) -> PreparedJob:
+    from lwmkit.pipelines.qa import prepare_qa
 
-    tokenizer = read_text_tokenizer(options.tokenizer)
-    files = (
-        qa._document_shards(options.documents, tokenizer)
-        if options.documents
-        else qa.match_inputs(options.inputs)
-    )
-    generator = qa.make_generator(options.generator)
-    job = job_record(
-        options.recorded(), files, _tokenizer_record(options, tokenizer), options.runner
-    )
-    job["generator"] = generator.describe()
-    return (lambda p: qa.build_pipeline(p, options, files, tokenizer, generator, job)), qa.STAGES
+    return prepare_qa(options)
 
 
 _JOBS: dict[str, tuple[str, Callable]] = {

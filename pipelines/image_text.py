@@ -60,22 +60,17 @@ from lwmkit.pipelines.image_stages import (
     keep_first,
     load_image_tokenizer,
 )
+from lwmkit.pipelines.launch import PreparedJob, launch
 from lwmkit.pipelines.outputs import is_local, read_output_bytes
 from lwmkit.pipelines.planning import PackOptions
 from lwmkit.pipelines.stages import run_stage
 from lwmkit.pipelines.work_store import (
     SpillDoFn,
-    previous_failures,
-    receipt_paths,
     skip_stored,
     stored_documents,
 )
 from lwmkit.pipelines.write_stage import (
     job_record,
-    progress_log,
-    require_documents,
-    run_job,
-    work_identity,
     write_datasets,
 )
 from lwmkit.tokenizers.text import SentencePieceTokenizer
@@ -333,6 +328,30 @@ def vqgan_job(options: Any, files: list[str], tokenizer: SentencePieceTokenizer)
     return job, vqgan["sha256"]
 
 
+def prepare_images(options: ImagesOptions) -> PreparedJob:
+    """Matches the inputs, reads the tokenizer and the VQGAN, builds the job record; see `launch.PreparedJob`.
+
+    Raises:
+      FileNotFoundError: an input pattern matches nothing, or the tokenizer or VQGAN file is missing.
+      TokenizerError: the tokenizer file is not a SentencePiece model.
+    """
+    files = match_inputs(options.inputs)
+    tokenizer = read_text_tokenizer(options.tokenizer)
+    job, vqgan_sha256 = vqgan_job(options, files, tokenizer)
+
+    def build(p, receipts=(), retried=None):
+        return build_pipeline(p, options, files, tokenizer, vqgan_sha256, job, receipts, retried)
+
+    return PreparedJob(
+        files=files,
+        job=job,
+        build=build,
+        stages=STAGES,
+        summary=f"{len(files)} input files; tokenizer {tokenizer.name} ({tokenizer.vocab_size} pieces); "
+        f"VQGAN {options.vqgan or 'random ' + options.vqgan_preset}; runner {job['runner']}",
+    )
+
+
 def run_images(options: ImagesOptions) -> dict[str, Any]:
     """Runs the image-text job and waits for it.
 
@@ -340,34 +359,10 @@ def run_images(options: ImagesOptions) -> dict[str, Any]:
       The job manifest (also written to `<output>/manifest.json`).
 
     Raises:
-      FileNotFoundError: an input pattern matches nothing, or the tokenizer or VQGAN file is missing.
+      FileNotFoundError: an input pattern matches nothing, or the tokenizer or VQGAN file is missing,
+        or retry_failures finds no earlier run.
       TokenizerError: the tokenizer file is not a SentencePiece model.
       NoValidPairsError: no input pair gave an example (see failures.jsonl for why).
       CountMismatchError (via the runner): records were lost between stages.
     """
-    log = progress_log(options.progress)
-    beam_options = runner_lib.pipeline_options(  # first: storage flags apply to matching inputs too
-        options.runner, options.direct_running_mode, options.direct_num_workers, options.beam_args
-    )
-    files = match_inputs(options.inputs)
-    tokenizer = read_text_tokenizer(options.tokenizer)
-    job, vqgan_sha256 = vqgan_job(options, files, tokenizer)
-    log(f"{len(files)} input files; tokenizer {tokenizer.name} ({tokenizer.vocab_size} pieces); "
-        f"VQGAN {options.vqgan or 'random ' + options.vqgan_preset}; runner {job['runner']}")
-    retried = previous_failures(options.output) if options.retry_failures else None
-    if retried is not None:
-        log(f"retrying {len(retried)} failed pairs of the previous run; its examples come from the work store")
-    manifest = run_job(
-        lambda p: build_pipeline(p, options, files, tokenizer, vqgan_sha256, job, receipt_paths(options.output),
-                                 retried),
-        output=options.output,
-        job=job,
-        force=options.force,
-        log=log,
-        pipeline_options=beam_options,
-        identity=work_identity(job),
-        keep_work=options.keep_work,
-        rerun=options.retry_failures,
-    )
-    require_documents(manifest, NoValidPairsError, "no valid image-text pairs in", files, options.output)
-    return manifest
+    return launch(options, prepare_images, NoValidPairsError, "no valid image-text pairs in")

@@ -45,6 +45,7 @@ from lwmkit.packing.shards import dumps_json
 from lwmkit.pipelines import runner as runner_lib
 from lwmkit.pipelines.books import LengthFilter, ReadFile, keep_first, match_inputs, normalize
 from lwmkit.pipelines.finalize import StageChain
+from lwmkit.pipelines.launch import PreparedJob
 from lwmkit.pipelines.outputs import (
     delete_outputs,
     is_local,
@@ -310,6 +311,38 @@ def _add_qa_section(output: str, seq_len: int) -> dict[str, Any]:
     return manifest
 
 
+def prepare_qa(options: QAOptions) -> PreparedJob:
+    """Reads the tokenizer, matches the inputs (or a documents/ directory), builds the job record
+    with the generator's description; see `launch.PreparedJob`. The QA job resumes through its
+    reply cache, not the work store, so `build` ignores receipts.
+
+    Raises:
+      FileNotFoundError: an input pattern matches nothing, or the tokenizer file is missing.
+      TokenizerError: the tokenizer file is not a SentencePiece model.
+      ValueError: `documents` is not a documents/ directory of this tokenizer.
+    """
+    tokenizer = _read_tokenizer(options.tokenizer)
+    files = _document_shards(options.documents, tokenizer) if options.documents else match_inputs(options.inputs)
+    generator = make_generator(options.generator)
+    job = job_record(
+        options.recorded(),
+        files,
+        {**tokenizer.fingerprint(), "path": options.tokenizer},
+        runner_lib.describe(options.runner, options.direct_running_mode),
+    )
+    job["generator"] = generator.describe()
+    c = options.context
+    return PreparedJob(
+        files=files,
+        job=job,
+        build=lambda p, receipts=(), retried=None: build_pipeline(p, options, files, tokenizer, generator, job, retried),
+        stages=STAGES,
+        summary=f"{len(files)} input files; tokenizer {tokenizer.name} ({tokenizer.vocab_size} pieces); generator "
+        f"{job['generator']['kind']}; chunks of ~{c.chunk_tokens} tokens into contexts of {c.seq_len}; "
+        f"reply cache {options.cache_directory}; runner {job['runner']}",
+    )
+
+
 def run_qa(options: QAOptions) -> dict[str, Any]:
     """Runs the QA job and waits for it.
 
@@ -327,28 +360,15 @@ def run_qa(options: QAOptions) -> dict[str, Any]:
     beam_options = runner_lib.pipeline_options(  # first: storage flags apply to reading inputs too
         options.runner, options.direct_running_mode, options.direct_num_workers, options.beam_args
     )
-    tokenizer = _read_tokenizer(options.tokenizer)
-    files = _document_shards(options.documents, tokenizer) if options.documents else match_inputs(options.inputs)
-    generator = make_generator(options.generator)
-    job = job_record(
-        options.recorded(),
-        files,
-        {**tokenizer.fingerprint(), "path": options.tokenizer},
-        runner_lib.describe(options.runner, options.direct_running_mode),
-    )
-    job["generator"] = generator.describe()
-    c = options.context
-    log(
-        f"{len(files)} input files; tokenizer {tokenizer.name} ({tokenizer.vocab_size} pieces); generator "
-        f"{job['generator']['kind']}; chunks of ~{c.chunk_tokens} tokens into contexts of {c.seq_len}; "
-        f"reply cache {options.cache_directory}; runner {job['runner']}"
-    )
+    prepared = prepare_qa(options)
+    files, job = prepared.files, prepared.job
+    log(prepared.summary)
     force = options.force or _has_qa_section(options.output) is False  # a run that stopped before its last step
     # A retry runs the whole job again: the reply cache answers every request that succeeded
     # before, so only the failed chunks cost generator calls.
     retried = previous_failures(options.output) if options.retry_failures else None
     manifest = run_job(
-        lambda p: build_pipeline(p, options, files, tokenizer, generator, job, retried),
+        lambda p: prepared.build(p, (), retried),
         output=options.output,
         job=job,
         force=force,
@@ -357,7 +377,7 @@ def run_qa(options: QAOptions) -> dict[str, Any]:
         rerun=options.retry_failures,
     )
     if "qa" not in manifest:
-        manifest = _add_qa_section(options.output, c.seq_len)
+        manifest = _add_qa_section(options.output, options.context.seq_len)
     g = manifest["qa"]["generation"]
     log(f"{g['calls']} generator calls, {g['cache_hits']} cache hits, {g['usage']['total_tokens']} tokens used")
     require_documents(manifest, NoValidContextsError, "no QA context assembled from", files, options.output)

@@ -71,6 +71,7 @@ from lwmkit.pipelines.image_text import (
     token_dtype,
     vqgan_job,
 )
+from lwmkit.pipelines.launch import PreparedJob, launch
 from lwmkit.pipelines.outputs import join
 from lwmkit.pipelines.planning import PackOptions
 from lwmkit.pipelines.stages import run_stage
@@ -91,16 +92,10 @@ from lwmkit.pipelines.video_stages import (
 from lwmkit.pipelines.video_workers import DEFAULT_TASK
 from lwmkit.pipelines.work_store import (
     SpillDoFn,
-    previous_failures,
-    receipt_paths,
     skip_stored,
     stored_documents,
 )
 from lwmkit.pipelines.write_stage import (
-    progress_log,
-    require_documents,
-    run_job,
-    work_identity,
     write_datasets,
 )
 
@@ -309,6 +304,31 @@ def build_pipeline(
     )
 
 
+def prepare_videos(options: VideosOptions) -> PreparedJob:
+    """Matches the inputs, reads the tokenizer and the VQGAN, builds the job record; see `launch.PreparedJob`.
+
+    Raises:
+      FileNotFoundError: an input pattern matches nothing, or the tokenizer or VQGAN file is missing.
+      ValueError: an unsupported input suffix.
+      TokenizerError: the tokenizer file is not a SentencePiece model.
+    """
+    files = match_inputs(options.inputs)
+    tokenizer = read_text_tokenizer(options.tokenizer)
+    job, vqgan_sha256 = vqgan_job(options, files, tokenizer)
+
+    def build(p, receipts=(), retried=None):
+        return build_pipeline(p, options, files, tokenizer, vqgan_sha256, job, receipts, retried)
+
+    return PreparedJob(
+        files=files,
+        job=job,
+        build=build,
+        stages=STAGES,
+        summary=f"{len(files)} video lists; tokenizer {tokenizer.name} ({tokenizer.vocab_size} pieces); "
+        f"VQGAN {options.vqgan or 'random ' + options.vqgan_preset}; downloads in {options.work_dir}",
+    )
+
+
 def run_videos(options: VideosOptions) -> dict[str, Any]:
     """Runs the video-text job and waits for it.
 
@@ -316,7 +336,8 @@ def run_videos(options: VideosOptions) -> dict[str, Any]:
       The job manifest (also written to `<output>/manifest.json`).
 
     Raises:
-      FileNotFoundError: an input pattern matches nothing, or the tokenizer or VQGAN file is missing.
+      FileNotFoundError: an input pattern matches nothing, or the tokenizer or VQGAN file is missing,
+        or retry_failures finds no earlier run.
       ValueError: time_ranges without ffmpeg, or an unsupported input suffix.
       TokenizerError: the tokenizer file is not a SentencePiece model.
       NoValidVideosError: no video gave an example (see failures.jsonl for why).
@@ -324,29 +345,4 @@ def run_videos(options: VideosOptions) -> dict[str, Any]:
     """
     if options.download.time_ranges and shutil.which("ffmpeg") is None:
         raise ValueError("download.time_ranges: yt-dlp cuts time ranges with ffmpeg, which is not installed")
-    log = progress_log(options.progress)
-    beam_options = runner_lib.pipeline_options(  # first: storage flags apply to matching inputs too
-        options.runner, options.direct_running_mode, options.direct_num_workers, options.beam_args
-    )
-    files = match_inputs(options.inputs)
-    tokenizer = read_text_tokenizer(options.tokenizer)
-    job, vqgan_sha256 = vqgan_job(options, files, tokenizer)
-    log(f"{len(files)} video lists; tokenizer {tokenizer.name} ({tokenizer.vocab_size} pieces); "
-        f"VQGAN {options.vqgan or 'random ' + options.vqgan_preset}; downloads in {options.work_dir}")
-    retried = previous_failures(options.output) if options.retry_failures else None
-    if retried is not None:
-        log(f"retrying {len(retried)} failed videos of the previous run; its examples come from the work store")
-    manifest = run_job(
-        lambda p: build_pipeline(p, options, files, tokenizer, vqgan_sha256, job, receipt_paths(options.output),
-                                 retried),
-        output=options.output,
-        job=job,
-        force=options.force,
-        log=log,
-        pipeline_options=beam_options,
-        identity=work_identity(job),
-        keep_work=options.keep_work,
-        rerun=options.retry_failures,
-    )
-    require_documents(manifest, NoValidVideosError, "no valid videos in", files, options.output)
-    return manifest
+    return launch(options, prepare_videos, NoValidVideosError, "no valid videos in")
