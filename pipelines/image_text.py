@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -328,14 +328,15 @@ def vqgan_job(options: Any, files: list[str], tokenizer: SentencePieceTokenizer)
     return job, vqgan["sha256"]
 
 
-def prepare_images(options: ImagesOptions) -> PreparedJob:
-    """Matches the inputs, reads the tokenizer and the VQGAN, builds the job record; see `launch.PreparedJob`.
+def prepare_vqgan_job(
+    options: Any, files: list[str], build_pipeline: Callable, stages: tuple[str, ...], what: str, where: str
+) -> PreparedJob:
+    """The `PreparedJob` of a job that runs the VQGAN (images, videos) over `files`.
 
-    Raises:
-      FileNotFoundError: an input pattern matches nothing, or the tokenizer or VQGAN file is missing.
-      TokenizerError: the tokenizer file is not a SentencePiece model.
+    Reads the tokenizer, fingerprints the VQGAN into the job record (`vqgan_job`), and binds
+    `build_pipeline(p, options, files, tokenizer, vqgan_sha256, job, receipts, retried)`.
+    `what` names the inputs and `where` ends the progress line.
     """
-    files = match_inputs(options.inputs)
     tokenizer = read_text_tokenizer(options.tokenizer)
     job, vqgan_sha256 = vqgan_job(options, files, tokenizer)
 
@@ -346,10 +347,20 @@ def prepare_images(options: ImagesOptions) -> PreparedJob:
         files=files,
         job=job,
         build=build,
-        stages=STAGES,
-        summary=f"{len(files)} input files; tokenizer {tokenizer.name} ({tokenizer.vocab_size} pieces); "
-        f"VQGAN {options.vqgan or 'random ' + options.vqgan_preset}; runner {job['runner']}",
+        stages=stages,
+        summary=f"{len(files)} {what}; tokenizer {tokenizer.name} ({tokenizer.vocab_size} pieces); "
+        f"VQGAN {options.vqgan or 'random ' + options.vqgan_preset}; {where or 'runner ' + job['runner']}",
     )
+
+
+def prepare_images(options: ImagesOptions) -> PreparedJob:
+    """Matches the inputs, reads the tokenizer and the VQGAN, builds the job record; see `launch.PreparedJob`.
+
+    Raises:
+      FileNotFoundError: an input pattern matches nothing, or the tokenizer or VQGAN file is missing.
+      TokenizerError: the tokenizer file is not a SentencePiece model.
+    """
+    return prepare_vqgan_job(options, match_inputs(options.inputs), build_pipeline, STAGES, "input files", "")
 
 
 def run_images(options: ImagesOptions) -> dict[str, Any]:

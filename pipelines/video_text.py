@@ -67,9 +67,8 @@ from lwmkit.pipelines.image_stages import (
 from lwmkit.pipelines.image_text import (
     VQGAN_DTYPES,
     VQGAN_PRESETS,
-    read_text_tokenizer,
+    prepare_vqgan_job,
     token_dtype,
-    vqgan_job,
 )
 from lwmkit.pipelines.launch import PreparedJob, launch
 from lwmkit.pipelines.outputs import join
@@ -312,20 +311,8 @@ def prepare_videos(options: VideosOptions) -> PreparedJob:
       ValueError: an unsupported input suffix.
       TokenizerError: the tokenizer file is not a SentencePiece model.
     """
-    files = match_inputs(options.inputs)
-    tokenizer = read_text_tokenizer(options.tokenizer)
-    job, vqgan_sha256 = vqgan_job(options, files, tokenizer)
-
-    def build(p, receipts=(), retried=None):
-        return build_pipeline(p, options, files, tokenizer, vqgan_sha256, job, receipts, retried)
-
-    return PreparedJob(
-        files=files,
-        job=job,
-        build=build,
-        stages=STAGES,
-        summary=f"{len(files)} video lists; tokenizer {tokenizer.name} ({tokenizer.vocab_size} pieces); "
-        f"VQGAN {options.vqgan or 'random ' + options.vqgan_preset}; downloads in {options.work_dir}",
+    return prepare_vqgan_job(
+        options, match_inputs(options.inputs), build_pipeline, STAGES, "video lists", f"downloads in {options.work_dir}"
     )
 
 

@@ -20,8 +20,8 @@ from .helpers import book, record, write_jsonl
 SEQ = 512
 
 
-@pytest.fixture
-def corpus(tmp_path):
+def write_two_files(tmp_path):
+    """a.jsonl (books 1-6) and b.jsonl (books 7-11) under tmp_path/in; returns the folder."""
     d = tmp_path / "in"
     d.mkdir()
     write_jsonl(d / "a.jsonl", [record(book(i, 5)) for i in range(1, 7)])
@@ -29,9 +29,18 @@ def corpus(tmp_path):
     return d
 
 
-def _options(corpus, out, tokenizer, **kw) -> BooksOptions:
-    return BooksOptions(inputs=(str(corpus / "*.jsonl"),), output=str(out), tokenizer=tokenizer, seq_lens=(SEQ,),
-                        shard_tokens=2048, direct_running_mode="in_memory", **kw)
+@pytest.fixture
+def corpus(tmp_path):
+    return write_two_files(tmp_path)
+
+
+def books_options(corpus, out, tokenizer, **kw) -> BooksOptions:
+    """The fault and resume tests' books job over `corpus`; `kw` overrides any option."""
+    kw = {"seq_lens": (SEQ,), "shard_tokens": 2048, "direct_running_mode": "in_memory", **kw}
+    return BooksOptions(inputs=(str(corpus / "*.jsonl"),), output=str(out), tokenizer=tokenizer, **kw)
+
+
+_options = books_options
 
 
 def _docs(out) -> dict[tuple[str, int], list[int]]:

@@ -9,31 +9,20 @@ import sys
 import textwrap
 
 import pytest
-from lwmkit.pipelines import BooksOptions, run_books, work_store
 from lwmkit.pipelines import books as books_lib
+from lwmkit.pipelines import run_books, work_store
 from lwmkit.pipelines.work_store import ReadReceipt, UnitReader, WorkStoreError, receipt_paths
 
 from .faults import Faulty
-from .helpers import book, record, write_jsonl
 from .test_books import compare_outputs
+from .test_faults import SEQ, books_options, write_two_files
 
-SEQ = 512
+_options = books_options
 
 
 @pytest.fixture
 def corpus(tmp_path):
-    d = tmp_path / "in"
-    d.mkdir()
-    write_jsonl(d / "a.jsonl", [record(book(i, 5)) for i in range(1, 7)])
-    write_jsonl(d / "b.jsonl", [record(book(i, 5)) for i in range(7, 12)])
-    return d
-
-
-def _options(corpus, out, tokenizer, **kw) -> BooksOptions:
-    kw = {"seq_lens": (SEQ,), "shard_tokens": 2048, "direct_running_mode": "in_memory", **kw}
-    return BooksOptions(
-        inputs=(str(corpus / "*.jsonl"),), output=str(out), tokenizer=tokenizer, **kw
-    )
+    return write_two_files(tmp_path)
 
 
 def _reset(state) -> None:
