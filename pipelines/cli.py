@@ -23,6 +23,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from lwmkit.pipelines.vqgan_cli import add_vqgan_arguments, vqgan_option_values
+
 
 def _int_list(text: str) -> tuple[int, ...]:
     try:
@@ -252,12 +254,7 @@ def _images_parser(sub) -> None:
     im.add_argument("--tokenizer", required=True, help="SentencePiece .model (e.g. LLaMA-2's tokenizer.model)")
     im.add_argument("--output", required=True, help="output directory (local or any Beam filesystem)")
     im.add_argument("--seq-len", type=_int_list, default=(8192,), help="packed lengths, e.g. 8192,32768")
-    v = im.add_argument_group("image tokenizer")
-    v.add_argument("--vqgan", help="VQGAN weights (lwmkit safetensors, diffusers VQModel, LWM pickle)")
-    v.add_argument("--vqgan-preset", default="lwm", choices=["lwm", "tiny"], help="the VQGAN's shape (default lwm)")
-    v.add_argument("--vqgan-seed", type=int, default=0, help="seed of the random VQGAN without --vqgan")
-    v.add_argument("--vqgan-dtype", default="float32", choices=["float32", "bfloat16"])
-    v.add_argument("--batch-size", type=int, default=16, help="images per VQGAN call")
+    add_vqgan_arguments(im, "images")
     e = im.add_argument_group("examples")
     e.add_argument("--generation-fraction", type=float, default=0.5, help="share of generation examples (default 0.5)")
     e.add_argument("--seed", type=int, default=0, help="seed of the per-pair understanding/generation choice")
@@ -298,10 +295,6 @@ def _images(args, beam_args: list[str]) -> None:
         inputs=_inputs(args.input),
         output=args.output,
         tokenizer=args.tokenizer,
-        vqgan=args.vqgan,
-        vqgan_preset=args.vqgan_preset,
-        vqgan_seed=args.vqgan_seed,
-        vqgan_dtype=args.vqgan_dtype,
         seq_lens=args.seq_len,
         generation_fraction=args.generation_fraction,
         seed=args.seed,
@@ -320,7 +313,7 @@ def _images(args, beam_args: list[str]) -> None:
             allow_private=args.allow_private_addresses,
             allowed_hosts=tuple(args.allow_host),
         ),
-        batch_size=args.batch_size,
+        **vqgan_option_values(args),
         pack=_pack_options(args),
         **_work_options(args),
         **_run_options(args, beam_args),

@@ -15,6 +15,8 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
+from lwmkit.pipelines.vqgan_cli import add_vqgan_arguments, vqgan_option_values
+
 
 def add_videos_parser(sub, run_arguments: Callable, pack_arguments: Callable, int_list: Callable) -> None:
     """Adds `videos` to the subparsers `sub`; `run_arguments`/`pack_arguments` add the options every job takes."""
@@ -28,12 +30,7 @@ def add_videos_parser(sub, run_arguments: Callable, pack_arguments: Callable, in
     v.add_argument("--tokenizer", required=True, help="SentencePiece .model (e.g. LLaMA-2's tokenizer.model)")
     v.add_argument("--output", required=True, help="output directory (local or any Beam filesystem)")
     v.add_argument("--seq-len", type=int_list, default=(32768,), help="packed lengths, e.g. 32768,131072")
-    t = v.add_argument_group("image tokenizer")
-    t.add_argument("--vqgan", help="VQGAN weights (lwmkit safetensors, diffusers VQModel, LWM pickle)")
-    t.add_argument("--vqgan-preset", default="lwm", choices=["lwm", "tiny"], help="the VQGAN's shape (default lwm)")
-    t.add_argument("--vqgan-seed", type=int, default=0, help="seed of the random VQGAN without --vqgan")
-    t.add_argument("--vqgan-dtype", default="float32", choices=["float32", "bfloat16"])
-    t.add_argument("--batch-size", type=int, default=16, help="frames per VQGAN call")
+    add_vqgan_arguments(v, "frames")
     s = v.add_argument_group("frames")
     s.add_argument("--sampling", default="count", choices=["count", "fps"], help="by frame count (LWM) or by rate")
     s.add_argument("--num-frames", type=int, default=32, help="frames per video in count mode (default 32)")
@@ -114,10 +111,6 @@ def run_videos_command(args: argparse.Namespace, run_options: dict[str, Any], pa
         inputs=inputs,
         output=args.output,
         tokenizer=args.tokenizer,
-        vqgan=args.vqgan,
-        vqgan_preset=args.vqgan_preset,
-        vqgan_seed=args.vqgan_seed,
-        vqgan_dtype=args.vqgan_dtype,
         seq_lens=args.seq_len,
         generation_fraction=args.generation_fraction,
         seed=args.seed,
@@ -125,7 +118,7 @@ def run_videos_command(args: argparse.Namespace, run_options: dict[str, Any], pa
         sources=VideoSourceOptions(args.url_column, args.path_column, args.caption_column, args.allow_file_urls),
         download=download,
         decode=decode,
-        batch_size=args.batch_size,
+        **vqgan_option_values(args),
         pack=pack,
         **run_options,
     )
