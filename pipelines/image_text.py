@@ -65,7 +65,6 @@ from lwmkit.pipelines.outputs import is_local, read_output_bytes
 from lwmkit.pipelines.planning import PackOptions
 from lwmkit.pipelines.stages import run_stage
 from lwmkit.pipelines.work_store import (
-    SpillDoFn,
     skip_stored,
     stored_documents,
 )
@@ -257,12 +256,10 @@ def build_pipeline(
     builder = ExampleBuilder(tokenizer, options.templates)
     dtype = token_dtype(tokenizer.vocab_size)
     examples = stage(encoded, "example", MakeExample(builder, options.seed, options.generation_fraction, dtype))
-    spilled = examples | "spill" >> beam.ParDo(SpillDoFn(options.output))
-    refs = (spilled, stored) | "new and stored" >> beam.Flatten()
 
     return write_datasets(
         p,
-        refs,
+        examples,
         failures,
         counts,
         output=options.output,
@@ -271,7 +268,7 @@ def build_pipeline(
         pack=options.pack,
         job=job,
         chain=CHAIN,
-        spilled=True,
+        stored=stored,
         retried=retried,
     )
 

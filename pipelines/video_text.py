@@ -90,7 +90,6 @@ from lwmkit.pipelines.video_stages import (
 )
 from lwmkit.pipelines.video_workers import DEFAULT_TASK
 from lwmkit.pipelines.work_store import (
-    SpillDoFn,
     skip_stored,
     stored_documents,
 )
@@ -285,11 +284,9 @@ def build_pipeline(
     builder = VideoExampleBuilder(tokenizer, options.templates)
     dtype = token_dtype(tokenizer.vocab_size)
     examples = stage(videos, "example", MakeVideoExample(builder, options.seed, options.generation_fraction, dtype))
-    spilled = examples | "spill" >> beam.ParDo(SpillDoFn(options.output))
-    refs = (spilled, stored) | "new and stored" >> beam.Flatten()
     return write_datasets(
         p,
-        refs,
+        examples,
         failures,
         counts,
         output=options.output,
@@ -298,7 +295,7 @@ def build_pipeline(
         pack=options.pack,
         job=job,
         chain=CHAIN,
-        spilled=True,
+        stored=stored,
         retried=retried,
     )
 

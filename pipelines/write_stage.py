@@ -61,15 +61,20 @@ def write_datasets(
     spilled: bool = False,
     unit_bytes: int = DEFAULT_UNIT_BYTES,
     retried: Sequence[dict] | None = None,
+    stored=None,
 ):
     """Adds the spill, planning, writing and finalize stages; returns the finalize output.
 
     `tokenized` holds `(doc_id, payload)`, or with `spilled` already `(doc_id, reference)` from
-    the work store (see `work_store.SpillDoFn`). `retried`: the earlier run's failure rows that
-    this run processed again (the job manifest then says how many were recovered).
+    the work store (see `work_store.SpillDoFn`). `stored`: references of the documents an earlier
+    run already put in the work store (`work_store.stored_documents`), merged in after the spill.
+    `retried`: the earlier run's failure rows that this run processed again (the job manifest
+    then says how many were recovered).
     """
     if not spilled:
         tokenized = tokenized | "spill" >> beam.ParDo(SpillDoFn(output, unit_bytes))
+    if stored is not None:  # documents already in the work store, from an earlier run
+        tokenized = (tokenized, stored) | "new and stored" >> beam.Flatten()
     plan = (
         tokenized
         | "index" >> beam.Map(index_entry)
