@@ -40,13 +40,9 @@ from lwmkit.pipelines.normalize import normalize_text
 from lwmkit.pipelines.outputs import read_output_bytes
 from lwmkit.pipelines.planning import PackOptions
 from lwmkit.pipelines.readers import input_kind, read_documents
+from lwmkit.pipelines.resume import skip_stored, stored_documents
 from lwmkit.pipelines.stages import Dropped, DropRecord, run_stage
-from lwmkit.pipelines.work_store import (
-    DEFAULT_UNIT_BYTES,
-    SpillDoFn,
-    skip_stored,
-    stored_documents,
-)
+from lwmkit.pipelines.work_store import DEFAULT_UNIT_BYTES, SpillDoFn
 from lwmkit.pipelines.write_stage import (
     job_record,
     write_datasets,

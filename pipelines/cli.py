@@ -141,7 +141,7 @@ def _job_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _print_retry(manifest: dict) -> None:
-    from lwmkit.pipelines.work_store import retry_summary
+    from lwmkit.pipelines.resume import retry_summary
 
     if line := retry_summary(manifest):
         print(line)

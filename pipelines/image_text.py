@@ -63,11 +63,8 @@ from lwmkit.pipelines.image_stages import (
 from lwmkit.pipelines.launch import PreparedJob, launch
 from lwmkit.pipelines.outputs import is_local, read_output_bytes
 from lwmkit.pipelines.planning import PackOptions
+from lwmkit.pipelines.resume import skip_stored, stored_documents
 from lwmkit.pipelines.stages import run_stage
-from lwmkit.pipelines.work_store import (
-    skip_stored,
-    stored_documents,
-)
 from lwmkit.pipelines.write_stage import (
     job_record,
     write_datasets,

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from lwmkit.pipelines import runner as runner_lib
-from lwmkit.pipelines.work_store import previous_failures, receipt_paths
+from lwmkit.pipelines.resume import previous_failures
+from lwmkit.pipelines.work_store import receipt_paths
 from lwmkit.pipelines.write_stage import progress_log, require_documents, run_job, work_identity
 
 

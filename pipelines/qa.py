@@ -68,8 +68,8 @@ from lwmkit.pipelines.qa_stages import (
     qa_summary,
     validate,
 )
+from lwmkit.pipelines.resume import previous_failures
 from lwmkit.pipelines.stages import run_stage
-from lwmkit.pipelines.work_store import previous_failures
 from lwmkit.pipelines.write_stage import (
     job_record,
     progress_log,

@@ -132,7 +132,7 @@ def run_qa_command(args: argparse.Namespace, run_options: dict[str, Any], pack) 
     from lwmkit.pipelines.dataflow import dry_run_instead
     from lwmkit.pipelines.qa import QAOptions, run_qa
     from lwmkit.pipelines.qa_assembly import ContextOptions
-    from lwmkit.pipelines.work_store import retry_summary
+    from lwmkit.pipelines.resume import retry_summary
 
     overrides: dict[str, Any] = {"min_fill": args.min_fill, "order": args.question_order, "seed": args.seed}
     for key, value in (

@@ -73,6 +73,7 @@ from lwmkit.pipelines.image_text import (
 from lwmkit.pipelines.launch import PreparedJob, launch
 from lwmkit.pipelines.outputs import join
 from lwmkit.pipelines.planning import PackOptions
+from lwmkit.pipelines.resume import skip_stored, stored_documents
 from lwmkit.pipelines.stages import run_stage
 from lwmkit.pipelines.video_download import DownloadVideo, VideoDownloadOptions
 from lwmkit.pipelines.video_examples import VideoExampleBuilder, VideoTemplates
@@ -89,10 +90,6 @@ from lwmkit.pipelines.video_stages import (
     run_decode,
 )
 from lwmkit.pipelines.video_workers import DEFAULT_TASK
-from lwmkit.pipelines.work_store import (
-    skip_stored,
-    stored_documents,
-)
 from lwmkit.pipelines.write_stage import (
     write_datasets,
 )
