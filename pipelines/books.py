@@ -25,7 +25,6 @@ Run it (the exact command for the demo corpus):
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ import apache_beam as beam
 from lwmkit.packing.records import document_id
 from lwmkit.pipelines import runner as runner_lib
 from lwmkit.pipelines.finalize import StageChain
+from lwmkit.pipelines.job_options import check_packing_fields, recorded_options
 from lwmkit.pipelines.launch import PreparedJob, launch
 from lwmkit.pipelines.normalize import normalize_text
 from lwmkit.pipelines.outputs import read_output_bytes
@@ -115,31 +115,16 @@ class BooksOptions:
             raise ValueError(f"unit_bytes: {self.unit_bytes} must be >= 1")
         if not self.inputs:
             raise ValueError("inputs: give at least one file or glob")
-        if not self.seq_lens:
-            raise ValueError("seq_lens: give at least one sequence length")
-        for n in self.seq_lens:
-            if not 2 <= n <= 1 << 24:
-                raise ValueError(f"seq_lens: {n} is outside 2..{1 << 24}")
-        if len(set(self.seq_lens)) != len(self.seq_lens):
-            raise ValueError(f"seq_lens: {self.seq_lens} repeats a length")
+        check_packing_fields(self.seq_lens, self.shard_tokens)
         if self.min_chars < 0:
             raise ValueError(f"min_chars: {self.min_chars} must be >= 0")
         if self.max_chars is not None and self.max_chars < max(self.min_chars, 1):
             raise ValueError(f"max_chars: {self.max_chars} must be >= min_chars ({self.min_chars}) and >= 1")
-        if self.shard_tokens < 1:
-            raise ValueError(f"shard_tokens: {self.shard_tokens} must be >= 1")
         runner_lib.check_direct_mode(self.direct_running_mode)
 
     def recorded(self) -> dict[str, Any]:
         """The options as the manifest records them (everything that shapes the output)."""
-        d = dataclasses.asdict(self)
-        for k in ("output", "progress", "force", "direct_num_workers", "direct_running_mode", "runner", "beam_args",
-                  "retry_failures", "keep_work", "unit_bytes"):
-            d.pop(k)
-        d["inputs"] = list(self.inputs)
-        d["seq_lens"] = list(self.seq_lens)
-        d["pack"] = self.pack.to_json()
-        return d
+        return recorded_options(self, not_recorded=("unit_bytes",))
 
 
 # --- stage functions (small, picklable, per record) ---------------------------------------------

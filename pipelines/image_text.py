@@ -36,7 +36,6 @@ Run it:
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +59,7 @@ from lwmkit.pipelines.image_stages import (
     keep_first,
     load_image_tokenizer,
 )
+from lwmkit.pipelines.job_options import check_packing_fields, recorded_options
 from lwmkit.pipelines.launch import PreparedJob, launch
 from lwmkit.pipelines.outputs import is_local, read_output_bytes
 from lwmkit.pipelines.planning import PackOptions
@@ -69,6 +69,7 @@ from lwmkit.pipelines.write_stage import (
     job_record,
     write_datasets,
 )
+from lwmkit.tokenizers import vqgan_config
 from lwmkit.tokenizers.text import SentencePieceTokenizer
 from lwmkit.tokenizers.vision import VISION_VOCAB_SIZE, ImageOptions
 
@@ -86,8 +87,21 @@ CHAIN = StageChain(
     last="example",
     grouped=("dedup",),
 )
-VQGAN_PRESETS = ("lwm", "tiny")
-VQGAN_DTYPES = ("float32", "bfloat16")
+VQGAN_PRESETS = tuple(vqgan_config.VQGAN_PRESETS)  # from the config module: no JAX import here
+VQGAN_DTYPES = vqgan_config.DTYPES
+
+
+def check_vqgan_fields(options: Any) -> None:
+    """Raises ValueError naming the field for a bad VQGAN preset, dtype, generation share or batch
+    size: the fields the image and video jobs share."""
+    if options.vqgan_preset not in VQGAN_PRESETS:
+        raise ValueError(f"vqgan_preset: {options.vqgan_preset!r} is not one of {list(VQGAN_PRESETS)}")
+    if options.vqgan_dtype not in VQGAN_DTYPES:
+        raise ValueError(f"vqgan_dtype: {options.vqgan_dtype!r} is not one of {list(VQGAN_DTYPES)}")
+    if not 0.0 <= options.generation_fraction <= 1.0:
+        raise ValueError(f"generation_fraction: {options.generation_fraction} is outside [0, 1]")
+    if not 1 <= options.batch_size <= 4096:
+        raise ValueError(f"batch_size: {options.batch_size} is outside 1..4096")
 
 
 class NoValidPairsError(ValueError):
@@ -152,34 +166,13 @@ class ImagesOptions:
     def __post_init__(self):
         if not self.inputs:
             raise ValueError("inputs: give at least one file, folder or glob")
-        if not self.seq_lens:
-            raise ValueError("seq_lens: give at least one sequence length")
-        for n in self.seq_lens:
-            if not 2 <= n <= 1 << 24:
-                raise ValueError(f"seq_lens: {n} is outside 2..{1 << 24}")
-        if len(set(self.seq_lens)) != len(self.seq_lens):
-            raise ValueError(f"seq_lens: {self.seq_lens} repeats a length")
-        if self.vqgan_preset not in VQGAN_PRESETS:
-            raise ValueError(f"vqgan_preset: {self.vqgan_preset!r} is not one of {list(VQGAN_PRESETS)}")
-        if self.vqgan_dtype not in VQGAN_DTYPES:
-            raise ValueError(f"vqgan_dtype: {self.vqgan_dtype!r} is not one of {list(VQGAN_DTYPES)}")
-        if not 0.0 <= self.generation_fraction <= 1.0:
-            raise ValueError(f"generation_fraction: {self.generation_fraction} is outside [0, 1]")
-        if not 1 <= self.batch_size <= 4096:
-            raise ValueError(f"batch_size: {self.batch_size} is outside 1..4096")
-        if self.shard_tokens < 1:
-            raise ValueError(f"shard_tokens: {self.shard_tokens} must be >= 1")
+        check_packing_fields(self.seq_lens, self.shard_tokens)
+        check_vqgan_fields(self)
         runner_lib.check_direct_mode(self.direct_running_mode)
 
     def recorded(self) -> dict[str, Any]:
         """The options as the manifest records them (everything that shapes the output)."""
-        d = dataclasses.asdict(self)
-        for k in ("output", "progress", "force", "direct_num_workers", "direct_running_mode", "runner", "beam_args",
-                  "retry_failures", "keep_work"):
-            d.pop(k)
-        d["inputs"] = list(self.inputs)
-        d["seq_lens"] = list(self.seq_lens)
-        d["pack"] = self.pack.to_json()
+        d = recorded_options(self)
         d["download"].pop("user_agent")
         return d
 

@@ -65,11 +65,11 @@ from lwmkit.pipelines.image_stages import (
     join_codes,
 )
 from lwmkit.pipelines.image_text import (
-    VQGAN_DTYPES,
-    VQGAN_PRESETS,
+    check_vqgan_fields,
     prepare_vqgan_job,
     token_dtype,
 )
+from lwmkit.pipelines.job_options import check_packing_fields, recorded_options
 from lwmkit.pipelines.launch import PreparedJob, launch
 from lwmkit.pipelines.outputs import join
 from lwmkit.pipelines.planning import PackOptions
@@ -135,7 +135,8 @@ class VideosOptions:
       decode: frame sampling, decoders and decode worker settings.
       batch_size: frames per VQGAN call (RunInference batch).
       shard_tokens, pack, runner, direct_running_mode, direct_num_workers, progress, beam_args,
-        force: as in `BooksOptions`.
+        force, retry_failures, keep_work: as in `BooksOptions` (a retried video that duplicates one
+        already stored is not caught by dedup).
       decode_task, decode_python_path: what the decode workers run (tests swap in a crashing task).
     """
 
@@ -170,23 +171,8 @@ class VideosOptions:
     def __post_init__(self):
         if not self.inputs:
             raise ValueError("inputs: give at least one file or glob")
-        if not self.seq_lens:
-            raise ValueError("seq_lens: give at least one sequence length")
-        for n in self.seq_lens:
-            if not 2 <= n <= 1 << 24:
-                raise ValueError(f"seq_lens: {n} is outside 2..{1 << 24}")
-        if len(set(self.seq_lens)) != len(self.seq_lens):
-            raise ValueError(f"seq_lens: {self.seq_lens} repeats a length")
-        if self.vqgan_preset not in VQGAN_PRESETS:
-            raise ValueError(f"vqgan_preset: {self.vqgan_preset!r} is not one of {list(VQGAN_PRESETS)}")
-        if self.vqgan_dtype not in VQGAN_DTYPES:
-            raise ValueError(f"vqgan_dtype: {self.vqgan_dtype!r} is not one of {list(VQGAN_DTYPES)}")
-        if not 0.0 <= self.generation_fraction <= 1.0:
-            raise ValueError(f"generation_fraction: {self.generation_fraction} is outside [0, 1]")
-        if not 1 <= self.batch_size <= 4096:
-            raise ValueError(f"batch_size: {self.batch_size} is outside 1..4096")
-        if self.shard_tokens < 1:
-            raise ValueError(f"shard_tokens: {self.shard_tokens} must be >= 1")
+        check_packing_fields(self.seq_lens, self.shard_tokens)
+        check_vqgan_fields(self)
         runner_lib.check_direct_mode(self.direct_running_mode)
 
     @property
@@ -195,13 +181,7 @@ class VideosOptions:
 
     def recorded(self) -> dict[str, Any]:
         """The options as the manifest records them (everything that shapes the output)."""
-        d = dataclasses.asdict(self)
-        for k in ("output", "progress", "force", "direct_num_workers", "direct_running_mode", "runner", "beam_args",
-                  "decode_task", "decode_python_path", "retry_failures", "keep_work"):
-            d.pop(k)
-        d["inputs"] = list(self.inputs)
-        d["seq_lens"] = list(self.seq_lens)
-        d["pack"] = self.pack.to_json()
+        d = recorded_options(self, not_recorded=("decode_task", "decode_python_path"))
         d["download"] = self.download.recorded()
         d["decode"] = {k: v for k, v in self.decode.to_json().items() if k not in _UNRECORDED_DECODE}
         return d

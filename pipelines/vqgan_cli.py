@@ -13,14 +13,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from lwmkit.tokenizers.vqgan_config import DTYPES, VQGAN_PRESETS
+
 
 def add_vqgan_arguments(parser: argparse.ArgumentParser, unit: str) -> None:
     """Adds the "image tokenizer" group; `unit` names what a batch holds ("images", "frames")."""
     g = parser.add_argument_group("image tokenizer")
     g.add_argument("--vqgan", help="VQGAN weights (lwmkit safetensors, diffusers VQModel, LWM pickle)")
-    g.add_argument("--vqgan-preset", default="lwm", choices=["lwm", "tiny"], help="the VQGAN's shape (default lwm)")
+    g.add_argument("--vqgan-preset", default="lwm", choices=sorted(VQGAN_PRESETS), help="the VQGAN's shape (default lwm)")
     g.add_argument("--vqgan-seed", type=int, default=0, help="seed of the random VQGAN without --vqgan")
-    g.add_argument("--vqgan-dtype", default="float32", choices=["float32", "bfloat16"])
+    g.add_argument("--vqgan-dtype", default="float32", choices=list(DTYPES))
     g.add_argument("--batch-size", type=int, default=16, help=f"{unit} per VQGAN call")
 
 

@@ -22,12 +22,11 @@ from typing import Any
 
 import numpy as np
 from lwmkit.tokenizers import vqgan_weights as weights
-from lwmkit.tokenizers.vqgan_config import VQGAN_PRESETS, VQGANConfig, preset_config
+from lwmkit.tokenizers.vqgan_config import DTYPES, VQGAN_PRESETS, VQGANConfig, preset_config
 
 __all__ = ["VQGAN_PRESETS", "ImageTokenizer", "VQGANConfig", "WeightsError"]
 
 WeightsError = weights.WeightsError
-DTYPES = ("float32", "bfloat16")
 # XLA:CPU compiles convolutions to Eigen by default; routing them through YNNPACK's dot kernels
 # measured 1.9 instead of 2.3 CPU-seconds per image for the "lwm" encoder on a 2-core AVX-512 Xeon
 # (bench/vqgan.py), codes unchanged. Per executable, so nothing global is touched; an XLA that

@@ -98,6 +98,9 @@ class VQGANConfig:
         return cls(**kw)
 
 
+# The compute dtypes `ImageTokenizer` runs in.
+DTYPES = ("float32", "bfloat16")
+
 VQGAN_PRESETS: dict[str, VQGANConfig] = {
     # LWM's lwm/vqgan.py defaults == aMUSEd's openMUSE/vqgan-f16-8192-laion: 256x256 -> 16x16.
     "lwm": VQGANConfig(),

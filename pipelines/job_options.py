@@ -1,0 +1,47 @@
+"""What every job's options share: the checks of the packing fields and the recorded options.
+
+`BooksOptions`, `ImagesOptions` and `VideosOptions` each add their own fields; these helpers keep
+their common fields checked with the same messages and recorded in the manifest the same way.
+
+Example:
+    check_packing_fields((32768, 131072), 1 << 24)   # fine
+    check_packing_fields((32768, 32768), 1 << 24)    # ValueError: seq_lens: ... repeats a length
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+# Fields that say how and where a job runs, not what it makes: never part of the manifest's options.
+RUN_FIELDS = (
+    "output", "progress", "force", "direct_num_workers", "direct_running_mode", "runner", "beam_args",
+    "retry_failures", "keep_work",
+)
+MAX_SEQ_LEN = 1 << 24
+
+
+def check_packing_fields(seq_lens: Sequence[int], shard_tokens: int) -> None:
+    """Raises ValueError naming the field for an empty, out-of-range or repeated length, or shard size < 1."""
+    if not seq_lens:
+        raise ValueError("seq_lens: give at least one sequence length")
+    for n in seq_lens:
+        if not 2 <= n <= MAX_SEQ_LEN:
+            raise ValueError(f"seq_lens: {n} is outside 2..{MAX_SEQ_LEN}")
+    if len(set(seq_lens)) != len(seq_lens):
+        raise ValueError(f"seq_lens: {tuple(seq_lens)} repeats a length")
+    if shard_tokens < 1:
+        raise ValueError(f"shard_tokens: {shard_tokens} must be >= 1")
+
+
+def recorded_options(options: Any, not_recorded: Sequence[str] = ()) -> dict[str, Any]:
+    """The options as the manifest records them: every field but `RUN_FIELDS` and `not_recorded`,
+    with `inputs` and `seq_lens` as lists and `pack` in its recorded form."""
+    d = dataclasses.asdict(options)
+    for k in (*RUN_FIELDS, *not_recorded):
+        d.pop(k)
+    d["inputs"] = list(options.inputs)
+    d["seq_lens"] = list(options.seq_lens)
+    d["pack"] = options.pack.to_json()
+    return d
