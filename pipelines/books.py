@@ -41,7 +41,7 @@ from lwmkit.pipelines.outputs import read_output_bytes
 from lwmkit.pipelines.planning import PackOptions
 from lwmkit.pipelines.readers import input_kind, read_documents
 from lwmkit.pipelines.resume import skip_stored, stored_documents
-from lwmkit.pipelines.stages import Dropped, DropRecord, run_stage
+from lwmkit.pipelines.stages import Dropped, DropRecord, StageList
 from lwmkit.pipelines.work_store import DEFAULT_UNIT_BYTES, SpillDoFn
 from lwmkit.pipelines.write_stage import (
     job_record,
@@ -233,13 +233,8 @@ def build_pipeline(
 ):
     """Adds the books job's stages to pipeline `p`."""
     progress = options.progress
-    failures, counts = [], []
-
-    def stage(pcoll, name, fn):
-        out, f, c = run_stage(pcoll, name, fn, progress)
-        failures.append(f)
-        counts.append(c)
-        return out
+    stage = StageList(progress)
+    failures, counts = stage.failures, stage.counts
 
     stored, done = stored_documents(p, receipts)
     paths = p | "inputs" >> beam.Create(files) | "spread files" >> beam.Reshuffle()

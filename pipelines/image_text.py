@@ -64,7 +64,7 @@ from lwmkit.pipelines.launch import PreparedJob, launch
 from lwmkit.pipelines.outputs import is_local, read_output_bytes
 from lwmkit.pipelines.planning import PackOptions
 from lwmkit.pipelines.resume import skip_stored, stored_documents
-from lwmkit.pipelines.stages import run_stage
+from lwmkit.pipelines.stages import StageList
 from lwmkit.pipelines.write_stage import (
     job_record,
     write_datasets,
@@ -218,13 +218,8 @@ def build_pipeline(
 ):
     """Adds the image job's stages to pipeline `p`; pairs already in the work store are skipped."""
     progress = options.progress
-    failures, counts = [], []
-
-    def stage(pcoll, name, fn):
-        out, f, c = run_stage(pcoll, name, fn, progress)
-        failures.append(f)
-        counts.append(c)
-        return out
+    stage = StageList(progress)
+    failures, counts = stage.failures, stage.counts
 
     stored, done = stored_documents(p, receipts)
     paths = p | "inputs" >> beam.Create(files) | "spread files" >> beam.Reshuffle()

@@ -69,7 +69,7 @@ from lwmkit.pipelines.qa_stages import (
     validate,
 )
 from lwmkit.pipelines.resume import previous_failures
-from lwmkit.pipelines.stages import run_stage
+from lwmkit.pipelines.stages import StageList
 from lwmkit.pipelines.write_stage import (
     job_record,
     progress_log,
@@ -240,13 +240,8 @@ def build_pipeline(
 ):
     """Adds the QA job's stages to pipeline `p`."""
     progress = options.progress
-    failures, counts = [], []
-
-    def stage(pcoll, name, fn):
-        out, f, c = run_stage(pcoll, name, fn, progress)
-        failures.append(f)
-        counts.append(c)
-        return out
+    stage = StageList(progress)
+    failures, counts = stage.failures, stage.counts
 
     paths = p | "inputs" >> beam.Create(files) | "spread files" >> beam.Reshuffle()
     reader = ReadDocumentTexts(tokenizer) if options.documents else ReadFile(options.text_key)

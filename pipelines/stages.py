@@ -164,3 +164,27 @@ def run_stage(pcoll, stage: str, fn: Callable[[Any], Iterable[Any]], progress: b
         FAILURES, COUNTS, main="main"
     )
     return out.main, out[FAILURES], out[COUNTS]
+
+
+class StageList:
+    """A job's stages as its pipeline adds them: each is `run_stage`, and every stage's failures
+    and counts outputs are kept for the job's last step (`write_datasets`).
+
+    Example:
+        stage = StageList(progress=True)
+        docs = stage(paths, "read", ReadFile("text"))
+        docs = stage(docs, "normalize", normalize)
+        write_datasets(p, docs, stage.failures, stage.counts, ...)
+    """
+
+    def __init__(self, progress: bool = False):
+        self.progress = progress
+        self.failures: list = []
+        self.counts: list = []
+
+    def __call__(self, pcoll, name: str, fn: Callable[[Any], Iterable[Any]]):
+        """Applies `fn` as the stage `name`; returns its main output."""
+        out, failures, counts = run_stage(pcoll, name, fn, self.progress)
+        self.failures.append(failures)
+        self.counts.append(counts)
+        return out

@@ -74,7 +74,7 @@ from lwmkit.pipelines.launch import PreparedJob, launch
 from lwmkit.pipelines.outputs import join
 from lwmkit.pipelines.planning import PackOptions
 from lwmkit.pipelines.resume import skip_stored, stored_documents
-from lwmkit.pipelines.stages import run_stage
+from lwmkit.pipelines.stages import StageList
 from lwmkit.pipelines.video_download import DownloadVideo, VideoDownloadOptions
 from lwmkit.pipelines.video_examples import VideoExampleBuilder, VideoTemplates
 from lwmkit.pipelines.video_frames import DecodeOptions
@@ -225,13 +225,8 @@ def build_pipeline(
 ):
     """Adds the video job's stages to pipeline `p`; videos already in the work store are skipped."""
     progress = options.progress
-    failures, counts = [], []
-
-    def stage(pcoll, name, fn):
-        out, f, c = run_stage(pcoll, name, fn, progress)
-        failures.append(f)
-        counts.append(c)
-        return out
+    stage = StageList(progress)
+    failures, counts = stage.failures, stage.counts
 
     stored, done = stored_documents(p, receipts, frames_of)
     paths = p | "inputs" >> beam.Create(files) | "spread files" >> beam.Reshuffle()
