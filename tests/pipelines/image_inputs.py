@@ -11,13 +11,14 @@ import contextlib
 import io
 import json
 import tarfile
-import threading
 import time
-from collections.abc import Iterator, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Sequence
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
+
+from .local_server import serve_with
 
 SLOW_S = 2.0  # the slow route's delay; tests use a timeout well below it
 
@@ -156,33 +157,6 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, b"not found")
 
 
-class Server:
-    """A running test server: `url(path)`, `hits`, `stop()`."""
-
-    def __init__(self, files: dict[str, bytes]):
-        handler = type("Handler", (_Handler,), {"files": dict(files), "hits": {}})
-        self.handler = handler
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    @property
-    def hits(self) -> dict[str, int]:
-        return self.handler.hits
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-@contextlib.contextmanager
-def serve(files: dict[str, bytes]) -> Iterator[Server]:
-    server = Server(files)
-    try:
-        yield server
-    finally:
-        server.stop()
+def serve(files: dict[str, bytes]):
+    """The test server with this module's handler (see `local_server.LocalServer`)."""
+    return serve_with(_Handler, files)

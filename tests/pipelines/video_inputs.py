@@ -11,10 +11,9 @@ from __future__ import annotations
 import contextlib
 import fractions
 import os
-import threading
 import time
 from collections.abc import Iterator, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
@@ -232,37 +231,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, b"not found", "text/plain")
 
 
-class Server:
-    """A running test server: `url(path)`, `hits`, `times`, `stop()`."""
+def serve(files: dict[str, bytes]):
+    """The test server with this module's handler (see `local_server.LocalServer`)."""
+    # Imported here: decode workers load this module on its own (not as part of the tests
+    # package) for its tasks, where a relative import at the top would fail.
+    from .local_server import serve_with
 
-    def __init__(self, files: dict[str, bytes]):
-        handler = type("Handler", (_Handler,), {"files": dict(files), "hits": {}, "times": {}})
-        self.handler = handler
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    @property
-    def hits(self) -> dict[str, int]:
-        return self.handler.hits
-
-    @property
-    def times(self) -> dict[str, list[float]]:
-        return self.handler.times
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-@contextlib.contextmanager
-def serve(files: dict[str, bytes]) -> Iterator[Server]:
-    server = Server(files)
-    try:
-        yield server
-    finally:
-        server.stop()
+    return serve_with(_Handler, files)
