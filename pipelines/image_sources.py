@@ -37,6 +37,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+from lwmkit.pipelines.outputs import open_input
 from lwmkit.pipelines.stages import Dropped
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
@@ -106,13 +107,6 @@ def _meta(key: str, source: str, extra: dict[str, Any] | None = None) -> str:
 
 def _pair(path: str, line: int, key: str, caption, image: bytes | None, url: str | None, meta: str) -> dict:
     return {"file": path, "line": line, "key": key, "caption": caption, "image": image, "url": url, "meta": meta}
-
-
-def _open(path: str) -> BinaryIO:
-    from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
-
-    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
 
 
 # --- webdataset tars -----------------------------------------------------------------------------
@@ -277,7 +271,7 @@ def _folder_row(path: str, line: int, raw: bytes, options: SourceOptions) -> dic
     folder = posixpath.dirname(path) if "://" in path else os.path.dirname(path)
     image_path = f"{folder}/{name}" if "://" in path else os.path.join(folder, name)
     try:
-        with _open(image_path) as f:
+        with open_input(image_path) as f:
             image = f.read(options.max_image_bytes + 1)
     except Exception as e:  # missing file, permission, remote error
         return Dropped("missing_file", f"{name}: {e}", path, line)
@@ -303,7 +297,7 @@ def read_pairs(path: str, options: SourceOptions = SourceOptions()) -> Iterator[
     """
     kind = source_kind(path)
     try:
-        f = _open(path)
+        f = open_input(path)
     except Exception as e:  # missing file, permission, remote error
         yield Dropped("unreadable_file", str(e), path, 0)
         return

@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterable
+from typing import BinaryIO
 
 from lwmkit.packing.shards import ShardInfo, write_bytes_atomic, write_shard
 
@@ -79,6 +80,18 @@ def write_output_bytes(dest: str, data: bytes) -> None:
         with open(local, "wb") as f:
             f.write(data)
         _publish(local, dest)
+
+
+def open_input(path: str) -> BinaryIO:
+    """Opens a local or remote file (any Beam filesystem) for reading its bytes as they are.
+
+    Raises:
+      Whatever the filesystem raises for a missing or unreadable file.
+    """
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
 
 
 def read_output_bytes(path: str) -> bytes | None:

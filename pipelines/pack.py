@@ -27,7 +27,7 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 from lwmkit.packing.manifest import load_manifest
-from lwmkit.packing.records import RecordError, decode_record
+from lwmkit.packing.records import DOCUMENT_FORMAT, RecordError, decode_record
 from lwmkit.packing.shards import read_shard
 from lwmkit.pipelines import runner as runner_lib
 from lwmkit.pipelines.finalize import StageChain
@@ -144,21 +144,28 @@ def compact_payload(rec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def read_document_records(path: str) -> Iterator[dict[str, Any] | Dropped]:
+    """The decoded records of one document shard (local, or remote and copied to local scratch
+    first), and a `Dropped` for each record that does not decode or is not a document record."""
+    with tempfile.TemporaryDirectory(prefix="lwmkit-docs-") as scratch:
+        for i, data in enumerate(read_shard(_local_copy(path, scratch))):
+            try:
+                rec = decode_record(data)
+            except RecordError as e:
+                yield Dropped("bad_record", str(e), path, i + 1)
+                continue
+            if rec["format"] != DOCUMENT_FORMAT:
+                yield Dropped("not_a_document", rec["format"], path, i + 1)
+                continue
+            yield rec
+
+
 class ReadDocumentShard:
     """Reads one document shard; yields (doc_id, payload), or a Dropped for a record it cannot decode."""
 
     def __call__(self, path: str) -> Iterator[tuple[int, dict] | Dropped]:
-        with tempfile.TemporaryDirectory(prefix="lwmkit-docs-") as scratch:
-            for i, data in enumerate(read_shard(_local_copy(path, scratch))):
-                try:
-                    rec = decode_record(data)
-                except RecordError as e:
-                    yield Dropped("bad_record", str(e), path, i + 1)
-                    continue
-                if rec["format"] != "lwmkit.document.v1":
-                    yield Dropped("not_a_document", rec["format"], path, i + 1)
-                    continue
-                yield rec["doc_id"], compact_payload(rec)
+        for rec in read_document_records(path):
+            yield rec if isinstance(rec, Dropped) else (rec["doc_id"], compact_payload(rec))
 
 
 def run_stages(options: StagesOptions) -> dict[str, Any]:

@@ -18,15 +18,11 @@ Example, one book of 30 chunks, 2 of them failing generation, seq_len 2048:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterator
 from typing import Any
 
 import apache_beam as beam
-from lwmkit.packing.records import RecordError, decode_record
-from lwmkit.packing.shards import read_shard
-from lwmkit.pipelines.outputs import is_local, read_output_bytes
+from lwmkit.pipelines.pack import read_document_records
 from lwmkit.pipelines.qa_assembly import ContextBuilder, ContextOptions
 from lwmkit.pipelines.qa_cache import ReplyCache
 from lwmkit.pipelines.qa_calls import ChunkResult, generate_all
@@ -46,33 +42,22 @@ class ReadDocumentTexts:
         self.tokenizer = tokenizer
 
     def __call__(self, path: str) -> Iterator[dict | Dropped]:
-        with tempfile.TemporaryDirectory(prefix="lwmkit-qa-docs-") as scratch:
-            local = path
-            if not is_local(path):
-                local = os.path.join(scratch, os.path.basename(path))
-                with open(local, "wb") as f:
-                    f.write(read_output_bytes(path) or b"")
-            for i, data in enumerate(read_shard(local)):
-                try:
-                    rec = decode_record(data)
-                except RecordError as e:
-                    yield Dropped("bad_record", str(e), path, i + 1)
-                    continue
-                if rec["format"] != "lwmkit.document.v1":
-                    yield Dropped("not_a_document", rec["format"], path, i + 1)
-                    continue
-                tokens = rec["tokens"][~rec["vision_mask"]].tolist()
-                tok = self.tokenizer
-                if tokens and tokens[0] == tok.bos_id:
-                    tokens = tokens[1:]
-                if tokens and tokens[-1] == tok.eos_id:
-                    tokens = tokens[:-1]
-                yield {
-                    "file": rec["source_file"],
-                    "line": int(rec["source_line"]),
-                    "text": tok.decode(tokens),
-                    "meta": None,
-                }
+        tok = self.tokenizer
+        for rec in read_document_records(path):
+            if isinstance(rec, Dropped):
+                yield rec
+                continue
+            tokens = rec["tokens"][~rec["vision_mask"]].tolist()
+            if tokens and tokens[0] == tok.bos_id:
+                tokens = tokens[1:]
+            if tokens and tokens[-1] == tok.eos_id:
+                tokens = tokens[:-1]
+            yield {
+                "file": rec["source_file"],
+                "line": int(rec["source_line"]),
+                "text": tok.decode(tokens),
+                "meta": None,
+            }
 
 
 class ChunkBook:

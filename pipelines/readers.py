@@ -23,6 +23,7 @@ import re
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
+from lwmkit.pipelines.outputs import open_input
 from lwmkit.pipelines.stages import Dropped
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -45,13 +46,6 @@ def input_kind(path: str) -> str:
     if lower.endswith(".parquet"):
         return "parquet"
     raise ValueError(f"{path}: unsupported input type; expected one of {list(SUFFIXES)}")
-
-
-def _open(path: str) -> BinaryIO:
-    from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
-
-    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
 
 
 def _meta_json(meta: Any) -> str | None:
@@ -227,7 +221,7 @@ def read_documents(path: str, text_key: str = "text") -> Iterator[dict | Dropped
     """
     kind = input_kind(path)
     try:
-        f = _open(path)
+        f = open_input(path)
     except Exception as e:  # missing file, permission, remote error
         yield Dropped("unreadable_file", str(e), path, 0)
         return

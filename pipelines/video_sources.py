@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lwmkit.pipelines.image_sources import unsafe_member_name
+from lwmkit.pipelines.outputs import open_input
 from lwmkit.pipelines.stages import Dropped
 
 URL_COLUMNS = ("url", "contentUrl", "video_url", "URL")
@@ -234,13 +235,6 @@ def row_video(path: str, line: int, row: Any, kind: str, options: VideoSourceOpt
     }
 
 
-def _open(path: str):
-    from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
-
-    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-
-
 def _parquet_rows(path: str, f) -> Iterator[tuple[int, Any] | Dropped]:
     import pyarrow.parquet as pq
 
@@ -291,7 +285,7 @@ def read_videos(path: str, options: VideoSourceOptions = VideoSourceOptions()) -
     """Yields the videos of one input list, and a `Dropped` per unusable row (see the module docstring)."""
     kind = source_kind(path)
     try:
-        f = _open(path)
+        f = open_input(path)
     except Exception as e:  # missing file, permission, remote error
         yield Dropped("unreadable_file", str(e), path, 0)
         return
