@@ -22,6 +22,7 @@ import numpy as np
 from lwmkit.pipelines.image_examples import ExampleBuilder, choose_kind
 from lwmkit.pipelines.image_sources import SourceOptions, read_pairs
 from lwmkit.pipelines.normalize import normalize_text
+from lwmkit.pipelines.shard_writing import example_payload
 from lwmkit.pipelines.stages import Dropped, DropRecord
 from lwmkit.tokenizers.vision import (
     CODE_GRID,
@@ -115,17 +116,10 @@ class MakeExample:
         kind = choose_kind(pair["key"], self.seed, self.generation_fraction)
         ex = self.builder.build(kind, pair["caption"], pair["codes"])
         meta = {**json.loads(pair["meta"]), "kind": kind}
-        yield pair["doc_id"], {
-            "file": pair["file"],
-            "line": pair["line"],
-            "chars": len(pair["caption"]),
-            "meta": json.dumps(meta, sort_keys=True, ensure_ascii=False),
-            "tokens": ex.tokens.astype(self.token_dtype).tobytes(),
-            "token_dtype": self.token_dtype,
-            "vision_mask": ex.vision_mask.astype("|b1").tobytes(),
-            "loss_weights": ex.loss_weights.astype("<f4").tobytes(),
-            "atomic_spans": [list(s) for s in ex.atomic_spans],
-        }
+        yield pair["doc_id"], example_payload(
+            pair, len(pair["caption"]), meta, ex.tokens, self.token_dtype, ex.vision_mask, ex.loss_weights,
+            ex.atomic_spans,
+        )
 
 
 # --- the VQGAN ------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from lwmkit.pipelines.qa_calls import ChunkResult, generate_all
 from lwmkit.pipelines.qa_chunks import Chunk, chunk_text, total_tokens
 from lwmkit.pipelines.qa_client import USAGE_KEYS
 from lwmkit.pipelines.qa_generators import QAGenerator
+from lwmkit.pipelines.shard_writing import example_payload
 from lwmkit.pipelines.stages import Dropped, DropRecord
 from lwmkit.tokenizers.text import SentencePieceTokenizer
 
@@ -152,19 +153,9 @@ class AssembleBook:
                 "chunk_tokens": sum(int(by_id[i].tokens.shape[0]) for i in ctx.chunk_ids),
                 "turns": list(ctx.turns),
             }
-            yield (
-                ctx.doc_id,
-                {
-                    "file": book["file"],
-                    "line": book["line"],
-                    "chars": sum(len(by_id[i].text) for i in ctx.chunk_ids),
-                    "meta": json.dumps(meta, ensure_ascii=False, sort_keys=True),
-                    "tokens": ctx.tokens.astype(self.token_dtype).tobytes(),
-                    "token_dtype": self.token_dtype,
-                    "vision_mask": None,
-                    "loss_weights": ctx.loss_weights.astype("<f4").tobytes(),
-                    "atomic_spans": [tuple(s) for s in ctx.atomic_spans],
-                },
+            chars = sum(len(by_id[i].text) for i in ctx.chunk_ids)
+            yield ctx.doc_id, example_payload(
+                book, chars, meta, ctx.tokens, self.token_dtype, None, ctx.loss_weights, ctx.atomic_spans
             )
 
 

@@ -55,6 +55,34 @@ def doc_arrays(doc: dict[str, Any], offset: int = 0) -> tuple[np.ndarray, np.nda
     return tokens, vision, weights
 
 
+def example_payload(
+    source: dict[str, Any],
+    chars: int,
+    meta: dict[str, Any],
+    tokens: np.ndarray,
+    token_dtype: str,
+    vision_mask: np.ndarray | None,
+    loss_weights: np.ndarray,
+    atomic_spans,
+) -> dict[str, Any]:
+    """The compact payload `doc_arrays` reads back, from a built example's arrays.
+
+    `source` gives the example's `file` and `line`; `vision_mask` None means no vision tokens.
+    Example: tokens [1, 5, 9] as "<u2" -> {"tokens": b"\\x01\\x00\\x05\\x00\\t\\x00", "token_dtype": "<u2", ...}
+    """
+    return {
+        "file": source["file"],
+        "line": source["line"],
+        "chars": chars,
+        "meta": json.dumps(meta, sort_keys=True, ensure_ascii=False),
+        "tokens": tokens.astype(token_dtype).tobytes(),
+        "token_dtype": token_dtype,
+        "vision_mask": None if vision_mask is None else vision_mask.astype("|b1").tobytes(),
+        "loss_weights": loss_weights.astype("<f4").tobytes(),
+        "atomic_spans": [list(s) for s in atomic_spans],
+    }
+
+
 def _piece(doc: dict[str, Any], offset: int, length: int) -> dict[str, Any]:
     """The payload of tokens [offset, offset + length) of a document payload, still compact."""
     size = np.dtype(doc["token_dtype"]).itemsize

@@ -36,6 +36,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from lwmkit.pipelines.image_stages import check_caption
 from lwmkit.pipelines.normalize import normalize_text
 from lwmkit.pipelines.outputs import is_local
+from lwmkit.pipelines.shard_writing import example_payload
 from lwmkit.pipelines.stages import COUNTS, FAILURES, Dropped, DropRecord, failure_row
 from lwmkit.pipelines.video_examples import VideoExampleBuilder, video_kind
 from lwmkit.pipelines.video_frames import DecodeOptions
@@ -263,14 +264,6 @@ class MakeVideoExample:
         if turns:
             meta["turns"] = len(turns)
         chars = len(video.get("caption") or "") if not turns else sum(len(q) + len(a) for q, a in turns)
-        yield video["doc_id"], {
-            "file": video["file"],
-            "line": video["line"],
-            "chars": chars,
-            "meta": json.dumps(meta, sort_keys=True, ensure_ascii=False),
-            "tokens": ex.tokens.astype(self.token_dtype).tobytes(),
-            "token_dtype": self.token_dtype,
-            "vision_mask": ex.vision_mask.astype("|b1").tobytes(),
-            "loss_weights": ex.loss_weights.astype("<f4").tobytes(),
-            "atomic_spans": [list(s) for s in ex.atomic_spans],
-        }
+        yield video["doc_id"], example_payload(
+            video, chars, meta, ex.tokens, self.token_dtype, ex.vision_mask, ex.loss_weights, ex.atomic_spans
+        )
