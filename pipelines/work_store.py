@@ -48,6 +48,7 @@ from lwmkit.pipelines.outputs import (
     is_local,
     join,
     list_outputs,
+    open_input,
     read_output_bytes,
     write_output_bytes,
 )
@@ -219,26 +220,25 @@ def _size(path: str) -> int | None:
 
 
 class UnitReader:
-    """Reads unit records by reference, keeping a few units open; verifies each record's SHA-256."""
+    """Reads unit records by reference, keeping a few units open; verifies each record's SHA-256.
+
+    The last document read is kept: a shard writer asks for the same document once per piece,
+    and the pieces of a long document usually follow one another.
+    """
 
     def __init__(self, output: str, max_open: int = 16):
         self.base = units_dir(output)
         self.max_open = max_open
         self._open: dict[str, Any] = {}
+        self._last: tuple[tuple, dict[str, Any]] | None = None
 
     def _handle(self, name: str):
         f = self._open.pop(name, None)
         if f is None:
             path = join(self.base, f"{name}.bin")
             try:
-                if is_local(path):
-                    f = open(path, "rb")  # noqa: SIM115 - kept open across reads, closed in close()
-                else:
-                    from apache_beam.io.filesystem import CompressionTypes
-                    from apache_beam.io.filesystems import FileSystems
-
-                    f = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-            except (OSError, Exception) as e:  # Beam raises its own IOError subclasses
+                f = open_input(path)  # kept open across reads, closed in close()
+            except Exception as e:  # Beam raises its own IOError subclasses
                 raise WorkStoreError(
                     f"{path}: work unit cannot be opened ({e}); rerun the job"
                 ) from e
@@ -253,6 +253,9 @@ class UnitReader:
         Raises:
           WorkStoreError: the unit is missing, or the record is damaged or is another document's.
         """
+        key = (doc_id, *ref["at"], ref["sha"])
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
         name, offset, length = ref["at"]
         where = f"{join(self.base, name + '.bin')} (document {doc_id}, {ref.get('file')}:{ref.get('line')})"
         f = self._handle(name)
@@ -265,12 +268,14 @@ class UnitReader:
         got, payload = decode_payload(data, where)
         if got != doc_id:
             raise WorkStoreError(f"{where}: holds document {got}")
+        self._last = (key, payload)
         return payload
 
     def close(self) -> None:
         for f in self._open.values():
             f.close()
         self._open.clear()
+        self._last = None
 
 
 # --- the store's identity and upkeep --------------------------------------------------------------

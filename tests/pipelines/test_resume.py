@@ -225,3 +225,20 @@ def test_damaged_units_are_named_or_ignored(corpus, tmp_path, bpe_model):
     assert list(ReadReceipt()(receipt)) == []
     work_store.clear(str(out))
     assert not (out / ".work").exists()
+
+
+def test_unit_reader_reads_a_document_once_for_consecutive_pieces(corpus, tmp_path, bpe_model, monkeypatch):
+    out = tmp_path / "out"
+    run_books(_options(corpus, out, bpe_model))
+    refs = list(ReadReceipt()(receipt_paths(str(out))[0]))
+    assert len(refs) >= 2  # one 64 MiB unit holds every document of this corpus
+    (d1, r1), (d2, r2) = refs[:2]
+    reader = UnitReader(str(out))
+    reads = []
+    real = work_store.decode_payload
+    monkeypatch.setattr(work_store, "decode_payload", lambda data, where: reads.append(where) or real(data, where))
+    first = reader.load(d1, r1)
+    assert reader.load(d1, r1) is first and len(reads) == 1  # the next piece of the same document
+    assert reader.load(d2, r2)["tokens"] != first["tokens"] and len(reads) == 2
+    assert reader.load(d1, r1) == first and len(reads) == 3  # not the last one any more: read again
+    reader.close()
