@@ -182,11 +182,10 @@ def require_documents(manifest: dict[str, Any], error: type[Exception], lead: st
     """Raises `error` when a job kept no document, naming its inputs and the failure reasons.
 
     The message reads "<lead> N input files (a, b, c, ...); failures: <stage:reason> xK, ...;
-    see <output>/failures.jsonl". The work store has nothing worth keeping then and is deleted.
+    see <output>/failures.jsonl".
     """
     if manifest["documents"]:
         return
-    work_store.clear(output)
     reasons = ", ".join(f"{k} x{v}" for k, v in manifest["failures"]["by_reason"].items()) or "none"
     raise error(
         f"{lead} {len(files)} input files ({', '.join(files[:3])}{', ...' if len(files) > 3 else ''}); "
@@ -221,8 +220,8 @@ def run_job(
     complete, so none may stand beside shards that are being replaced. The work store
     (`<output>/.work`, see `work_store.py`) is kept from an interrupted run of the same job
     (`identity`, by default `work_identity(job)`), emptied otherwise or with `force`, and deleted
-    after success unless `keep_work`. `rerun` runs even if the output is complete (e.g. to retry
-    failures).
+    after success unless `keep_work` (and always when no document was kept). `rerun` runs even
+    if the output is complete (e.g. to retry failures).
     """
     if not force and not rerun and (done := complete_output(output, job)):
         log(f"{output} is already complete for these inputs and options; nothing to do (--force rebuilds)")
@@ -237,6 +236,7 @@ def run_job(
     with beam.Pipeline(options=pipeline_options) as p:
         build(p)
     log(f"finished in {time.monotonic() - start:.1f}s")
-    if not keep_work:
+    manifest = json.loads(read_output_bytes(join(output, "manifest.json")))
+    if not keep_work or not manifest["documents"]:  # a job that kept nothing leaves nothing worth keeping
         work_store.clear(output)
-    return json.loads(read_output_bytes(join(output, "manifest.json")))
+    return manifest
