@@ -126,9 +126,11 @@ def build_all(root: Path) -> None:
     _run("images", *image_inputs, "--tokenizer", tok, "--vqgan-preset", "tiny", "--vqgan-seed", "7",
          "--seq-len", "300,1200", "--generation-fraction", "0.5", "--seed", "3", "--batch-size", "4",
          "--output", "out/images")
+    # Decode workers are shared per settings for the whole process and resolve relative paths
+    # against the folder they started in: settings of its own give this run workers started here.
     _run("videos", "--input", _video_inputs(rel / "in" / "videos"), "--tokenizer", tok, "--vqgan-preset", "tiny",
          "--vqgan-seed", "7", "--num-frames", "3", "--chunk-frames", "2", "--seq-len", "2000,800",
-         "--seed", "5", "--output", "out/videos")
+         "--seed", "5", "--videos-per-worker", "29", "--output", "out/videos")
     _run("qa", "--input", _qa_inputs(rel / "in" / "qa"), "--tokenizer", tok, "--preset", "tiny",
          "--generator", "extractive", "--seed", "2", "--output", "out/qa")
     _run("export", "out/books", "--output", "out/export/books.jsonl")
