@@ -159,8 +159,8 @@ def main() -> None:
     parser.add_argument("--no-tree", action="store_true", help="leave ../shared/data/video/tree.avi out")
     args = parser.parse_args()
 
+    from lwmkit.pipelines.engine.inference import JaxModelHandler
     from lwmkit.pipelines.image_stages import LoadEncoder
-    from lwmkit.pipelines.inference import JaxModelHandler
     from lwmkit.pipelines.video_frames import DecodeOptions
     from lwmkit.pipelines.video_index import FrameSampling
     from lwmkit.tokenizers.text import train_bpe

@@ -32,17 +32,17 @@ from typing import Any
 
 import apache_beam as beam
 from lwmkit.packing.records import document_id
-from lwmkit.pipelines import runner as runner_lib
+from lwmkit.pipelines.engine import runner as runner_lib
+from lwmkit.pipelines.engine.launch import PreparedJob, launch
+from lwmkit.pipelines.engine.normalize import normalize_text
+from lwmkit.pipelines.engine.outputs import read_output_bytes
+from lwmkit.pipelines.engine.resume import skip_stored, stored_documents
+from lwmkit.pipelines.engine.stages import Dropped, DropRecord, StageList
+from lwmkit.pipelines.engine.work_store import DEFAULT_UNIT_BYTES, SpillDoFn
 from lwmkit.pipelines.finalize import StageChain
 from lwmkit.pipelines.job_options import check_packing_fields, recorded_options
-from lwmkit.pipelines.launch import PreparedJob, launch
-from lwmkit.pipelines.normalize import normalize_text
-from lwmkit.pipelines.outputs import read_output_bytes
 from lwmkit.pipelines.planning import PackOptions
 from lwmkit.pipelines.readers import input_kind, read_documents
-from lwmkit.pipelines.resume import skip_stored, stored_documents
-from lwmkit.pipelines.stages import Dropped, DropRecord, StageList
-from lwmkit.pipelines.work_store import DEFAULT_UNIT_BYTES, SpillDoFn
 from lwmkit.pipelines.write_stage import (
     job_record,
     write_datasets,
@@ -266,7 +266,7 @@ def build_pipeline(
 
 
 def _read_tokenizer(path: str) -> SentencePieceTokenizer:
-    from lwmkit.pipelines.outputs import is_local
+    from lwmkit.pipelines.engine.outputs import is_local
 
     if is_local(path):
         if not os.path.exists(path):

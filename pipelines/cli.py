@@ -141,7 +141,7 @@ def _job_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _print_retry(manifest: dict) -> None:
-    from lwmkit.pipelines.resume import retry_summary
+    from lwmkit.pipelines.engine.resume import retry_summary
 
     if line := retry_summary(manifest):
         print(line)
@@ -219,7 +219,7 @@ def _stages(args, beam_args: list[str]) -> None:
 
 def _books(args, beam_args: list[str]) -> None:
     from lwmkit.pipelines.books import BooksOptions, run_books
-    from lwmkit.pipelines.dataflow import dry_run_instead
+    from lwmkit.pipelines.engine.dataflow import dry_run_instead
 
     options = BooksOptions(
         inputs=_inputs(args.input),
@@ -283,8 +283,8 @@ def _images_parser(sub) -> None:
 
 
 def _images(args, beam_args: list[str]) -> None:
-    from lwmkit.pipelines.dataflow import dry_run_instead
     from lwmkit.pipelines.download import DownloadOptions
+    from lwmkit.pipelines.engine.dataflow import dry_run_instead
     from lwmkit.pipelines.image_examples import Templates
     from lwmkit.pipelines.image_sources import SourceOptions
     from lwmkit.pipelines.image_text import ImagesOptions, run_images
@@ -328,7 +328,7 @@ def _images(args, beam_args: list[str]) -> None:
 
 def _train_tokenizer(args) -> None:
     from lwmkit.pipelines.books import match_inputs
-    from lwmkit.pipelines.outputs import write_output_bytes
+    from lwmkit.pipelines.engine.outputs import write_output_bytes
     from lwmkit.pipelines.readers import iter_texts
     from lwmkit.tokenizers.text import train_bpe
 

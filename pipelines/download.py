@@ -42,7 +42,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from lwmkit.pipelines.stages import DropRecord
+from lwmkit.pipelines.engine.stages import DropRecord
 
 RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 _CHUNK = 1 << 16

@@ -26,9 +26,9 @@ from lwmkit.packing.records import (
     tfds_features_json,
 )
 from lwmkit.packing.shards import WRITER_OPTIONS, ShardInfo, dataset_info_json, dumps_json
-from lwmkit.pipelines.outputs import delete_outputs, join, list_outputs, write_output_bytes
+from lwmkit.pipelines.engine.outputs import delete_outputs, join, list_outputs, write_output_bytes
+from lwmkit.pipelines.engine.stages import failure_row, failure_sort_key
 from lwmkit.pipelines.planning import DOCUMENTS, PackOptions, packed_dir, record_location, tfds_name
-from lwmkit.pipelines.stages import failure_row, failure_sort_key
 
 _STAGE_KEYS = ("seq_len", "records", "documents", "tokens", "fill", "rope_theta", "documents_long_enough", "min_doc_tokens")
 

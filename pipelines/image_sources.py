@@ -37,8 +37,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from lwmkit.pipelines.outputs import open_input
-from lwmkit.pipelines.stages import Dropped
+from lwmkit.pipelines.engine.outputs import open_input
+from lwmkit.pipelines.engine.stages import Dropped
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
 CAPTION_EXTENSIONS = ("txt", "caption", "text")

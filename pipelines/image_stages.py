@@ -19,11 +19,11 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
+from lwmkit.pipelines.engine.normalize import normalize_text
+from lwmkit.pipelines.engine.stages import Dropped, DropRecord
 from lwmkit.pipelines.image_examples import ExampleBuilder, choose_kind
 from lwmkit.pipelines.image_sources import SourceOptions, read_pairs
-from lwmkit.pipelines.normalize import normalize_text
 from lwmkit.pipelines.shard_writing import example_payload
-from lwmkit.pipelines.stages import Dropped, DropRecord
 from lwmkit.tokenizers.vision import (
     CODE_GRID,
     IMAGE_SIZE,
@@ -169,7 +169,7 @@ class LoadEncoder:
 def encode_images(pairs, load: LoadEncoder, batch_size: int):
     """RunInference of the VQGAN over (pair, uint8 pixels); yields (pair, PredictionResult) in any order."""
     from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
-    from lwmkit.pipelines.inference import JaxModelHandler
+    from lwmkit.pipelines.engine.inference import JaxModelHandler
 
     handler = JaxModelHandler(
         load,

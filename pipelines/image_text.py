@@ -42,8 +42,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
-from lwmkit.pipelines import runner as runner_lib
 from lwmkit.pipelines.download import Download, DownloadOptions
+from lwmkit.pipelines.engine import runner as runner_lib
+from lwmkit.pipelines.engine.launch import PreparedJob, launch
+from lwmkit.pipelines.engine.outputs import is_local, read_output_bytes
+from lwmkit.pipelines.engine.resume import skip_stored, stored_documents
+from lwmkit.pipelines.engine.stages import StageList
 from lwmkit.pipelines.finalize import StageChain
 from lwmkit.pipelines.image_examples import ExampleBuilder, Templates
 from lwmkit.pipelines.image_sources import SourceOptions, expand_input, source_kind
@@ -60,11 +64,7 @@ from lwmkit.pipelines.image_stages import (
     load_image_tokenizer,
 )
 from lwmkit.pipelines.job_options import check_packing_fields, recorded_options
-from lwmkit.pipelines.launch import PreparedJob, launch
-from lwmkit.pipelines.outputs import is_local, read_output_bytes
 from lwmkit.pipelines.planning import PackOptions
-from lwmkit.pipelines.resume import skip_stored, stored_documents
-from lwmkit.pipelines.stages import StageList
 from lwmkit.pipelines.write_stage import (
     job_record,
     write_datasets,

@@ -29,11 +29,11 @@ import numpy as np
 from lwmkit.packing.manifest import load_manifest
 from lwmkit.packing.records import DOCUMENT_FORMAT, RecordError, decode_record
 from lwmkit.packing.shards import read_shard
-from lwmkit.pipelines import runner as runner_lib
+from lwmkit.pipelines.engine import runner as runner_lib
+from lwmkit.pipelines.engine.outputs import is_local, join, read_output_bytes
+from lwmkit.pipelines.engine.stages import Dropped, run_stage
 from lwmkit.pipelines.finalize import StageChain
-from lwmkit.pipelines.outputs import is_local, join, read_output_bytes
 from lwmkit.pipelines.planning import PackOptions
-from lwmkit.pipelines.stages import Dropped, run_stage
 from lwmkit.pipelines.write_stage import job_record, progress_log, run_job, write_datasets
 
 SCHEDULES = {

@@ -42,17 +42,19 @@ from typing import Any
 
 import apache_beam as beam
 from lwmkit.packing.shards import dumps_json
-from lwmkit.pipelines import runner as runner_lib
 from lwmkit.pipelines.books import LengthFilter, ReadFile, keep_first, match_inputs, normalize
-from lwmkit.pipelines.finalize import StageChain
-from lwmkit.pipelines.launch import PreparedJob
-from lwmkit.pipelines.outputs import (
+from lwmkit.pipelines.engine import runner as runner_lib
+from lwmkit.pipelines.engine.launch import PreparedJob
+from lwmkit.pipelines.engine.outputs import (
     delete_outputs,
     is_local,
     join,
     read_output_bytes,
     write_output_bytes,
 )
+from lwmkit.pipelines.engine.resume import previous_failures
+from lwmkit.pipelines.engine.stages import StageList
+from lwmkit.pipelines.finalize import StageChain
 from lwmkit.pipelines.planning import PackOptions
 from lwmkit.pipelines.qa_assembly import ContextOptions
 from lwmkit.pipelines.qa_extractive import ExtractiveGenerator, ExtractiveOptions
@@ -68,8 +70,6 @@ from lwmkit.pipelines.qa_stages import (
     qa_summary,
     validate,
 )
-from lwmkit.pipelines.resume import previous_failures
-from lwmkit.pipelines.stages import StageList
 from lwmkit.pipelines.write_stage import (
     job_record,
     progress_log,

@@ -19,7 +19,7 @@ import hashlib
 import json
 from typing import Any
 
-from lwmkit.pipelines.outputs import join, read_output_bytes, write_output_bytes
+from lwmkit.pipelines.engine.outputs import join, read_output_bytes, write_output_bytes
 from lwmkit.pipelines.qa_generators import Reply
 
 CACHE_VERSION = 1

@@ -129,10 +129,10 @@ def run_qa_command(args: argparse.Namespace, run_options: dict[str, Any], pack) 
 
     With Beam's `--dry_run=True` it builds and checks the Dataflow job instead (`dataflow.py`).
     """
-    from lwmkit.pipelines.dataflow import dry_run_instead
+    from lwmkit.pipelines.engine.dataflow import dry_run_instead
+    from lwmkit.pipelines.engine.resume import retry_summary
     from lwmkit.pipelines.qa import QAOptions, run_qa
     from lwmkit.pipelines.qa_assembly import ContextOptions
-    from lwmkit.pipelines.resume import retry_summary
 
     overrides: dict[str, Any] = {"min_fill": args.min_fill, "order": args.question_order, "seed": args.seed}
     for key, value in (

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import apache_beam as beam
+from lwmkit.pipelines.engine.stages import Dropped, DropRecord
 from lwmkit.pipelines.pack import read_document_records
 from lwmkit.pipelines.qa_assembly import ContextBuilder, ContextOptions
 from lwmkit.pipelines.qa_cache import ReplyCache
@@ -30,7 +31,6 @@ from lwmkit.pipelines.qa_chunks import Chunk, chunk_text, total_tokens
 from lwmkit.pipelines.qa_client import USAGE_KEYS
 from lwmkit.pipelines.qa_generators import QAGenerator
 from lwmkit.pipelines.shard_writing import example_payload
-from lwmkit.pipelines.stages import Dropped, DropRecord
 from lwmkit.tokenizers.text import SentencePieceTokenizer
 
 DEPTH_BUCKETS = 10  # distance histogram: tenths of seq_len

@@ -23,8 +23,8 @@ import re
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
-from lwmkit.pipelines.outputs import open_input
-from lwmkit.pipelines.stages import Dropped
+from lwmkit.pipelines.engine.outputs import open_input
+from lwmkit.pipelines.engine.stages import Dropped
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 SUFFIXES = (".jsonl.zst", ".jsonl.zstd", ".jsonl", ".json.zst", ".txt", ".parquet")

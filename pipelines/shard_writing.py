@@ -21,15 +21,15 @@ from lwmkit.packing.assemble import Segment, assemble_packed
 from lwmkit.packing.loss import LossPolicy
 from lwmkit.packing.records import FORMAT_VERSION, encode_document, encode_packed, spans_array
 from lwmkit.packing.shards import dumps_json, shard_name
-from lwmkit.pipelines.outputs import (
+from lwmkit.pipelines.engine.outputs import (
     is_local,
     join,
     read_output_bytes,
     write_output_bytes,
     write_output_shard,
 )
+from lwmkit.pipelines.engine.work_store import UnitReader, work_dir
 from lwmkit.pipelines.planning import DOCUMENTS, PackOptions, iter_placements, tfds_name
-from lwmkit.pipelines.work_store import UnitReader, work_dir
 
 
 def doc_arrays(doc: dict[str, Any], offset: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -74,8 +74,8 @@ def run_videos_command(args: argparse.Namespace, run_options: dict[str, Any], pa
 
     With Beam's `--dry_run=True` it builds and checks the Dataflow job instead (`dataflow.py`).
     """
-    from lwmkit.pipelines.dataflow import dry_run_instead
-    from lwmkit.pipelines.resume import retry_summary
+    from lwmkit.pipelines.engine.dataflow import dry_run_instead
+    from lwmkit.pipelines.engine.resume import retry_summary
     from lwmkit.pipelines.video_download import VideoDownloadOptions
     from lwmkit.pipelines.video_examples import VideoTemplates
     from lwmkit.pipelines.video_frames import DecodeOptions, FrameSampling

@@ -38,9 +38,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from lwmkit.pipelines.engine.outputs import open_input
+from lwmkit.pipelines.engine.stages import Dropped
 from lwmkit.pipelines.image_sources import unsafe_member_name
-from lwmkit.pipelines.outputs import open_input
-from lwmkit.pipelines.stages import Dropped
 
 URL_COLUMNS = ("url", "contentUrl", "video_url", "URL")
 PATH_COLUMNS = ("path", "video_path", "video", "file")

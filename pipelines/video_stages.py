@@ -33,11 +33,11 @@ import numpy as np
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
+from lwmkit.pipelines.engine.normalize import normalize_text
+from lwmkit.pipelines.engine.outputs import is_local
+from lwmkit.pipelines.engine.stages import COUNTS, FAILURES, Dropped, DropRecord, failure_row
 from lwmkit.pipelines.image_stages import check_caption
-from lwmkit.pipelines.normalize import normalize_text
-from lwmkit.pipelines.outputs import is_local
 from lwmkit.pipelines.shard_writing import example_payload
-from lwmkit.pipelines.stages import COUNTS, FAILURES, Dropped, DropRecord, failure_row
 from lwmkit.pipelines.video_examples import VideoExampleBuilder, video_kind
 from lwmkit.pipelines.video_frames import DecodeOptions
 from lwmkit.pipelines.video_index import VideoError

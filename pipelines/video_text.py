@@ -57,7 +57,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
-from lwmkit.pipelines import runner as runner_lib
+from lwmkit.pipelines.engine import runner as runner_lib
+from lwmkit.pipelines.engine.launch import PreparedJob, launch
+from lwmkit.pipelines.engine.outputs import join
+from lwmkit.pipelines.engine.resume import skip_stored, stored_documents
+from lwmkit.pipelines.engine.stages import StageList
 from lwmkit.pipelines.finalize import StageChain
 from lwmkit.pipelines.image_stages import (
     LoadEncoder,
@@ -70,11 +74,7 @@ from lwmkit.pipelines.image_text import (
     token_dtype,
 )
 from lwmkit.pipelines.job_options import check_packing_fields, recorded_options
-from lwmkit.pipelines.launch import PreparedJob, launch
-from lwmkit.pipelines.outputs import join
 from lwmkit.pipelines.planning import PackOptions
-from lwmkit.pipelines.resume import skip_stored, stored_documents
-from lwmkit.pipelines.stages import StageList
 from lwmkit.pipelines.video_download import DownloadVideo, VideoDownloadOptions
 from lwmkit.pipelines.video_examples import VideoExampleBuilder, VideoTemplates
 from lwmkit.pipelines.video_frames import DecodeOptions

@@ -15,9 +15,16 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import apache_beam as beam
-from lwmkit.pipelines import work_store
+from lwmkit.pipelines.engine import work_store
+from lwmkit.pipelines.engine.outputs import (
+    delete_outputs,
+    is_local,
+    join,
+    list_outputs,
+    read_output_bytes,
+)
+from lwmkit.pipelines.engine.work_store import DEFAULT_UNIT_BYTES, SpillDoFn
 from lwmkit.pipelines.finalize import FinalizeDoFn, StageChain
-from lwmkit.pipelines.outputs import delete_outputs, is_local, join, list_outputs, read_output_bytes
 from lwmkit.pipelines.planning import (
     PackOptions,
     make_plan,
@@ -26,7 +33,6 @@ from lwmkit.pipelines.planning import (
     packing_windows,
 )
 from lwmkit.pipelines.shard_writing import RouteDoFn, WriteShardDoFn
-from lwmkit.pipelines.work_store import DEFAULT_UNIT_BYTES, SpillDoFn
 
 
 def index_entry(item: tuple[int, dict]) -> dict[str, Any]:

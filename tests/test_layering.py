@@ -79,7 +79,7 @@ def test_light_modules_import_without_jax():
         "import sys, json\n"
         "import lwmkit.packing, lwmkit.tokenizers, lwmkit.pipelines, lwmkit.pipelines.cli\n"
         "import lwmkit.pipelines.books, lwmkit.packing.source, lwmkit.pipelines.image_text, lwmkit.pipelines.qa\n"
-        "import lwmkit.pipelines.inference, lwmkit.eval, lwmkit.eval.cli, lwmkit.eval.cases, lwmkit.tokenizers.vision\n"
+        "import lwmkit.pipelines.engine.inference, lwmkit.eval, lwmkit.eval.cli, lwmkit.eval.cases, lwmkit.tokenizers.vision\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'flax', 'grain'))))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/")

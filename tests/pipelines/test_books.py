@@ -28,7 +28,7 @@ from lwmkit.packing import (
 )
 from lwmkit.pipelines import BooksOptions, NoValidDocumentsError, run_books
 from lwmkit.pipelines import books as books_lib
-from lwmkit.pipelines.normalize import normalize_text
+from lwmkit.pipelines.engine.normalize import normalize_text
 from lwmkit.pipelines.planning import PackOptions
 from lwmkit.tokenizers import SentencePieceTokenizer
 

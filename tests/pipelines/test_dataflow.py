@@ -10,8 +10,8 @@ import json
 import tarfile
 
 import pytest
-from lwmkit.pipelines import dataflow
 from lwmkit.pipelines.cli import main
+from lwmkit.pipelines.engine import dataflow
 
 from .helpers import book, record, write_jsonl
 from .offline import DATAFLOW, offline  # noqa: F401 - the fixture

@@ -6,7 +6,7 @@ import time
 
 import pytest
 from lwmkit.pipelines.download import Download, DownloadError, DownloadOptions, check_url, fetch
-from lwmkit.pipelines.stages import DropRecord
+from lwmkit.pipelines.engine.stages import DropRecord
 
 from .image_inputs import SLOW_S, rgb, serve
 

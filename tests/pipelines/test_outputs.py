@@ -15,7 +15,7 @@ from apache_beam.io.filesystem import FileMetadata, MatchResult
 from apache_beam.io.localfilesystem import LocalFileSystem
 from lwmkit.packing import ShardDataSource, verify_directory
 from lwmkit.pipelines import BooksOptions, run_books
-from lwmkit.pipelines.outputs import (
+from lwmkit.pipelines.engine.outputs import (
     is_local,
     read_output_bytes,
     write_output_bytes,

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from lwmkit.packing import ShardDataSource, verify_directory
 from lwmkit.packing.records import document_id
-from lwmkit.pipelines.normalize import normalize_text
+from lwmkit.pipelines.engine.normalize import normalize_text
 from lwmkit.pipelines.qa import NoValidContextsError, QAOptions, run_qa
 from lwmkit.pipelines.qa_assembly import ContextOptions
 from lwmkit.pipelines.qa_chunks import chunk_text

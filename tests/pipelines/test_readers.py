@@ -8,8 +8,8 @@ import random
 import string
 
 import pytest
+from lwmkit.pipelines.engine.stages import Dropped
 from lwmkit.pipelines.readers import SUFFIXES, input_kind, iter_texts, read_documents
-from lwmkit.pipelines.stages import Dropped
 
 from .helpers import jsonl_bytes, record, write_jsonl, write_jsonl_zst, write_parquet, zstd
 

@@ -10,8 +10,14 @@ import textwrap
 
 import pytest
 from lwmkit.pipelines import books as books_lib
-from lwmkit.pipelines import run_books, work_store
-from lwmkit.pipelines.work_store import ReadReceipt, UnitReader, WorkStoreError, receipt_paths
+from lwmkit.pipelines import run_books
+from lwmkit.pipelines.engine import work_store
+from lwmkit.pipelines.engine.work_store import (
+    ReadReceipt,
+    UnitReader,
+    WorkStoreError,
+    receipt_paths,
+)
 
 from .faults import Faulty
 from .test_books import compare_outputs

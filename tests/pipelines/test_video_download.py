@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from lwmkit.pipelines.download import DownloadError
-from lwmkit.pipelines.stages import DropRecord
+from lwmkit.pipelines.engine.stages import DropRecord
 from lwmkit.pipelines.video_download import (
     DownloadVideo,
     HostRateLimiter,

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from lwmkit.pipelines.stages import Dropped
+from lwmkit.pipelines.engine.stages import Dropped
 from lwmkit.pipelines.video_sources import (
     RowError,
     VideoSourceOptions,

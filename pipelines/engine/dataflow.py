@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
-    from lwmkit.pipelines.launch import PreparedJob
+    from lwmkit.pipelines.engine.launch import PreparedJob
 
 # Every job ends with these stages (`write_stage.write_datasets`).
 FINAL_STAGES = ("plan", "write shards", "finalize")
@@ -140,8 +140,8 @@ def dry_run(options: Any) -> GraphReport:
       FileNotFoundError: inputs, tokenizer or VQGAN missing (read as a real launch reads them).
     """
     import apache_beam as beam
-    from lwmkit.pipelines import runner as runner_lib
-    from lwmkit.pipelines.dataflow_graph import build_graph
+    from lwmkit.pipelines.engine import runner as runner_lib
+    from lwmkit.pipelines.engine.dataflow_graph import build_graph
 
     kind = _JOBS.get(type(options).__name__)
     if kind is None:
@@ -172,7 +172,7 @@ def dry_run(options: Any) -> GraphReport:
     warnings = option_warnings(options, beam_options)
     job_file = _job_file(beam_options)
     if job_file:
-        from lwmkit.pipelines.outputs import write_output_bytes
+        from lwmkit.pipelines.engine.outputs import write_output_bytes
 
         document = {
             "job": graph.request,
@@ -232,7 +232,7 @@ def _job_file(beam_options) -> str | None:
 def option_warnings(options: Any, beam_options) -> list[str]:
     """What in these options would make a submitted Dataflow job fail or crawl (empty: nothing found)."""
     from apache_beam.options.pipeline_options import GoogleCloudOptions, SetupOptions, WorkerOptions
-    from lwmkit.pipelines.outputs import is_local
+    from lwmkit.pipelines.engine.outputs import is_local
 
     setup = beam_options.view_as(SetupOptions)
     image = beam_options.view_as(WorkerOptions).sdk_container_image

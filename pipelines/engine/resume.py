@@ -25,9 +25,9 @@ import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
-from lwmkit.pipelines.outputs import join, read_output_bytes
-from lwmkit.pipelines.stages import COUNTS
-from lwmkit.pipelines.work_store import ReadReceipt
+from lwmkit.pipelines.engine.outputs import join, read_output_bytes
+from lwmkit.pipelines.engine.stages import COUNTS
+from lwmkit.pipelines.engine.work_store import ReadReceipt
 
 
 class SkipDone(beam.DoFn):

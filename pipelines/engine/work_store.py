@@ -43,7 +43,7 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 from lwmkit.packing.shards import dumps_json
 from lwmkit.packing.wire import WireError, decode_example, encode_example
-from lwmkit.pipelines.outputs import (
+from lwmkit.pipelines.engine.outputs import (
     delete_outputs,
     is_local,
     join,

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from lwmkit.pipelines import runner as runner_lib
-from lwmkit.pipelines.resume import previous_failures
-from lwmkit.pipelines.work_store import receipt_paths
+from lwmkit.pipelines.engine import runner as runner_lib
+from lwmkit.pipelines.engine.resume import previous_failures
+from lwmkit.pipelines.engine.work_store import receipt_paths
 from lwmkit.pipelines.write_stage import progress_log, require_documents, run_job, work_identity
 
 
