@@ -33,20 +33,17 @@ from typing import Any
 import apache_beam as beam
 from lwmkit.packing.records import document_id
 from lwmkit.pipelines.engine import runner as runner_lib
-from lwmkit.pipelines.engine.launch import PreparedJob, launch
+from lwmkit.pipelines.engine.lifecycle import PreparedJob, job_record, launch
 from lwmkit.pipelines.engine.normalize import normalize_text
 from lwmkit.pipelines.engine.outputs import read_output_bytes
 from lwmkit.pipelines.engine.resume import skip_stored, stored_documents
 from lwmkit.pipelines.engine.stages import Dropped, DropRecord, StageList
 from lwmkit.pipelines.engine.work_store import DEFAULT_UNIT_BYTES, SpillDoFn
-from lwmkit.pipelines.finalize import StageChain
 from lwmkit.pipelines.job_options import check_packing_fields, recorded_options
-from lwmkit.pipelines.planning import PackOptions
 from lwmkit.pipelines.readers import input_kind, read_documents
-from lwmkit.pipelines.write_stage import (
-    job_record,
-    write_datasets,
-)
+from lwmkit.pipelines.writing.finalize import StageChain
+from lwmkit.pipelines.writing.plan import PackOptions
+from lwmkit.pipelines.writing.tail import write_datasets
 from lwmkit.tokenizers.text import SentencePieceTokenizer
 
 STAGES = ("read", "normalize", "filter", "tokenize", "dedup")
@@ -178,7 +175,7 @@ def keep_first_reference(element: tuple[int, Iterable[dict]]) -> Iterator[tuple[
 
 
 class Tokenize:
-    """Encodes a document as [BOS] text [EOS]; see `shard_writing.doc_arrays` for the payload."""
+    """Encodes a document as [BOS] text [EOS]; see `writing.payload.doc_arrays` for the payload."""
 
     def __init__(self, tokenizer: SentencePieceTokenizer):
         self.tokenizer = tokenizer

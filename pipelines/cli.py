@@ -163,7 +163,7 @@ def _pack_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _pack_options(args):
-    from lwmkit.pipelines.planning import PackOptions
+    from lwmkit.pipelines.writing.plan import PackOptions
 
     return PackOptions(
         policy=args.long_document_policy,

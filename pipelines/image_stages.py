@@ -23,7 +23,7 @@ from lwmkit.pipelines.engine.normalize import normalize_text
 from lwmkit.pipelines.engine.stages import Dropped, DropRecord
 from lwmkit.pipelines.image_examples import ExampleBuilder, choose_kind
 from lwmkit.pipelines.image_sources import SourceOptions, read_pairs
-from lwmkit.pipelines.shard_writing import example_payload
+from lwmkit.pipelines.writing.payload import example_payload
 from lwmkit.tokenizers.vision import (
     CODE_GRID,
     IMAGE_SIZE,
@@ -104,7 +104,7 @@ def join_codes(element: tuple[dict, Any]) -> Iterator[dict | Dropped]:
 
 
 class MakeExample:
-    """The example stage: (doc_id, payload) as `shard_writing.doc_arrays` reads it."""
+    """The example stage: (doc_id, payload) as `writing.payload.doc_arrays` reads it."""
 
     def __init__(self, builder: ExampleBuilder, seed: int, generation_fraction: float, token_dtype: str):
         self.builder = builder

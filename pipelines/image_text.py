@@ -44,11 +44,10 @@ from typing import Any
 import apache_beam as beam
 from lwmkit.pipelines.download import Download, DownloadOptions
 from lwmkit.pipelines.engine import runner as runner_lib
-from lwmkit.pipelines.engine.launch import PreparedJob, launch
+from lwmkit.pipelines.engine.lifecycle import PreparedJob, job_record, launch
 from lwmkit.pipelines.engine.outputs import is_local, read_output_bytes
 from lwmkit.pipelines.engine.resume import skip_stored, stored_documents
 from lwmkit.pipelines.engine.stages import StageList
-from lwmkit.pipelines.finalize import StageChain
 from lwmkit.pipelines.image_examples import ExampleBuilder, Templates
 from lwmkit.pipelines.image_sources import SourceOptions, expand_input, source_kind
 from lwmkit.pipelines.image_stages import (
@@ -64,11 +63,9 @@ from lwmkit.pipelines.image_stages import (
     load_image_tokenizer,
 )
 from lwmkit.pipelines.job_options import check_packing_fields, recorded_options
-from lwmkit.pipelines.planning import PackOptions
-from lwmkit.pipelines.write_stage import (
-    job_record,
-    write_datasets,
-)
+from lwmkit.pipelines.writing.finalize import StageChain
+from lwmkit.pipelines.writing.plan import PackOptions
+from lwmkit.pipelines.writing.tail import write_datasets
 from lwmkit.tokenizers import vqgan_config
 from lwmkit.tokenizers.text import SentencePieceTokenizer
 from lwmkit.tokenizers.vision import VISION_VOCAB_SIZE, ImageOptions

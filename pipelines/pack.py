@@ -25,16 +25,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
-import numpy as np
 from lwmkit.packing.manifest import load_manifest
 from lwmkit.packing.records import DOCUMENT_FORMAT, RecordError, decode_record
 from lwmkit.packing.shards import read_shard
 from lwmkit.pipelines.engine import runner as runner_lib
+from lwmkit.pipelines.engine.lifecycle import job_record, progress_log, run_job
 from lwmkit.pipelines.engine.outputs import is_local, join, read_output_bytes
 from lwmkit.pipelines.engine.stages import Dropped, run_stage
-from lwmkit.pipelines.finalize import StageChain
-from lwmkit.pipelines.planning import PackOptions
-from lwmkit.pipelines.write_stage import job_record, progress_log, run_job, write_datasets
+from lwmkit.pipelines.writing.finalize import StageChain
+from lwmkit.pipelines.writing.payload import compact_payload
+from lwmkit.pipelines.writing.plan import PackOptions
+from lwmkit.pipelines.writing.tail import write_datasets
 
 SCHEDULES = {
     "lwm-text": (32768, 131072, 262144, 524288, 1048576),
@@ -119,29 +120,6 @@ def _local_copy(path: str, scratch: str) -> str:
     with open(local, "wb") as f:
         f.write(read_output_bytes(path) or b"")
     return local
-
-
-def compact_payload(rec: dict[str, Any]) -> dict[str, Any]:
-    """A decoded document record as the compact payload that `shard_writing` routes."""
-    tokens = rec["tokens"]
-    small = tokens.size == 0 or (tokens.min() >= 0 and tokens.max() < 1 << 16)
-    n = tokens.shape[0]
-    default_weights = np.ones(n, dtype=np.float32)
-    default_weights[:1] = 0.0
-    vision = rec["vision_mask"]
-    weights = rec["loss_weights"]
-    spans = rec["atomic_spans"].reshape(-1, 2)
-    return {
-        "file": rec["source_file"],
-        "line": rec["source_line"],
-        "chars": None,
-        "meta": None,
-        "tokens": tokens.astype("<u2" if small else "<i4").tobytes(),
-        "token_dtype": "<u2" if small else "<i4",
-        "vision_mask": None if not vision.any() else vision.tobytes(),
-        "loss_weights": None if np.array_equal(weights, default_weights) else weights.tobytes(),
-        "atomic_spans": [tuple(map(int, s)) for s in spans] or None,
-    }
 
 
 def read_document_records(path: str) -> Iterator[dict[str, Any] | Dropped]:

@@ -44,7 +44,13 @@ import apache_beam as beam
 from lwmkit.packing.shards import dumps_json
 from lwmkit.pipelines.books import LengthFilter, ReadFile, keep_first, match_inputs, normalize
 from lwmkit.pipelines.engine import runner as runner_lib
-from lwmkit.pipelines.engine.launch import PreparedJob
+from lwmkit.pipelines.engine.lifecycle import (
+    PreparedJob,
+    job_record,
+    progress_log,
+    require_documents,
+    run_job,
+)
 from lwmkit.pipelines.engine.outputs import (
     delete_outputs,
     is_local,
@@ -54,8 +60,6 @@ from lwmkit.pipelines.engine.outputs import (
 )
 from lwmkit.pipelines.engine.resume import previous_failures
 from lwmkit.pipelines.engine.stages import StageList
-from lwmkit.pipelines.finalize import StageChain
-from lwmkit.pipelines.planning import PackOptions
 from lwmkit.pipelines.qa_assembly import ContextOptions
 from lwmkit.pipelines.qa_extractive import ExtractiveGenerator, ExtractiveOptions
 from lwmkit.pipelines.qa_generators import ChatGeneratorOptions, ChatQAGenerator, QAGenerator
@@ -70,13 +74,9 @@ from lwmkit.pipelines.qa_stages import (
     qa_summary,
     validate,
 )
-from lwmkit.pipelines.write_stage import (
-    job_record,
-    progress_log,
-    require_documents,
-    run_job,
-    write_datasets,
-)
+from lwmkit.pipelines.writing.finalize import StageChain
+from lwmkit.pipelines.writing.plan import PackOptions
+from lwmkit.pipelines.writing.tail import write_datasets
 from lwmkit.tokenizers.text import SentencePieceTokenizer
 
 STAGES = ("read", "normalize", "filter", "dedup", "chunk", "generate", "validate", "assemble")

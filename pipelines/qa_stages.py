@@ -30,7 +30,7 @@ from lwmkit.pipelines.qa_calls import ChunkResult, generate_all
 from lwmkit.pipelines.qa_chunks import Chunk, chunk_text, total_tokens
 from lwmkit.pipelines.qa_client import USAGE_KEYS
 from lwmkit.pipelines.qa_generators import QAGenerator
-from lwmkit.pipelines.shard_writing import example_payload
+from lwmkit.pipelines.writing.payload import example_payload
 from lwmkit.tokenizers.text import SentencePieceTokenizer
 
 DEPTH_BUCKETS = 10  # distance histogram: tenths of seq_len
@@ -121,7 +121,7 @@ def validate(book: dict) -> Iterator[dict | Dropped]:
 
 
 class AssembleBook:
-    """A book's contexts as `(doc_id, payload)` (see `shard_writing.doc_arrays`), meta holding every turn."""
+    """A book's contexts as `(doc_id, payload)` (see `writing.payload.doc_arrays`), meta holding every turn."""
 
     def __init__(self, tokenizer: SentencePieceTokenizer, context: ContextOptions):
         self.builder = ContextBuilder(tokenizer, context)

@@ -37,12 +37,12 @@ from lwmkit.pipelines.engine.normalize import normalize_text
 from lwmkit.pipelines.engine.outputs import is_local
 from lwmkit.pipelines.engine.stages import COUNTS, FAILURES, Dropped, DropRecord, failure_row
 from lwmkit.pipelines.image_stages import check_caption
-from lwmkit.pipelines.shard_writing import example_payload
 from lwmkit.pipelines.video_examples import VideoExampleBuilder, video_kind
 from lwmkit.pipelines.video_frames import DecodeOptions
 from lwmkit.pipelines.video_index import VideoError
 from lwmkit.pipelines.video_sources import VideoSourceOptions, read_videos
 from lwmkit.pipelines.video_workers import DEFAULT_TASK, shared_pool
+from lwmkit.pipelines.writing.payload import example_payload
 
 FRAMES = "frames"
 
@@ -241,7 +241,7 @@ def gather_codes(element: tuple[int, dict[str, Iterable]]) -> Iterator[dict | Dr
 
 
 class MakeVideoExample:
-    """The example stage: (doc_id, payload) as `shard_writing.doc_arrays` reads it."""
+    """The example stage: (doc_id, payload) as `writing.payload.doc_arrays` reads it."""
 
     def __init__(self, builder: VideoExampleBuilder, seed: int, generation_fraction: float, token_dtype: str):
         self.builder = builder

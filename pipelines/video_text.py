@@ -58,11 +58,10 @@ from typing import Any
 
 import apache_beam as beam
 from lwmkit.pipelines.engine import runner as runner_lib
-from lwmkit.pipelines.engine.launch import PreparedJob, launch
+from lwmkit.pipelines.engine.lifecycle import PreparedJob, launch
 from lwmkit.pipelines.engine.outputs import join
 from lwmkit.pipelines.engine.resume import skip_stored, stored_documents
 from lwmkit.pipelines.engine.stages import StageList
-from lwmkit.pipelines.finalize import StageChain
 from lwmkit.pipelines.image_stages import (
     LoadEncoder,
     encode_images,
@@ -74,7 +73,6 @@ from lwmkit.pipelines.image_text import (
     token_dtype,
 )
 from lwmkit.pipelines.job_options import check_packing_fields, recorded_options
-from lwmkit.pipelines.planning import PackOptions
 from lwmkit.pipelines.video_download import DownloadVideo, VideoDownloadOptions
 from lwmkit.pipelines.video_examples import VideoExampleBuilder, VideoTemplates
 from lwmkit.pipelines.video_frames import DecodeOptions
@@ -90,9 +88,9 @@ from lwmkit.pipelines.video_stages import (
     run_decode,
 )
 from lwmkit.pipelines.video_workers import DEFAULT_TASK
-from lwmkit.pipelines.write_stage import (
-    write_datasets,
-)
+from lwmkit.pipelines.writing.finalize import StageChain
+from lwmkit.pipelines.writing.plan import PackOptions
+from lwmkit.pipelines.writing.tail import write_datasets
 
 STAGES = ("read", "text", "dedup", "download", "decode", "frames", "encode", "gather", "example")
 CHAIN = StageChain(

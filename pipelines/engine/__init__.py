@@ -2,7 +2,8 @@
 
     stages.py          the one stage adapter: a per-record function as a counted Beam stage whose
                        drops go to the failures output
-    launch.py          one path from a job's options to a finished, checked output
+    lifecycle.py       a job's life: launch, the complete-output check, the work store's life,
+                       the no-documents check
     runner.py          Beam pipeline options (a DirectRunner that never needs the network)
     resume.py          resuming from the work store, and --retry-failures
     work_store.py      tokenized documents kept on disk between stages: the unit of resume

@@ -34,9 +34,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
-    from lwmkit.pipelines.engine.launch import PreparedJob
+    from lwmkit.pipelines.engine.lifecycle import PreparedJob
 
-# Every job ends with these stages (`write_stage.write_datasets`).
+# Every job ends with these stages (`writing.tail.write_datasets`).
 FINAL_STAGES = ("plan", "write shards", "finalize")
 NOT_CHECKED = "quota, IAM and bucket access, worker start-up (installing lwmkit, finding a GPU)"
 _TRUE = ("true", "1", "yes")

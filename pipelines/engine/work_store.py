@@ -115,7 +115,7 @@ class SpillDoFn(beam.DoFn):
     """Writes tokenized documents to units and yields small references in their place.
 
     Input: `(doc_id, payload)` as a job's tokenize stage makes them (see
-    `shard_writing.doc_arrays`). Output: `(doc_id, ref)`; `ref` keeps the payload's file, line,
+    `writing.payload.doc_arrays`). Output: `(doc_id, ref)`; `ref` keeps the payload's file, line,
     chars, meta and atomic spans, and adds `num_tokens`, `at` (unit name, offset, length) and
     `sha` (of the record). A unit is flushed once it holds `unit_bytes` bytes, and at the end of
     every bundle.

@@ -1,8 +1,9 @@
 """Routing document tokens to their shards and writing each shard as one unit of work.
 
 With the plan as a side input, every piece of every document becomes
-`((dataset_dir, shard, shard_count), (record, segment, reference))`, a reference into the work
-store (`pipelines/work_store.py`), never the tokens themselves. Grouping by shard brings one
+`((seq_len, shard, shard_count), (record, segment, reference))` (seq_len None for the document
+dataset), a reference into the work
+store (`engine/work_store.py`), never the tokens themselves. Grouping by shard brings one
 shard's pieces to one worker, which orders them, reads their tokens from the work store, builds
 the records and writes the file atomically, then a receipt that lets a rerun skip it. Order inside a shard comes from the plan, never from arrival order, so shards are
 byte-identical across runs and runners.
@@ -29,69 +30,14 @@ from lwmkit.pipelines.engine.outputs import (
     write_output_shard,
 )
 from lwmkit.pipelines.engine.work_store import UnitReader, work_dir
-from lwmkit.pipelines.planning import DOCUMENTS, PackOptions, iter_placements, tfds_name
-
-
-def doc_arrays(doc: dict[str, Any], offset: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(tokens int32, vision_mask bool, loss_weights float32) of a document payload or a piece of one.
-
-    Payloads travel compactly between workers: tokens as uint16 when the vocabulary allows, and
-    `vision_mask` / `loss_weights` as None for a text document in LWM's default layout (no vision
-    tokens; weight 0 on BOS, 1 elsewhere). `offset` is where a piece starts in its document, so a
-    piece's default weights have the BOS zero only when the piece starts the document.
-    """
-    tokens = np.frombuffer(doc["tokens"], dtype=doc["token_dtype"]).astype(np.int32)
-    n = tokens.shape[0]
-    if doc["vision_mask"] is None:
-        vision = np.zeros(n, dtype=bool)
-    else:
-        vision = np.frombuffer(doc["vision_mask"], dtype="|b1")
-    if doc["loss_weights"] is None:
-        weights = np.ones(n, dtype=np.float32)
-        if offset == 0:
-            weights[:1] = 0.0
-    else:
-        weights = np.frombuffer(doc["loss_weights"], dtype="<f4")
-    return tokens, vision, weights
-
-
-def example_payload(
-    source: dict[str, Any],
-    chars: int,
-    meta: dict[str, Any],
-    tokens: np.ndarray,
-    token_dtype: str,
-    vision_mask: np.ndarray | None,
-    loss_weights: np.ndarray,
-    atomic_spans,
-) -> dict[str, Any]:
-    """The compact payload `doc_arrays` reads back, from a built example's arrays.
-
-    `source` gives the example's `file` and `line`; `vision_mask` None means no vision tokens.
-    Example: tokens [1, 5, 9] as "<u2" -> {"tokens": b"\\x01\\x00\\x05\\x00\\t\\x00", "token_dtype": "<u2", ...}
-    """
-    return {
-        "file": source["file"],
-        "line": source["line"],
-        "chars": chars,
-        "meta": json.dumps(meta, sort_keys=True, ensure_ascii=False),
-        "tokens": tokens.astype(token_dtype).tobytes(),
-        "token_dtype": token_dtype,
-        "vision_mask": None if vision_mask is None else vision_mask.astype("|b1").tobytes(),
-        "loss_weights": loss_weights.astype("<f4").tobytes(),
-        "atomic_spans": [list(s) for s in atomic_spans],
-    }
-
-
-def _piece(doc: dict[str, Any], offset: int, length: int) -> dict[str, Any]:
-    """The payload of tokens [offset, offset + length) of a document payload, still compact."""
-    size = np.dtype(doc["token_dtype"]).itemsize
-    return {
-        "tokens": doc["tokens"][offset * size : (offset + length) * size],
-        "token_dtype": doc["token_dtype"],
-        "vision_mask": None if doc["vision_mask"] is None else doc["vision_mask"][offset : offset + length],
-        "loss_weights": None if doc["loss_weights"] is None else doc["loss_weights"][4 * offset : 4 * (offset + length)],
-    }
+from lwmkit.pipelines.writing.payload import doc_arrays, piece
+from lwmkit.pipelines.writing.plan import (
+    DOCUMENTS,
+    PackOptions,
+    dataset_dir,
+    iter_placements,
+    tfds_name,
+)
 
 
 class RouteDoFn(beam.DoFn):
@@ -118,9 +64,9 @@ class RouteDoFn(beam.DoFn):
         if not places:
             raise RuntimeError(f"document {doc_id} ({ref['file']}:{ref['line']}) has no place in the plan")
         where = {"at": ref["at"], "sha": ref["sha"]}
-        for dataset, shard, count, record, segment, offset, length in places:
-            key = (dataset, shard, count)
-            if dataset == DOCUMENTS:
+        for seq_len, shard, count, record, segment, offset, length in places:
+            key = (seq_len, shard, count)
+            if seq_len is None:
                 yield key, (record, 0, (doc_id, ref))
             else:
                 yield key, (record, segment, (doc_id, offset, length, where))
@@ -138,8 +84,8 @@ def _packed_records(
         segs: list[Segment] = []
         while i < len(pieces) and pieces[i][0] == record:
             doc_id, offset, length, ref = pieces[i][2]
-            piece = _piece(units.load(doc_id, ref), offset, length)
-            segs.append(Segment(doc_id, offset, *doc_arrays(piece, offset)))
+            part = piece(units.load(doc_id, ref), offset, length)
+            segs.append(Segment(doc_id, offset, *doc_arrays(part, offset)))
             i += 1
         fields = assemble_packed(segs, seq_len, piece_positions=pack.piece_positions, loss_policy=loss_policy)
         yield encode_packed(fields, seq_len), fields
@@ -180,7 +126,8 @@ class WriteShardDoFn(beam.DoFn):
         self._units.close()
 
     def process(self, element: tuple[tuple, Iterable[tuple]]) -> Iterator[dict[str, Any]]:
-        (dataset, shard, count), values = element
+        (seq_len, shard, count), values = element
+        dataset = dataset_dir(seq_len)
         pieces = sorted(values, key=lambda v: (v[0], v[1]))
         name = shard_name(tfds_name(dataset), shard, count)
         path = join(self.output, dataset, name)
@@ -196,7 +143,7 @@ class WriteShardDoFn(beam.DoFn):
             "segments": 0, "padding": 0, "segments_per_record": {},
         }
 
-        if dataset == DOCUMENTS:
+        if seq_len is None:
             if [p[0] for p in pieces] != list(range(len(pieces))):
                 raise RuntimeError(f"{path}: document records are not numbered 0..{len(pieces) - 1}")
 
@@ -218,7 +165,6 @@ class WriteShardDoFn(beam.DoFn):
                     )
 
         else:
-            seq_len = int(dataset.split("-", 1)[1])
 
             def records() -> Iterator[bytes]:
                 for data, fields in _packed_records(pieces, seq_len, path, self.pack, self._units):

@@ -81,6 +81,11 @@ def packed_dir(seq_len: int) -> str:
     return f"packed-{seq_len}"
 
 
+def dataset_dir(seq_len: int | None) -> str:
+    """The folder of a dataset: `documents` (seq_len None) or `packed-<seq_len>`; a name, never parsed back."""
+    return DOCUMENTS if seq_len is None else packed_dir(seq_len)
+
+
 def tfds_name(dataset_dir: str) -> str:
     """TFDS dataset name (no '-') of an output directory: 'documents' or 'packed'."""
     return DOCUMENTS if dataset_dir == DOCUMENTS else "packed"
@@ -219,16 +224,15 @@ def record_location(shard_starts: Sequence[int], record: int) -> tuple[int, int]
 def iter_placements(plan: dict[str, Any]) -> Iterator[tuple[int, tuple]]:
     """Yields (doc_id, placement) for every place a document's tokens go.
 
-    Placements: `(dataset_dir, shard, shard_count, record_in_shard, segment, offset, length)`;
-    a document record has segment 0, offset 0 and its full length.
+    Placements: `(seq_len, shard, shard_count, record_in_shard, segment, offset, length)`, seq_len
+    None for the document dataset; a document record has segment 0, offset 0 and its full length.
     """
     docs = plan["docs"]
     if plan["write_documents"]:
         for i, d in enumerate(docs):
-            yield d["doc_id"], (DOCUMENTS, plan["doc_shard"][i], plan["doc_shard_count"], plan["doc_local"][i], 0, 0, d["tokens"])
+            yield d["doc_id"], (None, plan["doc_shard"][i], plan["doc_shard_count"], plan["doc_local"][i], 0, 0, d["tokens"])
     for seq_len, p in plan["packed"].items():
-        name = packed_dir(seq_len)
         for r, pieces in enumerate(p["bins"]):
             shard, local = record_location(p["shard_starts"], r)
             for j, (doc, offset, length) in enumerate(pieces):
-                yield docs[doc]["doc_id"], (name, shard, p["num_shards"], local, j, offset, length)
+                yield docs[doc]["doc_id"], (seq_len, shard, p["num_shards"], local, j, offset, length)

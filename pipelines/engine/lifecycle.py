@@ -1,8 +1,16 @@
-"""The stages every lwmkit job ends with: plan -> (pack windows) -> route -> write shards -> finalize.
+"""A job's life: launched from its options, run unless its output is complete, checked when done.
 
-A job's earlier stages produce `tokenized`, a PCollection of `(doc_id, payload)` (see
-`shard_writing.doc_arrays` for the payload), plus its failures and counts outputs; this module turns
-them into document and packed datasets, `failures.jsonl` and the manifests.
+A job module provides `prepare_<job>(options) -> PreparedJob`: it matches the inputs, reads the
+tokenizer (and the VQGAN), builds the job record and returns a function that adds the job's
+stages to a pipeline. `launch` runs it: `run_job` withdraws old manifests, keeps or empties the
+work store (`work_store.py`) by the job's identity, runs the Beam pipeline and deletes the store
+after success unless it is to be kept; `require_documents` fails a job that kept nothing. The
+Dataflow dry run (`dataflow.py`) builds the same graph from the same `PreparedJob`, so the two
+cannot drift apart. A rerun whose output is already complete for the same inputs and options
+(`complete_output`) returns at once.
+
+Example (what `run_books` is):
+    launch(options, prepare_books, NoValidDocumentsError, "no valid documents in")
 """
 
 from __future__ import annotations
@@ -12,9 +20,11 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
+from lwmkit.pipelines.engine import runner as runner_lib
 from lwmkit.pipelines.engine import work_store
 from lwmkit.pipelines.engine.outputs import (
     delete_outputs,
@@ -23,105 +33,8 @@ from lwmkit.pipelines.engine.outputs import (
     list_outputs,
     read_output_bytes,
 )
-from lwmkit.pipelines.engine.work_store import DEFAULT_UNIT_BYTES, SpillDoFn
-from lwmkit.pipelines.finalize import FinalizeDoFn, StageChain
-from lwmkit.pipelines.planning import (
-    PackOptions,
-    make_plan,
-    merge_windows,
-    pack_window_of,
-    packing_windows,
-)
-from lwmkit.pipelines.shard_writing import RouteDoFn, WriteShardDoFn
-
-
-def index_entry(item: tuple[int, dict]) -> dict[str, Any]:
-    """The small per-document tuple the plan is built from (from a work-store reference)."""
-    doc_id, ref = item
-    return {
-        "doc_id": doc_id,
-        "file": ref["file"],
-        "line": ref["line"],
-        "chars": ref["chars"],
-        "tokens": ref["num_tokens"],
-        "meta": ref["meta"],
-        "spans": ref.get("atomic_spans"),
-    }
-
-
-def write_datasets(
-    p: beam.Pipeline,
-    tokenized,
-    failures: list,
-    counts: list,
-    *,
-    output: str,
-    seq_lens: Sequence[int],
-    shard_tokens: int,
-    pack: PackOptions,
-    job: dict[str, Any],
-    chain: StageChain,
-    kind: str = "job",
-    write_documents: bool = True,
-    min_doc_tokens: dict[int, int] | None = None,
-    spilled: bool = False,
-    unit_bytes: int = DEFAULT_UNIT_BYTES,
-    retried: Sequence[dict] | None = None,
-    stored=None,
-):
-    """Adds the spill, planning, writing and finalize stages; returns the finalize output.
-
-    `tokenized` holds `(doc_id, payload)`, or with `spilled` already `(doc_id, reference)` from
-    the work store (see `work_store.SpillDoFn`). `stored`: references of the documents an earlier
-    run already put in the work store (`work_store.stored_documents`), merged in after the spill.
-    `retried`: the earlier run's failure rows that this run processed again (the job manifest
-    then says how many were recovered).
-    """
-    if not spilled:
-        tokenized = tokenized | "spill" >> beam.ParDo(SpillDoFn(output, unit_bytes))
-    if stored is not None:  # documents already in the work store, from an earlier run
-        tokenized = (tokenized, stored) | "new and stored" >> beam.Flatten()
-    plan = (
-        tokenized
-        | "index" >> beam.Map(index_entry)
-        | "gather index" >> beam.combiners.ToList()
-        | "plan"
-        >> beam.Map(
-            make_plan, seq_lens, shard_tokens, pack, write_documents=write_documents, min_doc_tokens=min_doc_tokens
-        )
-    )
-    if pack.window is not None:
-        # The distributed form: every window is packed by its own worker, then merged and topped up.
-        windows = (
-            plan
-            | "windows" >> beam.FlatMap(packing_windows, pack)
-            | "spread windows" >> beam.Reshuffle()
-            | "pack windows" >> beam.Map(pack_window_of, beam.pvalue.AsSingleton(plan), pack)
-            | "group windows" >> beam.GroupByKey()
-        )
-        plan = plan | "merge windows" >> beam.Map(
-            merge_windows, beam.pvalue.AsDict(windows), pack, shard_tokens
-        )
-    shards = (
-        tokenized
-        | "route pieces" >> beam.ParDo(RouteDoFn(), plan=beam.pvalue.AsSingleton(plan))
-        | "group by shard" >> beam.GroupByKey()
-        | "write shards" >> beam.ParDo(WriteShardDoFn(output, pack))
-    )
-    all_failures = failures | "all failures" >> beam.Flatten()
-    all_counts = counts | "all counts" >> beam.Flatten()
-    return (
-        p
-        | "finalize trigger" >> beam.Create([None])
-        | "finalize"
-        >> beam.ParDo(
-            FinalizeDoFn(output, job, chain, pack, kind, retried),
-            plan=beam.pvalue.AsSingleton(plan),
-            shards=beam.pvalue.AsList(shards),
-            failures=beam.pvalue.AsList(all_failures),
-            counts=beam.pvalue.AsList(all_counts),
-        )
-    )
+from lwmkit.pipelines.engine.resume import previous_failures
+from lwmkit.pipelines.engine.work_store import receipt_paths
 
 
 def progress_log(enabled: bool) -> Callable[[str], None]:
@@ -245,4 +158,66 @@ def run_job(
     manifest = json.loads(read_output_bytes(join(output, "manifest.json")))
     if not keep_work or not manifest["documents"]:  # a job that kept nothing leaves nothing worth keeping
         work_store.clear(output)
+    return manifest
+
+
+@dataclass(frozen=True)
+class PreparedJob:
+    """A job as its launcher knows it before anything runs.
+
+    Attributes:
+      files: the matched inputs (sorted).
+      job: the job record every manifest carries (options, inputs, tokenizer, runner, ...).
+      build: `build(p, receipts=(), retried=None)` adds the job's stages to pipeline `p`; receipts
+        are the work store's unit receipts to resume from, retried the earlier failure rows.
+      stages: the job's named stages, in order.
+      summary: one line for the progress log.
+    """
+
+    files: list[str]
+    job: dict[str, Any]
+    build: Callable[..., Any]
+    stages: tuple[str, ...]
+    summary: str
+
+
+def launch(
+    options: Any,
+    prepare: Callable[[Any], PreparedJob],
+    error: type[Exception],
+    lead: str,
+) -> dict[str, Any]:
+    """Runs the job `options` describe and waits for it; returns the job manifest.
+
+    Args:
+      options: a job's options (`BooksOptions`, `ImagesOptions`, `VideosOptions`): output, runner
+        fields, force, retry_failures and keep_work.
+      prepare: the job's `prepare_<job>`.
+      error, lead: what `require_documents` raises when no document was kept.
+
+    Raises:
+      What `prepare` raises (missing inputs, tokenizer or VQGAN), FileNotFoundError for
+      `retry_failures` without an earlier run, `error`, and CountMismatchError via the runner.
+    """
+    log = progress_log(options.progress)
+    beam_options = runner_lib.pipeline_options(  # first: storage flags apply to matching inputs too
+        options.runner, options.direct_running_mode, options.direct_num_workers, options.beam_args
+    )
+    prepared = prepare(options)
+    log(prepared.summary)
+    retried = previous_failures(options.output) if options.retry_failures else None
+    if retried is not None:
+        log(f"retrying {len(retried)} failed rows of the previous run; what it kept comes from the work store")
+    manifest = run_job(
+        lambda p: prepared.build(p, receipt_paths(options.output), retried),
+        output=options.output,
+        job=prepared.job,
+        force=options.force,
+        log=log,
+        pipeline_options=beam_options,
+        identity=work_identity(prepared.job),
+        keep_work=options.keep_work,
+        rerun=options.retry_failures,
+    )
+    require_documents(manifest, error, lead, prepared.files, options.output)
     return manifest

@@ -28,7 +28,14 @@ from lwmkit.packing.records import (
 from lwmkit.packing.shards import WRITER_OPTIONS, ShardInfo, dataset_info_json, dumps_json
 from lwmkit.pipelines.engine.outputs import delete_outputs, join, list_outputs, write_output_bytes
 from lwmkit.pipelines.engine.stages import failure_row, failure_sort_key
-from lwmkit.pipelines.planning import DOCUMENTS, PackOptions, packed_dir, record_location, tfds_name
+from lwmkit.pipelines.writing.plan import (
+    DOCUMENTS,
+    PackOptions,
+    dataset_dir,
+    packed_dir,
+    record_location,
+    tfds_name,
+)
 
 _STAGE_KEYS = ("seq_len", "records", "documents", "tokens", "fill", "rope_theta", "documents_long_enough", "min_doc_tokens")
 
@@ -101,7 +108,7 @@ def reconcile(stages: dict[str, dict[str, int]], chain: StageChain, plan: dict, 
     return problems
 
 
-def _documents_table(plan: dict, dataset: str):
+def _documents_table(plan: dict, seq_len: int | None):
     import pyarrow as pa
 
     docs = plan["docs"]
@@ -113,7 +120,7 @@ def _documents_table(plan: dict, dataset: str):
         "tokens": pa.array([d["tokens"] for d in docs], pa.int64()),
         "meta": pa.array([d["meta"] for d in docs], pa.string()),
     }
-    if dataset == DOCUMENTS:
+    if seq_len is None:
         starts = [0]
         for n in plan["doc_shard_lengths"]:
             starts.append(starts[-1] + n)
@@ -121,7 +128,7 @@ def _documents_table(plan: dict, dataset: str):
         cols["record"] = pa.array(plan["doc_local"], pa.int64())
         cols["index"] = pa.array([starts[s] + r for s, r in zip(plan["doc_shard"], plan["doc_local"], strict=True)], pa.int64())
     else:
-        p = plan["packed"][int(dataset.split("-", 1)[1])]
+        p = plan["packed"][seq_len]
         pieces: list[list[dict]] = [[] for _ in docs]
         for r, bin_ in enumerate(p["bins"]):
             shard, local = record_location(p["shard_starts"], r)
@@ -226,8 +233,9 @@ class FinalizeDoFn(beam.DoFn):
         docs = plan["docs"]
         doc_tokens = sum(d["tokens"] for d in docs)
         out: dict[str, dict[str, Any]] = {}
-        names = ([DOCUMENTS] if plan["write_documents"] else []) + [packed_dir(n) for n in plan["packed"]]
-        for dataset in names:
+        seq_lens = ([None] if plan["write_documents"] else []) + list(plan["packed"])
+        for seq_len in seq_lens:
+            dataset = dataset_dir(seq_len)
             mine = sorted((s for s in shards if s["dataset"] == dataset), key=lambda s: s["shard"])
             infos = [ShardInfo(s["file"], s["records"], s["bytes"], s["sha256"]) for s in mine]
             records = sum(s.records for s in infos)
@@ -239,7 +247,7 @@ class FinalizeDoFn(beam.DoFn):
                 "shards": [i.to_json() for i in infos],
                 "shard_writer_options": WRITER_OPTIONS,
             }
-            if dataset == DOCUMENTS:
+            if seq_len is None:
                 vision = sum(s["vision_tokens"] for s in mine)
                 manifest.update(
                     kind="document",
@@ -250,7 +258,6 @@ class FinalizeDoFn(beam.DoFn):
                 features = tfds_features_json("document")
                 description = "lwmkit document records (one tokenized document each)"
             else:
-                seq_len = int(dataset.split("-", 1)[1])
                 p = plan["packed"][seq_len]
                 tokens = sum(s["tokens"] for s in mine)
                 vision = sum(s["vision_tokens"] for s in mine)
@@ -290,7 +297,7 @@ class FinalizeDoFn(beam.DoFn):
                 if p.rsplit("/", 1)[-1] not in listed
             ]
             delete_outputs(stale)  # shards of an earlier run with another shard count
-            write_output_bytes(join(base, "documents.parquet"), _parquet_bytes(_documents_table(plan, dataset)))
+            write_output_bytes(join(base, "documents.parquet"), _parquet_bytes(_documents_table(plan, seq_len)))
             write_output_bytes(join(base, "features.json"), dumps_json(features))
             write_output_bytes(
                 join(base, "dataset_info.json"), dumps_json(dataset_info_json(tfds_name(dataset), infos, description))
