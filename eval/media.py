@@ -1,7 +1,7 @@
 """Media files for inference: images and videos in (as LWM's 256x256 frames), PNG and MP4 out.
 
 Video is read with PyAV. Frames are sampled by count, as LWM's vision chat (lwm/vision_chat.py)
-and the video pipeline (`pipelines/video_index.py`) do: a clip of n frames keeps all of them when
+and the video pipeline (`pipelines/videos/index.py`) do: a clip of n frames keeps all of them when
 n <= max_frames, else the frames at `linspace(0, n - 1, max_frames)` truncated to ints (LWM's
 `dtype=int`). Each kept frame gets LWM's image preprocessing (`lwmkit.tokenizers.vision.load_image`:
 RGB, short side 256, centre crop).

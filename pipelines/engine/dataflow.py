@@ -26,7 +26,6 @@ Example (prints a report like the one below and writes job.json):
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -143,10 +142,10 @@ def dry_run(options: Any) -> GraphReport:
     from lwmkit.pipelines.engine import runner as runner_lib
     from lwmkit.pipelines.engine.dataflow_graph import build_graph
 
-    kind = _JOBS.get(type(options).__name__)
+    kind = _JOBS.get(type(options))
     if kind is None:
         raise ValueError(
-            f"options: {type(options).__name__} has no dry run; one of {sorted(_JOBS)}"
+            f"options: {type(options).__name__} has no dry run; one of {sorted(c.__name__ for c in _JOBS)}"
         )
     if "dataflow" not in options.runner.lower():
         raise ValueError(
@@ -276,38 +275,15 @@ def option_warnings(options: Any, beam_options) -> list[str]:
     return out
 
 
-# --- the jobs' graphs (what each run_* builds before run_job) -----------------------------------
+# --- the jobs' graphs: each job module registers how its graph is prepared -------------------
+
+_JOBS: dict[type, tuple[str, Callable[[Any], PreparedJob]]] = {}
 
 
-def _books(options) -> PreparedJob:
-    from lwmkit.pipelines.books import prepare_books
+def register_dry_run(options_class: type, job: str, prepare: Callable[[Any], PreparedJob]) -> None:
+    """Lets `dry_run` build the job `options_class` describes with `prepare` (what its launch runs).
 
-    return prepare_books(options)
-
-
-def _images(options) -> PreparedJob:
-    from lwmkit.pipelines.image_text import prepare_images
-
-    return prepare_images(options)
-
-
-def _videos(options) -> PreparedJob:
-    from lwmkit.pipelines.video_text import prepare_videos
-
-    prepared = prepare_videos(options)
-    # "frames" is counted by the decode stage (its second output), not a transform of its own.
-    return dataclasses.replace(prepared, stages=tuple(s for s in prepared.stages if s != "frames"))
-
-
-def _qa(options) -> PreparedJob:
-    from lwmkit.pipelines.qa import prepare_qa
-
-    return prepare_qa(options)
-
-
-_JOBS: dict[str, tuple[str, Callable]] = {
-    "BooksOptions": ("books", _books),
-    "ImagesOptions": ("images", _images),
-    "VideosOptions": ("videos", _videos),
-    "QAOptions": ("qa", _qa),
-}
+    Each job module registers itself when it is imported, so the engine never imports a job.
+    Example (in books/job.py): register_dry_run(BooksOptions, "books", prepare_books)
+    """
+    _JOBS[options_class] = (job, prepare)

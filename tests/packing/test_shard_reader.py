@@ -326,7 +326,7 @@ def test_shards_of_a_books_job_read_the_same_as_array_record(tmp_path, bpe_model
     import random
 
     from lwmkit.pipelines import BooksOptions, run_books
-    from lwmkit.pipelines.sample_corpus import sample_book
+    from lwmkit.pipelines.tools.sample_corpus import sample_book
 
     books = tmp_path / "books.jsonl"
     books.write_text(

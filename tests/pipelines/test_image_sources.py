@@ -9,7 +9,7 @@ import tarfile
 
 import pytest
 from lwmkit.pipelines.engine.stages import Dropped
-from lwmkit.pipelines.image_sources import (
+from lwmkit.pipelines.images.sources import (
     SourceOptions,
     expand_input,
     read_pairs,

@@ -21,7 +21,7 @@ from lwmkit.pipelines.engine.outputs import (
     write_output_bytes,
     write_output_shard,
 )
-from lwmkit.pipelines.sample_corpus import write_sample_corpus
+from lwmkit.pipelines.tools.sample_corpus import write_sample_corpus
 
 _ROOT = {"dir": None}
 SCHEME = "lwmtestfs"

@@ -9,8 +9,8 @@ import sys
 import textwrap
 
 import pytest
-from lwmkit.pipelines import books as books_lib
 from lwmkit.pipelines import run_books
+from lwmkit.pipelines.books import job as books_lib
 from lwmkit.pipelines.engine import work_store
 from lwmkit.pipelines.engine.work_store import (
     ReadReceipt,
@@ -62,7 +62,7 @@ def _shard_stats(out) -> dict[str, tuple[int, int]]:
 
 KILLED_RUN = textwrap.dedent("""
     import sys
-    from lwmkit.pipelines import books as books_lib
+    from lwmkit.pipelines.books import job as books_lib
     from lwmkit.pipelines import BooksOptions, run_books
     sys.path.insert(0, {tests!r})
     from pipelines.faults import Faulty

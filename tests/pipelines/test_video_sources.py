@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from lwmkit.pipelines.engine.stages import Dropped
-from lwmkit.pipelines.video_sources import (
+from lwmkit.pipelines.videos.sources import (
     RowError,
     VideoSourceOptions,
     parse_time,

@@ -10,9 +10,9 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from lwmkit.pipelines.video_frames import DecodeOptions
-from lwmkit.pipelines.video_index import FrameSampling, VideoError
-from lwmkit.pipelines.video_workers import DecoderPool
+from lwmkit.pipelines.videos.frames import DecodeOptions
+from lwmkit.pipelines.videos.index import FrameSampling, VideoError
+from lwmkit.pipelines.videos.workers import DecoderPool
 
 from .video_inputs import HERE, frame_levels, read_index, write_clip
 

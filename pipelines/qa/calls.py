@@ -23,10 +23,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from lwmkit.pipelines.qa_cache import ReplyCache, cache_key, cache_request
-from lwmkit.pipelines.qa_chunks import Chunk
-from lwmkit.pipelines.qa_client import USAGE_KEYS, CallError
-from lwmkit.pipelines.qa_generators import InvalidReply, QAGenerator, QAPair
+from lwmkit.pipelines.qa.cache import ReplyCache, cache_key, cache_request
+from lwmkit.pipelines.qa.chunks import Chunk
+from lwmkit.pipelines.qa.client import USAGE_KEYS, CallError
+from lwmkit.pipelines.qa.generators import InvalidReply, QAGenerator, QAPair
 
 RAW_CHARS = 2000  # of each invalid reply kept for the failures file
 

@@ -15,7 +15,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from lwmkit.pipelines.vqgan_cli import add_vqgan_arguments, vqgan_option_values
+from lwmkit.pipelines.cli.vqgan import add_vqgan_arguments, vqgan_option_values
 
 
 def add_videos_parser(sub, run_arguments: Callable, pack_arguments: Callable, int_list: Callable) -> None:
@@ -76,11 +76,11 @@ def run_videos_command(args: argparse.Namespace, run_options: dict[str, Any], pa
     """
     from lwmkit.pipelines.engine.dataflow import dry_run_instead
     from lwmkit.pipelines.engine.resume import retry_summary
-    from lwmkit.pipelines.video_download import VideoDownloadOptions
-    from lwmkit.pipelines.video_examples import VideoTemplates
-    from lwmkit.pipelines.video_frames import DecodeOptions, FrameSampling
-    from lwmkit.pipelines.video_sources import VideoSourceOptions
-    from lwmkit.pipelines.video_text import VideosOptions, run_videos
+    from lwmkit.pipelines.videos.download import VideoDownloadOptions
+    from lwmkit.pipelines.videos.examples import VideoTemplates
+    from lwmkit.pipelines.videos.frames import DecodeOptions, FrameSampling
+    from lwmkit.pipelines.videos.job import VideosOptions, run_videos
+    from lwmkit.pipelines.videos.sources import VideoSourceOptions
 
     decode = DecodeOptions(
         sampling=FrameSampling(args.sampling, args.num_frames, args.fps, args.max_frames),

@@ -40,7 +40,7 @@ from typing import Any
 
 from lwmkit.pipelines.engine.outputs import open_input
 from lwmkit.pipelines.engine.stages import Dropped
-from lwmkit.pipelines.image_sources import unsafe_member_name
+from lwmkit.pipelines.images.sources import unsafe_member_name
 
 URL_COLUMNS = ("url", "contentUrl", "video_url", "URL")
 PATH_COLUMNS = ("path", "video_path", "video", "file")

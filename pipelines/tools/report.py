@@ -24,7 +24,7 @@ from typing import Any
 
 from lwmkit.packing.manifest import load_manifest
 from lwmkit.packing.shards import write_bytes_atomic
-from lwmkit.pipelines.report_plots import (
+from lwmkit.pipelines.tools.report_plots import (
     _STYLE,
     REPORT_DIR,
     _context_stages,

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 from lwmkit.pipelines.engine.normalize import normalize_text
 from lwmkit.pipelines.engine.stages import Dropped, DropRecord
-from lwmkit.pipelines.image_examples import ExampleBuilder, choose_kind
-from lwmkit.pipelines.image_sources import SourceOptions, read_pairs
+from lwmkit.pipelines.examples.vision_text import ExampleBuilder, choose_kind
+from lwmkit.pipelines.images.sources import SourceOptions, read_pairs
 from lwmkit.pipelines.writing.payload import example_payload
 from lwmkit.tokenizers.vision import (
     CODE_GRID,

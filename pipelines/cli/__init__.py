@@ -23,7 +23,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from lwmkit.pipelines.vqgan_cli import add_vqgan_arguments, vqgan_option_values
+from lwmkit.pipelines.cli.vqgan import add_vqgan_arguments, vqgan_option_values
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -69,10 +69,10 @@ def _parser() -> argparse.ArgumentParser:
     _run_arguments(books)
     _pack_arguments(books)
     _images_parser(sub)
-    from lwmkit.pipelines.qa_cli import add_qa_parser
+    from lwmkit.pipelines.cli.qa import add_qa_parser
 
     add_qa_parser(sub, _run_arguments, _pack_arguments)
-    from lwmkit.pipelines.video_cli import add_videos_parser
+    from lwmkit.pipelines.cli.videos import add_videos_parser
 
     add_videos_parser(sub, _job_arguments, _pack_arguments, _int_list)
 
@@ -198,7 +198,7 @@ def _run_options(args, beam_args: list[str]) -> dict:
 
 
 def _stages(args, beam_args: list[str]) -> None:
-    from lwmkit.pipelines.pack import StagesOptions, parse_schedule, run_stages
+    from lwmkit.pipelines.pack.job import StagesOptions, parse_schedule, run_stages
 
     manifest = run_stages(
         StagesOptions(
@@ -218,7 +218,7 @@ def _stages(args, beam_args: list[str]) -> None:
 
 
 def _books(args, beam_args: list[str]) -> None:
-    from lwmkit.pipelines.books import BooksOptions, run_books
+    from lwmkit.pipelines.books.job import BooksOptions, run_books
     from lwmkit.pipelines.engine.dataflow import dry_run_instead
 
     options = BooksOptions(
@@ -283,11 +283,11 @@ def _images_parser(sub) -> None:
 
 
 def _images(args, beam_args: list[str]) -> None:
-    from lwmkit.pipelines.download import DownloadOptions
     from lwmkit.pipelines.engine.dataflow import dry_run_instead
-    from lwmkit.pipelines.image_examples import Templates
-    from lwmkit.pipelines.image_sources import SourceOptions
-    from lwmkit.pipelines.image_text import ImagesOptions, run_images
+    from lwmkit.pipelines.examples.vision_text import Templates
+    from lwmkit.pipelines.images.download import DownloadOptions
+    from lwmkit.pipelines.images.job import ImagesOptions, run_images
+    from lwmkit.pipelines.images.sources import SourceOptions
     from lwmkit.tokenizers.vision import ImageOptions
 
     preset = Templates.preset(args.templates)
@@ -327,9 +327,9 @@ def _images(args, beam_args: list[str]) -> None:
 
 
 def _train_tokenizer(args) -> None:
-    from lwmkit.pipelines.books import match_inputs
+    from lwmkit.pipelines.books.job import match_inputs
+    from lwmkit.pipelines.books.sources import iter_texts
     from lwmkit.pipelines.engine.outputs import write_output_bytes
-    from lwmkit.pipelines.readers import iter_texts
     from lwmkit.tokenizers.text import train_bpe
 
     files = match_inputs(_inputs(args.input))
@@ -356,18 +356,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--dry_run: `lwm-pack pack` has no dry run (books, images, videos and qa have)")
     try:
         if args.command == "demo":
-            from lwmkit.pipelines.demo import run_demo
+            from lwmkit.pipelines.tools.demo import run_demo
 
             run_demo(args.output, tokenizer=args.tokenizer, books=args.books, seed=args.seed, progress=not args.quiet,
                      videos=args.videos)
         elif args.command == "books":
             _books(args, unknown)
         elif args.command == "videos":
-            from lwmkit.pipelines.video_cli import run_videos_command
+            from lwmkit.pipelines.cli.videos import run_videos_command
 
             run_videos_command(args, {**_run_options(args, unknown), **_work_options(args)}, _pack_options(args))
         elif args.command == "qa":
-            from lwmkit.pipelines.qa_cli import run_qa_command
+            from lwmkit.pipelines.cli.qa import run_qa_command
 
             run_qa_command(args, _run_options(args, unknown), _pack_options(args))
         elif args.command == "images":
@@ -375,13 +375,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "pack":
             _stages(args, unknown)
         elif args.command == "report":
-            from lwmkit.pipelines.report import write_report
+            from lwmkit.pipelines.tools.report import write_report
 
             print(write_report(args.directory, args.output))
         elif args.command == "train-tokenizer":
             _train_tokenizer(args)
         elif args.command == "inspect":
-            from lwmkit.pipelines.inspection import inspect
+            from lwmkit.pipelines.tools.inspection import inspect
 
             inspect(
                 args.directory,
@@ -394,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 vqgan=args.vqgan,
             )
         elif args.command == "export":
-            from lwmkit.pipelines.export import describe, run_export
+            from lwmkit.pipelines.tools.export import describe, run_export
 
             print(describe(run_export(args.format, args.directory, args.output, args.tokenizer)))
     except (ValueError, FileNotFoundError, OSError) as e:

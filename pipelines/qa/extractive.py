@@ -24,8 +24,8 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from lwmkit.pipelines.qa_chunks import Chunk, sentence_units
-from lwmkit.pipelines.qa_generators import (
+from lwmkit.pipelines.qa.chunks import Chunk, sentence_units
+from lwmkit.pipelines.qa.generators import (
     QAPair,
     Reply,
     collapse_space,

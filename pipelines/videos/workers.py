@@ -49,9 +49,9 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
-from lwmkit.pipelines.video_index import VideoError
+from lwmkit.pipelines.videos.index import VideoError
 
-DEFAULT_TASK = "lwmkit.pipelines.video_frames:decode_video"
+DEFAULT_TASK = "lwmkit.pipelines.videos.frames:decode_video"
 
 
 def _rss_mb() -> float:
@@ -99,7 +99,7 @@ def worker_main(conn, task_spec: str) -> None:
             conn.send(("error", "decode_error", f"{type(e).__name__}: {e}", _stats()))
 
 
-_CHILD = "import sys; from lwmkit.pipelines.video_workers import _child_main; _child_main(sys.argv[1:])"
+_CHILD = "import sys; from lwmkit.pipelines.videos.workers import _child_main; _child_main(sys.argv[1:])"
 
 
 def _child_main(argv: list[str]) -> None:

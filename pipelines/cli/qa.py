@@ -19,9 +19,9 @@ GENERATORS = ("extractive", "openai")
 
 def add_qa_parser(sub, run_arguments: Callable, pack_arguments: Callable) -> None:
     """Adds `qa` to the subparsers `sub`; `run_arguments`/`pack_arguments` add the options every job takes."""
-    from lwmkit.pipelines.qa_assembly import CONTEXT_PRESETS, ORDERS
-    from lwmkit.pipelines.qa_extractive import FORMS
-    from lwmkit.pipelines.qa_generators import SUPPORT_MODES
+    from lwmkit.pipelines.qa.assembly import CONTEXT_PRESETS, ORDERS
+    from lwmkit.pipelines.qa.extractive import FORMS
+    from lwmkit.pipelines.qa.generators import SUPPORT_MODES
 
     qa = sub.add_parser(
         "qa",
@@ -84,9 +84,9 @@ def add_qa_parser(sub, run_arguments: Callable, pack_arguments: Callable) -> Non
 
 
 def _generator(args):
-    from lwmkit.pipelines.qa_client import ClientOptions
-    from lwmkit.pipelines.qa_extractive import ExtractiveOptions
-    from lwmkit.pipelines.qa_generators import (
+    from lwmkit.pipelines.qa.client import ClientOptions
+    from lwmkit.pipelines.qa.extractive import ExtractiveOptions
+    from lwmkit.pipelines.qa.generators import (
         DEFAULT_PROMPT,
         DEFAULT_SYSTEM_PROMPT,
         ChatGeneratorOptions,
@@ -131,8 +131,8 @@ def run_qa_command(args: argparse.Namespace, run_options: dict[str, Any], pack) 
     """
     from lwmkit.pipelines.engine.dataflow import dry_run_instead
     from lwmkit.pipelines.engine.resume import retry_summary
-    from lwmkit.pipelines.qa import QAOptions, run_qa
-    from lwmkit.pipelines.qa_assembly import ContextOptions
+    from lwmkit.pipelines.qa.assembly import ContextOptions
+    from lwmkit.pipelines.qa.job import QAOptions, run_qa
 
     overrides: dict[str, Any] = {"min_fill": args.min_fill, "order": args.question_order, "seed": args.seed}
     for key, value in (

@@ -58,26 +58,27 @@ from typing import Any
 
 import apache_beam as beam
 from lwmkit.pipelines.engine import runner as runner_lib
+from lwmkit.pipelines.engine.dataflow import register_dry_run
+from lwmkit.pipelines.engine.job_options import check_packing_fields, recorded_options
 from lwmkit.pipelines.engine.lifecycle import PreparedJob, launch
 from lwmkit.pipelines.engine.outputs import join
 from lwmkit.pipelines.engine.resume import skip_stored, stored_documents
 from lwmkit.pipelines.engine.stages import StageList
-from lwmkit.pipelines.image_stages import (
-    LoadEncoder,
-    encode_images,
-    join_codes,
-)
-from lwmkit.pipelines.image_text import (
+from lwmkit.pipelines.images.job import (
     check_vqgan_fields,
     prepare_vqgan_job,
     token_dtype,
 )
-from lwmkit.pipelines.job_options import check_packing_fields, recorded_options
-from lwmkit.pipelines.video_download import DownloadVideo, VideoDownloadOptions
-from lwmkit.pipelines.video_examples import VideoExampleBuilder, VideoTemplates
-from lwmkit.pipelines.video_frames import DecodeOptions
-from lwmkit.pipelines.video_sources import VideoSourceOptions, source_kind
-from lwmkit.pipelines.video_stages import (
+from lwmkit.pipelines.images.stages import (
+    LoadEncoder,
+    encode_images,
+    join_codes,
+)
+from lwmkit.pipelines.videos.download import DownloadVideo, VideoDownloadOptions
+from lwmkit.pipelines.videos.examples import VideoExampleBuilder, VideoTemplates
+from lwmkit.pipelines.videos.frames import DecodeOptions
+from lwmkit.pipelines.videos.sources import VideoSourceOptions, source_kind
+from lwmkit.pipelines.videos.stages import (
     MakeVideoExample,
     ReadVideos,
     check_text,
@@ -87,7 +88,7 @@ from lwmkit.pipelines.video_stages import (
     keyed_codes,
     run_decode,
 )
-from lwmkit.pipelines.video_workers import DEFAULT_TASK
+from lwmkit.pipelines.videos.workers import DEFAULT_TASK
 from lwmkit.pipelines.writing.finalize import StageChain
 from lwmkit.pipelines.writing.plan import PackOptions
 from lwmkit.pipelines.writing.tail import write_datasets
@@ -300,3 +301,13 @@ def run_videos(options: VideosOptions) -> dict[str, Any]:
     if options.download.time_ranges and shutil.which("ffmpeg") is None:
         raise ValueError("download.time_ranges: yt-dlp cuts time ranges with ffmpeg, which is not installed")
     return launch(options, prepare_videos, NoValidVideosError, "no valid videos in")
+
+
+def _dry_run_graph(options: VideosOptions) -> PreparedJob:
+    """The graph a dry run checks: "frames" is counted by the decode stage (its second output), not
+    a transform of its own."""
+    prepared = prepare_videos(options)
+    return dataclasses.replace(prepared, stages=tuple(s for s in prepared.stages if s != "frames"))
+
+
+register_dry_run(VideosOptions, "videos", _dry_run_graph)

@@ -16,10 +16,10 @@ import os
 import sys
 from typing import Any, TextIO
 
-from lwmkit.pipelines.books import BooksOptions, run_books
-from lwmkit.pipelines.inspection import inspect
-from lwmkit.pipelines.sample_corpus import sample_training_lines, write_sample_corpus
-from lwmkit.pipelines.sample_videos import write_sample_videos
+from lwmkit.pipelines.books.job import BooksOptions, run_books
+from lwmkit.pipelines.tools.inspection import inspect
+from lwmkit.pipelines.tools.sample_corpus import sample_training_lines, write_sample_corpus
+from lwmkit.pipelines.tools.sample_videos import write_sample_videos
 from lwmkit.tokenizers.text import train_bpe
 
 DEMO_SEQ_LENS = (2048, 8192)
@@ -80,9 +80,9 @@ def run_demo(
 def _video_part(output: str, tokenizer: str, clips: int, seed: int, out: TextIO, progress: bool) -> dict[str, Any]:
     """Generated clips -> the video job (tiny random VQGAN, 3 frames a clip) -> one packed batch read back."""
     from lwmkit.packing.loader import make_loader
-    from lwmkit.pipelines.video_frames import DecodeOptions
-    from lwmkit.pipelines.video_index import FrameSampling
-    from lwmkit.pipelines.video_text import VideosOptions, run_videos
+    from lwmkit.pipelines.videos.frames import DecodeOptions
+    from lwmkit.pipelines.videos.index import FrameSampling
+    from lwmkit.pipelines.videos.job import VideosOptions, run_videos
 
     listing = write_sample_videos(os.path.join(output, "videos"), clips=clips)
     out.write(f"\nsample videos: {listing} ({clips} clips, a chat row, an audio-only file)\n")

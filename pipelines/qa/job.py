@@ -42,8 +42,9 @@ from typing import Any
 
 import apache_beam as beam
 from lwmkit.packing.shards import dumps_json
-from lwmkit.pipelines.books import LengthFilter, ReadFile, keep_first, match_inputs, normalize
+from lwmkit.pipelines.books.job import LengthFilter, ReadFile, keep_first, match_inputs, normalize
 from lwmkit.pipelines.engine import runner as runner_lib
+from lwmkit.pipelines.engine.dataflow import register_dry_run
 from lwmkit.pipelines.engine.lifecycle import (
     PreparedJob,
     job_record,
@@ -60,10 +61,10 @@ from lwmkit.pipelines.engine.outputs import (
 )
 from lwmkit.pipelines.engine.resume import previous_failures
 from lwmkit.pipelines.engine.stages import StageList
-from lwmkit.pipelines.qa_assembly import ContextOptions
-from lwmkit.pipelines.qa_extractive import ExtractiveGenerator, ExtractiveOptions
-from lwmkit.pipelines.qa_generators import ChatGeneratorOptions, ChatQAGenerator, QAGenerator
-from lwmkit.pipelines.qa_stages import (
+from lwmkit.pipelines.qa.assembly import ContextOptions
+from lwmkit.pipelines.qa.extractive import ExtractiveGenerator, ExtractiveOptions
+from lwmkit.pipelines.qa.generators import ChatGeneratorOptions, ChatQAGenerator, QAGenerator
+from lwmkit.pipelines.qa.stages import (
     AssembleBook,
     ChunkBook,
     GenerateBatch,
@@ -377,3 +378,6 @@ def run_qa(options: QAOptions) -> dict[str, Any]:
     log(f"{g['calls']} generator calls, {g['cache_hits']} cache hits, {g['usage']['total_tokens']} tokens used")
     require_documents(manifest, NoValidContextsError, "no QA context assembled from", files, options.output)
     return manifest
+
+
+register_dry_run(QAOptions, "qa", prepare_qa)

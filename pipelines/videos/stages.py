@@ -36,12 +36,12 @@ from apache_beam.utils.windowed_value import WindowedValue
 from lwmkit.pipelines.engine.normalize import normalize_text
 from lwmkit.pipelines.engine.outputs import is_local
 from lwmkit.pipelines.engine.stages import COUNTS, FAILURES, Dropped, DropRecord, failure_row
-from lwmkit.pipelines.image_stages import check_caption
-from lwmkit.pipelines.video_examples import VideoExampleBuilder, video_kind
-from lwmkit.pipelines.video_frames import DecodeOptions
-from lwmkit.pipelines.video_index import VideoError
-from lwmkit.pipelines.video_sources import VideoSourceOptions, read_videos
-from lwmkit.pipelines.video_workers import DEFAULT_TASK, shared_pool
+from lwmkit.pipelines.images.stages import check_caption
+from lwmkit.pipelines.videos.examples import VideoExampleBuilder, video_kind
+from lwmkit.pipelines.videos.frames import DecodeOptions
+from lwmkit.pipelines.videos.index import VideoError
+from lwmkit.pipelines.videos.sources import VideoSourceOptions, read_videos
+from lwmkit.pipelines.videos.workers import DEFAULT_TASK, shared_pool
 from lwmkit.pipelines.writing.payload import example_payload
 
 FRAMES = "frames"

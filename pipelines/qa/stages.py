@@ -23,13 +23,13 @@ from typing import Any
 
 import apache_beam as beam
 from lwmkit.pipelines.engine.stages import Dropped, DropRecord
-from lwmkit.pipelines.pack import read_document_records
-from lwmkit.pipelines.qa_assembly import ContextBuilder, ContextOptions
-from lwmkit.pipelines.qa_cache import ReplyCache
-from lwmkit.pipelines.qa_calls import ChunkResult, generate_all
-from lwmkit.pipelines.qa_chunks import Chunk, chunk_text, total_tokens
-from lwmkit.pipelines.qa_client import USAGE_KEYS
-from lwmkit.pipelines.qa_generators import QAGenerator
+from lwmkit.pipelines.pack.job import read_document_records
+from lwmkit.pipelines.qa.assembly import ContextBuilder, ContextOptions
+from lwmkit.pipelines.qa.cache import ReplyCache
+from lwmkit.pipelines.qa.calls import ChunkResult, generate_all
+from lwmkit.pipelines.qa.chunks import Chunk, chunk_text, total_tokens
+from lwmkit.pipelines.qa.client import USAGE_KEYS
+from lwmkit.pipelines.qa.generators import QAGenerator
 from lwmkit.pipelines.writing.payload import example_payload
 from lwmkit.tokenizers.text import SentencePieceTokenizer
 

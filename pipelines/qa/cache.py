@@ -20,7 +20,7 @@ import json
 from typing import Any
 
 from lwmkit.pipelines.engine.outputs import join, read_output_bytes, write_output_bytes
-from lwmkit.pipelines.qa_generators import Reply
+from lwmkit.pipelines.qa.generators import Reply
 
 CACHE_VERSION = 1
 

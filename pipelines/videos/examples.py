@@ -35,9 +35,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from lwmkit.pipelines.image_examples import KINDS as CAPTION_KINDS
-from lwmkit.pipelines.image_examples import Example, ExampleBuilder, Templates, choose_kind
-from lwmkit.pipelines.qa_assembly import parse_turn
+from lwmkit.pipelines.examples.vision_text import KINDS as CAPTION_KINDS
+from lwmkit.pipelines.examples.vision_text import Example, ExampleBuilder, Templates, choose_kind
+from lwmkit.pipelines.qa.assembly import parse_turn
 from lwmkit.tokenizers.vision import TOKENS_PER_FRAME, vision_field, vision_tags
 
 KINDS = (*CAPTION_KINDS, "chat")

@@ -52,9 +52,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from lwmkit.pipelines.download import DownloadError, DownloadOptions, _checked_addresses, check_url
 from lwmkit.pipelines.engine.outputs import is_local, join, read_output_bytes, write_output_bytes
 from lwmkit.pipelines.engine.stages import DropRecord
+from lwmkit.pipelines.images.download import (
+    DownloadError,
+    DownloadOptions,
+    _checked_addresses,
+    check_url,
+)
 
 RETRYABLE = frozenset({"timeout", "connection_error", "rate_limited"})
 # (reason, lower-case fragments of yt-dlp's messages), checked in order: the first match wins.

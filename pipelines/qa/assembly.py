@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 from lwmkit.packing.records import document_id
-from lwmkit.pipelines.qa_chunks import Chunk
-from lwmkit.pipelines.qa_generators import QAPair
+from lwmkit.pipelines.qa.chunks import Chunk
+from lwmkit.pipelines.qa.generators import QAPair
 from lwmkit.tokenizers.text import TextTokenizer
 
 FIRST_TURN = "You are a helpful assistant. USER:{context}{question}ASSISTANT:{answer}"

@@ -42,15 +42,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
-from lwmkit.pipelines.download import Download, DownloadOptions
 from lwmkit.pipelines.engine import runner as runner_lib
+from lwmkit.pipelines.engine.dataflow import register_dry_run
+from lwmkit.pipelines.engine.job_options import check_packing_fields, recorded_options
 from lwmkit.pipelines.engine.lifecycle import PreparedJob, job_record, launch
 from lwmkit.pipelines.engine.outputs import is_local, read_output_bytes
 from lwmkit.pipelines.engine.resume import skip_stored, stored_documents
 from lwmkit.pipelines.engine.stages import StageList
-from lwmkit.pipelines.image_examples import ExampleBuilder, Templates
-from lwmkit.pipelines.image_sources import SourceOptions, expand_input, source_kind
-from lwmkit.pipelines.image_stages import (
+from lwmkit.pipelines.examples.vision_text import ExampleBuilder, Templates
+from lwmkit.pipelines.images.download import Download, DownloadOptions
+from lwmkit.pipelines.images.sources import SourceOptions, expand_input, source_kind
+from lwmkit.pipelines.images.stages import (
     Decode,
     LoadEncoder,
     MakeExample,
@@ -62,7 +64,6 @@ from lwmkit.pipelines.image_stages import (
     keep_first,
     load_image_tokenizer,
 )
-from lwmkit.pipelines.job_options import check_packing_fields, recorded_options
 from lwmkit.pipelines.writing.finalize import StageChain
 from lwmkit.pipelines.writing.plan import PackOptions
 from lwmkit.pipelines.writing.tail import write_datasets
@@ -356,3 +357,6 @@ def run_images(options: ImagesOptions) -> dict[str, Any]:
       CountMismatchError (via the runner): records were lost between stages.
     """
     return launch(options, prepare_images, NoValidPairsError, "no valid image-text pairs in")
+
+
+register_dry_run(ImagesOptions, "images", prepare_images)

@@ -87,6 +87,6 @@ def write_sample_corpus(directory: str, books: int = 24, seed: int = 0) -> list[
 
 def sample_training_lines(paths: list[str]) -> list[str]:
     """Lines of the sample corpus for tokenizer training."""
-    from lwmkit.pipelines.readers import iter_texts
+    from lwmkit.pipelines.books.sources import iter_texts
 
     return [line for p in paths for text in iter_texts(p) for line in text.split("\n") if line]

@@ -32,15 +32,16 @@ from typing import Any
 
 import apache_beam as beam
 from lwmkit.packing.records import document_id
+from lwmkit.pipelines.books.sources import input_kind, read_documents
 from lwmkit.pipelines.engine import runner as runner_lib
+from lwmkit.pipelines.engine.dataflow import register_dry_run
+from lwmkit.pipelines.engine.job_options import check_packing_fields, recorded_options
 from lwmkit.pipelines.engine.lifecycle import PreparedJob, job_record, launch
 from lwmkit.pipelines.engine.normalize import normalize_text
 from lwmkit.pipelines.engine.outputs import read_output_bytes
 from lwmkit.pipelines.engine.resume import skip_stored, stored_documents
 from lwmkit.pipelines.engine.stages import Dropped, DropRecord, StageList
 from lwmkit.pipelines.engine.work_store import DEFAULT_UNIT_BYTES, SpillDoFn
-from lwmkit.pipelines.job_options import check_packing_fields, recorded_options
-from lwmkit.pipelines.readers import input_kind, read_documents
 from lwmkit.pipelines.writing.finalize import StageChain
 from lwmkit.pipelines.writing.plan import PackOptions
 from lwmkit.pipelines.writing.tail import write_datasets
@@ -314,3 +315,6 @@ def run_books(options: BooksOptions) -> dict[str, Any]:
       CountMismatchError (via the runner): records were lost between stages.
     """
     return launch(options, prepare_books, NoValidDocumentsError, "no valid documents in")
+
+
+register_dry_run(BooksOptions, "books", prepare_books)

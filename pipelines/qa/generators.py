@@ -29,8 +29,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from lwmkit.pipelines.qa_chunks import Chunk
-from lwmkit.pipelines.qa_client import (
+from lwmkit.pipelines.qa.chunks import Chunk
+from lwmkit.pipelines.qa.client import (
     ChatClient,
     ClientOptions,
     MalformedReply,

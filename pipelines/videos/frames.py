@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from lwmkit.pipelines.video_index import (
+from lwmkit.pipelines.videos.index import (
     FrameSampling,
     VideoError,
     VideoIndex,
