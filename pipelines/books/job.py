@@ -25,7 +25,6 @@ Run it (the exact command for the demo corpus):
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,18 +32,20 @@ from typing import Any
 import apache_beam as beam
 from lwmkit.packing.records import document_id
 from lwmkit.pipelines.books.sources import input_kind, read_documents
+from lwmkit.pipelines.engine import inputs
 from lwmkit.pipelines.engine import runner as runner_lib
 from lwmkit.pipelines.engine.dataflow import register_dry_run
+from lwmkit.pipelines.engine.exact_dedup import KeepFirst
+from lwmkit.pipelines.engine.inputs import read_tokenizer
 from lwmkit.pipelines.engine.job_options import check_packing_fields, recorded_options
 from lwmkit.pipelines.engine.lifecycle import PreparedJob, job_record, launch
 from lwmkit.pipelines.engine.normalize import normalize_text
-from lwmkit.pipelines.engine.outputs import read_output_bytes
 from lwmkit.pipelines.engine.resume import skip_stored, stored_documents
 from lwmkit.pipelines.engine.stages import Dropped, DropRecord, StageList
 from lwmkit.pipelines.engine.work_store import DEFAULT_UNIT_BYTES, SpillDoFn
 from lwmkit.pipelines.writing.finalize import StageChain
 from lwmkit.pipelines.writing.plan import PackOptions
-from lwmkit.pipelines.writing.tail import write_datasets
+from lwmkit.pipelines.writing.tail import write_job_datasets
 from lwmkit.tokenizers.text import SentencePieceTokenizer
 
 STAGES = ("read", "normalize", "filter", "tokenize", "dedup")
@@ -63,7 +64,7 @@ class NoValidDocumentsError(ValueError):
 
 
 @dataclass(frozen=True)
-class BooksOptions:
+class BooksOptions(runner_lib.ResumeOptions):
     """Options of the books job.
 
     Attributes:
@@ -75,17 +76,8 @@ class BooksOptions:
       min_chars, max_chars: keep documents whose normalized length lies in [min_chars, max_chars].
       shard_tokens: target tokens per shard file.
       pack: how documents are cut, packed and weighted (policy, positions, loss, window, seed).
-      runner: Beam runner name.
-      direct_running_mode: DirectRunner mode, `in_memory` or `multi_processing`.
-      direct_num_workers: DirectRunner worker count (0: Beam's default).
-      progress: print stage progress to stderr.
-      beam_args: further Beam pipeline options, e.g. ('--project=p', '--region=r').
-      force: rebuild even if the output is already complete for these inputs and options (this
-        also empties the work store).
-      retry_failures: run again over a finished output, processing only the rows its
-        failures.jsonl lists (every other document comes from the work store) and merging them.
-      keep_work: keep the work store (`<output>/.work`: the tokenized documents) after success,
-        so that `retry_failures` and other packing options cost no tokenization.
+      runner, direct_running_mode, direct_num_workers, progress, beam_args, force,
+        retry_failures, keep_work: how the job runs (`engine.runner.ResumeOptions`).
       unit_bytes: size of a work-store unit (memory per worker grows with it).
     """
 
@@ -98,14 +90,6 @@ class BooksOptions:
     max_chars: int | None = None
     shard_tokens: int = 1 << 24
     pack: PackOptions = field(default_factory=PackOptions)
-    runner: str = "DirectRunner"
-    direct_running_mode: str = "in_memory"
-    direct_num_workers: int = 0
-    progress: bool = False
-    beam_args: tuple[str, ...] = field(default=())
-    force: bool = False
-    retry_failures: bool = False
-    keep_work: bool = True
     unit_bytes: int = DEFAULT_UNIT_BYTES
 
     def __post_init__(self):
@@ -118,7 +102,7 @@ class BooksOptions:
             raise ValueError(f"min_chars: {self.min_chars} must be >= 0")
         if self.max_chars is not None and self.max_chars < max(self.min_chars, 1):
             raise ValueError(f"max_chars: {self.max_chars} must be >= min_chars ({self.min_chars}) and >= 1")
-        runner_lib.check_direct_mode(self.direct_running_mode)
+        super().__post_init__()
 
     def recorded(self) -> dict[str, Any]:
         """The options as the manifest records them (everything that shapes the output)."""
@@ -155,14 +139,8 @@ class LengthFilter:
         yield doc
 
 
-def keep_first(element: tuple[int, Iterable[dict]]) -> Iterator[dict | Dropped]:
-    """Exact dedup: of documents with the same content hash, keep the first by (file, line)."""
-    _, docs = element
-    ordered = sorted(docs, key=lambda d: (d["file"], d["line"]))
-    first = ordered[0]
-    yield first
-    for d in ordered[1:]:
-        yield Dropped("duplicate", f"same text as {first['file']}:{first['line']}", d["file"], d["line"])
+# Exact dedup: of documents with the same content hash, keep the first by (file, line).
+keep_first = KeepFirst("text")
 
 
 def keep_first_reference(element: tuple[int, Iterable[dict]]) -> Iterator[tuple[int, dict] | Dropped]:
@@ -201,23 +179,8 @@ class Tokenize:
 
 
 def match_inputs(patterns: Sequence[str]) -> list[str]:
-    """Expands globs into a sorted list of supported files.
-
-    Raises:
-      FileNotFoundError: if a pattern matches nothing.
-      ValueError: if a matched file has an unsupported suffix.
-    """
-    from apache_beam.io.filesystems import FileSystems
-
-    files: set[str] = set()
-    for pattern in patterns:
-        matched = [m.path for r in FileSystems.match([pattern]) for m in r.metadata_list]
-        if not matched:
-            raise FileNotFoundError(f"--input {pattern!r} matches no file")
-        for path in matched:
-            input_kind(path)  # raises on an unsupported suffix
-        files.update(matched)
-    return sorted(files)
+    """Expands globs into a sorted list of supported book files (see `engine.inputs.match_inputs`)."""
+    return inputs.match_inputs(patterns, input_kind)
 
 
 def build_pipeline(
@@ -247,33 +210,17 @@ def build_pipeline(
     groups = refs | "group by content" >> beam.GroupByKey()
     kept = stage(groups, "dedup", keep_first_reference)
 
-    return write_datasets(
+    return write_job_datasets(
         p,
         kept,
         failures,
         counts,
-        output=options.output,
-        seq_lens=options.seq_lens,
-        shard_tokens=options.shard_tokens,
-        pack=options.pack,
+        options,
         job=job,
         chain=CHAIN,
         spilled=True,
         retried=retried,
     )
-
-
-def _read_tokenizer(path: str) -> SentencePieceTokenizer:
-    from lwmkit.pipelines.engine.outputs import is_local
-
-    if is_local(path):
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"--tokenizer {path}: no such file")
-        return SentencePieceTokenizer.from_file(path)
-    data = read_output_bytes(path)
-    if data is None:
-        raise FileNotFoundError(f"--tokenizer {path}: no such file")
-    return SentencePieceTokenizer(data, name=path)
 
 
 def prepare_books(options: BooksOptions) -> PreparedJob:
@@ -284,7 +231,7 @@ def prepare_books(options: BooksOptions) -> PreparedJob:
       TokenizerError: the tokenizer file is not a SentencePiece model.
     """
     files = match_inputs(options.inputs)
-    tokenizer = _read_tokenizer(options.tokenizer)
+    tokenizer = read_tokenizer(options.tokenizer)
     job = job_record(
         options.recorded(),
         files,

@@ -42,11 +42,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
+from lwmkit.pipelines.engine import inputs
 from lwmkit.pipelines.engine import runner as runner_lib
 from lwmkit.pipelines.engine.dataflow import register_dry_run
+from lwmkit.pipelines.engine.inputs import read_tokenizer
 from lwmkit.pipelines.engine.job_options import check_packing_fields, recorded_options
 from lwmkit.pipelines.engine.lifecycle import PreparedJob, job_record, launch
-from lwmkit.pipelines.engine.outputs import is_local, read_output_bytes
 from lwmkit.pipelines.engine.resume import skip_stored, stored_documents
 from lwmkit.pipelines.engine.stages import StageList
 from lwmkit.pipelines.examples.vision_text import ExampleBuilder, Templates
@@ -66,7 +67,7 @@ from lwmkit.pipelines.images.stages import (
 )
 from lwmkit.pipelines.writing.finalize import StageChain
 from lwmkit.pipelines.writing.plan import PackOptions
-from lwmkit.pipelines.writing.tail import write_datasets
+from lwmkit.pipelines.writing.tail import write_job_datasets
 from lwmkit.tokenizers import vqgan_config
 from lwmkit.tokenizers.text import SentencePieceTokenizer
 from lwmkit.tokenizers.vision import VISION_VOCAB_SIZE, ImageOptions
@@ -107,7 +108,7 @@ class NoValidPairsError(ValueError):
 
 
 @dataclass(frozen=True)
-class ImagesOptions:
+class ImagesOptions(runner_lib.ResumeOptions):
     """Options of the image-text job.
 
     Attributes:
@@ -152,21 +153,13 @@ class ImagesOptions:
     batch_size: int = 16
     shard_tokens: int = 1 << 24
     pack: PackOptions = field(default_factory=PackOptions)
-    runner: str = "DirectRunner"
-    direct_running_mode: str = "in_memory"
-    direct_num_workers: int = 0
-    progress: bool = False
-    beam_args: tuple[str, ...] = field(default=())
-    force: bool = False
-    retry_failures: bool = False
-    keep_work: bool = True
 
     def __post_init__(self):
         if not self.inputs:
             raise ValueError("inputs: give at least one file, folder or glob")
         check_packing_fields(self.seq_lens, self.shard_tokens)
         check_vqgan_fields(self)
-        runner_lib.check_direct_mode(self.direct_running_mode)
+        super().__post_init__()
 
     def recorded(self) -> dict[str, Any]:
         """The options as the manifest records them (everything that shapes the output)."""
@@ -179,24 +172,8 @@ class ImagesOptions:
 
 
 def match_inputs(patterns: Sequence[str]) -> list[str]:
-    """Expands folders and globs into a sorted list of supported files.
-
-    Raises:
-      FileNotFoundError: if a pattern matches nothing.
-      ValueError: if a matched file has an unsupported suffix.
-    """
-    from apache_beam.io.filesystems import FileSystems
-
-    files: set[str] = set()
-    for pattern in patterns:
-        expanded = expand_input(pattern)
-        matched = [m.path for r in FileSystems.match([expanded]) for m in r.metadata_list]
-        if not matched:
-            raise FileNotFoundError(f"--input {pattern!r} matches no file")
-        for path in matched:
-            source_kind(path)  # raises on an unsupported suffix
-        files.update(matched)
-    return sorted(files)
+    """Expands folders and globs into a sorted list of supported files (see `engine.inputs.match_inputs`)."""
+    return inputs.match_inputs(patterns, source_kind, expand_input)
 
 
 def token_dtype(text_vocab_size: int) -> str:
@@ -240,15 +217,12 @@ def build_pipeline(
     dtype = token_dtype(tokenizer.vocab_size)
     examples = stage(encoded, "example", MakeExample(builder, options.seed, options.generation_fraction, dtype))
 
-    return write_datasets(
+    return write_job_datasets(
         p,
         examples,
         failures,
         counts,
-        output=options.output,
-        seq_lens=options.seq_lens,
-        shard_tokens=options.shard_tokens,
-        pack=options.pack,
+        options,
         job=job,
         chain=CHAIN,
         stored=stored,
@@ -256,25 +230,8 @@ def build_pipeline(
     )
 
 
-def read_text_tokenizer(path: str) -> SentencePieceTokenizer:
-    """The SentencePiece model at a local or Beam filesystem path.
-
-    Raises:
-      FileNotFoundError: if there is no such file.
-      TokenizerError: if it is not a SentencePiece model.
-    """
-    data = None
-    if is_local(path):
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            pass
-    else:
-        data = read_output_bytes(path)
-    if data is None:
-        raise FileNotFoundError(f"--tokenizer {path}: no such file")
-    return SentencePieceTokenizer(data, name=path)
+# The text tokenizer (kept under this name for the video job and callers).
+read_text_tokenizer = read_tokenizer
 
 
 def random_init_warning(preset: str) -> str:

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+from lwmkit.pipelines.engine.exact_dedup import KeepFirst
 from lwmkit.pipelines.engine.normalize import normalize_text
 from lwmkit.pipelines.engine.stages import Dropped, DropRecord
 from lwmkit.pipelines.examples.vision_text import ExampleBuilder, choose_kind
@@ -65,14 +66,8 @@ def content_id(image: bytes, caption: str) -> int:
     return int.from_bytes(h.digest(), "little") & ((1 << 63) - 1)
 
 
-def keep_first(element: tuple[int, Iterable[dict]]) -> Iterator[dict | Dropped]:
-    """Exact dedup: of pairs with the same image bytes and caption, keep the first by (file, line)."""
-    doc_id, pairs = element
-    ordered = sorted(pairs, key=lambda d: (d["file"], d["line"], d["key"]))
-    first = ordered[0]
-    yield {**first, "doc_id": doc_id}
-    for d in ordered[1:]:
-        yield Dropped("duplicate", f"same image and caption as {first['file']}:{first['line']}", d["file"], d["line"])
+# Exact dedup: of pairs with the same image bytes and caption, keep the first by (file, line, key).
+keep_first = KeepFirst("image and caption", by_key=True, with_doc_id=True)
 
 
 class Decode:

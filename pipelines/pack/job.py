@@ -45,7 +45,7 @@ CHAIN = StageChain(stages=("read_documents",), links=(), last="read_documents")
 
 
 @dataclass(frozen=True)
-class StagesOptions:
+class StagesOptions(runner_lib.RunOptions):
     """Options of the stages job.
 
     Attributes:
@@ -63,12 +63,6 @@ class StagesOptions:
     min_doc_tokens: tuple[int, ...] = ()
     shard_tokens: int = 1 << 24
     pack: PackOptions = field(default_factory=PackOptions)
-    runner: str = "DirectRunner"
-    direct_running_mode: str = "in_memory"
-    direct_num_workers: int = 0
-    progress: bool = False
-    beam_args: tuple[str, ...] = ()
-    force: bool = False
 
     def __post_init__(self):
         if not self.schedule:
@@ -84,7 +78,7 @@ class StagesOptions:
             )
         if any(m < 0 for m in self.min_doc_tokens):
             raise ValueError(f"min_doc_tokens: {self.min_doc_tokens} must be >= 0")
-        runner_lib.check_direct_mode(self.direct_running_mode)
+        super().__post_init__()
 
     def per_stage_minimum(self) -> dict[int, int]:
         return dict(zip(self.schedule, self.min_doc_tokens or [0] * len(self.schedule), strict=True))

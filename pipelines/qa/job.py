@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +44,7 @@ from lwmkit.packing.shards import dumps_json
 from lwmkit.pipelines.books.job import LengthFilter, ReadFile, keep_first, match_inputs, normalize
 from lwmkit.pipelines.engine import runner as runner_lib
 from lwmkit.pipelines.engine.dataflow import register_dry_run
+from lwmkit.pipelines.engine.inputs import read_tokenizer
 from lwmkit.pipelines.engine.lifecycle import (
     PreparedJob,
     job_record,
@@ -54,7 +54,6 @@ from lwmkit.pipelines.engine.lifecycle import (
 )
 from lwmkit.pipelines.engine.outputs import (
     delete_outputs,
-    is_local,
     join,
     read_output_bytes,
     write_output_bytes,
@@ -116,7 +115,7 @@ def make_generator(options: GeneratorOptions) -> QAGenerator:
 
 
 @dataclass(frozen=True)
-class QAOptions:
+class QAOptions(runner_lib.RunOptions):
     """Options of the QA job.
 
     Attributes:
@@ -147,12 +146,6 @@ class QAOptions:
     max_chars: int | None = None
     shard_tokens: int = 1 << 24
     pack: PackOptions = field(default_factory=PackOptions)
-    runner: str = "DirectRunner"
-    direct_running_mode: str = "in_memory"
-    direct_num_workers: int = 0
-    progress: bool = False
-    beam_args: tuple[str, ...] = field(default=())
-    force: bool = False
     retry_failures: bool = False
 
     def __post_init__(self):
@@ -172,7 +165,7 @@ class QAOptions:
             raise ValueError(f"max_chars: {self.max_chars} must be >= min_chars ({self.min_chars}) and >= 1")
         if self.shard_tokens < 1:
             raise ValueError(f"shard_tokens: {self.shard_tokens} must be >= 1")
-        runner_lib.check_direct_mode(self.direct_running_mode)
+        super().__post_init__()
 
     @property
     def cache_directory(self) -> str:
@@ -197,18 +190,6 @@ class QAOptions:
             "pack": self.pack.to_json(),
         }
 
-
-def _read_tokenizer(path: str) -> SentencePieceTokenizer:
-    data = None
-    if is_local(path):
-        if os.path.exists(path):
-            with open(path, "rb") as f:
-                data = f.read()
-    else:
-        data = read_output_bytes(path)
-    if data is None:
-        raise FileNotFoundError(f"--tokenizer {path}: no such file")
-    return SentencePieceTokenizer(data, name=path)
 
 
 def _document_shards(directory: str, tokenizer: SentencePieceTokenizer) -> list[str]:
@@ -317,7 +298,7 @@ def prepare_qa(options: QAOptions) -> PreparedJob:
       TokenizerError: the tokenizer file is not a SentencePiece model.
       ValueError: `documents` is not a documents/ directory of this tokenizer.
     """
-    tokenizer = _read_tokenizer(options.tokenizer)
+    tokenizer = read_tokenizer(options.tokenizer)
     files = _document_shards(options.documents, tokenizer) if options.documents else match_inputs(options.inputs)
     generator = make_generator(options.generator)
     job = job_record(

@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
+from lwmkit.pipelines.engine import inputs
 from lwmkit.pipelines.engine import runner as runner_lib
 from lwmkit.pipelines.engine.dataflow import register_dry_run
 from lwmkit.pipelines.engine.job_options import check_packing_fields, recorded_options
@@ -91,7 +92,7 @@ from lwmkit.pipelines.videos.stages import (
 from lwmkit.pipelines.videos.workers import DEFAULT_TASK
 from lwmkit.pipelines.writing.finalize import StageChain
 from lwmkit.pipelines.writing.plan import PackOptions
-from lwmkit.pipelines.writing.tail import write_datasets
+from lwmkit.pipelines.writing.tail import write_job_datasets
 
 STAGES = ("read", "text", "dedup", "download", "decode", "frames", "encode", "gather", "example")
 CHAIN = StageChain(
@@ -117,7 +118,7 @@ class NoValidVideosError(ValueError):
 
 
 @dataclass(frozen=True)
-class VideosOptions:
+class VideosOptions(runner_lib.ResumeOptions):
     """Options of the video-text job.
 
     Attributes:
@@ -156,14 +157,6 @@ class VideosOptions:
     batch_size: int = 16
     shard_tokens: int = 1 << 24
     pack: PackOptions = field(default_factory=PackOptions)
-    runner: str = "DirectRunner"
-    direct_running_mode: str = "in_memory"
-    direct_num_workers: int = 0
-    progress: bool = False
-    beam_args: tuple[str, ...] = field(default=())
-    force: bool = False
-    retry_failures: bool = False
-    keep_work: bool = True
     decode_task: str = DEFAULT_TASK
     decode_python_path: tuple[str, ...] = ()
 
@@ -172,7 +165,7 @@ class VideosOptions:
             raise ValueError("inputs: give at least one file or glob")
         check_packing_fields(self.seq_lens, self.shard_tokens)
         check_vqgan_fields(self)
-        runner_lib.check_direct_mode(self.direct_running_mode)
+        super().__post_init__()
 
     @property
     def work_dir(self) -> str:
@@ -187,23 +180,8 @@ class VideosOptions:
 
 
 def match_inputs(patterns: Sequence[str]) -> list[str]:
-    """Expands globs into a sorted list of video lists.
-
-    Raises:
-      FileNotFoundError: if a pattern matches nothing.
-      ValueError: if a matched file has an unsupported suffix.
-    """
-    from apache_beam.io.filesystems import FileSystems
-
-    files: set[str] = set()
-    for pattern in patterns:
-        matched = [m.path for r in FileSystems.match([pattern]) for m in r.metadata_list]
-        if not matched:
-            raise FileNotFoundError(f"--input {pattern!r} matches no file")
-        for path in matched:
-            source_kind(path)  # raises on an unsupported suffix
-        files.update(matched)
-    return sorted(files)
+    """Expands globs into a sorted list of video lists (see `engine.inputs.match_inputs`)."""
+    return inputs.match_inputs(patterns, source_kind)
 
 
 def frames_of(ref: dict) -> dict[str, int]:
@@ -255,15 +233,12 @@ def build_pipeline(
     builder = VideoExampleBuilder(tokenizer, options.templates)
     dtype = token_dtype(tokenizer.vocab_size)
     examples = stage(videos, "example", MakeVideoExample(builder, options.seed, options.generation_fraction, dtype))
-    return write_datasets(
+    return write_job_datasets(
         p,
         examples,
         failures,
         counts,
-        output=options.output,
-        seq_lens=options.seq_lens,
-        shard_tokens=options.shard_tokens,
-        pack=options.pack,
+        options,
         job=job,
         chain=CHAIN,
         stored=stored,

@@ -33,6 +33,7 @@ import numpy as np
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
+from lwmkit.pipelines.engine.exact_dedup import KeepFirst
 from lwmkit.pipelines.engine.normalize import normalize_text
 from lwmkit.pipelines.engine.outputs import is_local
 from lwmkit.pipelines.engine.stages import COUNTS, FAILURES, Dropped, DropRecord, failure_row
@@ -78,15 +79,8 @@ def content_id(video: dict) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
-def keep_first(element: tuple[int, Iterable[dict]]) -> Iterator[dict | Dropped]:
-    """Exact dedup: of rows with the same video, clip and text, keep the first by (file, line)."""
-    doc_id, videos = element
-    ordered = sorted(videos, key=lambda d: (d["file"], d["line"], d["key"]))
-    first = ordered[0]
-    yield {**first, "doc_id": doc_id}
-    for d in ordered[1:]:
-        detail = f"same video, clip and text as {first['file']}:{first['line']}"
-        yield Dropped("duplicate", detail, d["file"], d["line"])
+# Exact dedup: of rows with the same video, clip and text, keep the first by (file, line, key).
+keep_first = KeepFirst("video, clip and text", by_key=True, with_doc_id=True)
 
 
 @contextlib.contextmanager

@@ -110,3 +110,15 @@ def write_datasets(
             counts=beam.pvalue.AsList(all_counts),
         )
     )
+
+
+def write_job_datasets(p: beam.Pipeline, tokenized, failures: list, counts: list, options: Any, **rest):
+    """`write_datasets` for a job whose options carry `output`, `seq_lens`, `shard_tokens` and `pack`.
+
+    Example (the end of the books job): write_job_datasets(p, kept, failures, counts, options,
+    job=job, chain=CHAIN, spilled=True, retried=retried)
+    """
+    return write_datasets(
+        p, tokenized, failures, counts, output=options.output, seq_lens=options.seq_lens,
+        shard_tokens=options.shard_tokens, pack=options.pack, **rest,
+    )
