@@ -1,6 +1,6 @@
 """The `lwm-pack qa` subcommand: its arguments, and the call to `run_qa` they make.
 
-Kept apart from `cli.py` because the QA job has many settings (contexts, generator, client); it
+Its own module because the QA job has many settings (contexts, generator, client); it
 imports no Beam until the command runs.
 
     lwm-pack qa --input 'books/*.jsonl.zst' --tokenizer tokenizer.model --output qa/ --preset lwm-32k \
@@ -11,14 +11,15 @@ imports no Beam until the command runs.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from typing import Any
+
+from lwmkit.pipelines.cli.common import pack_arguments, pack_options, run_arguments, run_options
 
 GENERATORS = ("extractive", "openai")
 
 
-def add_qa_parser(sub, run_arguments: Callable, pack_arguments: Callable) -> None:
-    """Adds `qa` to the subparsers `sub`; `run_arguments`/`pack_arguments` add the options every job takes."""
+def add_parser(sub) -> None:
+    """Adds `qa` to the subparsers `sub`."""
     from lwmkit.pipelines.qa.assembly import CONTEXT_PRESETS, ORDERS
     from lwmkit.pipelines.qa.extractive import FORMS
     from lwmkit.pipelines.qa.generators import SUPPORT_MODES
@@ -124,7 +125,7 @@ def _generator(args):
     )
 
 
-def run_qa_command(args: argparse.Namespace, run_options: dict[str, Any], pack) -> None:
+def run(args: argparse.Namespace, beam_args: list[str]) -> None:
     """Builds `QAOptions` from parsed arguments, runs the job and prints a summary line.
 
     With Beam's `--dry_run=True` it builds and checks the Dataflow job instead (`dataflow.py`).
@@ -157,9 +158,9 @@ def run_qa_command(args: argparse.Namespace, run_options: dict[str, Any], pack) 
         text_key=args.text_key,
         min_chars=args.min_chars,
         max_chars=args.max_chars,
-        pack=pack,
+        pack=pack_options(args),
         retry_failures=args.retry_failures,
-        **run_options,
+        **run_options(args, beam_args),
     )
     if dry_run_instead(options):
         return

@@ -1,6 +1,6 @@
 """The `lwm-pack videos` subcommand: its arguments, and the call to `run_videos` they make.
 
-Kept apart from `cli.py` because the video job has many settings (sampling, decoders, downloads);
+Its own module because the video job has many settings (sampling, decoders, downloads);
 it imports no Beam until the command runs.
 
     lwm-pack videos --input 'webvid/*.csv' --tokenizer tokenizer.model --vqgan vqgan.safetensors \
@@ -12,14 +12,20 @@ it imports no Beam until the command runs.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
-from typing import Any
 
+from lwmkit.pipelines.cli.common import (
+    int_list,
+    job_arguments,
+    pack_arguments,
+    pack_options,
+    run_options,
+    work_options,
+)
 from lwmkit.pipelines.cli.vqgan import add_vqgan_arguments, vqgan_option_values
 
 
-def add_videos_parser(sub, run_arguments: Callable, pack_arguments: Callable, int_list: Callable) -> None:
-    """Adds `videos` to the subparsers `sub`; `run_arguments`/`pack_arguments` add the options every job takes."""
+def add_parser(sub) -> None:
+    """Adds `videos` to the subparsers `sub`."""
     v = sub.add_parser(
         "videos",
         help="videos (URLs or files) with captions or chat turns -> video-text token shards (Beam job)",
@@ -65,11 +71,11 @@ def add_videos_parser(sub, run_arguments: Callable, pack_arguments: Callable, in
                    help="download from this host or IP even if it is private/loopback (repeatable)")
     d.add_argument("--allow-private-addresses", action="store_true",
                    help="download from any private, loopback or link-local address")
-    run_arguments(v)
+    job_arguments(v)
     pack_arguments(v)
 
 
-def run_videos_command(args: argparse.Namespace, run_options: dict[str, Any], pack) -> None:
+def run(args: argparse.Namespace, beam_args: list[str]) -> None:
     """Builds `VideosOptions` from parsed arguments, runs the job and prints a summary line.
 
     With Beam's `--dry_run=True` it builds and checks the Dataflow job instead (`dataflow.py`).
@@ -119,8 +125,9 @@ def run_videos_command(args: argparse.Namespace, run_options: dict[str, Any], pa
         download=download,
         decode=decode,
         **vqgan_option_values(args),
-        pack=pack,
-        **run_options,
+        pack=pack_options(args),
+        **run_options(args, beam_args),
+        **work_options(args),
     )
     if dry_run_instead(options):
         return
