@@ -27,7 +27,7 @@ Failure reasons (from yt-dlp's errors and messages, see `classify`):
     blocked_address   the host resolves to a private, loopback, link-local or reserved address
                       (allow hosts with `allowed_hosts`, all with `allow_private`); checked before
                       yt-dlp connects (redirects that yt-dlp follows are not re-checked)
-    invalid_url, unsupported_scheme, missing_file   as in the image job (`download.check_url`)
+    invalid_url, unsupported_scheme, missing_file   as in the image job (`engine.url_guard.check_url`)
     download_error    anything else (the detail has yt-dlp's message)
 
 Example, the stage on one row:
@@ -54,11 +54,11 @@ from typing import Any
 
 from lwmkit.pipelines.engine.outputs import is_local, join, read_output_bytes, write_output_bytes
 from lwmkit.pipelines.engine.stages import DropRecord
-from lwmkit.pipelines.images.download import (
+from lwmkit.pipelines.engine.url_guard import (
     DownloadError,
     DownloadOptions,
-    _checked_addresses,
     check_url,
+    checked_addresses,
 )
 
 RETRYABLE = frozenset({"timeout", "connection_error", "rate_limited"})
@@ -299,7 +299,7 @@ def fetch_video(
     parts = urllib.parse.urlsplit(url)
     host = parts.hostname or ""
     if parts.scheme.lower() in ("http", "https"):  # the worker's own network is off limits
-        _checked_addresses(host, parts.port or (443 if parts.scheme.lower() == "https" else 80), options)
+        checked_addresses(host, parts.port or (443 if parts.scheme.lower() == "https" else 80), options)
     limiter = limiter or _LIMITER
     local_dir = work if is_local(work) else tempfile.mkdtemp(prefix="lwmkit-video-")
     os.makedirs(local_dir, exist_ok=True)
