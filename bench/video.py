@@ -160,7 +160,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from lwmkit.pipelines.engine.inference import JaxModelHandler
-    from lwmkit.pipelines.images.stages import LoadEncoder
+    from lwmkit.pipelines.engine.vqgan import LoadEncoder
     from lwmkit.pipelines.videos.frames import DecodeOptions
     from lwmkit.pipelines.videos.index import FrameSampling
     from lwmkit.tokenizers.text import train_bpe

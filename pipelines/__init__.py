@@ -17,8 +17,8 @@ by tests/test_layering.py (a folder may import itself and the folders after its 
     engine ->
 
 Declared exceptions between jobs: QA reads books with the books job's stages and document
-shards with the pack job's reader; videos take the VQGAN step and the archive member check from
-images, and chat-turn parsing from qa.
+shards with the pack job's reader; videos take the caption check and the archive member check
+from images, and chat-turn parsing from qa.
 """
 
 import importlib

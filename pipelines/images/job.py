@@ -36,8 +36,7 @@ Run it:
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,32 +44,33 @@ import apache_beam as beam
 from lwmkit.pipelines.engine import inputs
 from lwmkit.pipelines.engine import runner as runner_lib
 from lwmkit.pipelines.engine.dataflow import register_dry_run
-from lwmkit.pipelines.engine.inputs import read_tokenizer
 from lwmkit.pipelines.engine.job_options import check_packing_fields, recorded_options
-from lwmkit.pipelines.engine.lifecycle import PreparedJob, job_record, launch
+from lwmkit.pipelines.engine.lifecycle import PreparedJob, launch
 from lwmkit.pipelines.engine.resume import skip_stored, stored_documents
 from lwmkit.pipelines.engine.stages import StageList
+from lwmkit.pipelines.engine.vqgan import (
+    LoadEncoder,
+    check_vqgan_fields,
+    encode_images,
+    join_codes,
+    prepare_vqgan_job,
+    token_dtype,
+)
 from lwmkit.pipelines.examples.vision_text import ExampleBuilder, Templates
 from lwmkit.pipelines.images.download import Download, DownloadOptions
 from lwmkit.pipelines.images.sources import SourceOptions, expand_input, source_kind
 from lwmkit.pipelines.images.stages import (
     Decode,
-    LoadEncoder,
     MakeExample,
     ReadPairs,
     check_caption,
     content_id,
-    encode_images,
-    join_codes,
     keep_first,
-    load_image_tokenizer,
 )
 from lwmkit.pipelines.writing.finalize import StageChain
 from lwmkit.pipelines.writing.plan import PackOptions
 from lwmkit.pipelines.writing.tail import write_job_datasets
-from lwmkit.tokenizers import vqgan_config
-from lwmkit.tokenizers.text import SentencePieceTokenizer
-from lwmkit.tokenizers.vision import VISION_VOCAB_SIZE, ImageOptions
+from lwmkit.tokenizers.vision import ImageOptions
 
 STAGES = ("read", "caption", "download", "dedup", "decode", "encode", "example")
 CHAIN = StageChain(
@@ -86,21 +86,6 @@ CHAIN = StageChain(
     last="example",
     grouped=("dedup",),
 )
-VQGAN_PRESETS = tuple(vqgan_config.VQGAN_PRESETS)  # from the config module: no JAX import here
-VQGAN_DTYPES = vqgan_config.DTYPES
-
-
-def check_vqgan_fields(options: Any) -> None:
-    """Raises ValueError naming the field for a bad VQGAN preset, dtype, generation share or batch
-    size: the fields the image and video jobs share."""
-    if options.vqgan_preset not in VQGAN_PRESETS:
-        raise ValueError(f"vqgan_preset: {options.vqgan_preset!r} is not one of {list(VQGAN_PRESETS)}")
-    if options.vqgan_dtype not in VQGAN_DTYPES:
-        raise ValueError(f"vqgan_dtype: {options.vqgan_dtype!r} is not one of {list(VQGAN_DTYPES)}")
-    if not 0.0 <= options.generation_fraction <= 1.0:
-        raise ValueError(f"generation_fraction: {options.generation_fraction} is outside [0, 1]")
-    if not 1 <= options.batch_size <= 4096:
-        raise ValueError(f"batch_size: {options.batch_size} is outside 1..4096")
 
 
 class NoValidPairsError(ValueError):
@@ -176,11 +161,6 @@ def match_inputs(patterns: Sequence[str]) -> list[str]:
     return inputs.match_inputs(patterns, source_kind, expand_input)
 
 
-def token_dtype(text_vocab_size: int) -> str:
-    """The compact dtype of a payload's tokens: both id spaces must fit."""
-    return "<u2" if max(text_vocab_size, VISION_VOCAB_SIZE) <= 1 << 16 else "<i4"
-
-
 def build_pipeline(
     p: beam.Pipeline,
     options: ImagesOptions,
@@ -230,64 +210,6 @@ def build_pipeline(
     )
 
 
-# The text tokenizer (kept under this name for the video job and callers).
-read_text_tokenizer = read_tokenizer
-
-
-def random_init_warning(preset: str) -> str:
-    return (
-        f"no --vqgan weights given: the VQGAN ({preset} preset) is RANDOMLY INITIALISED; its codes are "
-        "meaningless for training (fine for tests and benchmarks). The manifest records vqgan.random_init=true."
-    )
-
-
-def vqgan_job(options: Any, files: list[str], tokenizer: SentencePieceTokenizer) -> tuple[dict[str, Any], str]:
-    """The job record of a job that runs the VQGAN (images, videos), and the VQGAN's sha256.
-
-    Builds the VQGAN once here for its fingerprint (workers build their own); new weights at the
-    same path change the recorded options, so the output is rebuilt. Random weights put a warning
-    in the record and on stderr.
-    """
-    image_tokenizer = load_image_tokenizer(options.vqgan, options.vqgan_preset, options.vqgan_seed, options.vqgan_dtype)
-    vqgan = {**image_tokenizer.fingerprint(), "path": options.vqgan}
-    del image_tokenizer
-    job = job_record(
-        {**options.recorded(), "vqgan_sha256": vqgan["sha256"]},
-        files,
-        {**tokenizer.fingerprint(), "path": options.tokenizer},
-        runner_lib.describe(options.runner, options.direct_running_mode),
-    )
-    job["vqgan"] = vqgan
-    if vqgan.get("random_init"):
-        warning = random_init_warning(options.vqgan_preset)
-        job["warnings"] = [warning]
-        print(f"[lwm-pack] WARNING: {warning}", file=sys.stderr, flush=True)
-    return job, vqgan["sha256"]
-
-
-def prepare_vqgan_job(
-    options: Any, files: list[str], build_pipeline: Callable, stages: tuple[str, ...], what: str, where: str
-) -> PreparedJob:
-    """The `PreparedJob` of a job that runs the VQGAN (images, videos) over `files`.
-
-    Reads the tokenizer, fingerprints the VQGAN into the job record (`vqgan_job`), and binds
-    `build_pipeline(p, options, files, tokenizer, vqgan_sha256, job, receipts, retried)`.
-    `what` names the inputs and `where` ends the progress line.
-    """
-    tokenizer = read_text_tokenizer(options.tokenizer)
-    job, vqgan_sha256 = vqgan_job(options, files, tokenizer)
-
-    def build(p, receipts=(), retried=None):
-        return build_pipeline(p, options, files, tokenizer, vqgan_sha256, job, receipts, retried)
-
-    return PreparedJob(
-        files=files,
-        job=job,
-        build=build,
-        stages=stages,
-        summary=f"{len(files)} {what}; tokenizer {tokenizer.name} ({tokenizer.vocab_size} pieces); "
-        f"VQGAN {options.vqgan or 'random ' + options.vqgan_preset}; {where or 'runner ' + job['runner']}",
-    )
 
 
 def prepare_images(options: ImagesOptions) -> PreparedJob:

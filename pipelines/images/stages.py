@@ -1,4 +1,4 @@
-"""The image-text job's per-record stages and its VQGAN step (see `image_text` for the job).
+"""The image-text job's per-record stages (see `job.py` for the job; the VQGAN step is `engine/vqgan.py`).
 
 Stages are small picklable functions or classes run by `stages.StageDoFn`; the VQGAN runs in Beam
 RunInference with `inference.JaxModelHandler`, JAX imported only inside the worker's `load()`.
@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 from lwmkit.pipelines.engine.exact_dedup import KeepFirst
@@ -26,9 +25,6 @@ from lwmkit.pipelines.examples.vision_text import ExampleBuilder, choose_kind
 from lwmkit.pipelines.images.sources import SourceOptions, read_pairs
 from lwmkit.pipelines.writing.payload import example_payload
 from lwmkit.tokenizers.vision import (
-    CODE_GRID,
-    IMAGE_SIZE,
-    NUM_CODES,
     ImageError,
     ImageOptions,
     load_image,
@@ -85,19 +81,6 @@ class Decode:
         yield rest, pixels
 
 
-def join_codes(element: tuple[dict, Any]) -> Iterator[dict | Dropped]:
-    """RunInference's (pair, PredictionResult) -> the pair with its VQGAN codes, checked."""
-    pair, result = element
-    codes = np.asarray(result.inference)
-    if codes.shape != (CODE_GRID, CODE_GRID) or not np.issubdtype(codes.dtype, np.integer):
-        yield Dropped("bad_codes", f"the VQGAN gave {codes.dtype} {codes.shape}", pair["file"], pair["line"])
-    elif codes.min() < 0 or codes.max() >= NUM_CODES:
-        detail = f"codes {codes.min()}..{codes.max()} outside 0..{NUM_CODES - 1}"
-        yield Dropped("bad_codes", detail, pair["file"], pair["line"])
-    else:
-        yield {**pair, "codes": codes.astype(np.int32)}
-
-
 class MakeExample:
     """The example stage: (doc_id, payload) as `writing.payload.doc_arrays` reads it."""
 
@@ -115,63 +98,3 @@ class MakeExample:
             pair, len(pair["caption"]), meta, ex.tokens, self.token_dtype, ex.vision_mask, ex.loss_weights,
             ex.atomic_spans,
         )
-
-
-# --- the VQGAN ------------------------------------------------------------------------------------
-
-
-def load_image_tokenizer(vqgan: str | None, preset: str, seed: int, dtype: str = "float32"):
-    """`ImageTokenizer.from_weights(vqgan, preset)`, or a random one of `preset` when vqgan is None."""
-    from lwmkit.tokenizers.vqgan import ImageTokenizer
-
-    if vqgan is None:
-        return ImageTokenizer.random(preset, seed=seed, dtype=dtype)
-    return ImageTokenizer.from_weights(vqgan, preset=preset, dtype=dtype)
-
-
-class LoadEncoder:
-    """RunInference's `load()`: builds the VQGAN in the worker and checks it is the driver's.
-
-    Its apply takes uint8 pixels [B, 256, 256, 3] and scales them on the device (x / 127.5 - 1, as
-    `tokenizers.vision.to_model_input`), so a batch crosses to the device at a quarter of the size.
-    """
-
-    def __init__(self, vqgan: str | None, preset: str, seed: int, dtype: str, sha256: str):
-        self.vqgan = vqgan
-        self.preset = preset
-        self.seed = seed
-        self.dtype = dtype
-        self.sha256 = sha256
-
-    def __call__(self):
-        import jax.numpy as jnp
-        from lwmkit.tokenizers.vqgan import jit_for_backend
-
-        tokenizer = load_image_tokenizer(self.vqgan, self.preset, self.seed, self.dtype)
-        got = tokenizer.fingerprint()["sha256"]
-        if got != self.sha256:
-            name = self.vqgan or f"random {self.preset}"
-            raise RuntimeError(f"VQGAN {name}: the worker loaded sha256 {got}, the driver {self.sha256}")
-        model = tokenizer.flax_model()
-
-        def encode_pixels(p, pixels):  # [B, 256, 256, 3] uint8 -> [B, 16, 16] int32
-            return model.apply({"params": p}, pixels.astype(jnp.float32) / 127.5 - 1.0, method=model.encode)
-
-        # Compiled here, with the VQGAN's CPU compiler options; the handler runs it as it is.
-        return jit_for_backend(encode_pixels), tokenizer.params
-
-
-def encode_images(pairs, load: LoadEncoder, batch_size: int):
-    """RunInference of the VQGAN over (pair, uint8 pixels); yields (pair, PredictionResult) in any order."""
-    from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
-    from lwmkit.pipelines.engine.inference import JaxModelHandler
-
-    handler = JaxModelHandler(
-        load,
-        batch_size=batch_size,
-        example_shape=(IMAGE_SIZE, IMAGE_SIZE, 3),
-        example_dtype=np.uint8,
-        name="vqgan",
-        jit=False,  # LoadEncoder compiles it with the VQGAN's own compiler options
-    )
-    return pairs | "vqgan" >> RunInference(KeyedModelHandler(handler))

@@ -65,15 +65,13 @@ from lwmkit.pipelines.engine.lifecycle import PreparedJob, launch
 from lwmkit.pipelines.engine.outputs import join
 from lwmkit.pipelines.engine.resume import skip_stored, stored_documents
 from lwmkit.pipelines.engine.stages import StageList
-from lwmkit.pipelines.images.job import (
-    check_vqgan_fields,
-    prepare_vqgan_job,
-    token_dtype,
-)
-from lwmkit.pipelines.images.stages import (
+from lwmkit.pipelines.engine.vqgan import (
     LoadEncoder,
+    check_vqgan_fields,
     encode_images,
     join_codes,
+    prepare_vqgan_job,
+    token_dtype,
 )
 from lwmkit.pipelines.videos.download import DownloadVideo, VideoDownloadOptions
 from lwmkit.pipelines.videos.examples import VideoExampleBuilder, VideoTemplates
