@@ -25,23 +25,23 @@ from typing import Any
 from lwmkit.packing.manifest import load_manifest
 from lwmkit.packing.shards import write_bytes_atomic
 from lwmkit.pipelines.tools.report_plots import (
-    _STYLE,
+    PLOT_STYLE,
     REPORT_DIR,
-    _context_stages,
-    _Dataset,
-    _datasets,
-    _e,
-    _n,
-    _packed,
-    _pct,
-    _Plot,
-    _plot_cuts,
-    _plot_fill,
-    _plot_lengths,
-    _plot_loss,
-    _plot_modality,
-    _plot_segments,
-    _tokens,
+    Plot,
+    ReportDataset,
+    context_stages,
+    esc,
+    fmt_int,
+    fmt_pct,
+    fmt_tokens,
+    packed_datasets,
+    plot_cuts,
+    plot_fill,
+    plot_lengths,
+    plot_loss,
+    plot_modality,
+    plot_segments,
+    read_datasets,
 )
 
 # --- page --------------------------------------------------------------------------------------
@@ -58,26 +58,26 @@ img{max-width:100%;height:auto;display:block;margin:8px 0}.note{color:#555;font-
 
 
 def _kv(rows: Sequence[tuple[str, str]]) -> str:
-    return "<table>" + "".join(f"<tr><th>{_e(k)}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
+    return "<table>" + "".join(f"<tr><th>{esc(k)}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
 
 
 def _stage_cell(key: str, value: Any) -> str:
     if key == "fill":
-        return _pct(value)
+        return fmt_pct(value)
     if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
-        return _n(value)
-    return _e(value)
+        return fmt_int(value)
+    return esc(value)
 
 
-def _summary(directory: str, root: dict[str, Any], datasets: Sequence[_Dataset], stages) -> str:
+def _summary(directory: str, root: dict[str, Any], datasets: Sequence[ReportDataset], stages) -> str:
     head = ("<tr><th>dataset</th><th>kind</th><th>seq_len</th><th>documents</th><th>tokens</th>"
             "<th>vision tokens</th><th>records</th><th>fill</th><th>segments</th></tr>")
     body = "".join(
-        f'<tr data-dataset="{_e(d.name)}"><td>{_e(d.name)}</td><td>{_e(d.kind)}</td>'
-        f"<td class=num>{_n(m.get('seq_len'))}</td><td class=num>{_n(m.get('documents'))}</td>"
-        f"<td class=num>{_n(_tokens(m, 'total'))}</td><td class=num>{_n(_tokens(m, 'vision'))}</td>"
-        f"<td class=num>{_n(m.get('records'))}</td><td class=num>{_pct(m.get('fill'))}</td>"
-        f"<td class=num>{_n(m.get('segments'))}</td></tr>"
+        f'<tr data-dataset="{esc(d.name)}"><td>{esc(d.name)}</td><td>{esc(d.kind)}</td>'
+        f"<td class=num>{fmt_int(m.get('seq_len'))}</td><td class=num>{fmt_int(m.get('documents'))}</td>"
+        f"<td class=num>{fmt_int(fmt_tokens(m, 'total'))}</td><td class=num>{fmt_int(fmt_tokens(m, 'vision'))}</td>"
+        f"<td class=num>{fmt_int(m.get('records'))}</td><td class=num>{fmt_pct(m.get('fill'))}</td>"
+        f"<td class=num>{fmt_int(m.get('segments'))}</td></tr>"
         for d in datasets for m in [d.manifest]
     )
     out = f"<table class=datasets>{head}{body}</table>"
@@ -92,32 +92,32 @@ def _summary(directory: str, root: dict[str, Any], datasets: Sequence[_Dataset],
     tok = root.get("tokenizer") or {}
     tok_text = ", ".join(f"{k} {tok[k]}" for k in ("type", "vocab_size", "bos_id", "eos_id", "unk_id", "pad_id") if k in tok)
     files = root.get("input_files") or []
-    shown = "<br>".join(f"<code>{_e(f)}</code>" for f in files[:20]) + (f"<br>… and {len(files) - 20:,} more" if len(files) > 20 else "")
+    shown = "<br>".join(f"<code>{esc(f)}</code>" for f in files[:20]) + (f"<br>… and {len(files) - 20:,} more" if len(files) > 20 else "")
     failures = root.get("failures") or {}
     rows = [
-        ("directory", f"<code>{_e(os.path.abspath(directory))}</code>"),
-        ("kind", _e(root.get("kind", "–"))),
-        ("documents", _n(root.get("documents"))),
-        ("generated at", _e((root.get("timestamps") or {}).get("finished_at", "–")) + " <span class=sub>(job finished)</span>"),
-        ("runner", _e(root.get("runner", "–"))),
-        ("lwmkit version", _e(root.get("lwmkit_version", "–"))),
-        ("tokenizer", f"{_e(tok_text) or '–'}<br>sha256 <code>{_e(tok.get('sha256', '–'))}</code><br>"
-                      f"path <code>{_e(tok.get('path', '–'))}</code>"),
+        ("directory", f"<code>{esc(os.path.abspath(directory))}</code>"),
+        ("kind", esc(root.get("kind", "–"))),
+        ("documents", fmt_int(root.get("documents"))),
+        ("generated at", esc((root.get("timestamps") or {}).get("finished_at", "–")) + " <span class=sub>(job finished)</span>"),
+        ("runner", esc(root.get("runner", "–"))),
+        ("lwmkit version", esc(root.get("lwmkit_version", "–"))),
+        ("tokenizer", f"{esc(tok_text) or '–'}<br>sha256 <code>{esc(tok.get('sha256', '–'))}</code><br>"
+                      f"path <code>{esc(tok.get('path', '–'))}</code>"),
         ("input files", f"{len(files):,}<br>{shown}" if files else "–"),
-        ("dropped input records", _n(failures.get("total", 0))),
-        ("options", _kv([(k, f"<code>{_e(json.dumps(v, sort_keys=True, ensure_ascii=False))}</code>")
+        ("dropped input records", fmt_int(failures.get("total", 0))),
+        ("options", _kv([(k, f"<code>{esc(json.dumps(v, sort_keys=True, ensure_ascii=False))}</code>")
                          for k, v in sorted((root.get("options") or {}).items())])),
     ]
     return out + _kv(rows)
 
 
-def _section(title: str, plot: _Plot) -> str:
-    parts = [f"<section><h2>{_e(title)}</h2>"]
+def _section(title: str, plot: Plot) -> str:
+    parts = [f"<section><h2>{esc(title)}</h2>"]
     if plot.png is None:
         parts.append(f'<p class="note skipped">{plot.note}</p>')
     else:
         data = base64.b64encode(plot.png).decode("ascii")
-        parts.append(f'<img alt="{_e(plot.alt)}" src="data:image/png;base64,{data}">')
+        parts.append(f'<img alt="{esc(plot.alt)}" src="data:image/png;base64,{data}">')
         if plot.note:
             parts.append(f'<p class="note">{plot.note}</p>')
     if plot.details:
@@ -125,17 +125,17 @@ def _section(title: str, plot: _Plot) -> str:
     return "".join(parts) + "</section>\n"
 
 
-def _seq_lens(datasets: Sequence[_Dataset], stages: Sequence[dict[str, Any]]) -> list[int]:
-    return [int(d.manifest["seq_len"]) for d in _packed(datasets)] or [int(s["seq_len"]) for s in stages]
+def _seq_lens(datasets: Sequence[ReportDataset], stages: Sequence[dict[str, Any]]) -> list[int]:
+    return [int(d.manifest["seq_len"]) for d in packed_datasets(datasets)] or [int(s["seq_len"]) for s in stages]
 
 
-SECTIONS: tuple[tuple[str, Callable[..., _Plot]], ...] = (
-    ("Document length", lambda ds, root, st: _plot_lengths(ds, _seq_lens(ds, st))),
-    ("Fill", lambda ds, root, st: _plot_fill(ds, st)),
-    ("Modality mix", lambda ds, root, st: _plot_modality(ds)),
-    ("Loss-weight mass by modality", lambda ds, root, st: _plot_loss(ds)),
-    ("Segments per record", lambda ds, root, st: _plot_segments(ds)),
-    ("Cuts and failures", lambda ds, root, st: _plot_cuts(ds, root)),
+SECTIONS: tuple[tuple[str, Callable[..., Plot]], ...] = (
+    ("Document length", lambda ds, root, st: plot_lengths(ds, _seq_lens(ds, st))),
+    ("Fill", lambda ds, root, st: plot_fill(ds, st)),
+    ("Modality mix", lambda ds, root, st: plot_modality(ds)),
+    ("Loss-weight mass by modality", lambda ds, root, st: plot_loss(ds)),
+    ("Segments per record", lambda ds, root, st: plot_segments(ds)),
+    ("Cuts and failures", lambda ds, root, st: plot_cuts(ds, root)),
 )
 
 
@@ -156,14 +156,14 @@ def write_report(directory: str, output: str | None = None) -> str:
     import matplotlib.style
 
     root = load_manifest(directory)
-    datasets = _datasets(directory, root)
-    stages = _context_stages(root)
-    with matplotlib.style.context(["default", _STYLE]):
+    datasets = read_datasets(directory, root)
+    stages = context_stages(root)
+    with matplotlib.style.context(["default", PLOT_STYLE]):
         sections = "".join(_section(title, fn(datasets, root, stages)) for title, fn in SECTIONS)
     name = os.path.basename(os.path.normpath(os.path.abspath(directory)))
     page = (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>lwmkit corpus report: {_e(name)}</title>'
-        f"<style>{_CSS}</style></head><body>\n<h1>lwmkit corpus report: {_e(name)}</h1>\n"
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>lwmkit corpus report: {esc(name)}</title>'
+        f"<style>{_CSS}</style></head><body>\n<h1>lwmkit corpus report: {esc(name)}</h1>\n"
         f"<section><h2>Summary</h2>{_summary(directory, root, datasets, stages)}</section>\n{sections}</body></html>\n"
     )
     path = os.path.join(output if output is not None else os.path.join(directory, REPORT_DIR), "index.html")

@@ -1,7 +1,7 @@
 """The data and plots behind `lwm-pack report`: manifest readers and one PNG per section.
 
-Every plot function takes (datasets, job manifest, context stages) and returns a `_Plot` (PNG
-bytes, alt text, notes), or a note-only `_Plot` when its data is absent. Figures use matplotlib's
+Every plot function takes (datasets, job manifest, context stages) and returns a `Plot` (PNG
+bytes, alt text, notes), or a note-only `Plot` when its data is absent. Figures use matplotlib's
 Agg canvas with a fixed style and no `Software` stamp, so the bytes are deterministic.
 """
 
@@ -22,7 +22,7 @@ SEGMENT_SAMPLE_RECORDS = 5000  # shards are read only when a manifest lacks segm
 SEGMENT_SAMPLE_TOKENS = 1 << 26  # ... and never more than this many tokens (64 records at 1M)
 _TEXT, _VISION = "#4C72B0", "#DD8452"
 _LINES = ("#C44E52", "#55A868", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C")
-_STYLE = {
+PLOT_STYLE = {
     "font.family": "DejaVu Sans", "font.size": 11, "axes.titlesize": 13, "axes.titleweight": "bold",
     "axes.labelsize": 11, "xtick.labelsize": 10, "ytick.labelsize": 10, "legend.fontsize": 10,
     "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.35,
@@ -31,7 +31,7 @@ _STYLE = {
 
 
 @dataclass(frozen=True)
-class _Dataset:
+class ReportDataset:
     name: str
     path: str
     manifest: dict[str, Any]
@@ -42,7 +42,7 @@ class _Dataset:
 
 
 @dataclass(frozen=True)
-class _Plot:
+class Plot:
     """A rendered section: a PNG (or None, with `note` saying why) and captions."""
 
     png: bytes | None
@@ -51,11 +51,11 @@ class _Plot:
     details: str = ""  # trusted HTML (built here from escaped values)
 
 
-def _e(value: Any) -> str:
+def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _n(value: Any) -> str:
+def fmt_int(value: Any) -> str:
     """A count with thousands separators; '–' when unknown."""
     if value is None:
         return "–"
@@ -64,7 +64,7 @@ def _n(value: Any) -> str:
     return f"{int(value):,}"
 
 
-def _pct(fill: float | None) -> str:
+def fmt_pct(fill: float | None) -> str:
     return "–" if fill is None else f"{100 * fill:.2f}%"
 
 
@@ -81,13 +81,13 @@ def _short(x: float, _pos: Any = None) -> str:
 # --- data --------------------------------------------------------------------------------------
 
 
-def _datasets(directory: str, root: dict[str, Any]) -> list[_Dataset]:
+def read_datasets(directory: str, root: dict[str, Any]) -> list[ReportDataset]:
     if isinstance(root.get("datasets"), dict):
-        return [_Dataset(n, os.path.join(directory, n), load_manifest(os.path.join(directory, n))) for n in root["datasets"]]
-    return [_Dataset(os.path.basename(os.path.normpath(directory)), directory, root)]
+        return [ReportDataset(n, os.path.join(directory, n), load_manifest(os.path.join(directory, n))) for n in root["datasets"]]
+    return [ReportDataset(os.path.basename(os.path.normpath(directory)), directory, root)]
 
 
-def _context_stages(root: dict[str, Any]) -> list[dict[str, Any]]:
+def context_stages(root: dict[str, Any]) -> list[dict[str, Any]]:
     # A "stages" job lists its progressive context stages; a dict-valued "stages" holds the
     # pipeline's per-stage counts instead (every manifest has those).
     for key in ("stages", "stages_schedule"):
@@ -96,12 +96,12 @@ def _context_stages(root: dict[str, Any]) -> list[dict[str, Any]]:
     return []
 
 
-def _packed(datasets: Sequence[_Dataset]) -> list[_Dataset]:
+def packed_datasets(datasets: Sequence[ReportDataset]) -> list[ReportDataset]:
     return [d for d in datasets if d.kind == "packed"]
 
 
-def _document_lengths(datasets: Sequence[_Dataset]) -> tuple[np.ndarray, str] | None:
-    ordered = [d for d in datasets if d.kind == "document"] + _packed(datasets)
+def _document_lengths(datasets: Sequence[ReportDataset]) -> tuple[np.ndarray, str] | None:
+    ordered = [d for d in datasets if d.kind == "document"] + packed_datasets(datasets)
     for d in ordered:
         path = os.path.join(d.path, "documents.parquet")
         if os.path.exists(path):
@@ -111,11 +111,11 @@ def _document_lengths(datasets: Sequence[_Dataset]) -> tuple[np.ndarray, str] | 
     return None
 
 
-def _segment_counts(d: _Dataset) -> tuple[dict[int, int], str]:
+def _segment_counts(d: ReportDataset) -> tuple[dict[int, int], str]:
     """Records per segment count, and where they came from."""
     known = d.manifest.get("segments_per_record")
     if isinstance(known, dict):
-        return {int(k): int(v) for k, v in known.items()}, f"all {_n(d.manifest.get('records'))} records (manifest)"
+        return {int(k): int(v) for k, v in known.items()}, f"all {fmt_int(d.manifest.get('records'))} records (manifest)"
     from lwmkit.packing.source import ShardDataSource
 
     src = ShardDataSource(d.path)
@@ -125,11 +125,11 @@ def _segment_counts(d: _Dataset) -> tuple[dict[int, int], str]:
         for rec in src.__getitems__(range(start, min(limit, start + 256))):
             k = len(rec["segment_lengths"])
             counts[k] = counts.get(k, 0) + 1
-    sample = f"all {_n(limit)}" if limit == len(src) else f"the first {_n(limit)} of {_n(len(src))}"
+    sample = f"all {fmt_int(limit)}" if limit == len(src) else f"the first {fmt_int(limit)} of {fmt_int(len(src))}"
     return counts, f"{sample} records (read from the shards)"
 
 
-def _cuts(d: _Dataset) -> tuple[dict[str, int], bool]:
+def _cuts(d: ReportDataset) -> tuple[dict[str, int], bool]:
     cuts = d.manifest.get("cuts")
     if isinstance(cuts, dict):
         return {k: int(v) for k, v in cuts.items()}, True
@@ -137,7 +137,7 @@ def _cuts(d: _Dataset) -> tuple[dict[str, int], bool]:
     return ({"documents_split": int(split)} if split is not None else {}), False
 
 
-def _loss_mass(d: _Dataset) -> tuple[dict[str, float], bool] | None:
+def _loss_mass(d: ReportDataset) -> tuple[dict[str, float], bool] | None:
     by = d.manifest.get("loss_weight_by_modality")
     if isinstance(by, dict):
         return {"text": float(by.get("text", 0.0)), "vision": float(by.get("vision", 0.0))}, True
@@ -172,10 +172,10 @@ def _label_bars(ax, bars, labels: Sequence[str], horizontal: bool = False) -> No
         ax.set_ylim(0, ax.get_ylim()[1] * 1.12)
 
 
-def _plot_lengths(datasets, seq_lens) -> _Plot:
+def plot_lengths(datasets, seq_lens) -> Plot:
     found = _document_lengths(datasets)
     if found is None or not len(found[0]):
-        return _Plot(None, "", "No documents.parquet with a tokens column: no document lengths to plot.")
+        return Plot(None, "", "No documents.parquet with a tokens column: no document lengths to plot.")
     tokens, source = found
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
@@ -195,21 +195,21 @@ def _plot_lengths(datasets, seq_lens) -> _Plot:
     ax.set_title(f"Document length: {len(tokens):,} documents, median {med:,.0f} tokens")
     ax.set_xlabel("document length (tokens incl. BOS/EOS, log scale)")
     ax.set_ylabel("documents (count)")
-    details = (f"From <code>{_e(source)}/documents.parquet</code>. Min {_n(tokens.min())}, median "
-               f"{_n(round(med))}, max {_n(tokens.max())}, total {_n(tokens.sum())} tokens.")
-    return _Plot(_png(fig), "Histogram of document lengths in tokens", details=details)
+    details = (f"From <code>{esc(source)}/documents.parquet</code>. Min {fmt_int(tokens.min())}, median "
+               f"{fmt_int(round(med))}, max {fmt_int(tokens.max())}, total {fmt_int(tokens.sum())} tokens.")
+    return Plot(_png(fig), "Histogram of document lengths in tokens", details=details)
 
 
-def _plot_fill(datasets, stages) -> _Plot:
+def plot_fill(datasets, stages) -> Plot:
     if stages:
         items = [(f"stage {i + 1}\n{int(s['seq_len']):,}", s.get("fill")) for i, s in enumerate(stages)]
         what, xlabel = "context stage", "context stage and seq_len (tokens per record)"
     else:
-        items = [(f"{d.name}\n{int(d.manifest['seq_len']):,}", d.manifest.get("fill")) for d in _packed(datasets)]
+        items = [(f"{d.name}\n{int(d.manifest['seq_len']):,}", d.manifest.get("fill")) for d in packed_datasets(datasets)]
         what, xlabel = "packed dataset", "packed dataset and seq_len (tokens per record)"
     items = [(label, float(f)) for label, f in items if f is not None]
     if not items:
-        return _Plot(None, "", "No packed dataset or stage records a fill: nothing to plot.")
+        return Plot(None, "", "No packed dataset or stage records a fill: nothing to plot.")
     fig = _figure(max(7.0, min(10.5, 2 + 1.4 * len(items))), 4.2)
     ax = fig.add_subplot()
     bars = ax.bar([x for x, _ in items], [100 * f for _, f in items], color=_TEXT, width=0.6)
@@ -219,7 +219,7 @@ def _plot_fill(datasets, stages) -> _Plot:
     ax.set_title(f"Fill per {what}")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("fill (% of record tokens, not padding)")
-    return _Plot(_png(fig), f"Bar chart of fill per {what}")
+    return Plot(_png(fig), f"Bar chart of fill per {what}")
 
 
 def _hbars(title: str, xlabel: str, rows: list[tuple[str, float, float]], labels: list[str]) -> bytes:
@@ -242,53 +242,53 @@ def _hbars(title: str, xlabel: str, rows: list[tuple[str, float, float]], labels
     return _png(fig)
 
 
-def _plot_modality(datasets) -> _Plot:
+def plot_modality(datasets) -> Plot:
     rows = [(d.name, float(d.manifest["tokens"].get("text", 0)), float(d.manifest["tokens"].get("vision", 0)))
             for d in datasets if isinstance(d.manifest.get("tokens"), dict)]
     if not rows:
-        return _Plot(None, "", "No dataset records its tokens by modality.")
+        return Plot(None, "", "No dataset records its tokens by modality.")
     if not any(v for _, _, v in rows):
-        return _Plot(None, "", f"Text only: no dataset holds vision tokens ({_n(rows[0][1])} text tokens in "
-                               f"{_e(rows[0][0])}), so there is no modality mix to plot.")
-    labels = [f"{_n(t + v)}  ({100 * v / (t + v):.1f}% vision)" if t + v else "0" for _, t, v in rows]
+        return Plot(None, "", f"Text only: no dataset holds vision tokens ({fmt_int(rows[0][1])} text tokens in "
+                               f"{esc(rows[0][0])}), so there is no modality mix to plot.")
+    labels = [f"{fmt_int(t + v)}  ({100 * v / (t + v):.1f}% vision)" if t + v else "0" for _, t, v in rows]
     png = _hbars("Modality mix: tokens per dataset", "tokens (excluding padding)", rows, labels)
-    details = "; ".join(f"{_e(n)}: {100 * v / (t + v):.2f}% vision" for n, t, v in rows if t + v)
-    return _Plot(png, "Stacked bars of text and vision tokens per dataset", details=details)
+    details = "; ".join(f"{esc(n)}: {100 * v / (t + v):.2f}% vision" for n, t, v in rows if t + v)
+    return Plot(png, "Stacked bars of text and vision tokens per dataset", details=details)
 
 
-def _plot_loss(datasets) -> _Plot:
+def plot_loss(datasets) -> Plot:
     found = [(d, _loss_mass(d)) for d in datasets]
     found = [(d, m) for d, m in found if m is not None]
     if not found:
-        return _Plot(None, "", "No dataset records loss weights (loss_weight_by_modality or loss_weight_sum).")
+        return Plot(None, "", "No dataset records loss weights (loss_weight_by_modality or loss_weight_sum).")
     rows = [(d.name, m["text"], m["vision"]) for d, (m, _) in found]
-    totals = [float(_tokens(d.manifest, "total") or 0) for d, _ in found]
-    labels = [f"{_n(t + v)}  ({100 * (t + v) / n:.2f}% of tokens)" if n else _n(t + v)
+    totals = [float(fmt_tokens(d.manifest, "total") or 0) for d, _ in found]
+    labels = [f"{fmt_int(t + v)}  ({100 * (t + v) / n:.2f}% of tokens)" if n else fmt_int(t + v)
               for (_, t, v), n in zip(rows, totals, strict=True)]
     png = _hbars("Loss-weight mass by modality", "loss-weight mass (sum of loss_weights, token-equivalents)",
                  rows, labels)
     fallback = [d.name for d, (_, exact) in found if not exact]
-    note = ("" if not fallback else "No loss_weight_by_modality in " + ", ".join(_e(n) for n in fallback)
+    note = ("" if not fallback else "No loss_weight_by_modality in " + ", ".join(esc(n) for n in fallback)
             + ": their loss_weight_sum is shown as text.")
-    return _Plot(png, "Stacked bars of loss-weight mass by modality per dataset", note=note)
+    return Plot(png, "Stacked bars of loss-weight mass by modality per dataset", note=note)
 
 
-def _plot_segments(datasets) -> _Plot:
-    packed = _packed(datasets)
+def plot_segments(datasets) -> Plot:
+    packed = packed_datasets(datasets)
     if not packed:
-        return _Plot(None, "", "No packed dataset: no segments per record to plot.")
+        return Plot(None, "", "No packed dataset: no segments per record to plot.")
     from matplotlib.ticker import MaxNLocator
 
-    found: list[tuple[_Dataset, dict[int, int], str]] = []
+    found: list[tuple[ReportDataset, dict[int, int], str]] = []
     problems = []
     for d in packed:
         try:
             found.append((d, *_segment_counts(d)))
         except Exception as e:  # a damaged shard must not cost the rest of the report
-            problems.append(f"{_e(d.name)}: cannot read segments ({_e(e)})")
+            problems.append(f"{esc(d.name)}: cannot read segments ({esc(e)})")
     found = [f for f in found if sum(f[1].values())]
     if not found:
-        return _Plot(None, "", "; ".join(problems) or "No packed records.")
+        return Plot(None, "", "; ".join(problems) or "No packed records.")
     cols = min(3, len(found))
     rows = -(-len(found) // cols)
     fig = _figure(10 if cols > 1 else 8, 3.4 * rows + 0.4)
@@ -304,11 +304,11 @@ def _plot_segments(datasets) -> _Plot:
         ax.set_xlabel("segments per record")
         ax.set_ylabel("records (%)")
         mean = float((ks * vs).sum() / total)
-        lines.append(f"{_e(d.name)}: mean {mean:.2f} segments per record, max {int(ks.max())}, from {_e(source)}")
+        lines.append(f"{esc(d.name)}: mean {mean:.2f} segments per record, max {int(ks.max())}, from {esc(source)}")
     for ax in axes[len(found):]:
         ax.set_visible(False)
     fig.suptitle("Segments per packed record", fontsize=13, fontweight="bold")
-    return _Plot(_png(fig), "Histograms of segments per packed record", note="; ".join(problems),
+    return Plot(_png(fig), "Histograms of segments per packed record", note="; ".join(problems),
                  details="<br>".join(lines))
 
 
@@ -334,13 +334,13 @@ def _cut_bars(left, cuts) -> None:
     left.set_xlabel("documents (count)")
 
 
-def _plot_cuts(datasets, root) -> _Plot:
+def plot_cuts(datasets, root) -> Plot:
     from matplotlib.ticker import MaxNLocator
 
-    cuts = [(d, *_cuts(d)) for d in _packed(datasets)]
+    cuts = [(d, *_cuts(d)) for d in packed_datasets(datasets)]
     failures = dict(sorted((root.get("failures") or {}).get("by_reason", {}).items()))
     if not any(any(c.values()) for _, c, _ in cuts) and not failures:
-        return _Plot(None, "", "Nothing was cut and no input record was dropped.")
+        return Plot(None, "", "Nothing was cut and no input record was dropped.")
     fig = _figure(10.5 if cuts else 8, max(3.6, 1.6 + 0.5 * max(len(cuts), len(failures))))
     left, right = fig.subplots(1, 2, width_ratios=(1.1, 1)) if cuts else (None, fig.add_subplot())
     if cuts:
@@ -359,19 +359,19 @@ def _plot_cuts(datasets, root) -> _Plot:
     right.set_title("Dropped input records")
     right.set_xlabel("records (count)")
     right.set_ylabel("stage:reason")
-    head = "<tr><th>dataset</th>" + "".join(f"<th>{_e(k.replace('_', ' '))}</th>" for k in (*_CUT_KEYS, "tokens_dropped")) + "</tr>"
+    head = "<tr><th>dataset</th>" + "".join(f"<th>{esc(k.replace('_', ' '))}</th>" for k in (*_CUT_KEYS, "tokens_dropped")) + "</tr>"
     body = "".join(
-        f"<tr><td>{_e(d.name)}{'' if exact else ' (from packing.documents_split)'}</td>"
-        + "".join(f"<td class=num>{_n(c.get(k))}</td>" for k in (*_CUT_KEYS, "tokens_dropped")) + "</tr>"
+        f"<tr><td>{esc(d.name)}{'' if exact else ' (from packing.documents_split)'}</td>"
+        + "".join(f"<td class=num>{fmt_int(c.get(k))}</td>" for k in (*_CUT_KEYS, "tokens_dropped")) + "</tr>"
         for d, c, exact in cuts
     )
     failures_file = (root.get("failures") or {}).get("file")
-    note = f"Each dropped record is listed with its reason in <code>{_e(failures_file)}</code>." if failures_file else ""
+    note = f"Each dropped record is listed with its reason in <code>{esc(failures_file)}</code>." if failures_file else ""
     reasons = "<table><tr><th>stage:reason</th><th>dropped records</th></tr>" + "".join(
-        f"<tr><td>{_e(k)}</td><td class=num>{_n(v)}</td></tr>" for k, v in failures.items()) + "</table>" if failures else ""
-    return _Plot(_png(fig), "Bar charts of documents cut per dataset and dropped records by reason",
+        f"<tr><td>{esc(k)}</td><td class=num>{fmt_int(v)}</td></tr>" for k, v in failures.items()) + "</table>" if failures else ""
+    return Plot(_png(fig), "Bar charts of documents cut per dataset and dropped records by reason",
                  note=note, details=(f"<table>{head}{body}</table>" if cuts else "") + reasons)
 
 
-def _tokens(m: dict[str, Any], key: str) -> Any:
+def fmt_tokens(m: dict[str, Any], key: str) -> Any:
     return m["tokens"].get(key) if isinstance(m.get("tokens"), dict) else None
