@@ -5,8 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from lwmkit.eval.chat_cli import ModelSpec, TextStream, chat_prompt, load_model, main, random_params
-from lwmkit.eval.media import (
+from lwmkit.eval.inference.chat_cli import (
+    ModelSpec,
+    TextStream,
+    chat_prompt,
+    load_model,
+    main,
+    random_params,
+)
+from lwmkit.eval.inference.media import (
     MediaError,
     count_frames,
     read_frames,

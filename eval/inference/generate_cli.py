@@ -22,14 +22,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from lwmkit.eval.chat_cli import (
+from lwmkit.eval.inference.chat_cli import (
     ModelLoadError,
     add_model_arguments,
     load_model,
     load_tokenizers,
     model_spec,
 )
-from lwmkit.eval.media import MediaError, write_png, write_video
+from lwmkit.eval.inference.media import MediaError, write_png, write_video
 from lwmkit.tokenizers.text import TokenizerError
 from lwmkit.tokenizers.vqgan import WeightsError
 

@@ -7,7 +7,7 @@
         --question "Who wrote the letter?" --temperature 0 --mesh 1,1,1,-1
 
 The prompt is LWM's vision chat layout (`lwmkit.lwm_model.prompts`); a video is sampled to
---max-frames frames by count (`eval.media`), each frame VQGAN-encoded into one vision field. The
+--max-frames frames by count (`eval.inference.media`), each frame VQGAN-encoded into one vision field. The
 prompt is prefilled once (RingAttention over the mesh's "sp" axis when it is larger than 1) and the
 answer is decoded greedily (--temperature 0) or sampled, printed as it is generated.
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from lwmkit.eval.media import MediaError, read_frames, read_text
+from lwmkit.eval.inference.media import MediaError, read_frames, read_text
 from lwmkit.tokenizers.text import SentencePieceTokenizer, TokenizerError
 from lwmkit.tokenizers.vision import NUM_CODES, vision_field
 from lwmkit.tokenizers.vqgan import ImageTokenizer, WeightsError
