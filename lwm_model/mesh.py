@@ -1,15 +1,23 @@
-"""The device mesh (axes dp, fsdp, tp, sp, like LWM's `mesh_dim`) and every sharding rule, in one place.
+"""The device mesh (axes dp, fsdp, tp, sp, ulysses; LWM's `mesh_dim` plus Ulysses) and every sharding rule.
 
 Parameters are sharded by regular expressions over their '/'-joined path (LWM's partition rules):
-matrices split their model-width side over ("fsdp", "sp") and their heads / MLP side over "tp"; a
-scanned layer stack gets a leading unsharded layer axis. Activations use the named specs in
-`ACTIVATION_SPECS`: batch over ("dp", "fsdp"), sequence over "sp", heads and vocabulary over "tp".
-A mesh axis that does not divide its dimension is dropped from that dimension (replicated), so the
-same rules serve the tiny test model and 7B.
+matrices split their model-width side over ("fsdp", "sp", "ulysses") and their heads / MLP side
+over "tp"; a scanned layer stack gets a leading unsharded layer axis. Activations use the named
+specs in `ACTIVATION_SPECS`: batch over ("dp", "fsdp"), sequence over ("sp", "ulysses"), heads
+and vocabulary over "tp". A mesh axis that does not divide its dimension is dropped from that
+dimension (replicated), so the same rules serve the tiny test model and 7B.
+
+The sequence is sharded over two axes (2D sequence parallelism): "sp" is the RingAttention ring
+(k/v travel by ppermute, one neighbour at a time, overlapping compute: fine over slower
+inter-node links) and "ulysses" trades sequence for heads with all-to-alls (two per attention
+call each way, bandwidth-bound: keep it on fast intra-node links). "ulysses" is the innermost
+axis, so its devices are consecutive device ids (one node); a mesh string may leave it out
+("dp,fsdp,tp,sp" means ulysses=1).
 
 Example, 8 devices:
-    mesh = make_mesh("1,2,1,4")          # dp=1, fsdp=2, tp=1, sp=4
-    mesh = make_mesh({"sp": -1})         # every device on the sequence axis
+    mesh = make_mesh("1,2,1,4")          # dp=1, fsdp=2, tp=1, sp=4 (ulysses=1)
+    mesh = make_mesh("1,1,1,2,4")        # a ring of 2 over groups of 4 Ulysses devices
+    mesh = make_mesh({"sp": -1})         # every device on the ring
     params = shard_params(params, mesh)  # wq kernel [64, 64] -> P(("fsdp", "sp"), "tp")
 """
 
@@ -25,9 +33,10 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-AXES = ("dp", "fsdp", "tp", "sp")
+AXES = ("dp", "fsdp", "tp", "sp", "ulysses")
 BATCH = ("dp", "fsdp")
-FSDP = ("fsdp", "sp")
+SEQUENCE = ("sp", "ulysses")  # the ring's chunk r holds Ulysses pieces r*U .. r*U + U-1
+FSDP = ("fsdp", "sp", "ulysses")
 
 # (regex over the parameter path, spec of the unscanned parameter); the first match wins.
 PARAM_RULES: tuple[tuple[str, P], ...] = (
@@ -42,25 +51,26 @@ PARAM_RULES: tuple[tuple[str, P], ...] = (
 )
 
 ACTIVATION_SPECS: dict[str, P] = {
-    "tokens": P(BATCH, "sp"),  # [batch, seq]
+    "tokens": P(BATCH, SEQUENCE),  # [batch, seq]
     # [batch, seq, hidden], replicated over "tp" (Megatron style). Not P(BATCH, "sp", "tp"): with
     # XLA in jax 0.10.2 a row-parallel matmul (kernel P("tp", "fsdp")) resharded to that spec
     # swaps batch rows on a dp=2, fsdp=2, tp=2 mesh (tests/lwm_model/test_model.py checks meshes).
-    "hidden": P(BATCH, "sp", None),
-    "heads": P(BATCH, "sp", "tp", None),  # [batch, seq, heads, head_dim]
-    "logits": P(BATCH, "sp", "tp"),  # [batch, seq, vocab]
-    "cache": P(None, BATCH, "sp", "tp", None),  # [layers, batch, cache_len, kv_heads, head_dim]
+    "hidden": P(BATCH, SEQUENCE, None),
+    "heads": P(BATCH, SEQUENCE, "tp", None),  # [batch, seq, heads, head_dim]
+    "logits": P(BATCH, SEQUENCE, "tp"),  # [batch, seq, vocab]
+    "cache": P(None, BATCH, SEQUENCE, "tp", None),  # [layers, batch, cache_len, kv_heads, head_dim]
 }
 
 
 def make_mesh(
     dims: str | Mapping[str, int] | Sequence[int] = "1,-1,1,1", devices: Sequence[Any] | None = None
 ) -> Mesh:
-    """A mesh with axes ("dp", "fsdp", "tp", "sp").
+    """A mesh with axes ("dp", "fsdp", "tp", "sp", "ulysses").
 
     Args:
-      dims: sizes in that order as "1,-1,1,1" or a sequence, or a dict naming some axes (the rest
-        are 1). One size may be -1: it takes the devices left over.
+      dims: sizes in that order as "1,-1,1,1,1" or a sequence, or a dict naming some axes (the rest
+        are 1); four sizes (dp, fsdp, tp, sp) mean ulysses=1. One size may be -1: it takes the
+        devices left over.
       devices: the devices to use (default: all).
 
     Returns:
@@ -76,7 +86,8 @@ def make_mesh(
             sizes = [int(p) for p in dims.split(",")]
         except ValueError as e:
             raise ValueError(
-                f"mesh dims {dims!r}: expected four comma-separated ints like '1,-1,1,1'"
+                f"mesh dims {dims!r}: expected four or five comma-separated ints like '1,-1,1,1' "
+                f"or '1,-1,1,4,2' (dp, fsdp, tp, sp[, ulysses])"
             ) from e
     elif isinstance(dims, Mapping):
         unknown = sorted(set(dims) - set(AXES))
@@ -87,9 +98,11 @@ def make_mesh(
         sizes = [int(dims.get(a, 1)) for a in AXES]
     else:
         sizes = [int(s) for s in dims]
+    if len(sizes) == len(AXES) - 1:
+        sizes.append(1)  # LWM's four-axis mesh_dim: no Ulysses axis
     if len(sizes) != len(AXES) or sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
         raise ValueError(
-            f"mesh dims {dims!r}: need {len(AXES)} sizes >= 1 for {AXES}, at most one -1"
+            f"mesh dims {dims!r}: need {len(AXES) - 1} or {len(AXES)} sizes >= 1 for {AXES}, at most one -1"
         )
     known = int(np.prod([s for s in sizes if s != -1]))
     if -1 in sizes:
