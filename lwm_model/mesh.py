@@ -179,23 +179,55 @@ def constrain(x: jax.Array, name: str, mesh: Mesh | None) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, activation_sharding(name, x.shape, mesh))
 
 
-def layout_batch(batch: Mapping[str, Any], layout: str, ring_size: int) -> dict[str, Any]:
+def sequence_parallel(mesh: Mesh | None) -> tuple[int, int]:
+    """(ring size "sp", Ulysses size "ulysses") of `mesh`; (1, 1) without a mesh. The sequence
+    splits into sp x ulysses shards; layouts (zigzag, balanced) are laid over the ring only."""
+    if mesh is None:
+        return 1, 1
+    return int(mesh.shape.get("sp", 1)), int(mesh.shape.get("ulysses", 1))
+
+
+def layout_batch(
+    batch: Mapping[str, Any],
+    layout: str,
+    ring_size: int,
+    block: int | tuple[int, int] | None = None,
+    causal: bool = True,
+) -> dict[str, Any]:
     """Reorders every [batch, seq] field into a ring layout and adds `token_index` (original order).
 
     The model then runs on the reordered batch (RoPE reads `tokens_positions`, causality reads
-    `token_index`); `undo_layout(logits, layout, ring_size)` puts outputs back in order. Fields
-    without a sequence axis are kept as they are. With layout "zigzag" over 2 devices:
+    `token_index`); `restore_order(logits, token_index)` (or `undo_layout(logits, layout,
+    ring_size)` for a fixed layout) puts outputs back in order. Fields without a sequence axis are
+    kept as they are. With layout "zigzag" over 2 devices:
         tokens [a b c d e f g h] -> [a b g h c d e f], token_index [0 1 6 7 2 3 4 5]
+    Layout "balanced" (lwmkit.lwm_model.balance) is chosen per row from `tokens_segment_ids` for the
+    ring's `block` size (and `causal`), so that every ring device gets the same attention work.
 
     Raises:
-      ValueError: for an unknown layout or a length it cannot split evenly over `ring_size`.
+      ValueError: for an unknown layout, a length it cannot split evenly over `ring_size`, or
+        "balanced" without `block`.
     """
-    from lwmkit.lwm_model.layout import apply_layout, layout_permutation
+    from lwmkit.lwm_model.layout import ROW_LAYOUTS, apply_layout, layout_permutation
 
-    length = int(np.shape(batch["tokens"])[1])
+    shape = np.shape(batch["tokens"])[:2]
+    if layout in ROW_LAYOUTS:
+        from lwmkit.lwm_model.balance import balanced_permutations
+
+        if block is None:
+            raise ValueError(f"layout={layout!r} is chosen for the ring's block size: pass block=")
+        index = balanced_permutations(batch["tokens_segment_ids"], ring_size, block, causal)
+
+        def put(v):
+            v = np.asarray(v)
+            return np.take_along_axis(v, index.reshape(index.shape + (1,) * (v.ndim - 2)), axis=1)
+
+        out = {k: put(v) if np.ndim(v) >= 2 else v for k, v in batch.items()}
+        out["token_index"] = index.astype(np.int32)
+        return out
     out = {
         k: apply_layout(v, layout, ring_size) if np.ndim(v) >= 2 else v for k, v in batch.items()
     }
-    index = layout_permutation(length, layout, ring_size).astype(np.int32)
-    out["token_index"] = np.broadcast_to(index, np.shape(batch["tokens"])[:2]).copy()
+    index = layout_permutation(shape[1], layout, ring_size).astype(np.int32)
+    out["token_index"] = np.broadcast_to(index, shape).copy()
     return out

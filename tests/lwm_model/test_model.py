@@ -226,17 +226,24 @@ def test_text_only_model_has_no_vision_tables_and_only_text_loss(run):
 
 def test_make_mesh_and_param_rules(params):
     mesh = make_mesh("1,2,1,4")
-    assert dict(mesh.shape) == {"dp": 1, "fsdp": 2, "tp": 1, "sp": 4}
+    assert dict(mesh.shape) == {"dp": 1, "fsdp": 2, "tp": 1, "sp": 4, "ulysses": 1}
     assert dict(make_mesh({"sp": -1}).shape)["sp"] == 8
     with pytest.raises(ValueError, match="need 6 devices"):
         make_mesh("1,3,2,1")
     with pytest.raises(ValueError, match="unknown axes"):
         make_mesh({"pp": 2})
+    fsdp = ("fsdp", "sp", "ulysses")  # both sequence axes shard parameters too (ZeRO-style)
     specs = flatten_dict(param_specs(params), sep="/")
-    assert specs["transformer/h/scan_decoder/attention/wq/kernel"] == P(None, ("fsdp", "sp"), "tp")
-    assert specs["transformer/h/scan_decoder/attention/wo/kernel"] == P(None, "tp", ("fsdp", "sp"))
-    assert specs["transformer/vte/embedding"] == P("tp", ("fsdp", "sp"))
-    assert specs["vision_head/kernel"] == P(("fsdp", "sp"), "tp")
+    assert specs["transformer/h/scan_decoder/attention/wq/kernel"] == P(None, fsdp, "tp")
+    assert specs["transformer/h/scan_decoder/attention/wo/kernel"] == P(None, "tp", fsdp)
+    assert specs["transformer/vte/embedding"] == P("tp", fsdp)
+    assert specs["vision_head/kernel"] == P(fsdp, "tp")
+    mesh2d = make_mesh("1,1,1,2,4")  # a fifth size: the Ulysses axis, innermost (neighbouring devices)
+    assert dict(mesh2d.shape) == {"dp": 1, "fsdp": 1, "tp": 1, "sp": 2, "ulysses": 4}
+    assert [d.id for d in mesh2d.devices[0, 0, 0, 1]] == [4, 5, 6, 7]
+    assert flatten_dict(param_specs(params, mesh2d), sep="/")["vision_head/kernel"] == P(fsdp, "tp")
+    with pytest.raises(ValueError, match="need 4 or 5 sizes"):
+        make_mesh("1,1,1,2,2,2")
     assert specs["transformer/ln_f/kernel"] == P(None)
     # A mesh axis that does not divide its dimension is dropped there (replicated), not an error.
     assert fit_spec(P(("fsdp", "sp"), "tp"), (6, 4), mesh) == P("fsdp", "tp")

@@ -101,7 +101,7 @@ def test_overrides_reach_the_right_fields_with_their_types():
     ("schedule=linear", r"OptimizerConfig.schedule='linear': must be one of \['constant', 'cosine'\]"),
     ("batch_tokens=1000", r"StageConfig\('tiny-512'\).batch_tokens=1000: must be a multiple of seq_len=512"),
     ("grad_accum=3", r"grad_accum=3: must divide the 8 rows"),
-    ("mesh=1,2,4", r"mesh='1,2,4': need four sizes"),
+    ("mesh=1,2,4", r"mesh='1,2,4': need four or five sizes"),
     ("model.num_heads=3", r"LWMConfig.hidden_size=64: must be a multiple of num_heads=3"),
     ("init_from=gs://x", r"init_from='gs://x': must be '' or start with orbax:, lwm: or hf:"),
     ("b2=1.5", r"OptimizerConfig.b2=1.5: must be in \[0, 1\)"),
