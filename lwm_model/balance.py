@@ -33,6 +33,7 @@ import numpy as np
 from lwmkit.lwm_model.layout import block_pair_mask, check_layout, layout_permutation
 
 BALANCED = "balanced"
+_TEMP = 0.04
 _MAX_UNITS = 512  # units per row at most (the unit grows in block multiples beyond): bounds the search
 
 
@@ -77,7 +78,7 @@ def _anneal(assign: np.ndarray, q, k, w, ring: int, iterations: int, seed: int) 
     rng = np.random.default_rng(seed)
     swaps = rng.integers(nu, size=(iterations, 2))
     accept = rng.random(iterations)
-    start_temp = max(best, 1.0) / ring * 0.04  # a few per cent of one device's share
+    start_temp = max(best, 1.0) / ring * _TEMP  # a few per cent of one device's share
     for it, (i, j) in enumerate(swaps):
         if assign[i] == assign[j]:
             continue
