@@ -71,12 +71,13 @@ class TrainResult:
 
 
 def stage_model_config(config: TrainConfig, stage: StageConfig, ring_size: int, vocab_size: int | None,
-                       ulysses: int = 1) -> LWMConfig:
+                       ulysses: int = 1, tp: int = 1) -> LWMConfig:
     """The model of `stage`: the run's preset with the stage's RoPE theta and length, attention and precision.
 
     Raises:
-      ValueError: when the ring layout or block size cannot split the stage's sequence, or the
-        sequence does not split over ring x Ulysses devices.
+      ValueError: when the ring layout or block size cannot split the stage's sequence, the
+        sequence does not split over ring x Ulysses devices, or (ring attention) the heads per
+        `tp` shard do not split over the `ulysses` devices.
     """
     from lwmkit.lwm_model.layout import check_layout
 
@@ -94,6 +95,9 @@ def stage_model_config(config: TrainConfig, stage: StageConfig, ring_size: int, 
     if stage.seq_len % (ring_size * ulysses):
         raise ValueError(f"stage {stage.name!r}: seq_len={stage.seq_len} does not split over sp={ring_size} x "
                          f"ulysses={ulysses} sequence devices")
+    if config.attention == "ring" and ulysses > 1 and (base.num_heads % tp or (base.num_heads // tp) % ulysses):
+        raise ValueError(f"stage {stage.name!r}: mesh {stage.mesh!r}: the model's {base.num_heads} heads over tp={tp} "
+                         f"do not split over ulysses={ulysses}")
     dtype, param_dtype = _DTYPES[config.precision]
     fields = dict(rope_theta=stage.rope_theta, max_sequence_length=max(base.max_sequence_length, stage.seq_len),
                   attention_impl=config.attention, ring_layout=config.ring_layout, ring_block_q=block,
@@ -241,11 +245,7 @@ class _StageRun:
         self.log, self.stream, self.records = log, stream, []
         self.mesh = make_mesh(stage.mesh)
         self.ring, ulysses = sequence_parallel(self.mesh)
-        self.model = stage_model_config(config, stage, self.ring, vocab, ulysses)
-        heads = self.model.num_heads // self.mesh.shape["tp"] if self.model.num_heads % self.mesh.shape["tp"] == 0 else 0
-        if config.attention == "ring" and ulysses > 1 and heads % ulysses:
-            raise ValueError(f"stage {stage.name!r}: mesh {stage.mesh!r}: the model's {self.model.num_heads} heads "
-                             f"over tp={self.mesh.shape['tp']} do not split over ulysses={ulysses}")
+        self.model = stage_model_config(config, stage, self.ring, vocab, ulysses, self.mesh.shape["tp"])
         data = self.mesh.shape["dp"] * self.mesh.shape["fsdp"]
         if (stage.rows // stage.grad_accum) % data:
             raise ValueError(f"stage {stage.name!r}: {stage.rows // stage.grad_accum} rows per micro-batch do not "

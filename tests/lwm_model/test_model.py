@@ -12,7 +12,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from jax.sharding import PartitionSpec as P
 from lwmkit.lwm_model.checkpoint import expected_shapes, unstack_layers
 from lwmkit.lwm_model.config import LWMConfig, preset
-from lwmkit.lwm_model.layout import undo_layout
+from lwmkit.lwm_model.layout import restore_order, undo_layout
 from lwmkit.lwm_model.loss import lwm_loss, make_loss_fn
 from lwmkit.lwm_model.mesh import fit_spec, layout_batch, make_mesh, param_specs, shard_params
 from lwmkit.lwm_model.model import LWM, forward, init_params
@@ -274,6 +274,22 @@ def test_ring_attention_model_matches_dense(params, run):
     out = run(shard_params(params, mesh), laid, ring, mesh)
     for name in ("text_logits", "vision_logits"):
         got = undo_layout(np.asarray(getattr(out, name)), layout, 4)
+        np.testing.assert_allclose(got, np.asarray(getattr(dense, name)), atol=2e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("mesh_dims,layout", [("1,1,1,2,4", "balanced"), ("1,1,2,2,2", "zigzag")])
+def test_2d_sequence_parallel_model_matches_dense(params, run, mesh_dims, layout):
+    # Ulysses x ring: 4 heads over ulysses=4 (2 kv heads repeated), or over tp=2 x ulysses=2; the
+    # "balanced" layout is chosen per row from the segment ids and undone with its token_index.
+    mesh = make_mesh(mesh_dims)
+    ring_size = mesh.shape["sp"]
+    ring = preset("tiny", attention_impl="ring", ring_layout=layout, ring_block_q=4, ring_block_k=4)
+    batch = packed_batch(seed=7, docs=((0, 3), (3, 17), (17, 18), (18, 27)))
+    dense = run(params, batch)
+    laid = layout_batch(batch, layout, ring_size, (4, 4))
+    out = run(shard_params(params, mesh), laid, ring, mesh)
+    for name in ("text_logits", "vision_logits"):
+        got = restore_order(np.asarray(getattr(out, name)), laid["token_index"])
         np.testing.assert_allclose(got, np.asarray(getattr(dense, name)), atol=2e-5, err_msg=name)
 
 
