@@ -351,14 +351,17 @@ def ring_attention_with_work(
         plan = plan_heads(ulysses_axis, u, heads // tp, kv_heads // tp)
     if token_index is not None and token_index.shape != (batch, length):
         raise ValueError(f"token_index {token_index.shape} must be [B, T] = {(batch, length)}")
-    fn = _sharded(mesh, ring, batch_spec, head_spec, plan)
+    # With a Ulysses axis (even of size 1) the sequence is sharded over both axes, in and out, like
+    # the model's activations ("sp", "ulysses"): explicit-sharding meshes tell the two specs apart.
+    seq = (axis, ulysses_axis) if ulysses_axis is not None else axis
+    fn = _sharded(mesh, ring, batch_spec, head_spec, seq, plan)
     return fn(q, k, v, segment_ids, *([] if token_index is None else [token_index]))
 
 
 @functools.lru_cache(maxsize=64)
-def _sharded(mesh, ring: _Ring, batch_spec, head_spec, plan: UlyssesPlan | None = None):
+def _sharded(mesh, ring: _Ring, batch_spec, head_spec, seq, plan: UlyssesPlan | None = None):
     """The jitted shard_map for one configuration (cached, so eager calls compile once)."""
-    seq = (ring.axis, plan.axis) if plan else ring.axis  # device (r, j) holds chunk r*U + j
+    # seq: the ring axis, or (ring axis, Ulysses axis): device (r, j) holds chunk r*U + j
     x_spec, s_spec = P(batch_spec, seq, head_spec, None), P(batch_spec, seq)
     specs = (x_spec, x_spec, x_spec, s_spec) + (() if ring.layout else (s_spec,))
     explicit = any(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types)
