@@ -255,7 +255,7 @@ def test_sharded_forward_matches_single_device(params, run):
     batch = packed_batch(rows=4)
     sharded = shard_params(params, mesh)
     wq = sharded["transformer"]["h"]["scan_decoder"]["attention"]["wq"]["kernel"]
-    assert wq.sharding.spec == P(None, ("fsdp", "sp"), "tp")
+    assert wq.sharding.spec == P(None, ("fsdp", "sp", "ulysses"), "tp")
     assert wq.addressable_shards[0].data.size == wq.size // (mesh.size // mesh.shape["dp"])
     a, b = run(params, batch), run(sharded, batch, TINY, mesh)
     np.testing.assert_allclose(np.asarray(a.text_logits), np.asarray(b.text_logits), atol=1e-5)
