@@ -8,8 +8,8 @@
 
 The prompt is LWM's vision chat layout (`lwmkit.lwm_model.prompts`); a video is sampled to
 --max-frames frames by count (`eval.inference.media`), each frame VQGAN-encoded into one vision field. The
-prompt is prefilled once (RingAttention over the mesh's "sp" axis when it is larger than 1) and the
-answer is decoded greedily (--temperature 0) or sampled, printed as it is generated.
+prompt is prefilled once (RingAttention over the mesh's "sp" axis, with Ulysses all-to-alls over
+"ulysses" given a fifth --mesh size, when they shard the sequence) and the answer is decoded greedily (--temperature 0) or sampled, printed as it is generated.
 
 This module also holds the model options `lwm-generate` shares: checkpoint (LWM msgpack, Orbax,
 Hugging Face LLaMA, or seeded random weights for tests), config overrides, mesh, dtype, and the
@@ -50,9 +50,9 @@ class ModelSpec:
       checkpoint_format: "auto" (a directory with config.json = "hf", another directory = "orbax",
         a file = "lwm"), "lwm", "orbax" or "hf".
       overrides: LWMConfig fields over the preset (e.g. {"rope_theta": 5e7}).
-      mesh: mesh sizes "dp,fsdp,tp,sp" (one may be -1).
+      mesh: mesh sizes "dp,fsdp,tp,sp" or "dp,fsdp,tp,sp,ulysses" (one may be -1).
       num_devices: use the first N devices (default all).
-      attention: "dense" or "ring"; None = "ring" when the mesh's sp > 1.
+      attention: "dense" or "ring"; None = "ring" when the mesh's sp x ulysses > 1.
       seed: seed of random weights.
     """
 
@@ -165,7 +165,8 @@ def load_model(spec: ModelSpec, tokenizer: Any, image_tokenizer: Any = None, log
     except ValueError as e:
         raise ModelLoadError(str(e)) from e
     overrides = dict(spec.overrides)
-    overrides.setdefault("attention_impl", spec.attention or ("ring" if mesh.shape["sp"] > 1 else "dense"))
+    sequence_shards = mesh.shape["sp"] * mesh.shape["ulysses"]
+    overrides.setdefault("attention_impl", spec.attention or ("ring" if sequence_shards > 1 else "dense"))
     source = spec.checkpoint or f"random {spec.preset} weights (seed {spec.seed})"
     try:
         if spec.checkpoint is None:
@@ -232,9 +233,11 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--vqgan", help="VQGAN weights (lwmkit safetensors, diffusers VQModel or LWM pickle)")
     g.add_argument("--vqgan-preset", default="lwm", choices=["lwm", "tiny"], help="VQGAN shape; random without --vqgan")
     g.add_argument("--vqgan-batch-size", type=int, default=8, help="frames the VQGAN encodes or decodes at once")
-    g.add_argument("--mesh", default="1,-1,1,1", help="mesh sizes dp,fsdp,tp,sp (LWM's mesh_dim)")
+    g.add_argument("--mesh", default="1,-1,1,1",
+                   help="mesh sizes dp,fsdp,tp,sp (LWM's mesh_dim) or dp,fsdp,tp,sp,ulysses (2D sequence parallelism: "
+                        "a ring of sp over Ulysses groups; the heads per tp shard must divide by ulysses)")
     g.add_argument("--num-devices", type=int, help="use the first N devices (default all)")
-    g.add_argument("--attention", choices=["dense", "ring"], help="default: ring when the mesh's sp > 1")
+    g.add_argument("--attention", choices=["dense", "ring"], help="default: ring when the mesh's sp x ulysses > 1")
     g.add_argument("--seed", type=int, default=1234, help="sampling seed (LWM's default), and random weights' seed")
 
 
