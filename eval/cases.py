@@ -68,6 +68,7 @@ def build_case(
     round_: int = 0,
     include_prompt: bool = True,
     max_tries: int = 6,
+    allow_repeat: bool = False,
 ) -> dict[str, Any]:
     """One text case of exactly `length` tokens (see the module docstring).
 
@@ -79,8 +80,11 @@ def build_case(
       depth: percent (0..100) of the haystack before the first asked needle.
       seed, round_: the same values give the same case.
       include_prompt: store the prompt in the case (else only its recipe and SHA-256).
+      allow_repeat: a haystack smaller than the context is read more than once; the case records
+        the repeated tokens and their share (`build.repeat_tokens`, `build.repeat_share`).
 
     Raises:
+      HaystackTooSmall: if the context needs more text than the haystack holds and not allow_repeat.
       LengthFitError: if `length` cannot hold the template, needles and answer room.
     """
     if not 0 <= depth <= 100:
@@ -105,6 +109,7 @@ def build_case(
         target=target,
         start=start,
         max_tries=max_tries,
+        allow_repeat=allow_repeat,
     )
     primary = _primary(task, ns)
     lay = fit.layout
@@ -158,6 +163,8 @@ def build_case(
             "tries": fit.tries,
             "join_mode": fit.mode,
             "haystack_wrapped": lay.units + (lay.partial is not None) > len(hay.units),
+            "repeat_tokens": fit.repeat_tokens,
+            "repeat_share": round(fit.repeat_tokens / fit.haystack_tokens, 6) if fit.haystack_tokens else 0.0,
         },
     }
     if include_prompt:
@@ -175,8 +182,9 @@ def build_cases(
     seed: int = 0,
     include_prompt: bool = True,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    allow_repeat: bool = False,
 ) -> Iterator[dict[str, Any]]:
-    """Cases for every length x depth x round of `grid`, shortest lengths first."""
+    """Cases for every length x depth x round of `grid`, shortest lengths first (`build_case`)."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     counter = tokenizer if isinstance(tokenizer, TokenCounter) else TokenCounter(tokenizer)
@@ -184,7 +192,8 @@ def build_cases(
         for depth in grid.depths:
             for r in range(rounds):
                 case = build_case(
-                    hay, counter, task, length, float(depth), seed=seed, round_=r, include_prompt=include_prompt
+                    hay, counter, task, length, float(depth), seed=seed, round_=r, include_prompt=include_prompt,
+                    allow_repeat=allow_repeat,
                 )
                 if progress:
                     progress(case)
