@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True, help="cases JSONL")
     b.add_argument("--records", help="also write the cases as lwmkit document records here")
     b.add_argument("--no-prompt", action="store_true", help="store recipes only (rebuilt when run)")
+    b.add_argument("--allow-repeat", action="store_true",
+                   help="read a haystack smaller than a context more than once (each case records its "
+                        "repeated share); without it such a length is an error")  # fmt: skip
 
     v = sub.add_parser("build-video", help="build video cases (a needle image in a long video)")
     v.add_argument("--haystack", required=True, help="'generated' or a document dataset dir with video")
@@ -134,13 +137,24 @@ def _build(args: argparse.Namespace) -> None:
     hay = Haystack.load(spec, tok)
     t0 = time.perf_counter()
     cases = list(build_cases(hay, tok, task, _grid(args, "quick"), rounds=args.rounds, seed=args.seed,
-                             include_prompt=not args.no_prompt))  # fmt: skip
+                             include_prompt=not args.no_prompt, allow_repeat=args.allow_repeat))  # fmt: skip
     n = write_cases(cases, args.out)
     calls = sum(c["build"]["tokenizer_calls"] for c in cases)
     print(f"wrote {n} {task.name} cases to {args.out} in {time.perf_counter() - t0:.1f}s "
           f"({calls} tokenizer calls; haystack {len(hay.units)} units from {hay.documents} documents)")  # fmt: skip
+    _repeat_summary([(c["build"]["repeat_tokens"], c["haystack_tokens"]) for c in cases], "tokens")
     if args.records:
         _records(cases, args.records, tok)
+
+
+def _repeat_summary(repeats: list[tuple[int, int]], unit: str) -> None:
+    """Prints how much of the haystack the cases repeated (only with --allow-repeat can they)."""
+    hit = [(r, t) for r, t in repeats if r]
+    if hit:
+        share = sum(r for r, _ in hit) / sum(t for _, t in repeats)
+        print(f"WARNING: {len(hit)} of {len(repeats)} cases repeat haystack {unit} (--allow-repeat): "
+              f"{sum(r for r, _ in hit)} repeated {unit}, {share:.1%} of all haystack {unit}; "
+              "see each case's repeat_share", file=sys.stderr)  # fmt: skip
 
 
 def _records(cases: list[dict[str, Any]], directory: str, tok: Any) -> None:
