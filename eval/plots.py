@@ -31,12 +31,12 @@ def _pyplot():
 
 
 def _length_label(n: int) -> str:
-    """4096 -> "4K", 131072 -> "128K", 1048576 -> "1M", 1000000 -> "1M", 1400 -> "1.4K"."""
-    for unit, suffix in ((1 << 20, "M"), (1_000_000, "M"), (1 << 10, "K"), (1000, "K")):
+    """The length as asked for, shortened: decimal multiples first (128000 -> "128K", 512000 -> "512K",
+    1000000 -> "1M"), then binary ones (131072 -> "128K", 1048576 -> "1M", 4096 -> "4K"); any other
+    length is printed in full (1400 -> "1400", 100352 -> "100352"), never rounded to another number."""
+    for unit, suffix in ((1_000_000, "M"), (1 << 20, "M"), (1000, "K"), (1 << 10, "K")):
         if n >= unit and n % unit == 0:
             return f"{n // unit}{suffix}"
-    if n >= 1000:
-        return f"{n / 1000:.1f}K" if n < 10_000 else f"{n / 1000:.0f}K"
     return str(n)
 
 
