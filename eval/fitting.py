@@ -2,7 +2,8 @@
 the model's own tokenizer.
 
 The prompt is `prefix + body + suffix`; the body joins items (haystack units, needle sentences, and
-one partial unit cut after a word, never inside one nor after an abbreviation: `sentences.cut_allowed`)
+one partial unit cut after a word, never after an abbreviation: `sentences.cut_allowed`; inside a word only
+where no such cut gives the exact count)
 with a space, or nothing where an item starts or ends with a newline. Most tokenizers are local at a space between words, so the prompt's token count is the sum
 of the counts of its *blocks*: runs of items joined by anything but a plain space between two
 haystack units (the prefix, suffix and every needle sit in a block with their neighbours). Unit
@@ -257,17 +258,18 @@ def _refit_tail(model: _Model, layout: Layout, measured: int, target: int) -> La
     cands = [(m, None), *dict.fromkeys(cands)]
     w = max(0, min(m2 for m2, _ in cands) - 3)
     want = model.text_counts([layout.tail(hay, w)])[0] + target - measured
-    for m2, pos in cands:
-        unit = cut_unit if pos is None else at(pos)
-        slots = [min(b, m2) if b <= m else m2 + 1 for b in layout.slots]
-        trial = Layout(layout.prefix, layout.suffix, layout.needles, layout.start, m2, None, slots)
-        if model.text_counts([trial.tail(hay, w)])[0] == want:
-            return trial
-        tail_count = lambda lay: model.text_counts([lay.tail(hay, w)])[0]  # noqa: E731
-        chars = _search_cut(model, trial, unit, want, count=tail_count, full_scan=True)
-        if chars is not None:
-            trial.partial = (unit, chars)
-            return trial
+    for in_words in (False, True):  # after a word in any candidate first; inside one only if none fits
+        for m2, pos in cands:
+            unit = cut_unit if pos is None else at(pos)
+            slots = [min(b, m2) if b <= m else m2 + 1 for b in layout.slots]
+            trial = Layout(layout.prefix, layout.suffix, layout.needles, layout.start, m2, None, slots)
+            if model.text_counts([trial.tail(hay, w)])[0] == want:
+                return trial
+            tail_count = lambda lay: model.text_counts([lay.tail(hay, w)])[0]  # noqa: E731
+            chars = _search_cut(model, trial, unit, want, count=tail_count, full_scan=True, in_words=in_words)
+            if chars is not None:
+                trial.partial = (unit, chars)
+                return trial
     raise LengthFitError(f"target {target} tokens: no cut near unit {m} gives the count (measured {measured})")
 
 
@@ -318,9 +320,9 @@ def _fit_once(model, prefix, suffix, needles, depths, goal, start, n) -> Layout:
         return layout
     # Cuts fall after whole words only, so a unit offers a count only now and then: try the units
     # after the whole ones (skipping a few), then one or two whole units fewer with a longer cut.
-    for m_try in (m, m - 1, m - 2):
+    for m_try, in_words in [(m2, False) for m2 in (m, m - 1, m - 2)] + [(m, True)]:
         if m_try < 0:
-            break
+            continue
         base = model.estimate(settle(m_try))
         if base > goal:
             continue
@@ -331,7 +333,7 @@ def _fit_once(model, prefix, suffix, needles, depths, goal, start, n) -> Layout:
                 break
             unit = (start + pos) % n
             trial = Layout(prefix, suffix, needles, start, m_try, (unit, 0), slots)
-            chars = _search_cut(model, trial, unit, goal)
+            chars = _search_cut(model, trial, unit, goal, in_words=in_words)
             if chars is not None:
                 return Layout(prefix, suffix, needles, start, m_try, (unit, chars), slots)
     # The block model sees no exact cut (a tokenizer that is not local): start from the middle of the
@@ -351,11 +353,15 @@ def allowed_cuts(text: str) -> list[int]:
     return [c for c in range(1, len(text) + 1) if cut_allowed(text, c)]
 
 
-def _search_cut(model: _Model, layout: Layout, unit: int, goal: int, count=None, full_scan: bool = False) -> int | None:
+def _search_cut(
+    model: _Model, layout: Layout, unit: int, goal: int, count=None, full_scan: bool = False, in_words: bool = False
+) -> int | None:
     """Characters of `unit` to keep so the count (default: the block model's) equals goal: a binary
-    search over the allowed cuts (`allowed_cuts`), then a scan of the cuts around it (`full_scan`:
-    then of every cut)."""
-    cuts = allowed_cuts(model.hay.units[unit])
+    search over the allowed cuts (`allowed_cuts`; `in_words`: any character not after a space, the
+    last resort when a word's tokens jump past the count), then a scan of the cuts around it
+    (`full_scan`: then of every cut)."""
+    text = model.hay.units[unit]
+    cuts = [c for c in range(1, len(text) + 1) if text[c - 1] != " "] if in_words else allowed_cuts(text)
     count = count or model.estimate
 
     def est(i: int) -> int:
