@@ -74,8 +74,14 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--tokenizer", required=True)
     v.add_argument("--needle-image", required=True, help="the image to hide")
     v.add_argument("--needle-frames", type=int, default=1, help="frames the needle image lasts")
-    v.add_argument("--vqgan", help="VQGAN weights (default: random tiny VQGAN, for tests only)")
-    v.add_argument("--vqgan-preset", default="lwm", choices=["lwm", "tiny"])
+    v.add_argument("--vqgan", help="VQGAN weights; default: the VQGAN the dataset haystack's manifest records, "
+                                   "or for a generated haystack a RANDOM VQGAN (tests only, with a warning)")  # fmt: skip
+    v.add_argument("--vqgan-preset", choices=["lwm", "tiny"],
+                   help="network shape of --vqgan weights (default lwm) or of the random VQGAN (default tiny)")  # fmt: skip
+    v.add_argument("--vqgan-seed", type=int, default=0, help="seed of the random VQGAN without --vqgan")
+    v.add_argument("--allow-repeat", action="store_true",
+                   help="a haystack shorter than a length is read again from its start (each case records "
+                        "its repeated share); without it such a length is an error")  # fmt: skip
     v.add_argument("--question", required=True)
     v.add_argument("--option", action="append", default=[], help="a multiple-choice option (repeat)")
     v.add_argument("--answer", required=True, help="the right option, or the short answer")
@@ -172,29 +178,45 @@ def _build_video(args: argparse.Namespace) -> None:
         build_video_case,
         needle_from_image,
     )
-    from lwmkit.tokenizers.vqgan import ImageTokenizer
 
     tok = _tokenizer(args.tokenizer)
-    image_tok = (
-        ImageTokenizer.from_weights(args.vqgan, preset=args.vqgan_preset)
-        if args.vqgan
-        else ImageTokenizer.random(args.vqgan_preset if args.vqgan_preset != "lwm" else "tiny")
-    )
+    spec = VideoHaystackSpec(args.haystack, frames=args.haystack_frames, codes=args.haystack_codes)
+    hay = VideoHaystack.load(spec)
+    image_tok = _needle_vqgan(args, hay.encoders.get("vqgan"))
     with open(args.needle_image, "rb") as f:
         needle = needle_from_image(f.read(), image_tok, question=args.question, options=tuple(args.option),
                                    answer=args.answer, frames=args.needle_frames, name=args.name)  # fmt: skip
-    spec = VideoHaystackSpec(args.haystack, frames=args.haystack_frames, codes=args.haystack_codes)
-    hay = VideoHaystack.load(spec)
     depths = args.depths or grid_preset(args.grid or "tiny").depths
     cases = [
-        build_video_case(hay, tok, needle, n, float(d), seed=args.seed, round_=r)
+        build_video_case(hay, tok, needle, n, float(d), seed=args.seed, round_=r, allow_repeat=args.allow_repeat)
         for n in args.lengths
         for d in depths
         for r in range(args.rounds)
     ]
     print(f"wrote {write_cases(cases, args.out)} video cases to {args.out}")
+    _repeat_summary([(c["repeat_frames"], c["length"]) for c in cases], "frames")
     if args.records:
         _records(cases, args.records, tok)
+
+
+def _needle_vqgan(args: argparse.Namespace, recorded: dict[str, Any] | None):
+    """The VQGAN that encodes the needle: --vqgan, else the one the haystack's manifest records
+    (rebuilt if it was random, loaded from its recorded path otherwise), else a random one."""
+    from lwmkit.tokenizers.vqgan import ImageTokenizer
+
+    if args.vqgan:
+        return ImageTokenizer.from_weights(args.vqgan, preset=args.vqgan_preset or "lwm")
+    if recorded and recorded.get("random_init"):
+        return ImageTokenizer.random(recorded.get("preset") or "tiny", seed=int(recorded.get("seed") or 0))
+    if recorded:
+        path = recorded.get("path")
+        if not path or not os.path.exists(path):
+            raise ValueError(
+                f"--haystack {args.haystack} was encoded with VQGAN {str(recorded.get('sha256'))[:12]}… "
+                f"({recorded.get('source')}), not found at its recorded path {path!r}: pass --vqgan WEIGHTS"
+            )
+        return ImageTokenizer.from_weights(path, preset=recorded.get("preset") or "lwm")
+    return ImageTokenizer.random(args.vqgan_preset or "tiny", seed=args.vqgan_seed)
 
 
 def _backend(args: argparse.Namespace):
