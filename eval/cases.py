@@ -31,6 +31,7 @@ from typing import Any
 
 from lwmkit.eval.fitting import TokenCounter, fit_context
 from lwmkit.eval.haystack import Haystack, HaystackSpec
+from lwmkit.eval.jsonl import json_lines
 from lwmkit.eval.prompt_layout import Layout
 from lwmkit.eval.tasks import TEMPLATES, Grid, NeedleSet, TaskConfig, make_needles
 
@@ -259,21 +260,11 @@ def read_cases(path: str) -> list[dict[str, Any]]:
       CaseError: naming the file and line of a row that is not a case.
     """
     cases = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            for i, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    case = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise CaseError(f"{path}:{i}: not JSON: {e}") from e
-                missing = [k for k in ("id", "task", "expected", "scoring") if k not in case]
-                if missing:
-                    raise CaseError(f"{path}:{i}: not a needle case (missing {missing})")
-                cases.append(case)
-    except OSError as e:
-        raise CaseError(f"{path}: cannot read cases: {e}") from e
+    for i, case in json_lines(path, CaseError):
+        missing = [k for k in ("id", "task", "expected", "scoring") if k not in case]
+        if missing:
+            raise CaseError(f"{path}:{i}: not a needle case (missing {missing})")
+        cases.append(case)
     ids = [c["id"] for c in cases]
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})[:3]

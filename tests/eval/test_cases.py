@@ -174,6 +174,15 @@ def test_cases_jsonl_round_trip_and_errors(tmp_path, hay, tok):
         f.write("{broken\n")
     with pytest.raises(CaseError, match=r"cases\.jsonl:3: not JSON"):
         read_cases(path)
+    for bad, reason in ((b"\xff\xfe{}", "not UTF-8 text"), (b"[1, 2]", r"not a JSON object \(got list\)"),
+                        (b"[" * 100_000, "JSON nested too deeply"), (b'{"id": 1}', r"not a needle case")):  # fmt: skip
+        write_cases(cases, path)
+        with open(path, "ab") as f:
+            f.write(b"\n" + bad + b"\n")
+        with pytest.raises(CaseError, match=rf"cases\.jsonl:4: {reason}"):
+            read_cases(path)
+    with pytest.raises(CaseError, match=r"missing\.jsonl: cannot read"):
+        read_cases(str(tmp_path / "missing.jsonl"))
     write_cases(cases + cases[:1], path)
     with pytest.raises(CaseError, match="duplicate case ids"):
         read_cases(path)
