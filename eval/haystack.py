@@ -107,10 +107,9 @@ def _read_jsonl(path: str, field: str) -> list[str]:
 
 
 def _read_dataset(path: str, tokenizer: Any) -> list[str]:
+    from lwmkit.eval.encoders import EncoderMismatch, check_tokenizer
     from lwmkit.packing.manifest import load_manifest
     from lwmkit.packing.source import ShardDataSource
-
-    from lwmkit.eval.encoders import EncoderMismatch, check_tokenizer
 
     manifest = load_manifest(path)
     if manifest.get("kind") != "document":

@@ -72,7 +72,6 @@ def test_bad_sources_name_the_file_and_line(tmp_path):
     deep.write_text('{"text": "a."}\n' + "[" * 100_000 + "]" * 100_000 + "\n")
     with pytest.raises(HaystackError, match=r"deep\.jsonl:2: JSON nested too deeply"):
         read_documents(str(deep))
-    import zstandard
 
     broken = tmp_path / "broken.jsonl.zst"
     broken.write_bytes(b"not zstd at all")
