@@ -32,7 +32,8 @@ from lwmkit.eval.cases import (
     write_cases,
 )
 from lwmkit.eval.evaluate import evaluate, format_table, read_results, summarize
-from lwmkit.eval.fitting import LengthFitError, TokenCounter, fit_context
+from lwmkit.eval.encoders import EncoderMismatch
+from lwmkit.eval.fitting import HaystackTooSmall, LengthFitError, TokenCounter, fit_context
 from lwmkit.eval.haystack import Haystack, HaystackError, HaystackSpec
 from lwmkit.eval.inference.chat_cli import ModelLoadError, ModelSpec, chat, chat_prompt, load_model
 from lwmkit.eval.inference.generate_cli import generate_media
@@ -79,6 +80,8 @@ __all__ = [
     "HaystackSpec",
     "LWMModelBackend",
     "LengthFitError",
+    "HaystackTooSmall",
+    "EncoderMismatch",
     "OpenAIBackend",
     "TaskConfig",
     "TokenCounter",
