@@ -13,7 +13,11 @@ other member as a `Duplicate(key, kept, similarity, cluster_size)`.
 Sketches are small numpy arrays with a byte codec (sketch.py) so a work store can keep them and a
 rerun need not recompute them. Each matcher's `params()` is the JSON-ready record for a manifest.
 
-Example, books:
+Jobs call one transform (entry.py): `NearDedup(NearDedupOptions(kind), content=..., where=...)` on
+(key, example) pairs returns survivors, failure rows (reason "dedup:near_duplicate", naming the
+kept twin and the similarity), counts and the `Duplicate` records.
+
+Example, books, the stages one by one:
     sketches = docs | TextSketches(MinHashConfig())       # (key, text) -> Sketch
     dups = sketches | NearDuplicates(TextMatcher())       # -> Duplicate("b2", "b1", 0.93, 2), ...
 
@@ -49,6 +53,11 @@ _EXPORTS = {
     "NearDuplicates": "transforms",
     "TextSketches": "transforms",
     "ExactJaccard": "transforms",
+    "NearDedup": "entry",
+    "NearDedupOptions": "entry",
+    "NearDedupResult": "entry",
+    "duplicate_summary": "entry",
+    "REASON": "entry",
 }
 __all__ = sorted(_EXPORTS)
 

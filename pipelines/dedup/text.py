@@ -32,7 +32,12 @@ from functools import cached_property
 from typing import Any
 
 import numpy as np
-from lwmkit.pipelines.dedup.bands import Banding, candidate_probability, optimal_bands, text_band_keys
+from lwmkit.pipelines.dedup.bands import (
+    Banding,
+    candidate_probability,
+    optimal_bands,
+    text_band_keys,
+)
 from lwmkit.pipelines.dedup.sketch import Sketch, dist_version, params_digest
 
 _WORD = re.compile(r"[^\W_]+")
@@ -113,7 +118,7 @@ def shingles(text: str, ngram: int = 5) -> list[str]:
 def _grams(w: list[str], ngram: int) -> list[str]:
     if len(w) < ngram:
         return [" ".join(w)] if w else []
-    return list(map(" ".join, zip(*(w[i:] for i in range(ngram)))))
+    return list(map(" ".join, zip(*(w[i:] for i in range(ngram)), strict=False)))
 
 
 def text_sketch(key: str, text: str, config: MinHashConfig) -> Sketch:

@@ -40,7 +40,7 @@ def test_text_keys_agree_exactly_on_the_bands_that_agree():
     b = a.copy()
     b[7] = 99  # band 2 of 4 x 3 differs
     ka, kb = text_band_keys(a, Banding(4, 3)), text_band_keys(b, Banding(4, 3))
-    assert [x == y for x, y in zip(ka, kb)] == [True, True, False, True]
+    assert [x == y for x, y in zip(ka, kb, strict=True)] == [True, True, False, True]
     assert len(set(ka)) == 4  # the band index keeps equal values in different bands apart
 
 
@@ -59,5 +59,5 @@ def test_flipping_a_bit_changes_only_the_bands_that_hold_it():
     value = 0x0123_4567_89AB_CDEF
     ka = hash_band_keys(value, pos)
     kb = hash_band_keys(value ^ (1 << 17), pos)
-    changed = [i for i, (x, y) in enumerate(zip(ka, kb)) if x != y]
+    changed = [i for i, (x, y) in enumerate(zip(ka, kb, strict=True)) if x != y]
     assert changed == [i for i in range(32) if 17 in pos[i].tolist()]

@@ -1,6 +1,12 @@
 import numpy as np
 import pytest
-from lwmkit.pipelines.dedup.sketch import Duplicate, Sketch, SketchMismatch, decode_sketch, encode_sketch
+from lwmkit.pipelines.dedup.sketch import (
+    Duplicate,
+    Sketch,
+    SketchMismatch,
+    decode_sketch,
+    encode_sketch,
+)
 
 
 def test_text_sketch_round_trips_exactly():

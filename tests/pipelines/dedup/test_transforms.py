@@ -35,7 +35,7 @@ def test_input_order_does_not_change_the_result(tmp_path):
     first = run_text(items, TextMatcher(), tmp_path / "a.jsonl")
     random.Random(2).shuffle(items)
     second = run_text(items, TextMatcher(), tmp_path / "b.jsonl")
-    assert first and (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+    assert first == second and (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
 
 
 def test_exact_verification_reports_exact_jaccard_edges(tmp_path):
