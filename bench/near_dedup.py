@@ -23,7 +23,7 @@ false positive.
 signature CPU time and the error of the estimated Jaccard against the exact one.
 
 datatrove and datasketch are installed in the bench's environment only (not lwmkit's deps):
-    python3 -m venv /tmp/bench-venv  (+ lwmkit's deps) && pip install datatrove==0.10.1 datasketch
+    python3 -m venv /tmp/bench-venv  (+ lwmkit's deps) && pip install datatrove==0.10.1 orjson "xxhash<4" datasketch
 Run (the command recorded in docs/benchmarks.md):
     python bench/near_dedup.py --per-edit 8 --libraries
 """

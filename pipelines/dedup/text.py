@@ -7,7 +7,7 @@ dropped. Shingles are the distinct word n-grams (default 5, as datatrove and NeM
 a text of fewer words is one shingle, an empty one has no sketch keys and matches nothing.
 
 The MinHash is `rensa.RMinHash` (Rust; chosen over datasketch by `bench/near_dedup.py --libraries`:
-the same agreement with exact Jaccard at about a fourteenth of the CPU time). Its permutations come
+the same agreement with exact Jaccard, mean error 0.012 against 0.015, at about 1/70 of the CPU time). Its permutations come
 from `seed`; the library's name, version and algorithm version are part of the parameters, so stored
 signatures from another version are recomputed rather than compared.
 
