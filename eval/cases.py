@@ -33,6 +33,7 @@ from lwmkit.eval.fitting import TokenCounter, fit_context
 from lwmkit.eval.haystack import Haystack, HaystackSpec
 from lwmkit.eval.prompt_layout import Layout
 from lwmkit.eval.tasks import TEMPLATES, Grid, NeedleSet, TaskConfig, make_needles
+from lwmkit.packing.json_input import parse_json
 
 RECIPE_VERSION = 1
 
@@ -255,10 +256,9 @@ def read_cases(path: str) -> list[dict[str, Any]]:
             for i, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
-                try:
-                    case = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise CaseError(f"{path}:{i}: not JSON: {e}") from e
+                case = parse_json(line, f"{path}:{i}", CaseError, object)
+                if not isinstance(case, dict):
+                    raise CaseError(f"{path}:{i}: not a needle case (a {type(case).__name__})")
                 missing = [k for k in ("id", "task", "expected", "scoring") if k not in case]
                 if missing:
                     raise CaseError(f"{path}:{i}: not a needle case (missing {missing})")

@@ -22,6 +22,7 @@ from typing import Any
 from lwmkit.eval.backends import Backend, BackendError, Prompt
 from lwmkit.eval.cases import CaseError, case_prompt
 from lwmkit.eval.scoring import score
+from lwmkit.packing.json_input import parse_json
 
 ROW_FIELDS = (
     "id", "task", "modality", "length", "depth", "true_depth", "round", "prompt_tokens", "expected", "scoring",
@@ -43,11 +44,11 @@ def read_results(path: str) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
+            rows.append(parse_json(line, f"{path}:{i}", CaseError, object))
+        except CaseError:
             if i == len(lines) or i == len(lines) - 1 and not lines[-1]:
                 break  # interrupted mid-write
-            raise CaseError(f"{path}:{i}: not JSON: {e}") from e
+            raise
     return rows
 
 

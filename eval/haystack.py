@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import os
 import random
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from lwmkit.packing.json_input import parse_json
 
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|(?<=[.!?][\"')\]])\s+")
 _SPACES = re.compile(r"\s+")
@@ -99,13 +99,10 @@ def _read_jsonl(path: str, field: str) -> list[str]:
         with open(path, "rb") as f:
             data = f.read()
     docs = []
-    for i, line in enumerate(io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"), start=1):
+    for i, line in enumerate(data.split(b"\n"), start=1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise HaystackError(f"{path}:{i}: not JSON: {e}") from e
+        row = parse_json(line, f"{path}:{i}", HaystackError, object)
         if not isinstance(row, dict) or not isinstance(row.get(field), str):
             raise HaystackError(f"{path}:{i}: no string field {field!r}")
         docs.append(row[field])

@@ -57,8 +57,16 @@ def test_seed_shuffles_documents_reproducibly(haystack_paths):
 def test_bad_sources_name_the_file_and_line(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine."}\nnot json\n')
-    with pytest.raises(HaystackError, match=r"bad\.jsonl:2: not JSON"):
+    with pytest.raises(HaystackError, match=r"bad\.jsonl:2: not valid JSON"):
         read_documents(str(bad))
+    deep = tmp_path / "deep.jsonl"
+    deep.write_bytes(b'{"text": "fine."}\n' + b"[" * 100_000 + b"\n")
+    with pytest.raises(HaystackError, match=r"deep\.jsonl:2: JSON nested too deeply"):
+        read_documents(str(deep))  # not a RecursionError
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(b'{"text": "fine."}\n{"text": "caf\xe9"}\n')
+    with pytest.raises(HaystackError, match=r"latin\.jsonl:2: not UTF-8"):
+        read_documents(str(latin))
     nofield = tmp_path / "nofield.jsonl"
     nofield.write_text('{"body": "x"}\n')
     with pytest.raises(HaystackError, match=r"nofield\.jsonl:1: no string field 'text'"):
