@@ -7,32 +7,25 @@ names the file, the line and the reason, never a bare traceback.
 Example:
     >>> for line, row in json_lines("cases.jsonl", CaseError):
     ...     ...
-    CaseError: cases.jsonl:3: not JSON: Expecting value: line 1 column 1 (char 0)
+    CaseError: cases.jsonl:3: not valid JSON: Expecting value: line 1 column 1 (char 0)
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
+from lwmkit.packing.json_input import parse_json
 
-def parse_line(raw: bytes | str, where: str, error: type[Exception]) -> Any:
+
+def parse_line(raw: bytes | str, where: str, error: type[ValueError]) -> Any:
     """One JSON value from one line; `where` ("file:line") heads the error message.
 
     Raises:
-      error: the line is not UTF-8, not JSON, or nested too deeply to parse.
+      error: the line is not UTF-8, not JSON, or nested too deeply to parse
+        (`lwmkit.packing.json_input.parse_json`, the one guarded parser).
     """
-    try:
-        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-    except UnicodeDecodeError as e:
-        raise error(f"{where}: not UTF-8 text: {e}") from e
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise error(f"{where}: not JSON: {e}") from e
-    except RecursionError as e:
-        raise error(f"{where}: JSON nested too deeply to read") from e
+    return parse_json(raw, where, error, object)
 
 
 def json_lines(path: str, error: type[Exception], data: bytes | None = None) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -237,7 +237,7 @@ class FinalizeDoFn(beam.DoFn):
         for seq_len in seq_lens:
             dataset = dataset_dir(seq_len)
             mine = sorted((s for s in shards if s["dataset"] == dataset), key=lambda s: s["shard"])
-            infos = [ShardInfo(s["file"], s["records"], s["bytes"], s["sha256"]) for s in mine]
+            infos = [ShardInfo.from_json(s) for s in mine]
             records = sum(s.records for s in infos)
             manifest: dict[str, Any] = {
                 "format_version": FORMAT_VERSION,

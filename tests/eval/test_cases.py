@@ -174,7 +174,17 @@ def test_cases_jsonl_round_trip_and_errors(tmp_path, hay, tok):
     assert read_cases(path) == json.loads(json.dumps(cases))
     with open(path, "a", encoding="utf-8") as f:
         f.write("{broken\n")
-    with pytest.raises(CaseError, match=r"cases\.jsonl:3: not JSON"):
+    with pytest.raises(CaseError, match=r"cases\.jsonl:3: not valid JSON"):
+        read_cases(path)
+    write_cases(cases, path)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("[" * 100_000 + "\n")
+    with pytest.raises(CaseError, match=r"cases\.jsonl:3: JSON nested too deeply"):
+        read_cases(path)
+    write_cases(cases, path)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("[1, 2]\n")
+    with pytest.raises(CaseError, match=r"cases\.jsonl:3: not a needle case \(a list\)"):
         read_cases(path)
     for bad, reason in ((b"\xff\xfe{}", "not UTF-8 text"), (b"[1, 2]", r"not a JSON object \(got list\)"),
                         (b"[" * 100_000, "JSON nested too deeply"), (b'{"id": 1}', r"not a needle case")):  # fmt: skip

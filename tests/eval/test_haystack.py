@@ -58,7 +58,7 @@ def test_seed_shuffles_documents_reproducibly(haystack_paths):
 def test_bad_sources_name_the_file_and_line(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine."}\nnot json\n')
-    with pytest.raises(HaystackError, match=r"bad\.jsonl:2: not JSON"):
+    with pytest.raises(HaystackError, match=r"bad\.jsonl:2: not valid JSON"):
         read_documents(str(bad))
     latin1 = tmp_path / "latin1.jsonl"
     latin1.write_bytes(b'{"text": "fine."}\n\n{"text": "caf\xe9"}\n')

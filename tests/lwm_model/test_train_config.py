@@ -136,6 +136,9 @@ def test_config_files_round_trip(tmp_path):
     bad.write_text(json.dumps({"stages": [], "colour": "red"}))
     with pytest.raises(ValueError, match=r"bad.json: not a training config: TrainConfig: unknown fields \['colour'\]"):
         load_config(str(bad))
+    bad.write_text("[" * 100_000)
+    with pytest.raises(ValueError, match=r"bad.json: not a training config: .*nested too deeply"):
+        load_config(str(bad))  # not a RecursionError
     with pytest.raises(ValueError, match="neither a preset"):
         load_config(str(tmp_path / "missing.json"))
 
