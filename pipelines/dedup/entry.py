@@ -35,7 +35,7 @@ from lwmkit.pipelines.dedup.sketch import Duplicate, Sketch
 from lwmkit.pipelines.dedup.text import MinHashConfig, TextMatcher, text_sketch
 from lwmkit.pipelines.dedup.transforms import NAMESPACE, NearDuplicates
 from lwmkit.pipelines.dedup.videos import VideoHashConfig, VideoMatcher, video_sketch
-from lwmkit.pipelines.stages import failure_row
+from lwmkit.pipelines.engine.stages import failure_row
 
 REASON = "dedup:near_duplicate"
 KINDS = ("text", "image", "video")
