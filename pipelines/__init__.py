@@ -4,11 +4,12 @@ Public names load on first use, so `lwm-pack --help` and `lwmkit.pipelines.cli` 
 importing Beam. The folders (see docs/architecture.md) and the dependency rule between them, kept
 by tests/test_layering.py (a folder may import itself and the folders after its arrow):
 
-    cli -> tools, books, images, videos, qa, pack, examples, dedup, writing, engine
-    tools -> books, images, videos, qa, pack, examples, dedup, writing, engine
+    cli -> tools, books, images, videos, video_qa, qa, pack, examples, dedup, writing, engine
+    tools -> books, images, videos, video_qa, qa, pack, examples, dedup, writing, engine
     books -> examples, dedup, writing, engine
     images -> examples, dedup, writing, engine
     videos -> examples, dedup, writing, engine, images, qa
+    video_qa -> examples, dedup, writing, engine, videos, qa
     qa -> examples, dedup, writing, engine, books, pack
     pack -> writing, engine
     examples -> engine
@@ -18,7 +19,8 @@ by tests/test_layering.py (a folder may import itself and the folders after its 
 
 Declared exceptions between jobs: QA reads books with the books job's stages and document
 shards with the pack job's reader; videos take the caption check and the archive member check
-from images, and chat-turn parsing from qa.
+from images, and chat-turn parsing from qa; video_qa runs the video job's decode-to-example
+stages and drives its model calls with the QA job's client, cache and call runner.
 """
 
 import importlib
@@ -36,6 +38,9 @@ _EXPORTS = {
     "VideosOptions": "videos.job",
     "NoValidVideosError": "videos.job",
     "run_videos": "videos.job",
+    "VideoQAOptions": "video_qa.job",
+    "NoValidVideoQAError": "video_qa.job",
+    "run_video_qa": "video_qa.job",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -12,6 +12,7 @@ groups are in `common.py`.
     lwm-pack export --format lwm-jsonl out/ --output lwm.jsonl
     lwm-pack qa --input 'books/*.jsonl.zst' --tokenizer tokenizer.model --output qa/ [--generator openai --base-url URL --model M]
     lwm-pack videos --input 'webvid/*.csv' --tokenizer tokenizer.model --vqgan vqgan.safetensors --output out/
+    lwm-pack video-qa --input 'videos/*.mp4' --tokenizer tokenizer.model --output vqa/ [--base-url URL --model M]
 
 Options `lwm-pack books` does not know are passed to Beam (e.g. Dataflow's `--project`). With
 Beam's `--dry_run=True` and `--runner DataflowRunner`, `books`, `images`, `videos` and `qa` build and
@@ -33,6 +34,7 @@ COMMANDS = {
     "images": "images",
     "qa": "qa",
     "videos": "videos",
+    "video-qa": "video_qa",
     "pack": "pack",
     "report": "report",
     "train-tokenizer": "train_tokenizer",
@@ -40,7 +42,7 @@ COMMANDS = {
     "export": "export",
 }
 # Commands that run a Beam job: options they do not know are passed to Beam.
-BEAM_COMMANDS = ("books", "pack", "images", "qa", "videos")
+BEAM_COMMANDS = ("books", "pack", "images", "qa", "videos", "video-qa")
 
 
 def _module(command: str):

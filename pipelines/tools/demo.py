@@ -74,6 +74,9 @@ def run_demo(
     out.write(f"failures (with reasons): {os.path.join(output, 'shards', 'failures.jsonl')}\n")
     if videos:
         _video_part(output, tokenizer, videos, seed, out, progress)
+        from lwmkit.pipelines.tools.demo_video_qa import video_qa_part
+
+        video_qa_part(output, tokenizer, DEMO_VIDEO_SEQ_LEN, out, progress)
     return manifest
 
 

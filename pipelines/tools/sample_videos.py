@@ -83,3 +83,26 @@ def write_sample_videos(folder: str, clips: int = 3, frames: int = 12) -> str:
     with open(listing, "w", encoding="utf-8") as f:
         f.write("".join(json.dumps(r) + "\n" for r in rows))
     return listing
+
+
+def write_cut_video(path: str, frames: int = 200, cuts: tuple[int, ...] = (25, 70, 140), fps: int = 10,
+                    w: int = 96, h: int = 64, seed: int = 0) -> str:
+    """An H.264 video of shots with known cuts: random 8x8-pixel blocks panning 1 px a frame, a new
+    pattern from each frame number in `cuts` (video-QA demo, tests and benchmark)."""
+    import av
+
+    rng = np.random.default_rng(seed)
+    with av.open(path, "w") as c:
+        s = c.add_stream("libx264", rate=fps)
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        s.options = {"preset": "ultrafast", "crf": "18"}
+        shot = set(cuts)
+        base = None
+        for i in range(frames):
+            if i == 0 or i in shot:
+                base = rng.integers(0, 255, (h // 8, w // 8, 3)).astype(np.uint8).repeat(8, 0).repeat(8, 1)
+            for p in s.encode(av.VideoFrame.from_ndarray(np.roll(base, i, axis=1), format="rgb24")):  # [h, w, 3]
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path

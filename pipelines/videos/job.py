@@ -29,7 +29,7 @@ Failure reasons, by stage:
               too_large, unsupported, http_<code>, connection_error, invalid_url, unsupported_scheme,
               missing_file, download_error
     decode    missing_file, broken_container, no_video_stream, zero_frames, too_many_pixels, too_small,
-              truncated_video, corrupt_video, empty_clip, decoder_crashed, timeout, decode_error
+              truncated_video, corrupt_video, empty_clip, decoder_crashed, timeout, worker_memory, decode_error
     encode    bad_codes;  gather: missing_frames;  pack-<n>: atomic_span_too_long, too_long
 Output layout is the books and image jobs' (`documents/`, `packed-<seq_len>/`, `failures.jsonl`,
 `manifest.json`, with `vqgan` and the random-init warning); downloads stay in the work directory

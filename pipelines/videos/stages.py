@@ -101,10 +101,14 @@ def local_copy(path: str) -> Iterator[str]:
 
 
 def decode_job(video: dict, options: DecodeOptions) -> dict[str, Any]:
-    """The decode workers' job for one downloaded video (`video_frames.decode_video`)."""
+    """The decode workers' job for one downloaded video (`video_frames.decode_video`); a video's own
+    `sampling` (the video-QA job fits each video's frame count to its length) replaces the options'."""
     clip = [None, None] if video.get("clip_cut") else [video.get("start"), video.get("end")]
     name = f"{video['file']}:{video['line']}"
-    return {"path": video["video_path"], "name": name, "clip": clip, "options": options.to_json()}
+    raw = options.to_json()
+    if video.get("sampling"):
+        raw["sampling"] = dict(video["sampling"])
+    return {"path": video["video_path"], "name": name, "clip": clip, "options": raw}
 
 
 class DecodeVideos(beam.DoFn):

@@ -16,7 +16,9 @@ and raises `VideoError` for a failed video. Besides the task's own reasons:
     decode_error     the task raised something other than `VideoError` (a bug, not the file's fault)
 
 Workers are recycled: one that finished `videos_per_worker` videos, or whose resident memory passed
-`max_rss_mb`, is stopped and a fresh one takes its place; one that crashed, timed out or was
+`max_rss_mb`, is stopped and a fresh one takes its place; the cap is also checked after every
+chunk of frames, so a video that drives its worker past it mid-way is dropped (`worker_memory`)
+and the worker killed, rather than growing until the machine runs out; one that crashed, timed out or was
 abandoned mid-video (the caller stopped iterating) is killed. Frames cross the pipe as raw bytes
 (no pickle of large data); control messages are small tuples between our own processes.
 
@@ -52,6 +54,15 @@ import numpy as np
 from lwmkit.pipelines.videos.index import VideoError
 
 DEFAULT_TASK = "lwmkit.pipelines.videos.frames:decode_video"
+
+
+def process_rss_mb(pid: int) -> float | None:
+    """Resident memory of process `pid` in MiB (None where /proc cannot tell)."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _rss_mb() -> float:
@@ -266,6 +277,10 @@ class DecoderPool:
                 if kind == "frames":
                     _, start, shape = msg
                     data = receive("frames", w.conn.recv_bytes)
+                    rss = process_rss_mb(w.process.pid)
+                    if rss is not None and rss > self.max_rss_mb:  # checked during a video, not only after
+                        raise VideoError("worker_memory", f"the decode worker reached {rss:.0f} MiB mid-video, "
+                                         f"over max_worker_rss_mb {self.max_rss_mb:g}")
                     yield "frames", start, np.frombuffer(data, np.uint8).reshape(shape)
                 elif kind == "meta":
                     yield msg

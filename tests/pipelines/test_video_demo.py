@@ -29,6 +29,9 @@ def test_demo_video_part(tmp_path, bpe_model):
     assert "sample videos:" in text and "(2 clips, a chat row, an audio-only file)" in text
     assert "video job: 3 examples from 9 frames" in text and "failures: decode:no_video_stream x1" in text
     assert f"batch of 1 x {DEMO_VIDEO_SEQ_LEN} tokens" in text
+    assert "video-QA job (offline captions and questions)" in text and "-> 1 chat example(s)" in text
+    vqa = json.loads((out / "video-qa-shards" / "manifest.json").read_text())
+    assert vqa["video_qa"]["totals"]["clips"] == 6 and vqa["captioner"]["kind"] == "offline"
     shards = out / "video-shards"
     for d in ("documents", f"packed-{DEMO_VIDEO_SEQ_LEN}"):
         assert verify_directory(str(shards / d)) == []

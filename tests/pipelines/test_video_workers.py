@@ -95,8 +95,12 @@ def test_a_leaking_worker_is_replaced(clips):
     try:
         _frames(pool, {**_job(clips["ok"]), "leak_mb": 0})
         assert pool.recycled == 0 and pool.last_stats["rss_mb"] < 150
-        _frames(pool, {**_job(clips["ok"]), "leak_mb": 200})
-        assert pool.recycled == 1 and pool.last_stats["rss_mb"] > 150 and not pool._idle
+        with pytest.raises(VideoError) as e:  # the cap holds during a video, not only after it
+            _frames(pool, {**_job(clips["ok"]), "leak_mb": 200})
+        assert e.value.reason == "worker_memory" and "over max_worker_rss_mb 150" in e.value.detail
+        assert pool.killed == 1 and not pool._idle
+        assert len(_frames(pool, {**_job(clips["ok"]), "leak_mb": 0})[1]) == 4  # a fresh worker
+        assert pool.started == 2
     finally:
         pool.close()
 
