@@ -122,3 +122,26 @@ def test_offline_job_examples(tmp_path, bpe_model):
     assert any(a in learned for a in answers)
     assert "What happens" not in learned  # questions carry no loss
     assert len(rec["atomic_spans"]) == 2 * (6 + 4)  # flat (start, end) pairs: one span per frame and per turn
+
+
+def test_cli_stride_against_server(tmp_path, bpe_model, capsys):
+    from lwmkit.pipelines.cli import main
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_cut_video(videos / "a.mp4", n=120)
+    with VideoQAServer() as server:
+        argv = ["video-qa", "--input", str(videos / "*.mp4"), "--tokenizer", bpe_model, "--output", str(tmp_path / "o"),
+                "--seq-len", "4096", "--max-frames", "3", "--vqgan-preset", "tiny", "--clips", "stride", "--stride", "4",
+                "--min-clip", "1", "--base-url", server.url, "--model", "vlm", "--questions", "2", "--retries", "2",
+                "--quiet"]
+        assert main(argv) == 0
+        captions = [e for e in server.log if e["kind"] == "caption"]
+        assert len(captions) >= 3 and all(e["images"] == 2 for e in captions)  # 12 s in pieces of 4 s
+    out = capsys.readouterr().out
+    assert "1 video chat examples from 1 videos, 3 clips" in out
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["options"]["clips"]["method"] == "stride" and manifest["captioner"]["client"]["model"] == "vlm"
+    assert main(["video-qa", "--input", str(videos / "*.mp4"), "--tokenizer", bpe_model, "--output",
+                 str(tmp_path / "o2"), "--base-url", server.url]) == 1  # --model missing: a clear error
+    assert "--model" in capsys.readouterr().err
