@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from lwmkit.eval.tasks import GRID_PRESETS, TASK_PRESETS, Grid, grid_preset, task_preset
+from lwmkit.packing.compile_cache import add_cache_argument, enable_compile_cache
 
 
 def _ints(s: str) -> tuple[int, ...]:
@@ -84,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--out", required=True)
     v.add_argument("--records", help="also write the cases as lwmkit document records here")
+    add_cache_argument(v)
 
     r = sub.add_parser("run", help="answer and score cases; resumes an interrupted run")
     r.add_argument("--cases", required=True)
@@ -100,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--concurrency", type=int, default=4)
     r.add_argument("--no-resume", action="store_true", help="start the results file afresh")
     r.add_argument("--max-new-tokens", type=int, help="default: each case's answer_tokens")
+    add_cache_argument(r)
     _report_args(r)
 
     rep = sub.add_parser("report", help="print the score table and draw plots from results")
@@ -161,6 +164,7 @@ def _build_video(args: argparse.Namespace) -> None:
     from lwmkit.tokenizers.vqgan import ImageTokenizer
 
     tok = _tokenizer(args.tokenizer)
+    enable_compile_cache(args.jax_cache, export=True)  # the VQGAN encodes the needle image
     image_tok = (
         ImageTokenizer.from_weights(args.vqgan, preset=args.vqgan_preset)
         if args.vqgan
@@ -197,6 +201,7 @@ def _backend(args: argparse.Namespace):
         return OpenAIBackend(args.base_url, args.model, mode=args.mode, api_key=key)
     if not args.tokenizer:
         raise ValueError("--backend lwm_model needs --tokenizer")
+    enable_compile_cache(args.jax_cache, export=True)
     return LWMModelBackend.from_preset(args.preset, _tokenizer(args.tokenizer), checkpoint=args.checkpoint,
                                        checkpoint_format=args.checkpoint_format)  # fmt: skip
 
