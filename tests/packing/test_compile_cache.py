@@ -9,7 +9,13 @@ import subprocess
 import sys
 
 import pytest
-from lwmkit.packing.compile_cache import ENV, add_cache_argument, default_cache_dir, enable_compile_cache, resolve_cache_dir
+from lwmkit.packing.compile_cache import (
+    ENV,
+    add_cache_argument,
+    default_cache_dir,
+    enable_compile_cache,
+    resolve_cache_dir,
+)
 
 # A fresh process that enables the cache (the environment decides) and jits one program, then prints
 # the cache folder and the cache hits and misses JAX reported.
