@@ -84,18 +84,6 @@ def _format_of(path: str, declared: str) -> str:
     return "lwm"
 
 
-def _vocab_from_params(flat: dict[str, Any]) -> dict[str, Any]:
-    """Vocabulary fields a checkpoint fixes: text rows, and whether (and how big) it has a vision table."""
-    found: dict[str, Any] = {}
-    if "transformer/wte/embedding" in flat:
-        found["vocab_size"] = int(np.shape(flat["transformer/wte/embedding"])[0])
-    vte = flat.get("transformer/vte/embedding")
-    found["vision"] = vte is not None
-    if vte is not None:
-        found["vision_vocab_size"] = int(np.shape(vte)[0])
-    return found
-
-
 def check_vocabularies(config: Any, tokenizer: Any, image_tokenizer: Any = None, source: str = "model") -> None:
     """Raises ModelLoadError unless the model, the text tokenizer and (when given) the VQGAN agree.
 
@@ -153,7 +141,12 @@ def load_model(spec: ModelSpec, tokenizer: Any, image_tokenizer: Any = None, log
     """
     import jax
     from flax.traverse_util import flatten_dict
-    from lwmkit.lwm_model.checkpoint import fit_params, read_lwm_params, restore_params
+    from lwmkit.lwm_model.checkpoint import (
+        fit_params,
+        read_lwm_params,
+        restore_params,
+        vocab_fields,
+    )
     from lwmkit.lwm_model.config import preset
     from lwmkit.lwm_model.hf_llama import load_hf_llama
     from lwmkit.lwm_model.mesh import make_mesh, shard_params
@@ -177,10 +170,10 @@ def load_model(spec: ModelSpec, tokenizer: Any, image_tokenizer: Any = None, log
             config, params = load_hf_llama(spec.checkpoint, **overrides)
         else:
             if _format_of(spec.checkpoint, spec.checkpoint_format) == "orbax":
-                flat = flatten_dict(restore_params(spec.checkpoint), sep="/")
+                flat = flatten_dict(restore_params(spec.checkpoint), sep="/")  # host arrays, whatever mesh saved it
             else:
                 flat = read_lwm_params(spec.checkpoint)
-            config = preset(spec.preset, **{**_vocab_from_params(flat), **overrides})
+            config = preset(spec.preset, **{**vocab_fields(flat), **overrides})
             check_vocabularies(config, tokenizer, image_tokenizer, source)
             params = fit_params(flat, config, source)
     except (OSError, ValueError) as e:
