@@ -168,7 +168,9 @@ class LWMConfig:
 
 # name -> fields over the defaults (LLaMA-2 7B with LWM's vision extension).
 PRESETS: dict[str, dict[str, Any]] = {
-    # For tests on CPU: grouped-query attention and a small vision space (256 codes, <eof>=256).
+    # For tests and CPU runs: grouped-query attention, and LWM's vision vocabulary (8192 VQGAN codes,
+    # <eof>=8192, <eov>=8193, 8448 rows), so the tiny model takes and makes images and video with
+    # either VQGAN preset ("tiny" or "lwm": both have 8192 codes) and trains on lwmkit's vision shards.
     "tiny": dict(
         vocab_size=256,
         hidden_size=64,
@@ -177,8 +179,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         num_heads=4,
         num_kv_heads=2,
         max_sequence_length=2048,
-        vision_vocab_size=320,
-        vision_codes=256,
     ),
     "debug": dict(
         hidden_size=256, intermediate_size=256, num_layers=2, num_heads=2, max_sequence_length=2048

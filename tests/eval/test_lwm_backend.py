@@ -27,7 +27,8 @@ MAX_NEW = 6
 @pytest.fixture(scope="module")
 def backend(tok):
     # One bucket (1024) holds every prompt below, so generate compiles once.
-    b = LWMModelBackend.from_preset("tiny", tok, seed=0)
+    # A code book of 256 (<eof> 256, <eov> 257): the remap of LWM's VQGAN ids into a smaller one is checked.
+    b = LWMModelBackend.from_preset("tiny", tok, seed=0, vision_codes=256, vision_vocab_size=320)
     b.bucket = 1024
     return b
 
