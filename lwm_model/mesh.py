@@ -71,6 +71,31 @@ def make_mesh(
         of devices.
     """
     devices = list(jax.devices() if devices is None else devices)
+    sizes = _mesh_sizes(dims)
+    known = int(np.prod([s for s in sizes if s != -1]))
+    if -1 in sizes:
+        if len(devices) % known:
+            raise ValueError(f"mesh dims {dims!r}: {len(devices)} devices do not divide by {known}")
+        sizes[sizes.index(-1)] = len(devices) // known
+    if int(np.prod(sizes)) != len(devices):
+        raise ValueError(
+            f"mesh dims {dims!r} = {sizes} need {int(np.prod(sizes))} devices, have {len(devices)}"
+            + _cpu_hint(int(np.prod(sizes)), devices)
+        )
+    return Mesh(np.asarray(devices, dtype=object).reshape(sizes), AXES)
+
+
+def devices_needed(dims: str | Mapping[str, int] | Sequence[int]) -> int:
+    """The fewest devices a mesh spec fits: the product of its sizes, a -1 counting as 1.
+
+    Raises:
+      ValueError: for a malformed spec (as `make_mesh`).
+    """
+    return int(np.prod([s for s in _mesh_sizes(dims) if s != -1]))
+
+
+def _mesh_sizes(dims: str | Mapping[str, int] | Sequence[int]) -> list[int]:
+    """The four sizes of a mesh spec, one of them possibly -1."""
     if isinstance(dims, str):
         try:
             sizes = [int(p) for p in dims.split(",")]
@@ -91,16 +116,15 @@ def make_mesh(
         raise ValueError(
             f"mesh dims {dims!r}: need {len(AXES)} sizes >= 1 for {AXES}, at most one -1"
         )
-    known = int(np.prod([s for s in sizes if s != -1]))
-    if -1 in sizes:
-        if len(devices) % known:
-            raise ValueError(f"mesh dims {dims!r}: {len(devices)} devices do not divide by {known}")
-        sizes[sizes.index(-1)] = len(devices) // known
-    if int(np.prod(sizes)) != len(devices):
-        raise ValueError(
-            f"mesh dims {dims!r} = {sizes} need {int(np.prod(sizes))} devices, have {len(devices)}"
-        )
-    return Mesh(np.asarray(devices, dtype=object).reshape(sizes), AXES)
+    return sizes
+
+
+def _cpu_hint(needed: int, devices: Sequence[Any]) -> str:
+    """What to set when a CPU host has too few devices (XLA makes N virtual ones when asked)."""
+    if needed <= len(devices) or not devices or getattr(devices[0], "platform", "") != "cpu":
+        return ""
+    return (f"; on CPU, start the process with XLA_FLAGS=--xla_force_host_platform_device_count={needed} "
+            "(set before JAX starts)")
 
 
 def fit_spec(spec: P, shape: Sequence[int], mesh: Mesh) -> P:

@@ -15,6 +15,10 @@ later one from the previous stage's parameters with a fresh optimiser. Checkpoin
 hold parameters, optimiser state, step and the loader's state, written asynchronously; a run
 started again in the same `output` continues from the newest one, bit-identically. Progress
 lines, `metrics.jsonl` and `loss.png` are `train_log.py`'s.
+
+On a CPU-only machine the command makes the virtual devices its meshes need (`cpu_devices.py`;
+tiny-cpu: 8) unless XLA_FLAGS already sets a count, and every run keeps JAX's compiled programs in
+the persistent compilation cache (`--jax-cache`, `lwmkit.packing.compile_cache`).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from lwmkit.lwm_model.train_step import (
     model_flops_per_token,
     peak_flops,
 )
+from lwmkit.packing.compile_cache import add_cache_argument, enable_compile_cache
 
 _DTYPES = {"fp32": ("float32", "float32"), "bf16": ("bfloat16", "float32")}
 
@@ -343,6 +348,18 @@ def _global(fields: dict[str, np.ndarray], mesh: Any) -> dict[str, Any]:
     return to_global_arrays(fields, mesh)
 
 
+def _prepare_process(config: TrainConfig, jax_cache: str | None) -> None:
+    """Before JAX starts its backend: the CPU devices the meshes need, and the compilation cache."""
+    from lwmkit.lwm_model.cpu_devices import request_cpu_devices
+    from lwmkit.lwm_model.mesh import devices_needed
+
+    needed = max(devices_needed(stage.mesh) for stage in config.stages)
+    added = request_cpu_devices(needed)
+    enable_compile_cache(jax_cache, export=True)
+    if added and jax.default_backend() == "cpu":
+        print(f"lwm-train: {needed} virtual CPU devices for the meshes ({added})", file=sys.stderr, flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The `lwm-train` console script: `lwm-train CONFIG [key=value ...]`."""
     parser = argparse.ArgumentParser(
@@ -354,6 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     parser.add_argument("--stop-after", type=int, default=None, help="stop (and checkpoint) after N steps")
     parser.add_argument("--list-presets", action="store_true", help="list the presets and exit")
+    add_cache_argument(parser)
     args = parser.parse_args(argv)
     if args.list_presets:
         for name, fn in TRAIN_PRESETS.items():
@@ -366,6 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.print_config:
             print(json.dumps(config.to_dict(), indent=1, sort_keys=True))
             return 0
+        _prepare_process(config, args.jax_cache)
         result = train(config, stop_after=args.stop_after)
     except ValueError as e:
         print(f"lwm-train: error: {e}", file=sys.stderr)
