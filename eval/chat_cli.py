@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from lwmkit.eval.input_files import check_input_files
 from lwmkit.eval.media import MediaError, read_frames, read_text
+from lwmkit.packing.compile_cache import add_cache_argument, enable_compile_cache
 from lwmkit.tokenizers.text import SentencePieceTokenizer, TokenizerError
 from lwmkit.tokenizers.vision import NUM_CODES, vision_field
 from lwmkit.tokenizers.vqgan import ImageTokenizer, WeightsError
@@ -229,6 +231,13 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-devices", type=int, help="use the first N devices (default all)")
     g.add_argument("--attention", choices=["dense", "ring"], help="default: ring when the mesh's sp > 1")
     g.add_argument("--seed", type=int, default=1234, help="sampling seed (LWM's default), and random weights' seed")
+    add_cache_argument(g)
+
+
+def model_input_files(args: argparse.Namespace) -> list[tuple[str, str | None, str]]:
+    """The model options' input files, as `input_files.check_input_files` takes them."""
+    return [("--tokenizer", args.tokenizer, "file"), ("--vqgan", args.vqgan, "any"),
+            ("--checkpoint", args.checkpoint, "any")]  # fmt: skip
 
 
 def model_spec(args: argparse.Namespace) -> ModelSpec:
@@ -330,6 +339,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lwm-chat: {msg}", file=sys.stderr)
 
     try:
+        if args.media and args.text_file:
+            raise ValueError("give --media or --text-file, not both")
+        check_input_files([*model_input_files(args), ("--media", args.media, "file"),
+                           ("--text-file", args.text_file, "file")])  # before JAX and the model load
+        enable_compile_cache(args.jax_cache, export=True)
         import jax
         from lwmkit.lwm_model.generate import SamplingConfig
 

@@ -159,3 +159,14 @@ def test_text_file_chat_prints_the_models_answer(tok, bpe_model, tmp_path, capsy
     save_lwm_params(tmp_path / "p.msgpack", jax.device_get(params))
     assert main([*argv, "--checkpoint", str(tmp_path / "p.msgpack")]) == 0
     assert capsys.readouterr().out == printed
+
+
+def test_tiny_preset_chats_about_an_image_as_it_is(bpe_model, tmp_path, capsys):
+    # No --set: the tiny preset's vision vocabulary is LWM's, the VQGAN's 8192 codes fit it.
+    write_png(str(tmp_path / "cat.png"), np.full((64, 96, 3), 120, np.uint8))
+    argv = ["--tokenizer", bpe_model, "--media", str(tmp_path / "cat.png"), "--question", "What is this?",
+            "--vqgan-preset", "tiny", "--max-new-tokens", "4", "--chunk", "4", *TINY]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr()
+    assert "(257 vision)" in out.err  # one frame: 256 codes and its end-of-vision id
+    assert out.out.endswith("\n")
