@@ -19,6 +19,7 @@ from typing import Any
 
 ATTENTION_IMPLS = ("dense", "ring")
 RING_LAYOUTS = ("contiguous", "zigzag", "striped")
+LOSS_MIXES = ("lwm", "tokens")  # loss.py: LWM's per-modality mix, or one mean over all tokens
 REMAT_POLICIES = (
     "none",
     "nothing_saveable",

@@ -29,8 +29,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-LAYOUTS = ("contiguous", "zigzag", "striped")
+from lwmkit.lwm_model.config import RING_LAYOUTS as LAYOUTS
 
 _BIG = np.iinfo(np.int32).max
 

@@ -24,8 +24,8 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+from lwmkit.lwm_model.mesh_spec import AXES, mesh_sizes
 
-AXES = ("dp", "fsdp", "tp", "sp")
 BATCH = ("dp", "fsdp")
 FSDP = ("fsdp", "sp")
 
@@ -71,7 +71,7 @@ def make_mesh(
         of devices.
     """
     devices = list(jax.devices() if devices is None else devices)
-    sizes = _mesh_sizes(dims)
+    sizes = mesh_sizes(dims)
     known = int(np.prod([s for s in sizes if s != -1]))
     if -1 in sizes:
         if len(devices) % known:
@@ -83,40 +83,6 @@ def make_mesh(
             + _cpu_hint(int(np.prod(sizes)), devices)
         )
     return Mesh(np.asarray(devices, dtype=object).reshape(sizes), AXES)
-
-
-def devices_needed(dims: str | Mapping[str, int] | Sequence[int]) -> int:
-    """The fewest devices a mesh spec fits: the product of its sizes, a -1 counting as 1.
-
-    Raises:
-      ValueError: for a malformed spec (as `make_mesh`).
-    """
-    return int(np.prod([s for s in _mesh_sizes(dims) if s != -1]))
-
-
-def _mesh_sizes(dims: str | Mapping[str, int] | Sequence[int]) -> list[int]:
-    """The four sizes of a mesh spec, one of them possibly -1."""
-    if isinstance(dims, str):
-        try:
-            sizes = [int(p) for p in dims.split(",")]
-        except ValueError as e:
-            raise ValueError(
-                f"mesh dims {dims!r}: expected four comma-separated ints like '1,-1,1,1'"
-            ) from e
-    elif isinstance(dims, Mapping):
-        unknown = sorted(set(dims) - set(AXES))
-        if unknown:
-            raise ValueError(
-                f"mesh dims {dict(dims)}: unknown axes {unknown}; axes are {list(AXES)}"
-            )
-        sizes = [int(dims.get(a, 1)) for a in AXES]
-    else:
-        sizes = [int(s) for s in dims]
-    if len(sizes) != len(AXES) or sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
-        raise ValueError(
-            f"mesh dims {dims!r}: need {len(AXES)} sizes >= 1 for {AXES}, at most one -1"
-        )
-    return sizes
 
 
 def _cpu_hint(needed: int, devices: Sequence[Any]) -> str:

@@ -16,14 +16,12 @@ hold parameters, optimiser state, step and the loader's state, written asynchron
 started again in the same `output` continues from the newest one, bit-identically. Progress
 lines, `metrics.jsonl` and `loss.png` are `train_log.py`'s.
 
-On a CPU-only machine the command makes the virtual devices its meshes need (`cpu_devices.py`;
-tiny-cpu: 8) unless XLA_FLAGS already sets a count, and every run keeps JAX's compiled programs in
-the persistent compilation cache (`--jax-cache`, `lwmkit.packing.compile_cache`).
+The command line is `train_cli.py`'s: it checks the config, its datasets and `init_from` before JAX
+starts, makes the virtual CPU devices the meshes need and enables the compilation cache.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -40,7 +38,6 @@ from lwmkit.lwm_model.config import LWMConfig
 from lwmkit.lwm_model.mesh import layout_batch, make_mesh
 from lwmkit.lwm_model.train_config import StageConfig, TrainConfig
 from lwmkit.lwm_model.train_log import MetricsLog, plot_losses, print_progress, read_metrics
-from lwmkit.lwm_model.train_presets import TRAIN_PRESETS, load_config
 from lwmkit.lwm_model.train_state import StageCheckpoints, initial_params
 from lwmkit.lwm_model.train_step import (
     STEP_FIELDS,
@@ -50,7 +47,6 @@ from lwmkit.lwm_model.train_step import (
     model_flops_per_token,
     peak_flops,
 )
-from lwmkit.packing.compile_cache import add_cache_argument, enable_compile_cache
 
 _DTYPES = {"fp32": ("float32", "float32"), "bf16": ("bfloat16", "float32")}
 
@@ -348,51 +344,11 @@ def _global(fields: dict[str, np.ndarray], mesh: Any) -> dict[str, Any]:
     return to_global_arrays(fields, mesh)
 
 
-def _prepare_process(config: TrainConfig, jax_cache: str | None) -> None:
-    """Before JAX starts its backend: the CPU devices the meshes need, and the compilation cache."""
-    from lwmkit.lwm_model.cpu_devices import request_cpu_devices
-    from lwmkit.lwm_model.mesh import devices_needed
-
-    needed = max(devices_needed(stage.mesh) for stage in config.stages)
-    added = request_cpu_devices(needed)
-    enable_compile_cache(jax_cache, export=True)
-    if added and jax.default_backend() == "cpu":
-        print(f"lwm-train: {needed} virtual CPU devices for the meshes ({added})", file=sys.stderr, flush=True)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """The `lwm-train` console script: `lwm-train CONFIG [key=value ...]`."""
-    parser = argparse.ArgumentParser(
-        prog="lwm-train",
-        description="Train the LWM model on lwmkit shards, stage by stage (see lwmkit.lwm_model.train).",
-    )
-    parser.add_argument("config", nargs="?", help=f"a preset ({', '.join(TRAIN_PRESETS)}) or a JSON config file")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data_root=out steps=100 lr=1e-4")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
-    parser.add_argument("--stop-after", type=int, default=None, help="stop (and checkpoint) after N steps")
-    parser.add_argument("--list-presets", action="store_true", help="list the presets and exit")
-    add_cache_argument(parser)
-    args = parser.parse_args(argv)
-    if args.list_presets:
-        for name, fn in TRAIN_PRESETS.items():
-            print(f"{name}: {(fn.__doc__ or '').strip().splitlines()[0]}")
-        return 0
-    if args.config is None:
-        parser.error("give a preset or a config file (--list-presets lists the presets)")
-    try:
-        config = load_config(args.config, args.overrides)
-        if args.print_config:
-            print(json.dumps(config.to_dict(), indent=1, sort_keys=True))
-            return 0
-        _prepare_process(config, args.jax_cache)
-        result = train(config, stop_after=args.stop_after)
-    except ValueError as e:
-        print(f"lwm-train: error: {e}", file=sys.stderr)
-        return 2
-    state = "stopped early at" if result.interrupted else "finished at"
-    print(f"lwm-train: {state} stage {result.stage!r} step {result.step}; {config.output}", file=sys.stderr)
-    return 0
+    """The `lwm-train` console script (`train_cli.main`, which checks its arguments before JAX starts)."""
+    from lwmkit.lwm_model.train_cli import main as cli_main
 
+    return cli_main(argv)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -10,7 +10,8 @@ import sys
 import jax
 import pytest
 from lwmkit.lwm_model.cpu_devices import FLAG, request_cpu_devices
-from lwmkit.lwm_model.mesh import devices_needed, make_mesh
+from lwmkit.lwm_model.mesh import make_mesh
+from lwmkit.lwm_model.mesh_spec import devices_needed
 
 
 def test_the_flag_joins_the_users_other_flags_and_a_chosen_count_is_left_alone():
@@ -44,9 +45,9 @@ def test_a_mesh_too_big_for_the_cpu_devices_says_what_to_set():
 # lwm-train's process set-up, then the devices JAX made, in a process started without a device count.
 _PREPARE = """
 import sys, jax
-from lwmkit.lwm_model.train import _prepare_process
+from lwmkit.lwm_model.train_cli import prepare_process
 from lwmkit.lwm_model.train_presets import load_config
-_prepare_process(load_config(sys.argv[1]), "off")
+prepare_process(load_config(sys.argv[1]), "off")
 print(len(jax.devices()))
 """
 
