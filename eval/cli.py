@@ -25,6 +25,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from lwmkit.eval.input_files import check_input_files
 from lwmkit.eval.tasks import GRID_PRESETS, TASK_PRESETS, Grid, grid_preset, task_preset
 from lwmkit.packing.compile_cache import add_cache_argument, enable_compile_cache
 
@@ -163,6 +164,7 @@ def _build_video(args: argparse.Namespace) -> None:
     )
     from lwmkit.tokenizers.vqgan import ImageTokenizer
 
+    check_input_files([("--needle-image", args.needle_image, "file"), ("--vqgan", args.vqgan, "any")])
     tok = _tokenizer(args.tokenizer)
     enable_compile_cache(args.jax_cache, export=True)  # the VQGAN encodes the needle image
     image_tok = (
@@ -201,6 +203,7 @@ def _backend(args: argparse.Namespace):
         return OpenAIBackend(args.base_url, args.model, mode=args.mode, api_key=key)
     if not args.tokenizer:
         raise ValueError("--backend lwm_model needs --tokenizer")
+    check_input_files([("--tokenizer", args.tokenizer, "file"), ("--checkpoint", args.checkpoint, "any")])
     enable_compile_cache(args.jax_cache, export=True)
     return LWMModelBackend.from_preset(args.preset, _tokenizer(args.tokenizer), checkpoint=args.checkpoint,
                                        checkpoint_format=args.checkpoint_format)  # fmt: skip
