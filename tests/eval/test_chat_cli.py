@@ -170,3 +170,14 @@ def test_tiny_preset_chats_about_an_image_as_it_is(bpe_model, tmp_path, capsys):
     out = capsys.readouterr()
     assert "(257 vision)" in out.err  # one frame: 256 codes and its end-of-vision id
     assert out.out.endswith("\n")
+
+
+@pytest.mark.slow
+def test_tiny_preset_chats_about_a_video_with_the_lwm_vqgan(bpe_model, tmp_path, capsys):
+    # The real-size VQGAN (random weights: nothing is downloaded) encodes two frames for the tiny model.
+    frames = np.random.default_rng(0).integers(0, 255, (4, 64, 64, 3), dtype=np.uint8)
+    write_video(str(tmp_path / "clip.mp4"), frames, fps=4)
+    argv = ["--tokenizer", bpe_model, "--media", str(tmp_path / "clip.mp4"), "--question", "What happens?",
+            "--vqgan-preset", "lwm", "--max-frames", "2", "--max-new-tokens", "2", "--chunk", "2", *TINY]  # fmt: skip
+    assert main(argv) == 0
+    assert "(514 vision)" in capsys.readouterr().err  # 2 frames x (256 codes + an end id)
