@@ -35,7 +35,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from lwmkit.eval.chat_cli import random_params  # noqa: E402
+from lwmkit.eval.inference.chat_cli import random_params  # noqa: E402
 from lwmkit.lwm_model.chat import prompt_batch, stream_generate  # noqa: E402
 from lwmkit.lwm_model.config import preset  # noqa: E402
 from lwmkit.lwm_model.generate import SamplingConfig, generate  # noqa: E402

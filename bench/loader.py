@@ -4,11 +4,13 @@ Side by side in one run, on the same packed shards, at seq_len 32,768 and 1,048,
 - the issue's limit: one process reads every record in file order with `ArrayRecordReader` and
   decodes it with lwmkit's zero-copy decoder;
 - the harder limit: the same loop through lwmkit's mmap reader (`packing/shard_reader.py`), which
-  `make_loader` itself reads with;
+  `make_loader` itself reads with, unchecked; then the same loop checking every record against the
+  shard's CRC32C table (`packing/integrity.py`), as `make_loader` does by default;
 - `make_loader` with 0 and 2 worker processes (global shuffle, targets shifted within segments,
-  batches stacked).
-Reports tokens/s (wall), CPU-seconds per million tokens (worker processes' CPU included) and each
-loader's rate as a share of both limits.
+  batches stacked), with the checksum check (the default) and with `verify_checksums=False`.
+Reports tokens/s (wall), CPU-seconds per million tokens (worker processes' CPU included), each
+row's rate as a share of both limits, and for each checked row its extra CPU per token over the
+same row unchecked (the issue's bound: under 10%).
 
 Run (the command recorded in docs/benchmarks.md):
     python bench/loader.py
@@ -64,15 +66,18 @@ def raw_read(directory: str) -> int:
     return tokens
 
 
-def mmap_read(directory: str) -> int:
-    """Every record in file order through lwmkit's mmap reader, decoded; returns the tokens read."""
+def mmap_read(directory: str, verify: bool) -> int:
+    """Every record in file order through lwmkit's mmap reader, decoded (each checked against its
+    CRC32C range if `verify`); returns the tokens read."""
     from lwmkit.packing import decode_record
-    from lwmkit.packing.manifest import shard_paths
+    from lwmkit.packing.manifest import load_manifest, shard_checksums, shard_paths
     from lwmkit.packing.shard_reader import ShardFile
 
     tokens = 0
-    for path in shard_paths(directory):
-        shard = ShardFile(path).open()
+    manifest = load_manifest(directory)
+    tables = shard_checksums(manifest)
+    for path, table in zip(shard_paths(directory, manifest), tables, strict=True):
+        shard = ShardFile(path, checksums=table, verify=verify).open()
         assert shard.mode == "mmap", shard
         for i in range(len(shard)):
             rec = decode_record(shard[i])
@@ -81,12 +86,16 @@ def mmap_read(directory: str) -> int:
     return tokens
 
 
-def loader_read(directory: str, workers: int, batch_size: int) -> tuple[int, float, float, float]:
+def loader_read(
+    directory: str, workers: int, batch_size: int, verify: bool
+) -> tuple[int, float, float, float]:
     """(tokens after start-up, their wall s, their CPU s, seconds to the first batch)."""
     from lwmkit.packing import make_loader
 
     w0 = time.perf_counter()
-    it = make_loader(directory, batch_size, seed=0, worker_count=workers, num_epochs=2)
+    it = make_loader(
+        directory, batch_size, seed=0, worker_count=workers, num_epochs=2, verify_checksums=verify
+    )
     next(it)
     first = time.perf_counter() - w0
     # Start-up (worker processes importing Grain and JAX) is reported apart from the steady rate:
@@ -112,6 +121,9 @@ def main() -> None:
         default=1 << 27,
         help="tokens per dataset (default 134M: 4,096 x 32K or 128 x 1M)",
     )
+    ap.add_argument(
+        "--repeats", type=int, default=2, help="runs of each loader row, checked and unchecked alternating"
+    )
     args = ap.parse_args()
     rows = []
     load_before = os.getloadavg()[0]
@@ -120,16 +132,26 @@ def main() -> None:
             d = os.path.join(work, f"packed-{seq_len}")
             write_packed_dataset(d, seq_len, args.tokens // seq_len)
             raw_read(d)  # warm the page cache so every row reads from memory
-            limits = (measure(lambda d=d: raw_read(d)), measure(lambda d=d: mmap_read(d)))
+            limits = (measure(lambda d=d: raw_read(d)), measure(lambda d=d: mmap_read(d, False)))
             rows.append(
-                (seq_len, "raw ArrayRecord read + decode, 1 process (limit)", limits[0], limits)
+                (seq_len, "raw ArrayRecord read + decode, 1 process (limit)", limits[0], limits, None)
             )
             rows.append(
-                (seq_len, "raw mmap read + decode, 1 process (new limit)", limits[1], limits)
+                (seq_len, "raw mmap read + decode, 1 process (new limit)", limits[1], limits, None)
             )
+            checked = measure(lambda d=d: mmap_read(d, True))
+            rows.append((seq_len, "raw mmap read + CRC32C check + decode, 1 process", checked, limits, limits[1]))
             for workers in (0, 2):
-                r = loader_read(d, workers, batch)
-                rows.append((seq_len, f"make_loader, {workers} workers, batch {batch}", r, limits))
+                name = f"make_loader, {workers} workers, batch {batch}"
+                # Checked and unchecked alternate, `repeats` times each; each keeps its run of
+                # least CPU per token (on a shared machine, the one least disturbed by others).
+                runs = {False: [], True: []}
+                for _ in range(args.repeats):
+                    for verify in (False, True):
+                        runs[verify].append(loader_read(d, workers, batch, verify))
+                unchecked, checked = (min(runs[v], key=lambda r: r[2] / r[0]) for v in (False, True))
+                rows.append((seq_len, f"{name}, unchecked", unchecked, limits, None))
+                rows.append((seq_len, f"{name}, checked", checked, limits, unchecked))
     print(
         f"{os.cpu_count()} CPUs (load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after); "
         f"{args.tokens:,} tokens per dataset; page cache warm; the loaders run two epochs and are "
@@ -138,15 +160,17 @@ def main() -> None:
     )
     print(
         f"| {'seq_len':>9} | {'what':48} | {'tokens/s (wall)':>15} | {'CPU-s per M tokens':>18} | "
-        f"{'vs ArrayRecord':>14} | {'vs mmap':>7} | {'first batch s':>13} |"
+        f"{'vs ArrayRecord':>14} | {'vs mmap':>7} | {'first batch s':>13} | {'check CPU':>9} |"
     )
-    print(f"|{'-' * 11}|{'-' * 50}|{'-' * 17}|{'-' * 20}|{'-' * 16}|{'-' * 9}|{'-' * 15}|")
-    for seq_len, name, (tokens, wall, cpu, first), limits in rows:
+    print(f"|{'-' * 11}|{'-' * 50}|{'-' * 17}|{'-' * 20}|{'-' * 16}|{'-' * 9}|{'-' * 15}|{'-' * 11}|")
+    for seq_len, name, (tokens, wall, cpu, first), limits, base in rows:
         rate = tokens / wall
         shares = [rate / (lt / lw) for lt, lw, _, _ in limits]
+        # The check's cost: CPU per token over the same reads unchecked.
+        extra = "" if base is None else f"{(cpu / tokens) / (base[2] / base[0]) - 1:+.1%}"
         print(
             f"| {seq_len:>9,} | {name:48} | {rate:>15,.0f} | {cpu / tokens * 1e6:>18.4f} | "
-            f"{shares[0]:>13.0%} | {shares[1]:>6.0%} | {first:>13.2f} |"
+            f"{shares[0]:>13.0%} | {shares[1]:>6.0%} | {first:>13.2f} | {extra:>9} |"
         )
 
 

@@ -32,7 +32,7 @@ def _haystack_paths(tmp: str, min_chars: int) -> list[str]:
     paths = sorted(glob.glob(os.path.join(SHARED_TEXT, "*.txt")))
     if paths:
         return paths
-    from lwmkit.pipelines.sample_corpus import sample_book
+    from lwmkit.pipelines.tools.sample_corpus import sample_book
 
     rng, text = random.Random(0), []
     while sum(map(len, text)) < min_chars:

@@ -67,11 +67,11 @@ def _serve(latency_s: float, conn) -> None:
 
 
 def _run(port: int, conn, concurrency: int, n: int, cache_dir: str | None) -> dict:
-    from lwmkit.pipelines.qa_cache import ReplyCache
-    from lwmkit.pipelines.qa_calls import generate_all
-    from lwmkit.pipelines.qa_chunks import Chunk
-    from lwmkit.pipelines.qa_client import ClientOptions
-    from lwmkit.pipelines.qa_generators import ChatGeneratorOptions, ChatQAGenerator
+    from lwmkit.pipelines.qa.cache import ReplyCache
+    from lwmkit.pipelines.qa.calls import generate_all
+    from lwmkit.pipelines.qa.chunks import Chunk
+    from lwmkit.pipelines.qa.client import ClientOptions
+    from lwmkit.pipelines.qa.generators import ChatGeneratorOptions, ChatQAGenerator
 
     chunks = []
     for i in range(n):

@@ -18,8 +18,16 @@ the compiled program (arguments + outputs + temporaries, per device), from
 dense ran.
 
 Then: the block-pair work of each device, from `attention_work` (masked-out pairs count zero), for
-the three layouts: busiest device over the average device per ring step (a step lasts as long as
-its busiest device; summed over steps) and over the whole call.
+the three fixed layouts and the per-row "balanced" one (lwmkit.lwm_model.balance): busiest device
+over the average device per ring step (a step lasts as long as its busiest device; summed over
+steps) and over the whole call.
+
+Then (section "2d"): 2D sequence parallelism on 8 devices, side by side with the pure ring on the
+same data: `ring_attention(..., ulysses_axis="ulysses")` on meshes (sp, ulysses) = (8, 1), (4, 2),
+(2, 4), (1, 8), zigzag over the ring, --heads-2d heads (Ulysses splits them), at --lengths-2d
+tokens, causal and packed: CPU-s and wall as above, and from the compiled HLO (bench/hlo_comm.py)
+the MiB each device sends per attention call (= per layer) and the sequential communication steps,
+for the forward pass and for forward+backward; "err" is against the pure ring's output.
 
 The package is loaded from a separate target directory (never from the project's environment):
     /tmp/venv/bin/pip install --no-deps --target /tmp/ringpkg ringattention
@@ -28,8 +36,9 @@ and needs one compatibility shim on current JAX: its `__init__` calls
 namespace whose `get_backend` is `jax.extend.backend.get_backend`. (Its shard_map call passes
 `check_vma=False`, today's name for LWM's `check_rep=False`.)
 
-Run (the command recorded in docs/benchmarks.md):
+Run (the command recorded in docs/benchmarks.md; --sections picks 1d, work, 2d):
     python bench/ring_attention.py
+    python bench/ring_attention.py --sections work,2d --no-package
 """
 
 from __future__ import annotations
@@ -50,8 +59,10 @@ import numpy as np  # noqa: E402
 from jax.sharding import AxisType, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 from lwmkit.lwm_model.attention import dense_attention, ring_attention  # noqa: E402
+from hlo_comm import communication  # noqa: E402
 from lwmkit.lwm_model.layout import (  # noqa: E402
     LAYOUTS,
+    ROW_LAYOUTS,
     apply_layout,
     attention_work,
     busiest_over_average,
@@ -180,6 +191,57 @@ def run_case(mesh, seg, data, block, ringpkg, repeats, min_cpu, dense_max_gib) -
     return rows[::-1]
 
 
+def two_d_rows(seg, data, block, splits, repeats, min_cpu) -> list[dict]:
+    """The pure ring (ulysses=1) and 2D meshes over all devices, on the same causal or packed row."""
+    rows, reference = [], None
+    devices = len(jax.devices())
+    layout = "zigzag"
+    for u in splits:
+        r = devices // u
+        mesh = jax.make_mesh((r, u), ("sp", "ulysses"), axis_types=(AxisType.Explicit,) * 2)
+        seq = NamedSharding(mesh, P(None, ("sp", "ulysses")))
+        x_spec = NamedSharding(mesh, P(None, ("sp", "ulysses"), None, None))
+        laid_seg = jax.device_put(apply_layout(seg, layout, r), seq)
+        attend = functools.partial(ring_attention, mesh=mesh, causal=True, layout=layout, block_q=block, block_k=block,
+                                   ulysses_axis="ulysses")  # size 1: the pure ring, no all-to-alls
+        fwd, fwd_bwd = _with_grad(lambda q, k, v, attend=attend, laid_seg=laid_seg: attend(q, k, v, laid_seg))
+        q, k, v, g = (jax.device_put(apply_layout(x, layout, r), x_spec) for x in data)
+        c_fwd, c_both = fwd.lower(q, k, v).compile(), fwd_bwd.lower(q, k, v, g).compile()
+        row = {"impl": "ring sp=8" if u == 1 else f"2D ulysses={u} x sp={r}", "fwd_comm": communication(c_fwd.as_text()),
+               "both_comm": communication(c_both.as_text())}
+        row["fwd_cpu"], row["fwd_wall"], out = _timed(c_fwd, (q, k, v), repeats, min_cpu)
+        row["both_cpu"], row["both_wall"], _ = _timed(c_both, (q, k, v, g), repeats, min_cpu)
+        out = undo_layout(np.asarray(out), layout, r)
+        if reference is None:
+            reference = out
+        else:
+            row["err"] = float(np.linalg.norm(out - reference) / np.linalg.norm(reference))
+        rows.append(row)
+    return rows
+
+
+def two_d_section(args) -> None:
+    splits = [int(x) for x in args.ulysses.split(",")]
+    print(f"\n2D sequence parallelism (Ulysses x ring) on {len(jax.devices())} devices: batch 1, {args.heads_2d} heads x "
+          f"{args.head_dim_2d}, float32, causal, zigzag over the ring, block {args.block}. Communication per device per "
+          "attention call (one layer), from the compiled HLO: MiB sent and sequential steps; err vs the pure ring")
+    header = (f"{'tokens':>6} {'batch':<7} {'implementation':<22} {'fwd CPU-s':>9} {'wall':>6} {'MiB':>7} {'steps':>5} "
+              f"{'f+b CPU-s':>9} {'wall':>6} {'MiB':>7} {'steps':>5} {'err':>8}")
+    print(header)
+    print("-" * len(header))
+    for length in (int(x) for x in args.lengths_2d.split(",")):
+        rng = np.random.default_rng(length)
+        shape = (1, length, args.heads_2d, args.head_dim_2d)
+        data = [rng.standard_normal(shape).astype(np.float32) for _ in range(4)]
+        for kind, seg in (("causal", np.ones((1, length), np.int32)),
+                          ("packed", packed_segment_ids(length, args.docs)[None])):
+            for row in two_d_rows(seg, data, args.block, splits, args.repeats, args.min_cpu):
+                f, b = row["fwd_comm"], row["both_comm"]
+                print(f"{length:>6} {kind:<7} {row['impl']:<22} {row['fwd_cpu']:9.2f} {row['fwd_wall']:6.2f} "
+                      f"{f.bytes_sent / MIB:7.2f} {f.steps:>5} {row['both_cpu']:9.2f} {row['both_wall']:6.2f} "
+                      f"{b.bytes_sent / MIB:7.2f} {b.steps:>5} {_fmt(row, 'err', '8.1e')}", flush=True)
+
+
 def sharded_segment_ids_check(mesh, seg, data, block, ringpkg) -> str:
     """The reference package's failure mode: segment ids sharded like q/k/v instead of replicated."""
     n = mesh.shape["sp"]
@@ -219,11 +281,26 @@ def main() -> None:
     ap.add_argument("--dense-max-gib", type=float, default=4.0)
     ap.add_argument("--ringpkg", default="/tmp/ringpkg", help="pip --target directory holding ringattention")
     ap.add_argument("--no-package", action="store_true", help="leave the ringattention package out")
+    ap.add_argument("--sections", default="1d,work,2d", help="which tables: 1d (ring vs package vs dense), work, 2d")
+    ap.add_argument("--lengths-2d", default="8192,16384")
+    ap.add_argument("--ulysses", default="1,2,4,8", help="Ulysses sizes of the 2d section (1 = the pure ring)")
+    ap.add_argument("--heads-2d", type=int, default=8, help="heads in the 2d section (Ulysses splits them)")
+    ap.add_argument("--head-dim-2d", type=int, default=32)
     args = ap.parse_args()
 
-    ringpkg = None if args.no_package else load_ringattention(args.ringpkg)
+    sections = set(args.sections.split(","))
     lengths = [int(x) for x in args.lengths.split(",")]
     device_counts = [int(x) for x in args.devices.split(",")]
+    if "1d" in sections:
+        one_d_section(args, lengths, device_counts)
+    if "work" in sections:
+        work_section(args, lengths, device_counts)
+    if "2d" in sections:
+        two_d_section(args)
+
+
+def one_d_section(args, lengths: list[int], device_counts: list[int]) -> None:
+    ringpkg = None if args.no_package else load_ringattention(args.ringpkg)
     print(f"jax {jax.__version__}, {len(jax.devices())} virtual CPU devices on {os.cpu_count()} cores; "
           f"batch 1, {args.heads} heads x {args.head_dim}, float32, causal, block {args.block}; per call: mean of >= "
           f"{args.repeats} calls and >= {args.min_cpu} CPU-s after a warm-up")
@@ -248,23 +325,8 @@ def main() -> None:
                           f"{_fmt(row, 'both_wall', '6.2f')} {row['both_mib']:8.1f} {_fmt(row, 'err', '8.1e')}"
                           + (f"  {row['note']}" if "note" in row else ""), flush=True)
 
-    print("\nBlock-pair work (masked-out pairs count 0): pairs computed, and busiest device / average device,")
-    print("per step (each ring step lasts as long as its busiest device; summed over steps) and in total")
-    print(f"{'dev':>3} {'tokens':>6} {'batch':<7} {'layout':<10} {'pairs':>6} {'of all':>6} {'per step':>8} {'total':>6}")
-    balance = {}
-    for n in device_counts:
-        for length in lengths:
-            block = min(args.block, length // n // 2)
-            everything = (length // block) ** 2
-            for kind, seg in (("causal", np.ones(length, np.int32)), ("packed", packed_segment_ids(length, args.docs))):
-                for lay in LAYOUTS:
-                    work = attention_work(seg, n, lay, block)
-                    per_device = work.sum(0)
-                    balance[n, length, kind, lay] = busiest_over_average(work)
-                    print(f"{n:>3} {length:>6} {kind:<7} {lay:<10} {int(work.sum()):>6} {work.sum() / everything:>6.3f} "
-                          f"{balance[n, length, kind, lay]:>8.3f} {per_device.max() / per_device.mean():>6.3f}")
-
     print("\nTargets")
+    balance = {(n, length, kind, "zigzag"): zigzag_balance(n, length, kind, args) for n, length, kind in results}
     pick = lambda rows, name: next(r for r in rows if r["impl"].startswith(name))  # noqa: E731
     for (n, length, kind), rows in results.items():
         ours = pick(rows, "lwmkit")
@@ -288,6 +350,35 @@ def main() -> None:
         data = [rng.standard_normal((1, length, args.heads, args.head_dim)).astype(np.float32) for _ in range(3)]
         print(f"\nSegment ids sharded like q/k/v ({n} devices, {length} tokens, packed): "
               + sharded_segment_ids_check(mesh, packed_segment_ids(length, args.docs)[None], data, args.block, ringpkg))
+
+
+def zigzag_balance(n: int, length: int, kind: str, args) -> float:
+    seg = np.ones(length, np.int32) if kind == "causal" else packed_segment_ids(length, args.docs)
+    return busiest_over_average(attention_work(seg, n, "zigzag", min(args.block, length // n // 2)))
+
+
+def work_section(args, lengths: list[int], device_counts: list[int]) -> None:
+    print("\nBlock-pair work (masked-out pairs count 0): pairs computed, and busiest device / average device,")
+    print("per step (each ring step lasts as long as its busiest device; summed over steps) and in total")
+    print(f"{'dev':>3} {'tokens':>6} {'batch':<7} {'layout':<10} {'pairs':>6} {'of all':>6} {'per step':>8} {'total':>6}")
+    balance = {}
+    for n in device_counts:
+        for length in lengths:
+            block = min(args.block, length // n // 2)
+            everything = (length // block) ** 2
+            for kind, seg in (("causal", np.ones(length, np.int32)), ("packed", packed_segment_ids(length, args.docs))):
+                for lay in LAYOUTS + ROW_LAYOUTS:
+                    work = attention_work(seg, n, lay, block)
+                    per_device = work.sum(0)
+                    balance[n, length, kind, lay] = busiest_over_average(work)
+                    print(f"{n:>3} {length:>6} {kind:<7} {lay:<10} {int(work.sum()):>6} {work.sum() / everything:>6.3f} "
+                          f"{balance[n, length, kind, lay]:>8.3f} {per_device.max() / per_device.mean():>6.3f}")
+
+    print("\nTargets: packed rows of", args.docs, "documents, busiest/average per step, balanced (target <= 1.15) vs zigzag")
+    for n in device_counts:
+        for length in lengths:
+            print(f"{n} devices, {length} tokens: balanced {balance[n, length, 'packed', 'balanced']:.3f}, "
+                  f"zigzag {balance[n, length, 'packed', 'zigzag']:.3f}")
 
 
 if __name__ == "__main__":

@@ -69,7 +69,7 @@ def build_corpus(work: str, copies: int) -> tuple[list[str], list[str], str]:
 
 def raw_encode(books: list[str], model: str) -> dict:
     import sentencepiece as spm
-    from lwmkit.pipelines.normalize import normalize_text
+    from lwmkit.pipelines.engine.normalize import normalize_text
 
     sp = spm.SentencePieceProcessor(model_file=model)
     normalized = [normalize_text(b) for b in books]

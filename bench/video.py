@@ -84,7 +84,7 @@ def write_clips(folder: str, clips: int, seconds: float, w: int, h: int) -> list
 
 
 def positions(path: str, count: int) -> np.ndarray:
-    from lwmkit.pipelines.video_index import FrameSampling, probe, sample_frames
+    from lwmkit.pipelines.videos.index import FrameSampling, probe, sample_frames
 
     index = probe(path)
     return sample_frames(index.times, FrameSampling("count", num_frames=count), end=index.end)
@@ -118,7 +118,7 @@ def pyav_rgb(paths: list[str], wanted: dict[str, np.ndarray]) -> int:
 
 
 def decode_stage(paths: list[str], options, out: list[np.ndarray]) -> int:
-    from lwmkit.pipelines.video_frames import decode_video
+    from lwmkit.pipelines.videos.frames import decode_video
 
     for path in paths:
         out += [e[2] for e in decode_video({"path": path, "options": options.to_json()}) if e[0] == "frames"]
@@ -126,9 +126,9 @@ def decode_stage(paths: list[str], options, out: list[np.ndarray]) -> int:
 
 
 def run_job(paths: list[str], work: str, name: str, args, tokenizer: str, options) -> tuple[int, float, float]:
-    from lwmkit.pipelines.video_sources import VideoSourceOptions
-    from lwmkit.pipelines.video_text import VideosOptions, run_videos
-    from lwmkit.pipelines.video_workers import close_shared_pools
+    from lwmkit.pipelines.videos.job import VideosOptions, run_videos
+    from lwmkit.pipelines.videos.sources import VideoSourceOptions
+    from lwmkit.pipelines.videos.workers import close_shared_pools
 
     listing = os.path.join(work, f"{name}.jsonl")
     with open(listing, "w", encoding="utf-8") as f:
@@ -159,10 +159,10 @@ def main() -> None:
     parser.add_argument("--no-tree", action="store_true", help="leave ../shared/data/video/tree.avi out")
     args = parser.parse_args()
 
-    from lwmkit.pipelines.image_stages import LoadEncoder
-    from lwmkit.pipelines.inference import JaxModelHandler
-    from lwmkit.pipelines.video_frames import DecodeOptions
-    from lwmkit.pipelines.video_index import FrameSampling
+    from lwmkit.pipelines.engine.inference import JaxModelHandler
+    from lwmkit.pipelines.engine.vqgan import LoadEncoder
+    from lwmkit.pipelines.videos.frames import DecodeOptions
+    from lwmkit.pipelines.videos.index import FrameSampling
     from lwmkit.tokenizers.text import train_bpe
     from lwmkit.tokenizers.vqgan import ImageTokenizer
 

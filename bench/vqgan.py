@@ -86,7 +86,7 @@ def diffusers_model(preset: str, seed: int):
 
 def _run_job(folder: str, weights: str, out: str, args: argparse.Namespace, tokenizer: str) -> tuple[float, float, int]:
     """(wall s, CPU s, documents) of `lwm-pack images` over a folder, in this process (in_memory runner)."""
-    from lwmkit.pipelines.image_text import ImagesOptions, run_images
+    from lwmkit.pipelines.images.job import ImagesOptions, run_images
 
     w0, c0 = time.perf_counter(), time.process_time()
     manifest = run_images(ImagesOptions(

@@ -16,9 +16,9 @@ import JAX: only `LWMModelBackend` loads `lwmkit.lwm_model` (and JAX), when it i
     evaluate.py      running cases (concurrency, resume, timing), summaries; scoring.py the rules
     plots.py         the length x depth heatmap and the multi-task summary plot
     cli.py           the `lwm-needle` console script
-    media.py         images and videos for chat and generation (frames sampled by count, MP4 out)
-    chat_cli.py      `lwm-chat`: chat over an image, a video or a text file with an LWM checkpoint
-    generate_cli.py  `lwm-generate`: text to image or video with classifier-free guidance
+    inference/media.py         images and videos for chat and generation (frames sampled by count, MP4 out)
+    inference/chat_cli.py      `lwm-chat`: chat over an image, a video or a text file with an LWM checkpoint
+    inference/generate_cli.py  `lwm-generate`: text to image or video with classifier-free guidance
 """
 
 from lwmkit.eval.backends import Backend, BackendError, LWMModelBackend, OpenAIBackend, TokenPrompt
@@ -31,12 +31,13 @@ from lwmkit.eval.cases import (
     rebuild_prompt,
     write_cases,
 )
-from lwmkit.eval.chat_cli import ModelLoadError, ModelSpec, chat, chat_prompt, load_model
 from lwmkit.eval.evaluate import evaluate, format_table, read_results, summarize
-from lwmkit.eval.fitting import LengthFitError, TokenCounter, fit_context
-from lwmkit.eval.generate_cli import generate_media
+from lwmkit.eval.encoders import EncoderMismatch
+from lwmkit.eval.fitting import HaystackTooSmall, LengthFitError, TokenCounter, fit_context
 from lwmkit.eval.haystack import Haystack, HaystackError, HaystackSpec
-from lwmkit.eval.media import MediaError, read_frames, sample_frame_indices, write_video
+from lwmkit.eval.inference.chat_cli import ModelLoadError, ModelSpec, chat, chat_prompt, load_model
+from lwmkit.eval.inference.generate_cli import generate_media
+from lwmkit.eval.inference.media import MediaError, read_frames, sample_frame_indices, write_video
 from lwmkit.eval.plots import heatmap, summary_plot
 from lwmkit.eval.scoring import score
 from lwmkit.eval.tasks import (
@@ -79,6 +80,8 @@ __all__ = [
     "HaystackSpec",
     "LWMModelBackend",
     "LengthFitError",
+    "HaystackTooSmall",
+    "EncoderMismatch",
     "OpenAIBackend",
     "TaskConfig",
     "TokenCounter",

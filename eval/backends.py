@@ -125,8 +125,10 @@ class OpenAIBackend:
             except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as e:
                 if attempt == self.retries:
                     raise BackendError(f"{url}: {e}") from e
-            except json.JSONDecodeError as e:
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise BackendError(f"{url}: the response is not JSON: {e}") from e
+            except RecursionError:  # json.loads on a hostile body of deeply nested arrays
+                raise BackendError(f"{url}: the response is JSON nested too deeply to parse") from None
             time.sleep(min(30.0, 0.5 * 2**attempt))
         raise AssertionError("unreachable")
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from lwmkit.eval.fitting import TokenCounter, fit_context
 from lwmkit.eval.haystack import Haystack, HaystackSpec
+from lwmkit.eval.jsonl import json_lines
 from lwmkit.eval.prompt_layout import Layout
 from lwmkit.eval.tasks import TEMPLATES, Grid, NeedleSet, TaskConfig, make_needles
 
@@ -68,6 +69,7 @@ def build_case(
     round_: int = 0,
     include_prompt: bool = True,
     max_tries: int = 6,
+    allow_repeat: bool = False,
 ) -> dict[str, Any]:
     """One text case of exactly `length` tokens (see the module docstring).
 
@@ -79,8 +81,11 @@ def build_case(
       depth: percent (0..100) of the haystack before the first asked needle.
       seed, round_: the same values give the same case.
       include_prompt: store the prompt in the case (else only its recipe and SHA-256).
+      allow_repeat: a haystack smaller than the context is read more than once; the case records
+        the repeated tokens and their share (`build.repeat_tokens`, `build.repeat_share`).
 
     Raises:
+      HaystackTooSmall: if the context needs more text than the haystack holds and not allow_repeat.
       LengthFitError: if `length` cannot hold the template, needles and answer room.
     """
     if not 0 <= depth <= 100:
@@ -105,6 +110,7 @@ def build_case(
         target=target,
         start=start,
         max_tries=max_tries,
+        allow_repeat=allow_repeat,
     )
     primary = _primary(task, ns)
     lay = fit.layout
@@ -158,6 +164,8 @@ def build_case(
             "tries": fit.tries,
             "join_mode": fit.mode,
             "haystack_wrapped": lay.units + (lay.partial is not None) > len(hay.units),
+            "repeat_tokens": fit.repeat_tokens,
+            "repeat_share": round(fit.repeat_tokens / fit.haystack_tokens, 6) if fit.haystack_tokens else 0.0,
         },
     }
     if include_prompt:
@@ -175,8 +183,9 @@ def build_cases(
     seed: int = 0,
     include_prompt: bool = True,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    allow_repeat: bool = False,
 ) -> Iterator[dict[str, Any]]:
-    """Cases for every length x depth x round of `grid`, shortest lengths first."""
+    """Cases for every length x depth x round of `grid`, shortest lengths first (`build_case`)."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     counter = tokenizer if isinstance(tokenizer, TokenCounter) else TokenCounter(tokenizer)
@@ -184,7 +193,8 @@ def build_cases(
         for depth in grid.depths:
             for r in range(rounds):
                 case = build_case(
-                    hay, counter, task, length, float(depth), seed=seed, round_=r, include_prompt=include_prompt
+                    hay, counter, task, length, float(depth), seed=seed, round_=r, include_prompt=include_prompt,
+                    allow_repeat=allow_repeat,
                 )
                 if progress:
                     progress(case)
@@ -250,21 +260,11 @@ def read_cases(path: str) -> list[dict[str, Any]]:
       CaseError: naming the file and line of a row that is not a case.
     """
     cases = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            for i, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    case = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise CaseError(f"{path}:{i}: not JSON: {e}") from e
-                missing = [k for k in ("id", "task", "expected", "scoring") if k not in case]
-                if missing:
-                    raise CaseError(f"{path}:{i}: not a needle case (missing {missing})")
-                cases.append(case)
-    except OSError as e:
-        raise CaseError(f"{path}: cannot read cases: {e}") from e
+    for i, case in json_lines(path, CaseError):
+        missing = [k for k in ("id", "task", "expected", "scoring") if k not in case]
+        if missing:
+            raise CaseError(f"{path}:{i}: not a needle case (missing {missing})")
+        cases.append(case)
     ids = [c["id"] for c in cases]
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})[:3]

@@ -65,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True, help="cases JSONL")
     b.add_argument("--records", help="also write the cases as lwmkit document records here")
     b.add_argument("--no-prompt", action="store_true", help="store recipes only (rebuilt when run)")
+    b.add_argument("--allow-repeat", action="store_true",
+                   help="read a haystack smaller than a context more than once (each case records its "
+                        "repeated share); without it such a length is an error")  # fmt: skip
 
     v = sub.add_parser("build-video", help="build video cases (a needle image in a long video)")
     v.add_argument("--haystack", required=True, help="'generated' or a document dataset dir with video")
@@ -73,8 +76,14 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--tokenizer", required=True)
     v.add_argument("--needle-image", required=True, help="the image to hide")
     v.add_argument("--needle-frames", type=int, default=1, help="frames the needle image lasts")
-    v.add_argument("--vqgan", help="VQGAN weights (default: random tiny VQGAN, for tests only)")
-    v.add_argument("--vqgan-preset", default="lwm", choices=["lwm", "tiny"])
+    v.add_argument("--vqgan", help="VQGAN weights; default: the VQGAN the dataset haystack's manifest records, "
+                                   "or for a generated haystack a RANDOM VQGAN (tests only, with a warning)")  # fmt: skip
+    v.add_argument("--vqgan-preset", choices=["lwm", "tiny"],
+                   help="network shape of --vqgan weights (default lwm) or of the random VQGAN (default tiny)")  # fmt: skip
+    v.add_argument("--vqgan-seed", type=int, default=0, help="seed of the random VQGAN without --vqgan")
+    v.add_argument("--allow-repeat", action="store_true",
+                   help="a haystack shorter than a length is read again from its start (each case records "
+                        "its repeated share); without it such a length is an error")  # fmt: skip
     v.add_argument("--question", required=True)
     v.add_argument("--option", action="append", default=[], help="a multiple-choice option (repeat)")
     v.add_argument("--answer", required=True, help="the right option, or the short answer")
@@ -138,13 +147,24 @@ def _build(args: argparse.Namespace) -> None:
     hay = Haystack.load(spec, tok)
     t0 = time.perf_counter()
     cases = list(build_cases(hay, tok, task, _grid(args, "quick"), rounds=args.rounds, seed=args.seed,
-                             include_prompt=not args.no_prompt))  # fmt: skip
+                             include_prompt=not args.no_prompt, allow_repeat=args.allow_repeat))  # fmt: skip
     n = write_cases(cases, args.out)
     calls = sum(c["build"]["tokenizer_calls"] for c in cases)
     print(f"wrote {n} {task.name} cases to {args.out} in {time.perf_counter() - t0:.1f}s "
           f"({calls} tokenizer calls; haystack {len(hay.units)} units from {hay.documents} documents)")  # fmt: skip
+    _repeat_summary([(c["build"]["repeat_tokens"], c["haystack_tokens"]) for c in cases], "tokens")
     if args.records:
         _records(cases, args.records, tok)
+
+
+def _repeat_summary(repeats: list[tuple[int, int]], unit: str) -> None:
+    """Prints how much of the haystack the cases repeated (only with --allow-repeat can they)."""
+    hit = [(r, t) for r, t in repeats if r]
+    if hit:
+        share = sum(r for r, _ in hit) / sum(t for _, t in repeats)
+        print(f"WARNING: {len(hit)} of {len(repeats)} cases repeat haystack {unit} (--allow-repeat): "
+              f"{sum(r for r, _ in hit)} repeated {unit}, {share:.1%} of all haystack {unit}; "
+              "see each case's repeat_share", file=sys.stderr)  # fmt: skip
 
 
 def _records(cases: list[dict[str, Any]], directory: str, tok: Any) -> None:
@@ -162,31 +182,47 @@ def _build_video(args: argparse.Namespace) -> None:
         build_video_case,
         needle_from_image,
     )
-    from lwmkit.tokenizers.vqgan import ImageTokenizer
 
     check_input_files([("--needle-image", args.needle_image, "file"), ("--vqgan", args.vqgan, "any")])
     tok = _tokenizer(args.tokenizer)
+    spec = VideoHaystackSpec(args.haystack, frames=args.haystack_frames, codes=args.haystack_codes)
+    hay = VideoHaystack.load(spec)
     enable_compile_cache(args.jax_cache, export=True)  # the VQGAN encodes the needle image
-    image_tok = (
-        ImageTokenizer.from_weights(args.vqgan, preset=args.vqgan_preset)
-        if args.vqgan
-        else ImageTokenizer.random(args.vqgan_preset if args.vqgan_preset != "lwm" else "tiny")
-    )
+    image_tok = _needle_vqgan(args, hay.encoders.get("vqgan"))
     with open(args.needle_image, "rb") as f:
         needle = needle_from_image(f.read(), image_tok, question=args.question, options=tuple(args.option),
                                    answer=args.answer, frames=args.needle_frames, name=args.name)  # fmt: skip
-    spec = VideoHaystackSpec(args.haystack, frames=args.haystack_frames, codes=args.haystack_codes)
-    hay = VideoHaystack.load(spec)
     depths = args.depths or grid_preset(args.grid or "tiny").depths
     cases = [
-        build_video_case(hay, tok, needle, n, float(d), seed=args.seed, round_=r)
+        build_video_case(hay, tok, needle, n, float(d), seed=args.seed, round_=r, allow_repeat=args.allow_repeat)
         for n in args.lengths
         for d in depths
         for r in range(args.rounds)
     ]
     print(f"wrote {write_cases(cases, args.out)} video cases to {args.out}")
+    _repeat_summary([(c["repeat_frames"], c["length"]) for c in cases], "frames")
     if args.records:
         _records(cases, args.records, tok)
+
+
+def _needle_vqgan(args: argparse.Namespace, recorded: dict[str, Any] | None):
+    """The VQGAN that encodes the needle: --vqgan, else the one the haystack's manifest records
+    (rebuilt if it was random, loaded from its recorded path otherwise), else a random one."""
+    from lwmkit.tokenizers.vqgan import ImageTokenizer
+
+    if args.vqgan:
+        return ImageTokenizer.from_weights(args.vqgan, preset=args.vqgan_preset or "lwm")
+    if recorded and recorded.get("random_init"):
+        return ImageTokenizer.random(recorded.get("preset") or "tiny", seed=int(recorded.get("seed") or 0))
+    if recorded:
+        path = recorded.get("path")
+        if not path or not os.path.exists(path):
+            raise ValueError(
+                f"--haystack {args.haystack} was encoded with VQGAN {str(recorded.get('sha256'))[:12]}… "
+                f"({recorded.get('source')}), not found at its recorded path {path!r}: pass --vqgan WEIGHTS"
+            )
+        return ImageTokenizer.from_weights(path, preset=recorded.get("preset") or "lwm")
+    return ImageTokenizer.random(args.vqgan_preset or "tiny", seed=args.vqgan_seed)
 
 
 def _backend(args: argparse.Namespace):

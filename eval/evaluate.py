@@ -21,6 +21,7 @@ from typing import Any
 
 from lwmkit.eval.backends import Backend, BackendError, Prompt
 from lwmkit.eval.cases import CaseError, case_prompt
+from lwmkit.eval.jsonl import parse_line
 from lwmkit.eval.scoring import score
 
 ROW_FIELDS = (
@@ -36,18 +37,24 @@ def read_results(path: str) -> list[dict[str, Any]]:
     """
     if not os.path.exists(path):
         return []
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().split(b"\n")
+    except OSError as e:
+        raise CaseError(f"{path}: cannot read results: {e}") from e
     rows = []
     for i, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
+            row = parse_line(line, f"{path}:{i}", CaseError)
+        except CaseError:
             if i == len(lines) or i == len(lines) - 1 and not lines[-1]:
                 break  # interrupted mid-write
-            raise CaseError(f"{path}:{i}: not JSON: {e}") from e
+            raise
+        if not isinstance(row, dict):
+            raise CaseError(f"{path}:{i}: not a JSON object (got {type(row).__name__})")
+        rows.append(row)
     return rows
 
 

@@ -5,14 +5,15 @@ Sources (`HaystackSpec.sources`, any mix):
     *.jsonl, *.jsonl.zst one document per line, its text under `text_field`
     <dataset directory>  lwmkit document shards (a `documents/` output of `lwm-pack`): each record's
                          text tokens are decoded with the tokenizer the dataset was made with
-Documents are shuffled with `seed`, then each is split into units: sentences (split after . ! ?
-and closing quotes), whitespace collapsed to single spaces, sentences longer than
-`max_unit_chars` split again at spaces. Needles go in between units, so they always land at a
-sentence boundary (or a word boundary inside an over-long sentence).
+Documents are shuffled with `seed`, then each is split into units: sentences (`sentences.py`:
+after . ! ? and closing quotes, or at a blank line, never after "Mr.", "Dr.", "St.", an initial and
+the like), whitespace collapsed to single spaces, sentences longer than `max_unit_chars` split
+again after a word (never after an abbreviation). Needles go in between units, so they always land
+at a sentence boundary (or a word boundary inside an over-long sentence).
 
 Example:
-    before: documents ["It rained.  We stayed in!", "Dawn came."]  (seed 0 keeps this order)
-    after:  units     ["It rained.", "We stayed in!", "Dawn came."]
+    before: documents ["It rained.  Mr. Knightley stayed in!", "Dawn came."]  (seed 0 keeps this order)
+    after:  units     ["It rained.", "Mr. Knightley stayed in!", "Dawn came."]
 
 The fingerprint (SHA-256 of the units) goes into every case recipe, so a rebuild from changed
 sources fails instead of silently giving another prompt.
@@ -22,19 +23,17 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import os
 import random
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from lwmkit.eval.jsonl import json_lines
+from lwmkit.eval.sentences import cut_allowed, split_sentences
 
-_SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|(?<=[.!?][\"')\]])\s+")
-_SPACES = re.compile(r"\s+")
 _CACHE: dict[str, Haystack] = {}
 
 
@@ -75,13 +74,12 @@ class HaystackSpec:
 
 
 def split_units(text: str, max_unit_chars: int = 600) -> list[str]:
-    """Sentences of `text`, whitespace collapsed, none longer than `max_unit_chars`."""
+    """Sentences of `text`, whitespace collapsed, none longer than `max_unit_chars` (a longer one is
+    split after the last word that may end a piece: `sentences.cut_allowed`)."""
     out: list[str] = []
-    for piece in _SENTENCE_SPLIT.split(text):
-        s = _SPACES.sub(" ", piece).strip()
+    for s in split_sentences(text):
         while len(s) > max_unit_chars:
-            cut = s.rfind(" ", 1, max_unit_chars + 1)
-            cut = cut if cut > 0 else max_unit_chars
+            cut = next((c for c in range(max_unit_chars, 0, -1) if cut_allowed(s, c)), max_unit_chars)
             out.append(s[:cut].rstrip())
             s = s[cut:].lstrip()
         if s:
@@ -93,26 +91,23 @@ def _read_jsonl(path: str, field: str) -> list[str]:
     if path.endswith(".zst"):
         import zstandard
 
-        with open(path, "rb") as f:
-            data = zstandard.ZstdDecompressor().stream_reader(f).read()
-    else:
-        with open(path, "rb") as f:
-            data = f.read()
-    docs = []
-    for i, line in enumerate(io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"), start=1):
-        if not line.strip():
-            continue
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise HaystackError(f"{path}:{i}: not JSON: {e}") from e
-        if not isinstance(row, dict) or not isinstance(row.get(field), str):
+            with open(path, "rb") as f:
+                data = zstandard.ZstdDecompressor().stream_reader(f).read()
+        except zstandard.ZstdError as e:
+            raise HaystackError(f"{path}: not a readable zstd file: {e}") from e
+    else:
+        data = None
+    docs = []
+    for i, row in json_lines(path, HaystackError, data):
+        if not isinstance(row.get(field), str):
             raise HaystackError(f"{path}:{i}: no string field {field!r}")
         docs.append(row[field])
     return docs
 
 
 def _read_dataset(path: str, tokenizer: Any) -> list[str]:
+    from lwmkit.eval.encoders import EncoderMismatch, check_tokenizer
     from lwmkit.packing.manifest import load_manifest
     from lwmkit.packing.source import ShardDataSource
 
@@ -121,12 +116,10 @@ def _read_dataset(path: str, tokenizer: Any) -> list[str]:
         raise HaystackError(f"{path}: a haystack needs document records, this dataset is {manifest.get('kind')!r}")
     if tokenizer is None:
         raise HaystackError(f"{path}: decoding document shards needs the tokenizer they were made with")
-    recorded = (manifest.get("tokenizer") or {}).get("sha256")
-    have = tokenizer.fingerprint().get("sha256") if hasattr(tokenizer, "fingerprint") else None
-    if recorded and have and recorded != have:
-        raise HaystackError(
-            f"{path}: made with tokenizer {recorded[:12]}…, given {have[:12]}…; the text would decode wrongly"
-        )
+    try:
+        check_tokenizer(path, manifest, tokenizer, "the text would decode wrongly")
+    except EncoderMismatch as e:
+        raise HaystackError(str(e)) from e
     source = ShardDataSource(path)
     docs = []
     for i in range(len(source)):

@@ -30,13 +30,13 @@ def _pyplot():
     return plt
 
 
-def _length_label(n: int) -> str:
-    """4096 -> "4K", 131072 -> "128K", 1048576 -> "1M", 1000000 -> "1M", 1400 -> "1.4K"."""
-    for unit, suffix in ((1 << 20, "M"), (1_000_000, "M"), (1 << 10, "K"), (1000, "K")):
+def length_label(n: int) -> str:
+    """The length as asked for, shortened: decimal multiples first (128000 -> "128K", 512000 -> "512K",
+    1000000 -> "1M"), then binary ones (131072 -> "128K", 1048576 -> "1M", 4096 -> "4K"); any other
+    length is printed in full (1400 -> "1400", 100001 -> "100001"), never rounded to another number."""
+    for unit, suffix in ((1_000_000, "M"), (1 << 20, "M"), (1000, "K"), (1 << 10, "K")):
         if n >= unit and n % unit == 0:
             return f"{n // unit}{suffix}"
-    if n >= 1000:
-        return f"{n / 1000:.1f}K" if n < 10_000 else f"{n / 1000:.0f}K"
     return str(n)
 
 
@@ -74,7 +74,7 @@ def heatmap(rows: Sequence[dict[str, Any]], path: str, task: str | None = None, 
     height = max(3.5, 0.32 * len(depths) + 1.8)
     fig, ax = plt.subplots(figsize=(width, height), dpi=110)
     im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
-    ax.set_xticks(range(len(lengths)), [_length_label(n) for n in lengths], rotation=45, ha="right")
+    ax.set_xticks(range(len(lengths)), [length_label(n) for n in lengths], rotation=45, ha="right")
     step = max(1, len(depths) // 12)
     ax.set_yticks(range(0, len(depths), step), [f"{d:g}" for d in depths[::step]])
     ax.set_xlabel("Context length (tokens)")
@@ -106,7 +106,7 @@ def summary_plot(
         ax.plot(lengths, list(s["by_length"].values()), marker="o", label=f"{task} ({s['score']:.2f})")
     ax.set_xscale("log")
     all_lengths = sorted({int(n) for s in summary.values() for n in s["by_length"]})
-    ax.set_xticks(all_lengths, [_length_label(n) for n in all_lengths])
+    ax.set_xticks(all_lengths, [length_label(n) for n in all_lengths])
     ax.minorticks_off()
     ax.set_ylim(-0.03, 1.03)
     ax.set_xlabel("Context length (tokens)")

@@ -31,6 +31,7 @@ import dataclasses
 import hashlib
 import random
 import string
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,14 +82,35 @@ class VideoHaystackSpec:
 
 
 class VideoHaystack:
-    """Frames int32 [N, 16, 16] and their fingerprint (SHA-256 of the array bytes)."""
+    """Frames int32 [N, 16, 16] and their fingerprint (SHA-256 of the array bytes).
 
-    def __init__(self, spec: VideoHaystackSpec, frames: np.ndarray):
+    `videos` holds (name, first frame, frame count) of each source video, in order, covering the
+    frames; `encoders` the `tokenizer` and `vqgan` fingerprints a dataset's manifest records.
+    """
+
+    def __init__(
+        self, spec: VideoHaystackSpec, frames: np.ndarray, videos: list[tuple[str, int, int]] | None = None,
+        encoders: dict[str, Any] | None = None,
+    ):  # fmt: skip
         if frames.ndim != 3 or frames.shape[1:] != (CODE_GRID, CODE_GRID) or not len(frames):
             raise ValueError(f"video haystack {spec.source}: frames must be [N>0, 16, 16], got {frames.shape}")
         self.spec = spec
         self.frames = np.ascontiguousarray(frames, dtype=np.int32)
         self.fingerprint = hashlib.sha256(self.frames.tobytes()).hexdigest()
+        self.videos = videos or [(spec.source, 0, len(frames))]
+        self.encoders = encoders or {}
+
+    def spans(self, start: int, count: int) -> list[dict[str, Any]]:
+        """The source videos frames start..start+count-1 (read cyclically) come from, in order:
+        [{"video": name, "first_frame": i, "frames": k}, ...] (first_frame within that video)."""
+        out: list[dict[str, Any]] = []
+        n, pos, left = len(self.frames), start % len(self.frames), count
+        while left > 0:
+            name, first, size = next(v for v in self.videos if v[1] <= pos < v[1] + v[2])
+            take = min(left, first + size - pos)
+            out.append({"video": name, "first_frame": pos - first, "frames": take})
+            pos, left = (pos + take) % n, left - take
+        return out
 
     @classmethod
     def load(cls, spec: VideoHaystackSpec) -> VideoHaystack:
@@ -98,29 +120,37 @@ class VideoHaystack:
         if spec.source == "generated":
             rng = np.random.default_rng(spec.seed)
             frames = rng.integers(0, spec.codes, size=(spec.frames, CODE_GRID, CODE_GRID), dtype=np.int32)
+            hay = cls(spec, frames)
         else:
-            frames = _dataset_frames(spec.source)
+            hay = _dataset_haystack(spec)
         _CACHE.clear()
-        _CACHE[key] = hay = cls(spec, frames)
+        _CACHE[key] = hay
         return hay
 
 
-def _dataset_frames(directory: str) -> np.ndarray:
+def _dataset_haystack(spec: VideoHaystackSpec) -> VideoHaystack:
+    from lwmkit.eval.encoders import recorded
     from lwmkit.packing.source import ShardDataSource
 
+    directory = spec.source
     source = ShardDataSource(directory)
     if source.kind != "document":
         raise CaseError(f"{directory}: a video haystack needs document records, this dataset is {source.kind!r}")
     frames: list[np.ndarray] = []
+    videos: list[tuple[str, int, int]] = []
     for i in range(len(source)):
         rec = source[i]
         try:
-            frames += frame_codes(rec["tokens"], rec["vision_mask"])
+            got = frame_codes(rec["tokens"], rec["vision_mask"])
         except ValueError as e:
             raise CaseError(f"{directory}: record {i}: {e}") from e
+        if got:
+            videos.append((f"{rec.get('source_file', directory)}:{rec.get('source_line', i + 1)}", len(frames), len(got)))
+            frames += got
     if not frames:
         raise CaseError(f"{directory}: no vision frames in any record")
-    return np.stack(frames)
+    encoders = {k: recorded(directory, k) for k in ("tokenizer", "vqgan")}
+    return VideoHaystack(spec, np.stack(frames), videos, {k: v for k, v in encoders.items() if v})
 
 
 @dataclass(frozen=True)
@@ -135,6 +165,7 @@ class VideoNeedle:
     options: tuple[str, ...]
     answer: str
     name: str = "video_needle"
+    vqgan: dict[str, Any] | None = None
 
     def __post_init__(self):
         codes = np.asarray(self.codes)
@@ -156,11 +187,19 @@ def needle_from_image(
     image: bytes, image_tokenizer: Any, *, question: str, options: tuple[str, ...] = (), answer: str,
     frames: int = 1, name: str = "video_needle",
 ) -> VideoNeedle:  # fmt: skip
-    """Encodes an image (file bytes; LWM's preprocessing) with the VQGAN into a needle of `frames` frames."""
+    """Encodes an image (file bytes; LWM's preprocessing) with the VQGAN into a needle of `frames` frames.
+
+    The needle records the VQGAN (`encoders.vqgan_record`); a random one also prints
+    `encoders.random_vqgan_warning` on stderr.
+    """
+    from lwmkit.eval.encoders import random_vqgan_warning, vqgan_record
     from lwmkit.tokenizers.vision import load_image
 
+    record = vqgan_record(image_tokenizer)
+    if record["random_init"]:
+        print(f"WARNING: {random_vqgan_warning(record['preset'], record.get('seed'))}", file=sys.stderr, flush=True)
     codes = np.asarray(image_tokenizer.encode(load_image(image, name=name)[None]), np.int32)  # [1, 16, 16]
-    return VideoNeedle(np.repeat(codes, frames, axis=0), question, options, answer, name)
+    return VideoNeedle(np.repeat(codes, frames, axis=0), question, options, answer, name, record)
 
 
 def _ids(tokenizer: Any, text: str) -> list[int]:
@@ -177,19 +216,36 @@ def build_video_case(
     seed: int = 0,
     round_: int = 0,
     answer_tokens: int = 16,
+    allow_repeat: bool = False,
 ) -> dict[str, Any]:
     """One video case: `frames` haystack frames with the needle's frames inserted at `depth` percent.
 
+    The frames are one contiguous run of the haystack (its videos in order, each video's frames in
+    order; `videos` names the source videos it spans), from a start drawn so it never runs past the
+    haystack's end. A haystack shorter than `frames` is an error, or with `allow_repeat` read again
+    from its first frame (`repeat_frames`, `repeat_share` record how much).
+
     Raises:
       ValueError: for a depth outside 0..100 or frames < 1.
+      CaseError: if the haystack is shorter than `frames` and not allow_repeat.
+      EncoderMismatch: if the needle's VQGAN or `tokenizer` is not the one the haystack records.
     """
     if not 0 <= depth <= 100:
         raise ValueError(f"depth must be a percent in 0..100, got {depth}")
     if frames < 1:
         raise ValueError(f"frames must be >= 1, got {frames}")
+    check_video_encoders(hay, tokenizer, needle)
+    n = len(hay.frames)
+    if frames > n and not allow_repeat:
+        raise CaseError(
+            f"video haystack {hay.spec.source} holds {n} frames; a case of {frames} frames would repeat "
+            f"{frames - n} of them: use shorter lengths, a longer haystack, or --allow-repeat (each case then "
+            "records its repeated share)"
+        )
     cseed = case_seed(seed, needle.name, frames, depth, round_)
     rng = random.Random(cseed)
-    start = rng.randrange(len(hay.frames))
+    start = rng.randrange(n - frames + 1) if frames <= n else rng.randrange(n)
+    repeat = max(0, frames - n)
     insert = int(round(depth / 100 * frames))
     question = needle.question
     if needle.options:
@@ -203,7 +259,7 @@ def build_video_case(
     tags = tokenizer.encode_batch([VISION_START, VISION_END])
     recipe = {
         "version": VIDEO_RECIPE_VERSION,
-        "haystack": dataclasses.asdict(hay.spec),
+        "haystack": _spec_json(hay.spec),
         "haystack_fingerprint": hay.fingerprint,
         "start": start,
         "frames": frames,
@@ -232,11 +288,42 @@ def build_video_case(
         "expected": expected,
         "scoring": scoring,
         "needles": [{"frames": len(needle.codes), "frame_index": insert, "token_offset": first_code}],
+        "videos": hay.spans(start, frames),
+        "repeat_frames": repeat,
+        "repeat_share": round(repeat / frames, 6),
+        "needle_vqgan": needle.vqgan,
         "seed": cseed,
         "tokenizer": _fingerprint(tokenizer),
         "prompt_sha256": prompt_sha256(prompt),
         "recipe": recipe,
     }
+
+
+def _spec_json(spec: VideoHaystackSpec) -> dict[str, Any]:
+    """The haystack spec a recipe records: a dataset is its directory alone (frames, codes and seed
+    describe only a generated haystack)."""
+    if spec.source == "generated":
+        return dataclasses.asdict(spec)
+    return {"source": spec.source}
+
+
+def check_video_encoders(hay: VideoHaystack, tokenizer: Any, needle: VideoNeedle) -> None:
+    """Refuses a needle whose VQGAN, or a text tokenizer that, is not the one the haystack records.
+
+    Raises:
+      EncoderMismatch: naming the haystack and both fingerprints.
+    """
+    from lwmkit.eval.encoders import EncoderMismatch, check_tokenizer, describe
+
+    source = hay.spec.source
+    check_tokenizer(source, hay.encoders, tokenizer, "the prompt's text ids would not be the model's")
+    want = hay.encoders.get("vqgan")
+    if want and want.get("sha256") and needle.vqgan and needle.vqgan.get("sha256") != want["sha256"]:
+        raise EncoderMismatch(
+            f"{source}: its frames were encoded with VQGAN {describe(want)}; the needle {needle.name!r} was "
+            f"encoded with {describe(needle.vqgan)}: its codes would mean nothing in this video; pass the "
+            "haystack's VQGAN (--vqgan WEIGHTS, or leave --vqgan out to use the one its manifest records)"
+        )
 
 
 def _fingerprint(tokenizer: Any) -> str | None:

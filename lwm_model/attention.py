@@ -3,7 +3,8 @@ blockwise feed-forward that keeps long sequences' MLP activations to one chunk a
 
 The model picks an implementation by name (`ATTENTION_IMPLS`, config `attention_impl`):
   "dense"  `dense_attention`: materialises the [T, S] scores; the reference the tests trust.
-  "ring"   `ring_attention` (lwmkit.lwm_model.ring): sequence sharded over a mesh axis, blockwise.
+  "ring"   `ring_attention` (lwmkit.lwm_model.ring): sequence sharded over a mesh axis, blockwise;
+           with `ulysses_axis`, 2D: Ulysses all-to-alls over a second axis around the ring.
 
 Masking contract shared by both: a query sees a key only when both carry the same non-zero segment
 id and, if causal, the key's position is not after the query's; padding (segment id 0) queries see
@@ -163,6 +164,7 @@ def ring_attention(
     head_axis: str | None = "tp",
     layout: str = "contiguous",
     token_index: jax.Array | None = None,
+    ulysses_axis: str | None = None,
 ) -> jax.Array:
     """Exact attention over a sequence sharded on the mesh axis `axis`, by RingAttention
     (lwmkit.lwm_model.ring: blockwise float32 online softmax, fully masked block pairs skipped,
@@ -182,13 +184,21 @@ def ring_attention(
         token_index: optional int [B, T] original token index of every position (sharded like
             segment_ids); overrides the one derived from `layout`, and then travels the ring
             with the keys (one more ppermute per step), so pass None for a batch in `layout`.
+            Required for layout "balanced" (chosen per row, `layout_batch` adds it).
+        ulysses_axis: a second sequence axis for 2D sequence parallelism (lwmkit.lwm_model.ulysses):
+            the sequence is sharded over (axis, ulysses_axis), an all-to-all over it trades
+            sequence for heads before the ring and back after, so the ring runs over `axis` on
+            whole ring chunks with H / U heads per device. The query heads per device (after
+            `head_axis`) must divide by its size U; key/value heads are split when they divide
+            by U, else repeated to lcm(KVH, U). None, or an axis of size 1: ring only.
 
     Returns:
         [B, T, H, D] in q's dtype and layout. Softmax runs in float32; gradients flow to q, k, v
         through a memory-efficient custom backward pass.
 
     Raises:
-        ValueError: unknown axis or layout, shapes that do not split over the ring, mismatched shapes.
+        ValueError: unknown axis or layout, shapes that do not split over the ring (or the Ulysses
+            axis), heads that do not split over the Ulysses axis, mismatched shapes.
     """
     out, _ = ring_attention_with_work(
         q,
@@ -204,5 +214,6 @@ def ring_attention(
         head_axis=head_axis,
         layout=layout,
         token_index=token_index,
+        ulysses_axis=ulysses_axis,
     )
     return out

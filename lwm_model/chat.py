@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from lwmkit.lwm_model.generate import SamplingConfig, _choose, _Knobs, init_cache, pad_prompts
-from lwmkit.lwm_model.mesh import constrain
+from lwmkit.lwm_model.mesh import constrain, sequence_parallel
 from lwmkit.lwm_model.model import LWM
 from lwmkit.lwm_model.prompts import TokenSeq
 
@@ -33,8 +33,10 @@ PROMPT_FIELDS = ("tokens", "vision_mask", "tokens_segment_ids")
 
 
 def ring_size(model: LWM) -> int:
-    """The mesh's "sp" size (1 without a mesh): prompts must divide by it for ring prefill."""
-    return int(model.mesh.shape["sp"]) if model.mesh is not None else 1
+    """The sequence shards of the model's mesh, "sp" x "ulysses" (1 without a mesh): prompts must
+    divide by it for ring prefill."""
+    sp, ulysses = sequence_parallel(model.mesh)
+    return sp * ulysses
 
 
 def prompt_batch(model: LWM, prompts: Sequence[TokenSeq], bucket: int = 1, pad_id: int = 0) -> dict[str, np.ndarray]:
@@ -62,7 +64,8 @@ def decoding_model(model: LWM, prompt_length: int, new_tokens: int) -> tuple[LWM
         )
     if config.attention_impl == "ring":
         if prompt_length % sp:
-            raise ValueError(f"prompt length {prompt_length} must divide by the mesh's sp={sp} for ring prefill")
+            raise ValueError(f"prompt length {prompt_length} must divide by the mesh's sp x ulysses={sp} for ring "
+                             f"prefill")
         model = model.clone(config=dataclasses.replace(config, ring_layout="contiguous"))
     return model, -(-(prompt_length + new_tokens) // sp) * sp
 

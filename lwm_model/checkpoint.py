@@ -143,9 +143,16 @@ def iter_lwm_records(
                     and all(isinstance(k, str | int) for k in key)
                 ):
                     raise ValueError(f"key {key!r} is not a path of names")
-                value = msgpack_restore(record[1])
+                try:
+                    value = msgpack_restore(record[1])
+                except msgpack.StackError:
+                    raise ValueError("its value is msgpack nested too deeply") from None
+                except (TypeError, ValueError, msgpack.UnpackException) as e:  # a hostile array ext
+                    raise ValueError(f"malformed value: {e!r}") from None
                 done += 1
                 yield tuple(str(k) for k in key), value
+        except msgpack.StackError:  # a ValueError with no message
+            raise ValueError(f"{path}: record {done}: msgpack nested too deeply") from None
         except ValueError as e:
             raise ValueError(f"{path}: record {done}: {e}") from e
         except (msgpack.UnpackException, msgpack.ExtraData) as e:

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 ATTENTION_IMPLS = ("dense", "ring")
-RING_LAYOUTS = ("contiguous", "zigzag", "striped")
+FIXED_RING_LAYOUTS = ("contiguous", "zigzag", "striped")  # fixed permutations, the same for every row
+ROW_RING_LAYOUTS = ("balanced",)  # chosen per row from its segment ids (lwmkit.lwm_model.balance)
+RING_LAYOUTS = FIXED_RING_LAYOUTS + ROW_RING_LAYOUTS
 LOSS_MIXES = ("lwm", "tokens")  # loss.py: LWM's per-modality mix, or one mean over all tokens
 REMAT_POLICIES = (
     "none",
@@ -53,9 +55,11 @@ class LWMConfig:
       frame_codes: codes per frame (16 x 16); a frame costs frame_codes + 1 tokens with its <eof>.
       scan_layers: stack layer parameters and run them with `nn.scan` (compiles once per model).
       remat_policy: rematerialisation of each layer (`jax.checkpoint_policies` name, or "none").
-      attention_impl: "dense" (reference) or "ring" (RingAttention over the mesh's "sp" axis).
-      ring_layout: order of the sequence axis over the "sp" ring: "contiguous", or a causal
-        load-balancing "zigzag" / "striped" (batches must arrive in it; see `layout_batch`).
+      attention_impl: "dense" (reference) or "ring" (RingAttention over the mesh's "sp" axis; with
+        a mesh "ulysses" axis larger than 1, 2D: Ulysses all-to-alls around the ring).
+      ring_layout: order of the sequence axis over the "sp" ring: "contiguous", a causal
+        load-balancing "zigzag" / "striped", or "balanced" (chosen per packed row from its
+        segment ids; needs the batch's token_index). Batches must arrive in it (`layout_batch`).
       ring_block_q, ring_block_k: RingAttention's block sizes within a device's chunk.
       dtype: compute dtype; param_dtype: parameter dtype.
     """

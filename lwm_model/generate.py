@@ -19,6 +19,7 @@ Example, greedy text for two prompts:
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -28,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from lwmkit.lwm_model.config import LWMConfig
-from lwmkit.lwm_model.mesh import constrain
+from lwmkit.lwm_model.mesh import constrain, sequence_parallel
 from lwmkit.lwm_model.model import LWM, KVCache
 
 SAMPLE_MODES = ("text", "vision")
@@ -273,11 +274,11 @@ def generate(
         raise ValueError("sample_mode='vision' needs a model with vision=True")
     config = model.config
     t = int(np.shape(prompt["tokens"])[1])
-    sp = model.mesh.shape["sp"] if model.mesh is not None else 1
+    sp = math.prod(sequence_parallel(model.mesh))  # sequence shards: ring x Ulysses
     if config.attention_impl == "ring":
         if t % sp:
             raise ValueError(
-                f"prompt length {t} must divide by the mesh's sp={sp} for ring prefill (pad_prompts multiple)"
+                f"prompt length {t} must divide by the mesh's sp x ulysses={sp} for ring prefill (pad_prompts multiple)"
             )
         # The prompt arrives in token order, so the ring runs contiguous.
         model = model.clone(config=dataclasses.replace(config, ring_layout="contiguous"))

@@ -13,7 +13,6 @@ where LWM rotates interleaved pairs (x[2i], x[2i+1]):
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Mapping
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 from lwmkit.lwm_model.checkpoint import fit_params
 from lwmkit.lwm_model.config import LWMConfig
+from lwmkit.packing.json_input import read_json
 
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)\.weight$")
 _LAYER_NAMES = {
@@ -38,6 +38,7 @@ _LAYER_NAMES = {
 }
 # Buffers some older exports carry; they are recomputed, never loaded.
 _IGNORED = re.compile(r"rotary_emb\.inv_freq$")
+_MAX_JSON_BYTES = 64 << 20  # config.json and the shard index are a few KB to a few MB
 
 
 def config_from_hf(hf: Mapping[str, Any], **overrides: Any) -> LWMConfig:
@@ -128,7 +129,13 @@ def _safetensors_files(path: Path) -> list[Path]:
         return [path]
     index = path / "model.safetensors.index.json"
     if index.exists():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        weight_map = read_json(index, ValueError, _MAX_JSON_BYTES).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(n, str) for n in weight_map.values()):
+            raise ValueError(f"{index}: weight_map must be an object of file names")
+        names = sorted(set(weight_map.values()))
+        bad = [n for n in names if n in ("", ".", "..") or n != os.path.basename(n) or "\\" in n]
+        if bad:  # a name may not lead out of the checkpoint's folder
+            raise ValueError(f"{index}: weight_map names files outside the folder: {bad[:3]}")
         return [path / n for n in names]
     files = sorted(path.glob("*.safetensors"))
     if not files:
@@ -162,12 +169,17 @@ def load_hf_llama(
         if not cfg.exists():
             raise ValueError(f"{path}: no config.json; pass config=")
         try:
-            config = config_from_hf(json.loads(cfg.read_text()), **overrides)
-        except (ValueError, KeyError) as e:
+            config = config_from_hf(read_json(cfg, ValueError, _MAX_JSON_BYTES), **overrides)
+        except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{cfg}: {e!r}") from e
     tensors = {}
     for file in _safetensors_files(path):
-        with safe_open(str(file), framework="np") as f:
-            for name in f.keys():
-                tensors[name] = f.get_tensor(name)
+        try:
+            with safe_open(str(file), framework="np") as f:
+                for name in f.keys():
+                    tensors[name] = f.get_tensor(name)
+        except OSError:
+            raise
+        except Exception as e:  # safetensors' SafetensorError: a bad header or offsets
+            raise ValueError(f"{file}: not a readable safetensors file: {e}") from e
     return config, convert_hf_state(tensors, config, str(path))

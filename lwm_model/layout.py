@@ -15,6 +15,10 @@ Example (T = 8, n = 2; the digits are original token indices):
     apply_layout([0 1 2 3 4 5 6 7], "striped", 2) -> [0 2 4 6 | 1 3 5 7]
     undo_layout(apply_layout(x, layout, n), layout, n) == x
 
+A fourth layout, "balanced" (`lwmkit.lwm_model.balance`), is chosen row by row from the segment ids
+of packed records, so it has no fixed permutation: `layout_batch` passes its `token_index`, and
+`restore_order` (which serves every layout) puts outputs back.
+
 Inside the ring the causal mask compares ORIGINAL token indices. `local_token_index` derives them
 from the layout and the device's ring index (no full-length array is sent anywhere);
 `layout_permutation` is the same map for the whole sequence.
@@ -29,15 +33,16 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from lwmkit.lwm_model.config import RING_LAYOUTS as LAYOUTS
+from lwmkit.lwm_model.config import FIXED_RING_LAYOUTS as LAYOUTS
+from lwmkit.lwm_model.config import ROW_RING_LAYOUTS as ROW_LAYOUTS
 
 _BIG = np.iinfo(np.int32).max
 
 
 def check_layout(layout: str, length: int, ring_size: int) -> None:
     """Raise ValueError unless `length` tokens can be laid out as `layout` over `ring_size` devices."""
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout={layout!r} is unknown; valid layouts: {', '.join(LAYOUTS)}")
+    if layout not in LAYOUTS + ROW_LAYOUTS:
+        raise ValueError(f"layout={layout!r} is unknown; valid layouts: {', '.join(LAYOUTS + ROW_LAYOUTS)}")
     if ring_size < 1:
         raise ValueError(f"ring_size={ring_size} must be >= 1")
     pieces = 2 * ring_size if layout == "zigzag" else ring_size
@@ -60,8 +65,14 @@ def local_token_index(layout: str, ring_size: int, local_len: int, device: int |
     Returns:
         int32 [local_len].
     """
-    check_layout(layout, local_len * ring_size, ring_size)
+    _check_fixed(layout, local_len * ring_size, ring_size)
     return _local_index(jnp, layout, ring_size, local_len, device)
+
+
+def _check_fixed(layout: str, length: int, ring_size: int) -> None:
+    check_layout(layout, length, ring_size)
+    if layout in ROW_LAYOUTS:
+        raise ValueError(f"layout={layout!r} is chosen row by row: use its token_index, not a fixed permutation")
 
 
 def _local_index(xp, layout: str, ring_size: int, local_len: int, device):
@@ -79,7 +90,7 @@ def _local_index(xp, layout: str, ring_size: int, local_len: int, device):
 
 def layout_permutation(length: int, layout: str, ring_size: int) -> np.ndarray:
     """perm such that laid_out[j] = original[perm[j]]: the original index of every laid-out token."""
-    check_layout(layout, length, ring_size)
+    _check_fixed(layout, length, ring_size)
     local = length // ring_size
     return np.concatenate([_local_index(np, layout, ring_size, local, r) for r in range(ring_size)])
 
@@ -102,6 +113,26 @@ def apply_layout(x, layout: str, ring_size: int, axis: int = 1):
 def undo_layout(x, layout: str, ring_size: int, axis: int = 1):
     """Inverse of `apply_layout`: back to the original token order."""
     return _take(x, np.argsort(layout_permutation(x.shape[axis], layout, ring_size)), axis)
+
+
+def restore_order(x, token_index, axis: int = 1):
+    """Put laid-out `x` back in the original token order, row by row, for any layout.
+
+    Args:
+        x: [B, T, ...] (numpy or jax) in a laid-out order along `axis` (1 or -ndim+1).
+        token_index: int [B, T] or [T], the original index of every laid-out token (what
+            `layout_batch` adds as "token_index").
+
+    Returns:
+        x in the original order: out[b, token_index[b, j]] = x[b, j].
+    """
+    if axis not in (1, 1 - np.ndim(x)):
+        raise ValueError(f"axis={axis}: restore_order reorders the token axis (1) of [B, T, ...]")
+    xp = jnp if isinstance(x, jax.Array) else np
+    index = xp.broadcast_to(xp.asarray(token_index), x.shape[:2])
+    inverse = xp.argsort(index, axis=1)
+    inverse = inverse.reshape(inverse.shape + (1,) * (np.ndim(x) - 2))
+    return xp.take_along_axis(xp.asarray(x), inverse, axis=1)
 
 
 def _block_summary(segment_ids: jax.Array, token_index: jax.Array, block: int):
@@ -173,17 +204,42 @@ def attention_work(
     length = seg.shape[1]
     check_layout(layout, length, ring_size)
     block_q, block_k = (block, block) if isinstance(block, int) else block
+    if layout in ROW_LAYOUTS:
+        from lwmkit.lwm_model.balance import balanced_permutations
+
+        perm = balanced_permutations(seg, ring_size, (block_q, block_k), causal)
+    else:
+        perm = np.broadcast_to(layout_permutation(length, layout, ring_size), seg.shape)
+    return permuted_work(np.take_along_axis(seg, perm, 1), perm, ring_size, (block_q, block_k), causal)
+
+
+def permuted_work(
+    laid_segment_ids, token_index, ring_size: int, block: int | tuple[int, int], causal: bool = True
+) -> np.ndarray:
+    """`attention_work` of a batch already laid out, row by row, by any permutation.
+
+    Args:
+        laid_segment_ids: int [B, T] in the laid-out order.
+        token_index: int [B, T] or [T], the original index of every laid-out token.
+        ring_size, block, causal: as in `attention_work`.
+
+    Returns:
+        int64 [ring_size (step), ring_size (device)].
+    """
+    seg = np.atleast_2d(np.asarray(laid_segment_ids))
+    rows, length = seg.shape
+    block_q, block_k = (block, block) if isinstance(block, int) else block
     local = length // ring_size
-    if local % block_q or local % block_k:
+    if length % ring_size or local % block_q or local % block_k:
         raise ValueError(f"block={block} must divide the per-device length {local} (T={length}, ring={ring_size})")
-    laid = apply_layout(seg, layout, ring_size).reshape(seg.shape[0], ring_size, local)
-    tok = layout_permutation(length, layout, ring_size).reshape(ring_size, local)
+    laid = seg.reshape(rows, ring_size, local)
+    tok = np.broadcast_to(np.asarray(token_index), seg.shape).reshape(rows, ring_size, local)
     work = np.zeros((ring_size, ring_size), np.int64)
     for step in range(ring_size):
         src = (np.arange(ring_size) - step) % ring_size
         mask = block_pair_mask(
-            laid.transpose(1, 0, 2), tok[:, None, :], laid[:, src].transpose(1, 0, 2), tok[src][:, None, :],
-            block_q, block_k, causal,
+            laid.transpose(1, 0, 2), tok.transpose(1, 0, 2), laid[:, src].transpose(1, 0, 2),
+            tok[:, src].transpose(1, 0, 2), block_q, block_k, causal,
         )  # [device, batch, nq, nk]
         work[step] = mask.reshape(ring_size, -1).sum(-1)
     return work

@@ -1,15 +1,23 @@
-"""The device mesh (axes dp, fsdp, tp, sp, like LWM's `mesh_dim`) and every sharding rule, in one place.
+"""The device mesh (axes dp, fsdp, tp, sp, ulysses; LWM's `mesh_dim` plus Ulysses) and every sharding rule.
 
 Parameters are sharded by regular expressions over their '/'-joined path (LWM's partition rules):
-matrices split their model-width side over ("fsdp", "sp") and their heads / MLP side over "tp"; a
-scanned layer stack gets a leading unsharded layer axis. Activations use the named specs in
-`ACTIVATION_SPECS`: batch over ("dp", "fsdp"), sequence over "sp", heads and vocabulary over "tp".
-A mesh axis that does not divide its dimension is dropped from that dimension (replicated), so the
-same rules serve the tiny test model and 7B.
+matrices split their model-width side over ("fsdp", "sp", "ulysses") and their heads / MLP side
+over "tp"; a scanned layer stack gets a leading unsharded layer axis. Activations use the named
+specs in `ACTIVATION_SPECS`: batch over ("dp", "fsdp"), sequence over ("sp", "ulysses"), heads
+and vocabulary over "tp". A mesh axis that does not divide its dimension is dropped from that
+dimension (replicated), so the same rules serve the tiny test model and 7B.
+
+The sequence is sharded over two axes (2D sequence parallelism): "sp" is the RingAttention ring
+(k/v travel by ppermute, one neighbour at a time, overlapping compute: fine over slower
+inter-node links) and "ulysses" trades sequence for heads with all-to-alls (two per attention
+call each way, bandwidth-bound: keep it on fast intra-node links). "ulysses" is the innermost
+axis, so its devices are consecutive device ids (one node); a mesh string may leave it out
+("dp,fsdp,tp,sp" means ulysses=1).
 
 Example, 8 devices:
-    mesh = make_mesh("1,2,1,4")          # dp=1, fsdp=2, tp=1, sp=4
-    mesh = make_mesh({"sp": -1})         # every device on the sequence axis
+    mesh = make_mesh("1,2,1,4")          # dp=1, fsdp=2, tp=1, sp=4 (ulysses=1)
+    mesh = make_mesh("1,1,1,2,4")        # a ring of 2 over groups of 4 Ulysses devices
+    mesh = make_mesh({"sp": -1})         # every device on the ring
     params = shard_params(params, mesh)  # wq kernel [64, 64] -> P(("fsdp", "sp"), "tp")
 """
 
@@ -27,7 +35,8 @@ from jax.sharding import PartitionSpec as P
 from lwmkit.lwm_model.mesh_spec import AXES, mesh_sizes
 
 BATCH = ("dp", "fsdp")
-FSDP = ("fsdp", "sp")
+SEQUENCE = ("sp", "ulysses")  # the ring's chunk r holds Ulysses pieces r*U .. r*U + U-1
+FSDP = ("fsdp", "sp", "ulysses")
 
 # (regex over the parameter path, spec of the unscanned parameter); the first match wins.
 PARAM_RULES: tuple[tuple[str, P], ...] = (
@@ -42,25 +51,26 @@ PARAM_RULES: tuple[tuple[str, P], ...] = (
 )
 
 ACTIVATION_SPECS: dict[str, P] = {
-    "tokens": P(BATCH, "sp"),  # [batch, seq]
+    "tokens": P(BATCH, SEQUENCE),  # [batch, seq]
     # [batch, seq, hidden], replicated over "tp" (Megatron style). Not P(BATCH, "sp", "tp"): with
     # XLA in jax 0.10.2 a row-parallel matmul (kernel P("tp", "fsdp")) resharded to that spec
     # swaps batch rows on a dp=2, fsdp=2, tp=2 mesh (tests/lwm_model/test_model.py checks meshes).
-    "hidden": P(BATCH, "sp", None),
-    "heads": P(BATCH, "sp", "tp", None),  # [batch, seq, heads, head_dim]
-    "logits": P(BATCH, "sp", "tp"),  # [batch, seq, vocab]
-    "cache": P(None, BATCH, "sp", "tp", None),  # [layers, batch, cache_len, kv_heads, head_dim]
+    "hidden": P(BATCH, SEQUENCE, None),
+    "heads": P(BATCH, SEQUENCE, "tp", None),  # [batch, seq, heads, head_dim]
+    "logits": P(BATCH, SEQUENCE, "tp"),  # [batch, seq, vocab]
+    "cache": P(None, BATCH, SEQUENCE, "tp", None),  # [layers, batch, cache_len, kv_heads, head_dim]
 }
 
 
 def make_mesh(
     dims: str | Mapping[str, int] | Sequence[int] = "1,-1,1,1", devices: Sequence[Any] | None = None
 ) -> Mesh:
-    """A mesh with axes ("dp", "fsdp", "tp", "sp").
+    """A mesh with axes ("dp", "fsdp", "tp", "sp", "ulysses").
 
     Args:
-      dims: sizes in that order as "1,-1,1,1" or a sequence, or a dict naming some axes (the rest
-        are 1). One size may be -1: it takes the devices left over.
+      dims: sizes in that order as "1,-1,1,1,1" or a sequence, or a dict naming some axes (the rest
+        are 1); four sizes (dp, fsdp, tp, sp) mean ulysses=1. One size may be -1: it takes the
+        devices left over.
       devices: the devices to use (default: all).
 
     Returns:
@@ -156,23 +166,55 @@ def constrain(x: jax.Array, name: str, mesh: Mesh | None) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, activation_sharding(name, x.shape, mesh))
 
 
-def layout_batch(batch: Mapping[str, Any], layout: str, ring_size: int) -> dict[str, Any]:
+def sequence_parallel(mesh: Mesh | None) -> tuple[int, int]:
+    """(ring size "sp", Ulysses size "ulysses") of `mesh`; (1, 1) without a mesh. The sequence
+    splits into sp x ulysses shards; layouts (zigzag, balanced) are laid over the ring only."""
+    if mesh is None:
+        return 1, 1
+    return int(mesh.shape.get("sp", 1)), int(mesh.shape.get("ulysses", 1))
+
+
+def layout_batch(
+    batch: Mapping[str, Any],
+    layout: str,
+    ring_size: int,
+    block: int | tuple[int, int] | None = None,
+    causal: bool = True,
+) -> dict[str, Any]:
     """Reorders every [batch, seq] field into a ring layout and adds `token_index` (original order).
 
     The model then runs on the reordered batch (RoPE reads `tokens_positions`, causality reads
-    `token_index`); `undo_layout(logits, layout, ring_size)` puts outputs back in order. Fields
-    without a sequence axis are kept as they are. With layout "zigzag" over 2 devices:
+    `token_index`); `restore_order(logits, token_index)` (or `undo_layout(logits, layout,
+    ring_size)` for a fixed layout) puts outputs back in order. Fields without a sequence axis are
+    kept as they are. With layout "zigzag" over 2 devices:
         tokens [a b c d e f g h] -> [a b g h c d e f], token_index [0 1 6 7 2 3 4 5]
+    Layout "balanced" (lwmkit.lwm_model.balance) is chosen per row from `tokens_segment_ids` for the
+    ring's `block` size (and `causal`), so that every ring device gets the same attention work.
 
     Raises:
-      ValueError: for an unknown layout or a length it cannot split evenly over `ring_size`.
+      ValueError: for an unknown layout, a length it cannot split evenly over `ring_size`, or
+        "balanced" without `block`.
     """
-    from lwmkit.lwm_model.layout import apply_layout, layout_permutation
+    from lwmkit.lwm_model.layout import ROW_LAYOUTS, apply_layout, layout_permutation
 
-    length = int(np.shape(batch["tokens"])[1])
+    shape = np.shape(batch["tokens"])[:2]
+    if layout in ROW_LAYOUTS:
+        from lwmkit.lwm_model.balance import balanced_permutations
+
+        if block is None:
+            raise ValueError(f"layout={layout!r} is chosen for the ring's block size: pass block=")
+        index = balanced_permutations(batch["tokens_segment_ids"], ring_size, block, causal)
+
+        def put(v):
+            v = np.asarray(v)
+            return np.take_along_axis(v, index.reshape(index.shape + (1,) * (v.ndim - 2)), axis=1)
+
+        out = {k: put(v) if np.ndim(v) >= 2 else v for k, v in batch.items()}
+        out["token_index"] = index.astype(np.int32)
+        return out
     out = {
         k: apply_layout(v, layout, ring_size) if np.ndim(v) >= 2 else v for k, v in batch.items()
     }
-    index = layout_permutation(length, layout, ring_size).astype(np.int32)
-    out["token_index"] = np.broadcast_to(index, np.shape(batch["tokens"])[:2]).copy()
+    index = layout_permutation(shape[1], layout, ring_size).astype(np.int32)
+    out["token_index"] = np.broadcast_to(index, shape).copy()
     return out

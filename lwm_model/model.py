@@ -198,6 +198,7 @@ class Attention(nn.Module):
             block_k=c.ring_block_k,
             layout=c.ring_layout,
             token_index=token_index,
+            ulysses_axis="ulysses" if "ulysses" in self.mesh.axis_names else None,
         )
 
 
@@ -320,7 +321,8 @@ class LWM(nn.Module):
           positions: int [batch, seq] RoPE positions (default: 0, 1, 2, ...).
           token_index: int [batch, seq], each token's index in the original order when the batch
             was reordered by `layout_batch` (dense attention masks causally by it; ring attention
-            derives it from `config.ring_layout`). Default: the order given.
+            derives it from a fixed `config.ring_layout`, and needs it for "balanced"). Default:
+            the order given.
           cache: a KVCache to extend (decoding, see generate.py); its updated copy is returned.
         """
         c = self.config

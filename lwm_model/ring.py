@@ -17,6 +17,13 @@ The backward pass is a `custom_vjp`: it keeps only q, k, v, the output and the l
 query (O(L) per device, never an L x L matrix), recomputes scores block by block, and sends
 dk and dv around the ring with their keys, so they arrive home after n hops.
 
+2D sequence parallelism (`ulysses_axis`, lwmkit.lwm_model.ulysses): the sequence is sharded over
+(ring axis, Ulysses axis); inside the shard_map q, k, v are all-to-all'ed over the Ulysses axis
+from sequence shards to head groups of whole ring chunks (segment ids and token indices are
+all-gathered the same way), the ring below runs over the ring axis unchanged, and the inverse
+all-to-all restores the output's sequence sharding. The all-to-alls send (U-1)/U of each device's
+q, k, v and output shards once per call, and the ring takes R-1 steps instead of R*U-1.
+
 Causality compares ORIGINAL token indices: derived inside each device from the layout name and the
 device's ring index (`layout=`), or passed as `token_index` [B, T] sharded like the segment ids.
 Document-restarting RoPE positions are applied to q and k by the caller before this function.
@@ -40,7 +47,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
-from lwmkit.lwm_model.layout import block_pair_mask, check_layout, local_token_index
+from lwmkit.lwm_model.layout import ROW_LAYOUTS, block_pair_mask, check_layout, local_token_index
+from lwmkit.lwm_model.ulysses import UlyssesPlan, gather_sequence, plan_heads, to_heads, to_sequence
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,6 +301,7 @@ def ring_attention_with_work(
     head_axis: str | None = "tp",
     layout: str = "contiguous",
     token_index: jax.Array | None = None,
+    ulysses_axis: str | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """`ring_attention`, plus the block pairs each device computed at each ring step.
 
@@ -301,8 +310,11 @@ def ring_attention_with_work(
         over every device of the mesh in the mesh's (row-major) order; on a mesh with only the ring
         axis, work matches `attention_work` on the segment ids in their original order.
     """
-    if axis not in mesh.axis_names:
-        raise ValueError(f"axis={axis!r} is not a mesh axis; mesh axes: {', '.join(mesh.axis_names)}")
+    for name, value in (("axis", axis), ("ulysses_axis", ulysses_axis)):
+        if value is not None and value not in mesh.axis_names:
+            raise ValueError(f"{name}={value!r} is not a mesh axis; mesh axes: {', '.join(mesh.axis_names)}")
+    if ulysses_axis == axis:
+        raise ValueError(f"ulysses_axis={ulysses_axis!r} must differ from the ring axis {axis!r}")
     if q.ndim != 4 or k.shape != v.shape or k.ndim != 4 or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
         raise ValueError(f"q {q.shape}, k {k.shape}, v {v.shape}: expected q [B,T,H,D] and k = v [B,T,KVH,D]")
     batch, length, heads, dim = q.shape
@@ -313,6 +325,8 @@ def ring_attention_with_work(
         raise ValueError(f"segment_ids {segment_ids.shape} must be [B, T] = {(batch, length)}")
     n = mesh.shape[axis]
     check_layout(layout, length, n)
+    if layout in ROW_LAYOUTS and token_index is None:
+        raise ValueError(f"layout={layout!r} differs row by row: pass its token_index (see layout_batch)")
     local = length // n
     ring = _Ring(
         axis,
@@ -325,34 +339,51 @@ def ring_attention_with_work(
 
     batch_spec = _present(mesh, batch_axes) or None
     head_spec = (_present(mesh, head_axis) or (None,))[0]
-    if head_spec is not None and kv_heads % mesh.shape[head_spec]:
-        raise ValueError(f"{kv_heads} key/value heads do not split over {head_axis}={mesh.shape[head_spec]}")
+    tp = mesh.shape[head_spec] if head_spec is not None else 1
+    if kv_heads % tp:
+        raise ValueError(f"{kv_heads} key/value heads do not split over {head_axis}={tp}")
+    plan = None
+    if ulysses_axis is not None and mesh.shape[ulysses_axis] > 1:
+        u = mesh.shape[ulysses_axis]
+        if local % u:
+            raise ValueError(f"sequence length {length} must be a multiple of {n * u}: {axis}={n} ring devices "
+                             f"x {ulysses_axis}={u} Ulysses devices")
+        plan = plan_heads(ulysses_axis, u, heads // tp, kv_heads // tp)
     if token_index is not None and token_index.shape != (batch, length):
         raise ValueError(f"token_index {token_index.shape} must be [B, T] = {(batch, length)}")
-    fn = _sharded(mesh, ring, batch_spec, head_spec)
+    # With a Ulysses axis (even of size 1) the sequence is sharded over both axes, in and out, like
+    # the model's activations ("sp", "ulysses"): explicit-sharding meshes tell the two specs apart.
+    seq = (axis, ulysses_axis) if ulysses_axis is not None else axis
+    fn = _sharded(mesh, ring, batch_spec, head_spec, seq, plan)
     return fn(q, k, v, segment_ids, *([] if token_index is None else [token_index]))
 
 
 @functools.lru_cache(maxsize=64)
-def _sharded(mesh, ring: _Ring, batch_spec, head_spec):
+def _sharded(mesh, ring: _Ring, batch_spec, head_spec, seq, plan: UlyssesPlan | None = None):
     """The jitted shard_map for one configuration (cached, so eager calls compile once)."""
-    x_spec, s_spec = P(batch_spec, ring.axis, head_spec, None), P(batch_spec, ring.axis)
+    # seq: the ring axis, or (ring axis, Ulysses axis): device (r, j) holds chunk r*U + j
+    x_spec, s_spec = P(batch_spec, seq, head_spec, None), P(batch_spec, seq)
     specs = (x_spec, x_spec, x_spec, s_spec) + (() if ring.layout else (s_spec,))
     explicit = any(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types)
 
     def body(q, k, v, seg, *tok):
+        seg = seg.astype(jnp.int32)
+        tok = tok[0].astype(jnp.int32) if tok else None
+        if plan:  # trade sequence for heads: this device's head group over the whole ring chunk
+            q, k, v = to_heads(q, plan), to_heads(k, plan, kv=True), to_heads(v, plan, kv=True)
+            seg = gather_sequence(seg, plan)
+            tok = None if tok is None else gather_sequence(tok, plan)
         b, loc = seg.shape
-        if tok:
-            tok = tok[0].astype(jnp.int32)
-        else:
+        if tok is None:
             tok = _key_tokens(ring, (), 0, seg)  # this device's own tokens
         h, kvh, dim = q.shape[2], k.shape[2], q.shape[3]
         # Head-major inside the kernel, so every block product is a plain batched matmul over the
         # key/value heads: q [b, kvh, L, g, D] (g query heads share one key head), k, v [b, kvh, L, D].
         qh = q.reshape(b, loc, kvh, h // kvh, dim).transpose(0, 2, 1, 3, 4)
         kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-        out, counts = _ring_core(ring, qh, kh, vh, seg.astype(jnp.int32), tok)
-        return out.transpose(0, 2, 1, 3, 4).reshape(q.shape), counts[:, None]
+        out, counts = _ring_core(ring, qh, kh, vh, seg, tok)
+        out = out.transpose(0, 2, 1, 3, 4).reshape(q.shape)
+        return (to_sequence(out, plan) if plan else out), counts[:, None]
 
     sharded = jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=(x_spec, P(None, tuple(mesh.axis_names))))
 

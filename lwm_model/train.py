@@ -35,7 +35,7 @@ from typing import Any, TextIO
 import jax
 import numpy as np
 from lwmkit.lwm_model.config import LWMConfig
-from lwmkit.lwm_model.mesh import layout_batch, make_mesh
+from lwmkit.lwm_model.mesh import SEQUENCE, layout_batch, make_mesh, sequence_parallel
 from lwmkit.lwm_model.train_config import StageConfig, TrainConfig
 from lwmkit.lwm_model.train_log import MetricsLog, plot_losses, print_progress, read_metrics
 from lwmkit.lwm_model.train_state import StageCheckpoints, initial_params
@@ -71,11 +71,14 @@ class TrainResult:
     interrupted: bool = False
 
 
-def stage_model_config(config: TrainConfig, stage: StageConfig, ring_size: int, vocab_size: int | None) -> LWMConfig:
+def stage_model_config(config: TrainConfig, stage: StageConfig, ring_size: int, vocab_size: int | None,
+                       ulysses: int = 1, tp: int = 1) -> LWMConfig:
     """The model of `stage`: the run's preset with the stage's RoPE theta and length, attention and precision.
 
     Raises:
-      ValueError: when the ring layout or block size cannot split the stage's sequence.
+      ValueError: when the ring layout or block size cannot split the stage's sequence, the
+        sequence does not split over ring x Ulysses devices, or (ring attention) the heads per
+        `tp` shard do not split over the `ulysses` devices.
     """
     from lwmkit.lwm_model.layout import check_layout
 
@@ -90,6 +93,12 @@ def stage_model_config(config: TrainConfig, stage: StageConfig, ring_size: int, 
         if local % block:
             raise ValueError(f"stage {stage.name!r}: ring_block={config.ring_block} does not divide the "
                              f"{local} tokens each of the {ring_size} ring devices holds")
+    if stage.seq_len % (ring_size * ulysses):
+        raise ValueError(f"stage {stage.name!r}: seq_len={stage.seq_len} does not split over sp={ring_size} x "
+                         f"ulysses={ulysses} sequence devices")
+    if config.attention == "ring" and ulysses > 1 and (base.num_heads % tp or (base.num_heads // tp) % ulysses):
+        raise ValueError(f"stage {stage.name!r}: mesh {stage.mesh!r}: the model's {base.num_heads} heads over tp={tp} "
+                         f"do not split over ulysses={ulysses}")
     dtype, param_dtype = _DTYPES[config.precision]
     fields = dict(rope_theta=stage.rope_theta, max_sequence_length=max(base.max_sequence_length, stage.seq_len),
                   attention_impl=config.attention, ring_layout=config.ring_layout, ring_block_q=block,
@@ -236,8 +245,8 @@ class _StageRun:
         self.config, self.index, self.stage, self.base_step = config, index, stage, base_step
         self.log, self.stream, self.records = log, stream, []
         self.mesh = make_mesh(stage.mesh)
-        self.ring = self.mesh.shape["sp"]
-        self.model = stage_model_config(config, stage, self.ring, vocab)
+        self.ring, ulysses = sequence_parallel(self.mesh)
+        self.model = stage_model_config(config, stage, self.ring, vocab, ulysses, self.mesh.shape["tp"])
         data = self.mesh.shape["dp"] * self.mesh.shape["fsdp"]
         if (stage.rows // stage.grad_accum) % data:
             raise ValueError(f"stage {stage.name!r}: {stage.rows // stage.grad_accum} rows per micro-batch do not "
@@ -303,7 +312,7 @@ class _StageRun:
             host = {"padding": float(np.mean(batch["tokens_segment_ids"] == 0))}
             fields = {k: batch[k] for k in STEP_FIELDS}
             if self.config.attention == "ring" and layout != "contiguous":
-                fields = layout_batch(fields, layout, self.ring)
+                fields = layout_batch(fields, layout, self.ring, (self.model.ring_block_q, self.model.ring_block_k))
             state, metrics = self.step_fn(state, _global(fields, self.mesh))
             if pending is not None:
                 clock = self._finish(*pending, clock)
@@ -341,7 +350,7 @@ class _StageRun:
 def _global(fields: dict[str, np.ndarray], mesh: Any) -> dict[str, Any]:
     from lwmkit.packing.device_arrays import to_global_arrays
 
-    return to_global_arrays(fields, mesh)
+    return to_global_arrays(fields, mesh, seq_axis=SEQUENCE)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -98,7 +98,8 @@ class StageConfig:
       batch_tokens: tokens per optimiser step; rows = batch_tokens // seq_len.
       mixture: (dataset directory, weight) pairs; a relative directory is under the run's
         `data_root`, and "{seq_len}" in it is replaced by this stage's seq_len.
-      mesh: device mesh sizes (dp, fsdp, tp, sp), e.g. "1,-1,1,4"; sp is the RingAttention ring.
+      mesh: device mesh sizes (dp, fsdp, tp, sp[, ulysses]), e.g. "1,-1,1,4"; sp is the RingAttention
+        ring, ulysses (default 1) the Ulysses all-to-all axis of 2D sequence parallelism.
       grad_accum: micro-batches per step (each of rows / grad_accum sequences).
       optimizer: this stage's optimiser (a fresh one each stage; its step count starts at 0).
       checkpoint_every: save every this many steps (the stage's last step is always saved).
@@ -138,8 +139,9 @@ class StageConfig:
         if sum(w for _, w in self.mixture) <= 0:
             raise ValueError(f"{owner}.mixture={self.mixture!r}: the weights are all 0")
         parts = self.mesh.split(",")
-        if len(parts) != 4 or not all(p.strip().lstrip("-").isdigit() for p in parts):
-            raise ValueError(f"{owner}.mesh={self.mesh!r}: need four sizes (dp, fsdp, tp, sp) like '1,-1,1,4'")
+        if len(parts) not in (4, 5) or not all(p.strip().lstrip("-").isdigit() for p in parts):
+            raise ValueError(f"{owner}.mesh={self.mesh!r}: need four or five sizes (dp, fsdp, tp, sp[, ulysses]) "
+                             f"like '1,-1,1,4' or '1,-1,1,4,2'")
 
     @property
     def rows(self) -> int:
@@ -167,7 +169,8 @@ class TrainConfig:
       model_overrides: LWMConfig fields over the preset (e.g. {"vision": False}).
       vocab_from_data: size the text vocabulary from the datasets' tokenizer (manifest).
       attention: "ring" (RingAttention over the mesh's sp axis) or "dense" (reference).
-      ring_layout: "contiguous", "zigzag" or "striped" token order over the ring.
+      ring_layout: "contiguous", "zigzag", "striped" or "balanced" (per packed row, from its
+        segment ids: equal attention work on every ring device) token order over the ring.
       ring_block: RingAttention block size (shrunk to a stage's per-device length when larger).
       precision: "fp32", or "bf16" (bfloat16 compute; float32 parameters and optimiser state).
       loss: "lwm" (0.5 x vision loss + 0.5 x text loss, each over its own weighted tokens) or

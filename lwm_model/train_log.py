@@ -20,6 +20,8 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
 
+from lwmkit.packing.json_input import parse_json
+
 
 class MetricsLog:
     """Appends step records to a JSONL file (flushed per line, so a preempted run loses nothing)."""
@@ -60,7 +62,7 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
+                rec = parse_json(line, "JSON", ValueError, dict)  # never RecursionError
                 key = (int(rec["stage_index"]), int(rec["step"]))
             except (ValueError, KeyError, TypeError) as e:
                 raise ValueError(f"{path}: line {n}: not a metrics record: {e}") from e

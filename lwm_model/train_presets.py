@@ -215,14 +215,13 @@ def load_config(source: str, overrides: Sequence[str] = ()) -> TrainConfig:
       ValueError: an unknown preset (listing them), a file that does not hold a config (naming it
         and why), or a bad override.
     """
-    import json
+    from lwmkit.packing.json_input import read_json
 
     if source in TRAIN_PRESETS:
         config = TRAIN_PRESETS[source]()
     elif os.path.isfile(source):
         try:
-            with open(source, encoding="utf-8") as f:
-                values = json.load(f)
+            values = read_json(source, ValueError, 1 << 20, expect=object)  # never RecursionError
             if isinstance(values, dict) and "preset" in values:
                 config = load_config(str(values["preset"]), [str(o) for o in values.get("overrides", [])])
             else:

@@ -7,8 +7,9 @@ JAX, so it is loaded only when first used.
 from lwmkit.packing.assemble import Segment, assemble_packed
 from lwmkit.packing.batches import TrainingBatch, shift_targets
 from lwmkit.packing.bins import PackPlan, Piece, best_fit_decreasing, cut_documents, plan_packing
+from lwmkit.packing.integrity import ShardChecksums
 from lwmkit.packing.loss import LossPolicy
-from lwmkit.packing.manifest import ManifestError, load_manifest, verify_directory
+from lwmkit.packing.manifest import ManifestError, add_checksums, load_manifest, verify_directory
 from lwmkit.packing.records import (
     DOCUMENT_FORMAT,
     FORMAT_VERSION,
@@ -39,8 +40,10 @@ __all__ = [
     "ShardFile",
     "ShardFileError",
     "ShardInfo",
+    "ShardChecksums",
     "ShardReader",
     "TrainingBatch",
+    "add_checksums",
     "assemble_packed",
     "best_fit_decreasing",
     "check_packed",

@@ -88,6 +88,9 @@ class LoaderConfig:
       online_seq_len, online_window: pack a document directory on the fly to this seq_len.
       cache_dir: where directories on object storage (`s3://`, `gs://`) are copied to be read
         (default `$LWMKIT_CACHE/datasets` or `~/.cache/lwmkit/datasets`).
+      verify_checksums: check every record read against its shard's CRC32C table, so a damaged
+        byte raises `ShardFileError` (naming the file and record) instead of reaching a batch;
+        False skips the check (see docs/benchmarks.md, loader section, for its cost).
     """
 
     directories: tuple[str, ...]
@@ -106,6 +109,7 @@ class LoaderConfig:
     online_seq_len: int | None = None
     online_window: int = 1024
     cache_dir: str | None = None
+    verify_checksums: bool = True
 
     def __post_init__(self):
         if not self.directories:
@@ -141,8 +145,12 @@ def _host_shard(config: LoaderConfig) -> tuple[int, int]:
     return jax.process_index(), jax.process_count()
 
 
+def _source(config: LoaderConfig, directory: str) -> ShardDataSource:
+    return ShardDataSource(directory, config.cache_dir, config.verify_checksums)
+
+
 def _packed_dataset(config: LoaderConfig, index: int, shard: tuple[int, int], repeat: int | None):
-    source = ShardDataSource(config.directories[index], config.cache_dir)
+    source = _source(config, config.directories[index])
     if source.kind != "packed":
         raise ValueError(
             f"{config.directories[index]}: holds {source.kind} records; make_loader reads packed records "
@@ -161,7 +169,7 @@ def build_dataset(config: LoaderConfig) -> grain.IterDataset:
     threads = config.read_threads
     if threads is None:
         longest = max(
-            ShardDataSource(d, config.cache_dir).manifest.get("seq_len") or 0
+            _source(config, d).manifest.get("seq_len") or 0
             for d in config.directories
         )
         threads = 0 if config.online_seq_len is None and longest < 65536 else 4
@@ -172,7 +180,7 @@ def build_dataset(config: LoaderConfig) -> grain.IterDataset:
         from lwmkit.packing.bins import document_order
         from lwmkit.packing.online import OnlinePackIterDataset, OrderedSource
 
-        source = ShardDataSource(config.directories[0], config.cache_dir)
+        source = _source(config, config.directories[0])
         order = document_order(len(source), config.seed if config.shuffle else None)[
             shard[0] :: shard[1]
         ]

@@ -158,15 +158,18 @@ def online_packed_dataset(
     policy: str = "split",
     piece_positions: str = "restart",
     loss_policy: str = "as_is",
+    verify_checksums: bool = True,
 ) -> OnlinePackIterDataset:
     """Packed records made on the fly from a document directory (one pass, in packing order).
 
-    The document order is the offline packer's: manifest order, or its seeded permutation.
+    The document order is the offline packer's: manifest order, or its seeded permutation. Every
+    document read is checked against its shard's CRC32C table unless `verify_checksums=False`
+    (see `ShardDataSource`).
 
     Raises:
       ValueError: if the directory does not hold document records.
     """
-    source = ShardDataSource(directory)
+    source = ShardDataSource(directory, verify_checksums=verify_checksums)
     if source.kind != "document":
         raise ValueError(f"{directory}: holds {source.kind} records; online packing reads document records")
     ordered = OrderedSource(source, document_order(len(source), seed))

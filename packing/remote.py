@@ -19,7 +19,6 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import uuid
 
@@ -81,24 +80,26 @@ def local_dataset(directory: str, cache_dir: str | None = None) -> str:
     if not is_remote(directory):
         return directory.removeprefix("file://")
     from apache_beam.io.filesystems import FileSystems
-    from lwmkit.packing.manifest import MANIFEST_NAME, ManifestError
+    from lwmkit.packing.manifest import (
+        MANIFEST_NAME,
+        MAX_MANIFEST_BYTES,
+        ManifestError,
+        parse_manifest,
+    )
 
     manifest_path = _join(directory, MANIFEST_NAME)
     if not FileSystems.exists(manifest_path):
         raise ManifestError(f"{manifest_path}: no manifest; is {directory!r} an lwmkit output directory?")
     with _open(manifest_path) as f:
-        manifest_bytes = f.read()
+        manifest_bytes = f.read(MAX_MANIFEST_BYTES + 1)  # never more, whatever the store holds
+    manifest = parse_manifest(manifest_bytes, manifest_path)  # checked before anything is copied
     key = hashlib.sha256(directory.rstrip("/").encode() + b"\0" + manifest_bytes).hexdigest()[:24]
     dest = os.path.join(cache_dir or default_cache_dir(), key)
     if os.path.exists(os.path.join(dest, MANIFEST_NAME)):
         return dest
     os.makedirs(dest, exist_ok=True)
-    manifest = json.loads(manifest_bytes)
-    for shard in manifest.get("shards", []):
-        name = os.path.basename(shard["file"])
-        if name != shard["file"] or name in ("", ".", ".."):
-            raise ManifestError(f"{manifest_path}: shard name {shard['file']!r} is not a plain file name")
-        _copy(_join(directory, name), os.path.join(dest, name), shard["sha256"])
+    for shard in manifest.get("shards", []):  # plain file names: parse_manifest checked them
+        _copy(_join(directory, shard["file"]), os.path.join(dest, shard["file"]), shard["sha256"])
     for name in SIDE_FILES:
         if FileSystems.exists(_join(directory, name)):
             _copy(_join(directory, name), os.path.join(dest, name), None)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import mmap
 import struct
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -58,6 +58,16 @@ _COMPRESSIONS = {0x62: "brotli", 0x7A: "zstd", 0x73: "snappy"}  # valid, decoded
 _ARRAY_RECORD_MAGIC = 0x71930E704FDAE05E
 _ARRAY_RECORD_VERSION = 1
 _CHUNK_HEADER_FIELDS = struct.Struct("<QQQQQ")
+
+
+class ShardIndex(NamedTuple):
+    """Where everything lies in one shard (file positions): see `index_shard`."""
+
+    starts: list[int]  # each record's first byte
+    sizes: list[int]  # each record's size
+    chunks: list[int]  # each record's chunk
+    footer: int  # the footer chunk (the end of the last record's chunk)
+    size: int  # the file's size
 
 
 class CorruptShard(Exception):
@@ -181,8 +191,8 @@ class _Layout:
         bounds = np.cumsum([end_sizes, *sizes]).tolist()
         return [buf[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
-    def index(self) -> tuple[list[int], list[int], list[int]]:
-        """See `index_records`."""
+    def index(self) -> ShardIndex:
+        """See `index_shard`."""
         if self.size < BLOCK or self.mm[: len(_SIGNATURE)] != _SIGNATURE:
             raise CorruptShard(
                 "not a Riegeli/ArrayRecord file (no file signature) or shorter than 64 KiB"
@@ -217,9 +227,9 @@ class _Layout:
             if count > 1:
                 raise UnsupportedLayout(f"chunk {i} holds {count} records (group_size > 1)")
             if count < 1:
-                raise CorruptShard(f"the footer lists chunk {i} with no records")
+                raise CorruptShard(f"record {i}: the footer lists its chunk with no records")
             if offsets[i + 1] <= offsets[i]:
-                raise CorruptShard(f"chunk offsets out of order at chunk {i}")
+                raise CorruptShard(f"record {i}: chunk offsets out of order in the footer")
             data, data_size, chunk_type, n, dds = self.chunk(offsets[i])
             if chunk_type == _TRANSPOSED_CHUNK:
                 raise UnsupportedLayout(f"chunk {i} is a transposed chunk")
@@ -235,7 +245,7 @@ class _Layout:
                     f"record {i}: its chunk claims {data_size} bytes, past the next chunk"
                 )
             head = self.read(data, min(data_size, 21))
-            _check_compression(head[:1], f"chunk {i}")
+            _check_compression(head[:1], f"record {i}: its chunk")
             sizes_size, pos = _varint(head, 1)
             size, value = _varint(head, pos)
             if size != decoded or value - pos != sizes_size or value + size != data_size:
@@ -246,7 +256,16 @@ class _Layout:
             raise CorruptShard(
                 f"footer metadata says {num_records} records, its chunks hold {len(starts)}"
             )
-        return starts, sizes, offsets[:-1]
+        return ShardIndex(starts, sizes, offsets[:-1], footer_offset, self.size)
+
+
+def index_shard(mm: mmap.mmap) -> ShardIndex:
+    """`index_records` plus the footer's position and the file size (what checksums cover).
+
+    Raises:
+      UnsupportedLayout, CorruptShard: as `index_records`.
+    """
+    return _Layout(mm).index()
 
 
 def index_records(mm: mmap.mmap) -> tuple[list[int], list[int], list[int]]:
@@ -264,4 +283,5 @@ def index_records(mm: mmap.mmap) -> tuple[list[int], list[int], list[int]]:
       UnsupportedLayout: a valid ArrayRecord file that is not laid out as lwmkit writes shards.
       CorruptShard: the file breaks the format (the message names the record where there is one).
     """
-    return _Layout(mm).index()
+    index = _Layout(mm).index()
+    return index.starts, index.sizes, index.chunks

@@ -5,27 +5,29 @@ chunk decoding, the copy into a Python `bytes`). lwmkit's shards hold every reco
 file, interrupted only by the 24-byte header that starts every 64 KiB block (see
 `packing/shard_layout.py`). `ShardFile` maps the file, finds every record once at open, and then
 reads a record as a zero-copy view of the map (when it lies inside one block) or as one copy of
-its bytes, block headers skipped, into a recycled buffer (when it crosses blocks).
+its bytes, block headers skipped, into a recycled buffer (`packing/record_buffers.py`, when it
+crosses blocks).
 
-Why recycle buffers: a fresh 0.5 MB buffer per 32K-token record costs a page fault per 4 KiB
-whenever glibc hands the freed memory back to the OS, which it does in Grain's worker processes
-(measured: 475,000 faults per worker over 450 batches, and 2 workers at about half the rate they
-reach with recycling). `RecordBuffers` reuses a buffer only once nothing references it any more
-(by reference count, as `packing/batches.py` does), so a record never changes under its holder.
+Integrity (`verify=True`, the default): given the shard's CRC32C table from the manifest
+(`packing/integrity.py`), the bytes outside the records are checked at open and the range holding
+a record on every read, before the record is returned, so a byte flipped anywhere in the file
+raises `ShardFileError` naming the file and the record instead of reaching a batch. A shard
+without a table (written before lwmkit recorded one) is read through ArrayRecord, which checks
+Riegeli's own HighwayHash of every block header, chunk header and chunk data it reads (at
+ArrayRecord's speed); `verify=False` reads every shard through mmap unchecked.
 
 Any file that is a valid ArrayRecord file but laid out otherwise (compressed, several records per
 chunk, transposed chunks, another footer version) is read through Grain's `ArrayRecordDataSource`
-instead; the choice is made once per file at open and shown by `mode`, `fallback_reason` and the
+instead, unless the manifest lists a CRC32C table for it (lwmkit wrote it, so another layout means
+damage); the choice is made once per file at open and shown by `mode`, `fallback_reason` and the
 repr. A file that is not a readable ArrayRecord file (truncated, damaged headers) raises
 `ShardFileError` naming the file, and the record where there is one.
 
-What is checked: the file signature; the postscript's magic; the footer's record and chunk counts;
-every data chunk's header (type, record count, data size against the footer and against the next
-chunk's offset, compression byte, record size); the record count against the manifest (given by
-`ShardReader`'s caller); on every read, the `previous_chunk` field of each block header the record
-crosses. What is not: Riegeli's HighwayHash checksums of headers and data (the standard library
-has no HighwayHash, and hashing every read would cost more than the copy). The manifest's SHA-256
-covers each whole shard file; `lwm-pack inspect` re-hashes them.
+Checked whether or not `verify` is set: the file signature; the postscript's magic; the footer's
+record and chunk counts; every data chunk's header (type, record count, data size against the
+footer and against the next chunk's offset, compression byte, record size); the record count
+against the manifest (given by `ShardReader`'s caller); on every read, the `previous_chunk` field
+of each block header the record crosses.
 
 Shards are immutable (written under a temporary name and renamed into place), which is what makes
 mapping them safe; truncating a shard in place while a reader has it mapped would crash the reading
@@ -41,87 +43,47 @@ from __future__ import annotations
 
 import mmap
 import os
-import sys
 import threading
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from lwmkit.packing.integrity import RangeChecker, ShardChecksums
+from lwmkit.packing.record_buffers import RecordBuffers
 from lwmkit.packing.records import RecordError
 from lwmkit.packing.shard_layout import (
     BLOCK,
     BLOCK_HEADER,
     USABLE,
     CorruptShard,
+    ShardIndex,
     UnsupportedLayout,
-    index_records,
+    index_shard,
 )
 
 MMAP = "mmap"
 FALLBACK = "array_record"
+NO_CHECKSUMS = (
+    "no CRC32C table in the manifest (a shard written before lwmkit recorded one): ArrayRecord "
+    "checks Riegeli's chunk hashes instead"
+)
+__all__ = ["FALLBACK", "MMAP", "RecordBuffers", "ShardFile", "ShardFileError", "ShardReader"]
 
 
 class ShardFileError(RecordError):
     """A shard file is not a readable ArrayRecord file: truncated, damaged, or not the manifest's."""
 
 
-def _unreferenced() -> int:
-    # The count a pooled buffer has when only the pool holds it, measured the way `take` looks.
-    for buf in [np.empty(1)]:
-        return sys.getrefcount(buf)
-    raise AssertionError
-
-
-_UNREFERENCED = _unreferenced()
-
-
-class RecordBuffers:
-    """Recycled byte buffers for records that cross a block boundary (see the module docstring).
-
-    Thread-safe. A buffer is reused for a record of at least half its size once nothing outside
-    the pool references it, so the pool holds about as many buffers as records were in flight at
-    the busiest moment (a loader's prefetch buffer and batch); past `max_bytes` or `max_count` the
-    oldest buffers leave the pool (those still in use are freed when their last user lets go).
-
-    Args:
-      max_bytes: the most bytes the pool keeps.
-      max_count: the most buffers the pool keeps.
-    """
-
-    def __init__(self, max_bytes: int = 256 << 20, max_count: int = 64):
-        self.max_bytes = max_bytes
-        self.max_count = max_count
-        self._buffers: list[np.ndarray] = []
-        self._lock = threading.Lock()
-
-    def take(self, size: int) -> np.ndarray:
-        """A writable uint8 array of `size` bytes that nothing else references."""
-        with self._lock:
-            for buf in self._buffers:
-                if (
-                    size <= buf.shape[0] <= 2 * size + BLOCK
-                    and sys.getrefcount(buf) <= _UNREFERENCED
-                ):
-                    return buf[:size]  # the view's reference marks the buffer as in use
-            buf = np.empty(-(-size // BLOCK) * BLOCK, dtype=np.uint8)
-            self._buffers.append(buf)
-            while len(self._buffers) > 1 and (
-                len(self._buffers) > self.max_count
-                or sum(b.shape[0] for b in self._buffers) > self.max_bytes
-            ):
-                self._buffers.pop(0)
-            return buf[:size]
-
-
 class _Mapped:
     """An open, indexed shard: the map and each record's place in it."""
 
-    def __init__(self, mm: mmap.mmap, starts: list[int], sizes: list[int], chunks: list[int]):
+    def __init__(self, mm: mmap.mmap, index: ShardIndex, checker: RangeChecker | None):
         self.mm = mm
         self.view = memoryview(mm)  # read-only: the map is ACCESS_READ
         self.bytes = np.frombuffer(mm, dtype=np.uint8)
         self.words = np.frombuffer(mm, dtype="<u8", count=len(mm) // 8)  # for block headers
-        self.starts, self.sizes, self.chunks = starts, sizes, chunks
+        self.starts, self.sizes, self.chunks = index.starts, index.sizes, index.chunks
+        self.checker = checker
 
     def close(self) -> None:
         # Records handed out as views keep the map alive; it is unmapped when the last one goes.
@@ -133,6 +95,8 @@ class _Mapped:
             pass
 
     def read(self, i: int, buffers: RecordBuffers) -> memoryview:
+        if self.checker is not None:  # before any byte of the record leaves
+            self.checker.check_record(self.bytes, i)
         start, size = self.starts[i], self.sizes[i]
         offset = start % BLOCK
         if offset + size <= BLOCK:
@@ -165,13 +129,15 @@ class _Mapped:
 class ShardFile:
     """Random access to the records of one ArrayRecord file; see the module docstring.
 
-    Opens lazily (on first use, or `open()`), once per process: pickling keeps only the path and
-    the expected count, so Grain worker processes map the file themselves.
+    Opens lazily (on first use, or `open()`), once per process: pickling keeps only the path, the
+    expected count and the checksum table, so Grain worker processes map the file themselves.
 
     Args:
       path: the shard file.
       expected_records: if given, the count the file must hold (e.g. the manifest's).
       buffers: where records that cross blocks are copied to (default: a pool of its own).
+      checksums: the shard's CRC32C table from the manifest, if it has one.
+      verify: check every read (see the module docstring); False reads through mmap unchecked.
 
     Raises:
       ShardFileError: (when opened) the file is missing, truncated or damaged, or holds another
@@ -179,10 +145,17 @@ class ShardFile:
     """
 
     def __init__(
-        self, path: str, expected_records: int | None = None, buffers: RecordBuffers | None = None
+        self,
+        path: str,
+        expected_records: int | None = None,
+        buffers: RecordBuffers | None = None,
+        checksums: ShardChecksums | None = None,
+        verify: bool = True,
     ):
         self.path = path
         self.expected_records = expected_records
+        self.checksums = checksums
+        self.verify = verify
         self.buffers = buffers if buffers is not None else RecordBuffers()
         self._lock = threading.Lock()
         self._mapped: _Mapped | None = None
@@ -191,10 +164,11 @@ class ShardFile:
         self.fallback_reason: str | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "expected_records": self.expected_records}
+        keep = ("path", "expected_records", "checksums", "verify")
+        return {k: getattr(self, k) for k in keep}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["path"], state["expected_records"])
+        self.__init__(**state)
 
     @property
     def is_open(self) -> bool:
@@ -229,21 +203,44 @@ class ShardFile:
         except (OSError, ValueError) as e:  # ValueError: an empty file cannot be mapped
             raise ShardFileError(f"{self.path}: cannot map the shard: {e}") from e
         try:
-            index = index_records(mm)
+            index = index_shard(mm)
         except UnsupportedLayout as e:
             mm.close()
+            if self.checksums is not None:  # lwmkit wrote it: another layout means damage
+                raise ShardFileError(
+                    f"{self.path}: the manifest lists lwmkit's checksums for it, but it is not "
+                    f"laid out as lwmkit writes shards ({e}): damaged"
+                ) from None
             self._open_fallback(str(e))
             return
         except CorruptShard as e:
             mm.close()
             raise ShardFileError(f"{self.path}: {e}") from None
-        mapped = _Mapped(mm, *index)
+        if self.verify and self.checksums is None:
+            mm.close()
+            self._open_fallback(NO_CHECKSUMS)
+            return
+        mapped = None
         try:
+            checker = RangeChecker(self.checksums, index) if self.verify else None
+            mapped = _Mapped(mm, index, checker)
+            if checker is not None:
+                checker.check_outside(mapped.bytes)
             self._length = self._checked(len(mapped.starts))
+        except CorruptShard as e:
+            self._close_mapped(mapped, mm)
+            raise ShardFileError(f"{self.path}: {e}") from None
         except ShardFileError:
-            mapped.close()
+            self._close_mapped(mapped, mm)
             raise
         self._mapped = mapped
+
+    @staticmethod
+    def _close_mapped(mapped: _Mapped | None, mm: mmap.mmap) -> None:
+        if mapped is not None:
+            mapped.close()
+        else:
+            mm.close()
 
     def _open_fallback(self, reason: str) -> None:
         from array_record.python.array_record_data_source import ArrayRecordDataSource
@@ -278,7 +275,8 @@ class ShardFile:
 
         Raises:
           IndexError: out of range.
-          ShardFileError: the record's bytes are damaged (a block header inside it is wrong).
+          ShardFileError: the record's bytes are damaged (they differ from their checksum, or a
+            block header inside the record is wrong).
         """
         self.open()
         if not 0 <= index < self._length:
@@ -286,7 +284,10 @@ class ShardFile:
                 f"record {index} out of range for {self._length} records in {self.path}"
             )
         if self._fallback is not None:
-            return self._fallback[index]
+            try:
+                return self._fallback[index]
+            except RuntimeError as e:  # Riegeli: "Corrupted Riegeli/records file: ... hash mismatch"
+                raise ShardFileError(f"{self.path}: record {index}: {e}") from None
         try:
             return self._mapped.read(index, self.buffers)
         except CorruptShard as e:
@@ -309,18 +310,31 @@ class ShardReader:
     Args:
       paths: the shard files, in order.
       records: if given, the record count each file must hold (e.g. from the manifest).
+      checksums: if given, each file's CRC32C table from the manifest (None for a file without).
+      verify: check every read (see the module docstring).
 
     Raises:
       ShardFileError: a file is missing, truncated, damaged, or holds another count than `records`.
       ValueError: `records` and `paths` differ in length.
     """
 
-    def __init__(self, paths: Sequence[str], records: Sequence[int] | None = None):
-        if records is not None and len(records) != len(paths):
-            raise ValueError(f"records: {len(records)} counts for {len(paths)} files")
+    def __init__(
+        self,
+        paths: Sequence[str],
+        records: Sequence[int] | None = None,
+        checksums: Sequence[ShardChecksums | None] | None = None,
+        verify: bool = True,
+    ):
+        for name, given in (("records", records), ("checksums", checksums)):
+            if given is not None and len(given) != len(paths):
+                raise ValueError(f"{name}: {len(given)} entries for {len(paths)} files")
         counts = [None] * len(paths) if records is None else [int(n) for n in records]
+        tables = [None] * len(paths) if checksums is None else list(checksums)
         buffers = RecordBuffers()
-        self.files = [ShardFile(p, n, buffers) for p, n in zip(paths, counts, strict=True)]
+        self.files = [
+            ShardFile(p, n, buffers, table, verify)
+            for p, n, table in zip(paths, counts, tables, strict=True)
+        ]
         for f in self.files:
             f.open()
             f.expected_records = len(f)  # a worker's reopened copy must find the same count

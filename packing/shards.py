@@ -3,7 +3,9 @@
 A dataset directory holds `<name>-<split>.array_record-00000-of-00016` shards (group size 1, so
 every record is randomly accessible), TFDS's `dataset_info.json` and `features.json`, and
 lwmkit's `manifest.json` (see `manifest.py`). Every file is written under a temporary name and
-renamed into place, so a crash never leaves a file that looks complete.
+renamed into place, so a crash never leaves a file that looks complete. `write_shard` returns what
+the manifest lists for the shard: its record count, size, SHA-256 and CRC32C table
+(`integrity.py`), all computed in one pass over the written file.
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
+
+from lwmkit.packing.integrity import FIELD as CHECKSUMS_FIELD
+from lwmkit.packing.integrity import compute_checksums, map_shard
 
 SPLIT = "train"
 # Uncompressed, one record per chunk: random access to any record, and reading a record costs a
@@ -27,15 +32,30 @@ _SHARD_RE = re.compile(r"^(?P<name>[a-z0-9_]+)-(?P<split>\w+)\.array_record-(?P<
 
 @dataclass(frozen=True)
 class ShardInfo:
-    """What was written to one shard file."""
+    """What was written to one shard file: its entry in the manifest's `shards`.
+
+    `crc32c` is the checksum table (`integrity.ShardChecksums.to_json()`); None for shards written
+    before lwmkit recorded one, and then left out of the JSON.
+    """
 
     file: str  # base name inside the dataset directory
     records: int
     bytes: int
     sha256: str
+    crc32c: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        out = {"file": self.file, "records": self.records, "bytes": self.bytes, "sha256": self.sha256}
+        if self.crc32c is not None:
+            out[CHECKSUMS_FIELD] = dict(self.crc32c)
+        return out
+
+    @classmethod
+    def from_json(cls, entry: Mapping[str, Any]) -> ShardInfo:
+        """The inverse of `to_json`; other keys of `entry` (a job's per-shard stats) are ignored."""
+        return cls(
+            entry["file"], entry["records"], entry["bytes"], entry["sha256"], entry.get(CHECKSUMS_FIELD)
+        )
 
 
 def shard_name(name: str, index: int, count: int, split: str = SPLIT) -> str:
@@ -51,6 +71,27 @@ def parse_shard_name(filename: str) -> tuple[str, str, int, int] | None:
     if not m:
         return None
     return m["name"], m["split"], int(m["i"]), int(m["n"])
+
+
+def describe_shard(path: str, name: str | None = None) -> ShardInfo:
+    """The manifest entry of an lwmkit shard file: count, size, SHA-256 and CRC32C table.
+
+    Raises:
+      OSError, UnsupportedLayout, CorruptShard: the file cannot be read or is not laid out as
+        lwmkit writes shards (see `shard_layout.index_shard`).
+    """
+    mm, data, index = map_shard(path)
+    try:
+        return ShardInfo(
+            name or os.path.basename(path),
+            len(index.starts),
+            index.size,
+            hashlib.sha256(data).hexdigest(),
+            compute_checksums(data, index).to_json(),
+        )
+    finally:
+        del data
+        mm.close()
 
 
 def file_sha256(path: str, chunk: int = 1 << 22) -> str:
@@ -85,7 +126,7 @@ def write_shard(path: str, records: Iterable[bytes]) -> ShardInfo:
     the writer closed cleanly; on any error the temporary file is removed.
 
     Returns:
-      The shard's record count, size and SHA-256.
+      The shard's manifest entry: record count, size, SHA-256 and CRC32C table (`describe_shard`).
     """
     from array_record.python.array_record_module import ArrayRecordWriter
 
@@ -100,7 +141,9 @@ def write_shard(path: str, records: Iterable[bytes]) -> ShardInfo:
                 n += 1
         finally:
             writer.close()
-        info = ShardInfo(os.path.basename(path), n, os.path.getsize(tmp), file_sha256(tmp))
+        info = describe_shard(tmp, os.path.basename(path))
+        if info.records != n:
+            raise RuntimeError(f"{path}: wrote {n} records, the file holds {info.records}")
         os.replace(tmp, path)
         return info
     except BaseException:

@@ -2,7 +2,8 @@
 
 Records are read with `ShardReader` (`packing/shard_reader.py`): lwmkit's own shards through mmap,
 one copy per record (none for records inside one 64 KiB block), and any other ArrayRecord file
-through Grain's `ArrayRecordDataSource`.
+through Grain's `ArrayRecordDataSource`. Every read is checked against the shard's CRC32C table
+from the manifest (`packing/integrity.py`) unless `verify_checksums=False`.
 
 Example:
     >>> src = ShardDataSource("out/packed-32768")
@@ -12,10 +13,11 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from lwmkit.packing.manifest import load_manifest, shard_paths
+from lwmkit.packing.manifest import ManifestError, load_manifest, shard_checksums, shard_paths
 from lwmkit.packing.records import RecordError, decode_record
 from lwmkit.packing.remote import local_dataset
 from lwmkit.packing.shard_reader import ShardReader
@@ -32,23 +34,45 @@ class ShardDataSource:
     Arrays of a decoded record are read-only views of the record's bytes, which may be the
     shard's mapped pages; they stay valid as long as they are referenced, even after `close()`.
 
+    Integrity: with `verify_checksums` (the default) a byte flipped anywhere in a shard raises
+    `ShardFileError` naming the shard file and the record, at open or at the read of that record,
+    before it reaches a batch. Shards listed without a CRC32C table (written before lwmkit
+    recorded one) are read through ArrayRecord, which checks Riegeli's chunk hashes, at
+    ArrayRecord's speed; a warning says so once, and `packing.add_checksums(directory)` adds the
+    tables. `verify_checksums=False` reads every shard through mmap unchecked (see
+    docs/benchmarks.md for what the check costs).
+
     Args:
       directory: a dataset directory (local, or on object storage).
       cache_dir: where a copy of a directory on object storage goes.
+      verify_checksums: check every read against the manifest's CRC32C tables.
 
     Raises:
       ManifestError: if the directory has no readable manifest.
-      ShardFileError: a shard is missing, damaged, or holds another count than the manifest lists.
+      ShardFileError: a shard is missing, damaged, or holds another count than the manifest lists
+        (also from reads: a damaged record).
       RecordError: the shards together hold another count than the manifest's total.
     """
 
-    def __init__(self, directory: str, cache_dir: str | None = None):
+    def __init__(self, directory: str, cache_dir: str | None = None, verify_checksums: bool = True):
         self.directory = directory
+        self.verify_checksums = verify_checksums
         self.local_directory = local_dataset(directory, cache_dir)
         self.manifest = load_manifest(self.local_directory)
+        if "shards" not in self.manifest or "records" not in self.manifest:
+            raise ManifestError(f"{directory}: the manifest lists no shards; not a dataset directory")
         self._paths = shard_paths(self.local_directory, self.manifest)
-        counts = [s.get("records") for s in self.manifest["shards"]]
-        self._source = ShardReader(self._paths, None if None in counts else counts)
+        counts = [s["records"] for s in self.manifest["shards"]]
+        tables = shard_checksums(self.manifest)
+        if verify_checksums and None in tables:
+            warnings.warn(
+                f"{directory}: {tables.count(None)} of {len(tables)} shards have no CRC32C table in "
+                "the manifest (written before lwmkit recorded them); they are read through "
+                "ArrayRecord, which checks Riegeli's chunk hashes, at its lower speed. "
+                f"lwmkit.packing.add_checksums({self.local_directory!r}) adds the tables.",
+                stacklevel=2,
+            )
+        self._source = ShardReader(self._paths, counts, tables, verify_checksums)
         if len(self._source) != self.manifest["records"]:
             raise RecordError(
                 f"{directory}: shards hold {len(self._source)} records, "

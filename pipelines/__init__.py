@@ -1,24 +1,41 @@
 """Apache Beam jobs that turn raw data into lwmkit token shards: books, image-text pairs, videos, long-context QA.
 
 Public names load on first use, so `lwm-pack --help` and `lwmkit.pipelines.cli` start without
-importing Beam.
+importing Beam. The folders (see docs/architecture.md) and the dependency rule between them, kept
+by tests/test_layering.py (a folder may import itself and the folders after its arrow):
+
+    cli -> tools, books, images, videos, qa, pack, examples, dedup, writing, engine
+    tools -> books, images, videos, qa, pack, examples, dedup, writing, engine
+    books -> examples, dedup, writing, engine
+    images -> examples, dedup, writing, engine
+    videos -> examples, dedup, writing, engine, images, qa
+    qa -> examples, dedup, writing, engine, books, pack
+    pack -> writing, engine
+    examples -> engine
+    dedup -> engine
+    writing -> engine
+    engine ->
+
+Declared exceptions between jobs: QA reads books with the books job's stages and document
+shards with the pack job's reader; videos take the caption check and the archive member check
+from images, and chat-turn parsing from qa.
 """
 
 import importlib
 
 _EXPORTS = {
-    "BooksOptions": "books",
-    "NoValidDocumentsError": "books",
-    "run_books": "books",
-    "ImagesOptions": "image_text",
-    "NoValidPairsError": "image_text",
-    "run_images": "image_text",
-    "QAOptions": "qa",
-    "NoValidContextsError": "qa",
-    "run_qa": "qa",
-    "VideosOptions": "video_text",
-    "NoValidVideosError": "video_text",
-    "run_videos": "video_text",
+    "BooksOptions": "books.job",
+    "NoValidDocumentsError": "books.job",
+    "run_books": "books.job",
+    "ImagesOptions": "images.job",
+    "NoValidPairsError": "images.job",
+    "run_images": "images.job",
+    "QAOptions": "qa.job",
+    "NoValidContextsError": "qa.job",
+    "run_qa": "qa.job",
+    "VideosOptions": "videos.job",
+    "NoValidVideosError": "videos.job",
+    "run_videos": "videos.job",
 }
 __all__ = sorted(_EXPORTS)
 

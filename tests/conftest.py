@@ -38,7 +38,7 @@ TINY_VOCAB = 600
 
 def tiny_training_lines(seed: int = 0, books: int = 12) -> list[str]:
     """Non-empty lines of generated sample books: enough text for a few hundred BPE merges."""
-    from lwmkit.pipelines.sample_corpus import sample_book
+    from lwmkit.pipelines.tools.sample_corpus import sample_book
 
     rng = random.Random(seed)
     return [line for _ in range(books) for line in sample_book(rng, 24).split("\n") if line]

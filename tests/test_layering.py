@@ -6,6 +6,7 @@ Allowed imports between lwmkit's packages (A may import B):
     lwm_model -> packing
     eval -> lwm_model, tokenizers, packing
 Nothing imports pipelines or eval. Packing, the text tokenizer and the pipelines import without JAX.
+Inside pipelines/, the rule between its folders is the one its package docstring states.
 """
 
 from __future__ import annotations
@@ -64,12 +65,60 @@ def test_dependency_direction():
     assert _violations() == []
 
 
+def _folder_rule() -> dict[str, set[str]]:
+    """`folder -> a, b` lines of pipelines/__init__.py's docstring: what each folder may import."""
+    doc = ast.get_docstring(ast.parse((ROOT / "pipelines" / "__init__.py").read_text(encoding="utf-8")))
+    rule = {}
+    for line in doc.splitlines():
+        left, arrow, right = line.strip().partition(" ->")
+        if arrow and left.isidentifier():
+            rule[left] = {n.strip() for n in right.split(",") if n.strip()}
+    return rule
+
+
+def _folder_violations() -> list[str]:
+    rule = _folder_rule()
+    bad = []
+    base = ROOT / "pipelines"
+    for path in sorted(base.rglob("*.py")):
+        rel = path.relative_to(base)
+        if len(rel.parts) == 1:
+            continue  # the package's own __init__.py loads public names lazily
+        folder = rel.parts[0]
+        if folder not in rule:
+            bad.append(f"pipelines/{rel}: folder {folder!r} is not in the dependency rule")
+            continue
+        for line, module in _imports(path):
+            parts = module.split(".")
+            if parts[:2] != ["lwmkit", "pipelines"] or len(parts) < 3:
+                continue
+            target = parts[2]
+            if target != folder and target not in rule[folder]:
+                bad.append(f"pipelines/{rel}:{line}: {folder}/ may not import lwmkit.pipelines.{target}")
+    return bad
+
+
+def test_pipelines_folders_follow_their_rule():
+    rule = _folder_rule()
+    assert {"cli", "tools", "writing", "engine"} <= set(rule) and rule["engine"] == set()
+    assert _folder_violations() == []
+
+
+def test_folder_checker_catches_an_upward_import(tmp_path, monkeypatch):
+    fake = tmp_path / "root"
+    (fake / "pipelines" / "engine").mkdir(parents=True)
+    (fake / "pipelines" / "__init__.py").write_text((ROOT / "pipelines" / "__init__.py").read_text(encoding="utf-8"))
+    (fake / "pipelines" / "engine" / "bad.py").write_text("from lwmkit.pipelines.books.job import run_books\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", fake)
+    assert _folder_violations() == ["pipelines/engine/bad.py:1: engine/ may not import lwmkit.pipelines.books"]
+
+
 def test_checker_catches_a_forbidden_import(tmp_path, monkeypatch):
     # The check itself must be able to fail: plant a packing -> pipelines import in a copy.
     fake = tmp_path / "root"
     for pkg in PACKAGES:
         (fake / pkg).mkdir(parents=True)
-    (fake / "packing" / "bad.py").write_text("from lwmkit.pipelines import books\n")
+    (fake / "packing" / "bad.py").write_text("from lwmkit.pipelines.books import job as books\n")
     monkeypatch.setattr(sys.modules[__name__], "ROOT", fake)
     assert any("packing/ may not import lwmkit.pipelines" in v for v in _violations())
 
@@ -78,9 +127,9 @@ def test_light_modules_import_without_jax():
     code = (
         "import sys, json\n"
         "import lwmkit.packing, lwmkit.tokenizers, lwmkit.pipelines, lwmkit.pipelines.cli\n"
-        "import lwmkit.pipelines.books, lwmkit.packing.source, lwmkit.pipelines.image_text, lwmkit.pipelines.qa\n"
-        "import lwmkit.pipelines.inference, lwmkit.eval, lwmkit.eval.cli, lwmkit.eval.cases, lwmkit.tokenizers.vision\n"
-        "import lwmkit.lwm_model.train_cli, lwmkit.eval.chat_cli, lwmkit.eval.generate_cli\n"  # their errors come first
+        "import lwmkit.pipelines.books.job, lwmkit.packing.source, lwmkit.pipelines.images.job, lwmkit.pipelines.qa.job\n"
+        "import lwmkit.pipelines.engine.inference, lwmkit.eval, lwmkit.eval.cli, lwmkit.eval.cases, lwmkit.tokenizers.vision\n"
+        "import lwmkit.lwm_model.train_cli, lwmkit.eval.inference.chat_cli, lwmkit.eval.inference.generate_cli\n"  # their errors come first
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'flax', 'grain'))))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/")
@@ -115,3 +164,13 @@ def test_install_claims_no_bare_top_level_names(tmp_path):
 def test_every_package_has_a_docstring(pkg):
     init = ROOT / pkg / "__init__.py"
     assert ast.get_docstring(ast.parse(init.read_text(encoding="utf-8"))), f"{init} needs a docstring"
+
+
+def test_pipelines_modules_import_no_private_names():
+    # A module cut at a line count, not at a concept, shows up as another module importing its `_x`.
+    bad = []
+    for path in sorted((ROOT / "pipelines").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lwmkit."):
+                bad += [f"{path.relative_to(ROOT)}:{node.lineno}: {a.name}" for a in node.names if a.name.startswith("_")]
+    assert bad == []

@@ -19,17 +19,17 @@ Example (diffusers key -> lwmkit key, value transposed):
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import struct
 from typing import Any
 
 import numpy as np
+from lwmkit.tokenizers.safetensors_header import parse_json_text, read_header
 from lwmkit.tokenizers.vqgan_config import VQGANConfig
 
 LWMKIT_FORMAT = "lwmkit-vqgan"
 FORMAT_VERSION = "1"
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
+_MAX_CONFIG_BYTES = 1 << 20  # a diffusers config.json is a few KB
 
 
 class WeightsError(ValueError):
@@ -240,15 +240,10 @@ def detect_format(path: str) -> str:
 
 
 def _safetensors_header(path: str) -> tuple[dict[str, str], list[str]]:
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        if n > min(os.path.getsize(path) - 8, 100_000_000):
-            raise WeightsError(f"{path}: safetensors header length {n} exceeds the file")
-        try:
-            header = json.loads(f.read(n))
-        except ValueError as e:
-            raise WeightsError(f"{path}: corrupt safetensors header: {e}") from e
-    return header.get("__metadata__") or {}, [k for k in header if k != "__metadata__"]
+    try:
+        return read_header(path, WeightsError)
+    except OSError as e:
+        raise WeightsError(f"{path}: cannot read weights: {e}") from e
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,8 +274,8 @@ def load_lwmkit(path: str) -> tuple[dict[str, np.ndarray], dict[str, str], VQGAN
             f"expected {LWMKIT_FORMAT!r} version {FORMAT_VERSION!r}"
         )
     try:
-        config = VQGANConfig.from_dict(json.loads(metadata["config"]))
-    except (KeyError, ValueError, TypeError) as e:
+        config = VQGANConfig.from_dict(parse_json_text(metadata["config"], "config", WeightsError))
+    except (KeyError, ValueError, TypeError, AttributeError) as e:
         raise WeightsError(f"{path}: bad or missing config in metadata: {e}") from e
     try:
         tensors = load_file(path)
@@ -322,10 +317,12 @@ def diffusers_config(config: VQGANConfig) -> dict[str, Any]:
 
 def _check_diffusers_config(path: str, config: VQGANConfig) -> None:
     try:
-        with open(path, encoding="utf-8") as f:
-            found = json.load(f)
+        with open(path, "rb") as f:
+            found = parse_json_text(f.read(_MAX_CONFIG_BYTES + 1), path, WeightsError)
     except (OSError, ValueError) as e:
         raise WeightsError(f"{path}: cannot read diffusers config: {e}") from e
+    if not isinstance(found, dict):
+        raise WeightsError(f"{path}: a diffusers config is a JSON object, not a {type(found).__name__}")
     want = diffusers_config(config)
     defaults = {"vq_embed_dim": found.get("latent_channels"), "norm_type": "group", "mid_block_add_attention": True}
     for key in ("in_channels", "out_channels", "down_block_types", "up_block_types", "block_out_channels",

@@ -20,7 +20,7 @@ def tok(bpe_model):
 @pytest.fixture(scope="session")
 def haystack_paths(tmp_path_factory) -> tuple[str, ...]:
     """A .txt, a .jsonl and a .jsonl.zst of generated prose (about 40K tiny-model tokens in all)."""
-    from lwmkit.pipelines.sample_corpus import sample_book
+    from lwmkit.pipelines.tools.sample_corpus import sample_book
 
     d = tmp_path_factory.mktemp("haystack")
     books = [sample_book(random.Random(100 + i), 14) for i in range(6)]

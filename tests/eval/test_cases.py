@@ -23,7 +23,7 @@ from lwmkit.eval.cases import (
     rebuild_prompt,
     write_cases,
 )
-from lwmkit.eval.fitting import LengthFitError, TokenCounter
+from lwmkit.eval.fitting import HaystackTooSmall, LengthFitError, TokenCounter
 from lwmkit.eval.haystack import Haystack, HaystackSpec
 from lwmkit.eval.tasks import TASK_PRESETS, Grid, task_preset
 
@@ -53,11 +53,17 @@ def _check_case(case, tokenizer, hay):
         assert prompt.count(n["text"]) == 1
         assert prompt[n["char_offset"] : n["char_offset"] + len(n["text"])] == n["text"]
         assert n["token_offset"] == _count(tokenizer, prompt[: n["char_offset"]])
-    # Needles follow a whole sentence (or the template's prefix, or another needle), never a cut one.
+    # Needles follow a whole sentence (or the template's prefix, or another needle), never a cut one;
+    # a needle at depth 100 follows the whole haystack, its cut last unit included (as LWM appends it).
     ends = (".", "!", "?", '"', "'", ")", "\n", *(m["text"] for m in case["needles"]))
     for n in case["needles"]:
         before = prompt[: n["char_offset"]].rstrip(" ")
-        assert before == case["recipe"]["prefix"].rstrip(" ") or before.endswith(ends)
+        if n["depth"] >= 100:
+            assert n["true_depth"] == 100.0
+            continue
+        # A whole unit: a sentence, or a heading ended by a paragraph break ("Chapter 2").
+        whole = before.endswith(ends) or any(before.endswith(u) for u in hay.units if not u.endswith(ends))
+        assert before == case["recipe"]["prefix"].rstrip(" ") or whole
     # Every needle sits at the unit boundary nearest its requested depth: at most half a unit away.
     longest = max(len(ids) for ids in tokenizer.encode_batch(hay.units))
     for n in case["needles"]:
@@ -96,14 +102,16 @@ def test_depth_zero_and_hundred_put_the_needle_at_the_ends(hay, tok):
     first = build_case(hay, tok, task, 2000, 0.0)
     prefix = first["recipe"]["prefix"]
     assert first["prompt"][len(prefix) :].startswith(first["needles"][0]["text"]) and first["true_depth"] == 0.0
-    for length in (1500, 2000, 2500):
+    for length in (1000, 1500, 2000, 2500):
         last = build_case(hay, tok, task, length, 100.0)
         needle, suffix = last["needles"][0], last["recipe"]["suffix"]
-        # After the last whole sentence; only the cut (partial) sentence may follow it.
-        partial = last["recipe"]["partial"]
+        # After the whole haystack, the cut last unit included: nothing but the template follows it.
         after = last["prompt"][needle["char_offset"] + len(needle["text"]) : -len(suffix)]
-        assert after == (hay.units[partial[0]][: partial[1]] if partial else "")
-        assert (100 - last["true_depth"]) / 100 * last["haystack_tokens"] <= len(tok.encode(after)) + 1
+        assert after.strip() == "" and last["true_depth"] == 100.0 and needle["true_depth"] == 100.0
+        partial = last["recipe"]["partial"]
+        if partial:
+            cut = hay.units[partial[0]][: partial[1]]
+            assert last["prompt"][: needle["char_offset"]].rstrip().endswith(cut)
 
 
 def test_same_seed_same_cases_other_seed_other_cases(hay, tok):
@@ -119,12 +127,27 @@ def test_same_seed_same_cases_other_seed_other_cases(hay, tok):
     assert len({x["id"] for x in a}) == 6
 
 
-def test_haystack_smaller_than_the_context_wraps(tmp_path, tok):
+def test_haystack_smaller_than_the_context_is_refused_or_repeated_on_request(tmp_path, tok):
     (tmp_path / "short.txt").write_text("The cat sat. The dog ran. A bird sang.", encoding="utf-8")
     hay = Haystack.load(HaystackSpec((str(tmp_path / "short.txt"),)), cache=False)
-    case = build_case(hay, tok, task_preset("lwm_single"), 600, 50.0)
+    with pytest.raises(HaystackTooSmall, match=r"short.txt.*holds \d+ tokens \(3 units\).*--allow-repeat"):
+        build_case(hay, tok, task_preset("lwm_single"), 600, 50.0)
+    case = build_case(hay, tok, task_preset("lwm_single"), 600, 50.0, allow_repeat=True)
     assert 1 + _count(tok, case["prompt"]) + case["answer_tokens"] == 600
     assert case["build"]["haystack_wrapped"] and case["prompt"].count(case["needles"][0]["text"]) == 1
+    # Everything past one reading of the three sentences is repeated, and the case says how much.
+    once = sum(len(ids) for ids in tok.encode_batch(hay.units))
+    build = case["build"]
+    assert build["repeat_tokens"] >= case["haystack_tokens"] - once - 3 and build["repeat_tokens"] > 0
+    assert build["repeat_share"] == round(build["repeat_tokens"] / case["haystack_tokens"], 6)
+
+
+def test_a_haystack_that_suffices_repeats_nothing(hay, tok):
+    case = build_case(hay, tok, task_preset("lwm_single"), 4096, 50.0)
+    assert case["build"]["repeat_tokens"] == 0 and case["build"]["repeat_share"] == 0.0
+    total = sum(len(ids) for ids in tok.encode_batch(hay.units))
+    with pytest.raises(HaystackTooSmall):
+        build_case(hay, tok, task_preset("lwm_single"), total + 2000, 50.0)
 
 
 def test_too_short_a_length_is_refused(hay, tok):
@@ -151,8 +174,27 @@ def test_cases_jsonl_round_trip_and_errors(tmp_path, hay, tok):
     assert read_cases(path) == json.loads(json.dumps(cases))
     with open(path, "a", encoding="utf-8") as f:
         f.write("{broken\n")
-    with pytest.raises(CaseError, match=r"cases\.jsonl:3: not JSON"):
+    with pytest.raises(CaseError, match=r"cases\.jsonl:3: not valid JSON"):
         read_cases(path)
+    write_cases(cases, path)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("[" * 100_000 + "\n")
+    with pytest.raises(CaseError, match=r"cases\.jsonl:3: JSON nested too deeply"):
+        read_cases(path)
+    write_cases(cases, path)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("[1, 2]\n")
+    with pytest.raises(CaseError, match=r"cases\.jsonl:3: not a needle case \(a list\)"):
+        read_cases(path)
+    for bad, reason in ((b"\xff\xfe{}", "not UTF-8 text"), (b"[1, 2]", r"not a JSON object \(got list\)"),
+                        (b"[" * 100_000, "JSON nested too deeply"), (b'{"id": 1}', r"not a needle case")):  # fmt: skip
+        write_cases(cases, path)
+        with open(path, "ab") as f:
+            f.write(b"\n" + bad + b"\n")
+        with pytest.raises(CaseError, match=rf"cases\.jsonl:4: {reason}"):
+            read_cases(path)
+    with pytest.raises(CaseError, match=r"missing\.jsonl: cannot read"):
+        read_cases(str(tmp_path / "missing.jsonl"))
     write_cases(cases + cases[:1], path)
     with pytest.raises(CaseError, match="duplicate case ids"):
         read_cases(path)

@@ -5,8 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from lwmkit.eval.chat_cli import ModelSpec, TextStream, chat_prompt, load_model, main, random_params
-from lwmkit.eval.media import (
+from lwmkit.eval.inference.chat_cli import (
+    ModelSpec,
+    TextStream,
+    chat_prompt,
+    load_model,
+    main,
+    random_params,
+)
+from lwmkit.eval.inference.media import (
     MediaError,
     count_frames,
     read_frames,
@@ -43,7 +50,7 @@ def test_frames_are_sampled_by_count():
 
 def test_frame_sampling_is_the_video_pipelines():
     # Chat must see the frames the video pipeline would have tokenized from the same clip.
-    from lwmkit.pipelines.video_index import FrameSampling, sample_frames
+    from lwmkit.pipelines.videos.index import FrameSampling, sample_frames
 
     for n in (1, 5, 8, 9, 30, 257, 1000):
         for k in (1, 3, 8, 32):

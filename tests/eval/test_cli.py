@@ -53,7 +53,7 @@ def test_recipe_only_cases_and_task_overrides(tmp_path, haystack_paths, bpe_mode
         assert server.paths == ["/v1/chat/completions"] and case["needles"][0]["text"] in server.prompts[0]
 
 
-def test_build_video(tmp_path, bpe_model):
+def test_build_video(tmp_path, bpe_model, capsys):
     from PIL import Image
 
     img = tmp_path / "needle.png"
@@ -67,6 +67,41 @@ def test_build_video(tmp_path, bpe_model):
     assert len(cases) == 4 and all(c["modality"] == "video" for c in cases)
     rec = ShardDataSource(str(tmp_path / "vds"))[0]
     assert rec["vision_mask"].sum() == 5 * 257  # 4 haystack frames + the needle
+    # No --vqgan: a random VQGAN, said loudly and recorded in every case.
+    assert "RANDOMLY INITIALISED VQGAN (tiny preset, seed 0)" in capsys.readouterr().err
+    assert all(c["needle_vqgan"]["random_init"] and c["needle_vqgan"]["seed"] == 0 for c in cases)
+    # A length the haystack cannot hold fails; --allow-repeat builds it and reports the repeat.
+    longer = [*args[:-4], "--lengths", "30", "--depths", "50", "--out", out]
+    assert main(longer) == 1 and "holds 20 frames; a case of 30 frames would repeat 10" in capsys.readouterr().err
+    assert main([*longer, "--allow-repeat"]) == 0
+    assert "1 of 1 cases repeat haystack frames (--allow-repeat): 10 repeated frames" in capsys.readouterr().err
+    assert read_cases(out)[0]["repeat_frames"] == 10 and read_cases(out)[0]["repeat_share"] == round(10 / 30, 6)
+
+
+def test_build_video_uses_the_haystacks_vqgan_and_refuses_another(tmp_path, bpe_model, tok, capsys):
+    from lwmkit.tokenizers.vqgan import ImageTokenizer
+    from PIL import Image
+
+    from tests.eval.test_video_needle import _clips, _write_video_dataset
+
+    made_with = ImageTokenizer.random("tiny", seed=7)
+    _write_video_dataset(str(tmp_path / "video"), tok, _clips(6, 6), vqgan=made_with.fingerprint(),
+                         tokenizer=tok.fingerprint())  # fmt: skip
+    img = tmp_path / "needle.png"
+    Image.new("RGB", (256, 256), "red").save(img)
+    out = str(tmp_path / "v.jsonl")
+    args = ["build-video", "--haystack", str(tmp_path / "video"), "--tokenizer", bpe_model, "--needle-image", str(img)]
+    args += ["--question", "Which colour?", "--answer", "red", "--lengths", "4", "--depths", "50", "--out", out]
+    # Without --vqgan the haystack's own (random, seed 7) VQGAN is rebuilt: the needle matches it.
+    assert main(args) == 0
+    assert read_cases(out)[0]["needle_vqgan"]["sha256"] == made_with.fingerprint()["sha256"]
+    assert "seed 7" in capsys.readouterr().err
+    # Weights of another VQGAN (the seed-0 one a forgotten --vqgan-seed gave before) are refused.
+    other = str(tmp_path / "seed0.safetensors")
+    ImageTokenizer.random("tiny", seed=0).save(other)
+    assert main([*args, "--vqgan", other]) == 1
+    err = capsys.readouterr().err
+    assert "lwm-needle build-video: error:" in err and "its frames were encoded with VQGAN" in err and "seed 7" in err
 
 
 def test_errors_are_reported_not_raised(tmp_path, haystack_paths, bpe_model, capsys):

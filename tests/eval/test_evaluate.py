@@ -136,3 +136,18 @@ def test_heatmap_and_summary_plot(tmp_path, cases):
     assert "lwm_single: mean" in table and "lwm_multi: mean 0.500" in table
     with pytest.raises(ValueError, match="name one"):
         heatmap(both, str(tmp_path / "x.png"))
+
+
+def test_a_bad_results_line_names_file_and_line_but_a_torn_last_line_is_ignored(tmp_path):
+    from lwmkit.eval.cases import CaseError
+    from lwmkit.eval.evaluate import read_results
+
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(b'{"id": "a"}\n\xff\xfe\n{"id": "b"}\n')
+    with pytest.raises(CaseError, match=r"r\.jsonl:2: not UTF-8 text"):
+        read_results(str(path))
+    path.write_bytes(b'{"id": "a"}\n"just a string"\n{"id": "b"}\n')
+    with pytest.raises(CaseError, match=r"r\.jsonl:2: not a JSON object \(got str\)"):
+        read_results(str(path))
+    path.write_bytes(b'{"id": "a"}\n{"id": "b", "torn')
+    assert read_results(str(path)) == [{"id": "a"}]

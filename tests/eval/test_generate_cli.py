@@ -6,8 +6,8 @@ from __future__ import annotations
 import av
 import numpy as np
 import pytest
-from lwmkit.eval.chat_cli import main as chat_main
-from lwmkit.eval.generate_cli import main, output_kind
+from lwmkit.eval.inference.chat_cli import main as chat_main
+from lwmkit.eval.inference.generate_cli import main, output_kind
 from PIL import Image
 
 # The tiny LWM preset as it is: LWM's vision numbering (8192 codes, <eof> 8192), the VQGAN's codes.

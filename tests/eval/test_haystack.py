@@ -28,12 +28,13 @@ def test_split_units_matches_the_docstring_example():
 
 
 def test_split_units_keeps_quotes_collapses_space_and_bounds_length():
-    text = 'He said "Go home." Then\n\nshe left?  ' + "word " * 50
+    text = 'He said "Go home." Then\nshe\t left?  Then\n\nnothing  ' + "word " * 50
     units = split_units(text, max_unit_chars=60)
     assert units[0] == 'He said "Go home."'
     assert units[1] == "Then she left?"
+    assert units[2] == "Then"  # a blank line (a paragraph break) ends a sentence
     assert all(len(u) <= 60 and u == u.strip() and "  " not in u and "\n" not in u for u in units)
-    assert " ".join(units[2:]) == ("word " * 50).strip()
+    assert " ".join(units[3:]) == "nothing " + ("word " * 50).strip()
 
 
 def test_every_source_type_loads(haystack_paths, tok):
@@ -57,8 +58,25 @@ def test_seed_shuffles_documents_reproducibly(haystack_paths):
 def test_bad_sources_name_the_file_and_line(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine."}\nnot json\n')
-    with pytest.raises(HaystackError, match=r"bad\.jsonl:2: not JSON"):
+    with pytest.raises(HaystackError, match=r"bad\.jsonl:2: not valid JSON"):
         read_documents(str(bad))
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes(b'{"text": "fine."}\n\n{"text": "caf\xe9"}\n')
+    with pytest.raises(HaystackError, match=r"latin1\.jsonl:3: not UTF-8 text"):
+        read_documents(str(latin1))
+    listed = tmp_path / "list.jsonl"
+    listed.write_text('["text"]\n')
+    with pytest.raises(HaystackError, match=r"list\.jsonl:1: not a JSON object \(got list\)"):
+        read_documents(str(listed))
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text('{"text": "a."}\n' + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(HaystackError, match=r"deep\.jsonl:2: JSON nested too deeply"):
+        read_documents(str(deep))
+
+    broken = tmp_path / "broken.jsonl.zst"
+    broken.write_bytes(b"not zstd at all")
+    with pytest.raises(HaystackError, match=r"broken\.jsonl\.zst: not a readable zstd file"):
+        read_documents(str(broken))
     nofield = tmp_path / "nofield.jsonl"
     nofield.write_text('{"body": "x"}\n')
     with pytest.raises(HaystackError, match=r"nofield\.jsonl:1: no string field 'text'"):

@@ -50,13 +50,13 @@ print(json.dumps([rc, sorted({m.split('.')[0] for m in sys.modules} & {'jax', 'f
 
 
 @pytest.mark.parametrize("module, argv, message", [
-    ("lwmkit.eval.chat_cli", ["--question", "q", "--media", "{tmp}/cat.png"], "--media {tmp}/cat.png: no such file"),
-    ("lwmkit.eval.chat_cli", ["--question", "q", "--text-file", "{tmp}/a.txt"], "--text-file {tmp}/a.txt: no such file"),
-    ("lwmkit.eval.chat_cli", ["--question", "q", "--checkpoint", "{tmp}/run"], "--checkpoint {tmp}/run: no such file or"),
-    ("lwmkit.eval.chat_cli", ["--question", "q", "--media", "{tok}", "--text-file", "{tok}"], "give --media or --text-file, not both"),
-    ("lwmkit.eval.generate_cli", ["--prompt", "a fox", "--output", "{tmp}/x.png", "--vqgan", "{tmp}/v.msgpack"],
+    ("lwmkit.eval.inference.chat_cli", ["--question", "q", "--media", "{tmp}/cat.png"], "--media {tmp}/cat.png: no such file"),
+    ("lwmkit.eval.inference.chat_cli", ["--question", "q", "--text-file", "{tmp}/a.txt"], "--text-file {tmp}/a.txt: no such file"),
+    ("lwmkit.eval.inference.chat_cli", ["--question", "q", "--checkpoint", "{tmp}/run"], "--checkpoint {tmp}/run: no such file or"),
+    ("lwmkit.eval.inference.chat_cli", ["--question", "q", "--media", "{tok}", "--text-file", "{tok}"], "give --media or --text-file, not both"),
+    ("lwmkit.eval.inference.generate_cli", ["--prompt", "a fox", "--output", "{tmp}/x.png", "--vqgan", "{tmp}/v.msgpack"],
      "--vqgan {tmp}/v.msgpack: no such file or directory"),
-    ("lwmkit.eval.generate_cli", ["--prompt", "a fox", "--output", "{tmp}/no/x.png"], "--output {tmp}/no/x.png: the folder"),
+    ("lwmkit.eval.inference.generate_cli", ["--prompt", "a fox", "--output", "{tmp}/no/x.png"], "--output {tmp}/no/x.png: the folder"),
 ])  # fmt: skip
 def test_a_missing_input_is_reported_before_jax_loads(module, argv, message, bpe_model, tmp_path):
     fill = {"tmp": str(tmp_path), "tok": bpe_model}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 
@@ -104,7 +105,7 @@ def test_needle_image_is_encoded_with_the_vqgan(tok):
     assert needle.codes.shape == (3, 16, 16) and all(np.array_equal(c, codes[0]) for c in needle.codes)
 
 
-def _write_video_dataset(directory: str, tok, clips: list[np.ndarray]) -> None:
+def _write_video_dataset(directory: str, tok, clips: list[np.ndarray], **recorded) -> None:
     from lwmkit.packing.records import FORMAT_VERSION, encode_document
     from lwmkit.packing.shards import shard_name, write_json_atomic, write_shard
 
@@ -114,12 +115,12 @@ def _write_video_dataset(directory: str, tok, clips: list[np.ndarray]) -> None:
         text = np.asarray(tok.encode_batch(["A caption."])[0], np.int32)
         tokens = np.concatenate([[tok.bos_id], field, text, [tok.eos_id]])
         mask = np.concatenate([[False], fmask, np.zeros(len(text) + 1, bool)])
-        recs.append(encode_document(doc_id=i, source_file="v", source_line=i + 1, tokens=tokens, vision_mask=mask))
+        recs.append(encode_document(doc_id=i, source_file=f"clip{i}.mp4", source_line=1, tokens=tokens, vision_mask=mask))
     info = write_shard(os.path.join(directory, shard_name("documents", 0, 1)), recs)
     write_json_atomic(
         os.path.join(directory, "manifest.json"),
         {"format_version": FORMAT_VERSION, "dataset_name": "documents", "kind": "document",
-         "records": info.records, "shards": [info.to_json()]},
+         "records": info.records, "shards": [info.to_json()], **recorded},
     )  # fmt: skip
 
 
@@ -131,3 +132,62 @@ def test_tokenized_video_dataset_is_a_haystack(tmp_path, tok):
     assert np.array_equal(hay.frames, np.concatenate(clips))
     case = build_video_case(hay, tok, _needle(), frames=6, depth=50.0)
     assert len(frame_codes(video_prompt(case).tokens, video_prompt(case).vision_mask)) == 8
+
+
+def _clips(*sizes: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 8192, size=(n, 16, 16), dtype=np.int32) for n in sizes]
+
+
+def test_cases_never_wrap_and_name_the_videos_they_span(tmp_path, tok):
+    clips = _clips(3, 5, 4)
+    _write_video_dataset(str(tmp_path / "video"), tok, clips)
+    hay = VideoHaystack.load(VideoHaystackSpec(str(tmp_path / "video")))
+    assert hay.videos == [("clip0.mp4:1", 0, 3), ("clip1.mp4:1", 3, 5), ("clip2.mp4:1", 8, 4)]
+    starts = set()
+    for r in range(40):
+        case = build_video_case(hay, tok, _needle(frames=1), frames=7, depth=50.0, round_=r)
+        start = case["recipe"]["start"]
+        starts.add(start)
+        assert start + 7 <= 12 and case["repeat_frames"] == 0 and case["repeat_share"] == 0.0
+        # The spans cover the frames in order, each inside its own video.
+        spans = case["videos"]
+        assert sum(s["frames"] for s in spans) == 7
+        flat = np.concatenate([clips[int(s["video"][4])][s["first_frame"] : s["first_frame"] + s["frames"]]
+                               for s in spans])  # fmt: skip
+        assert np.array_equal(flat, hay.frames[start : start + 7])
+        assert [s["video"] for s in spans] == sorted(s["video"] for s in spans)
+    assert len(starts) > 1
+    # A dataset haystack's recipe names the directory alone, no generated-haystack fields.
+    assert case["recipe"]["haystack"] == {"source": str(tmp_path / "video")}
+    assert np.array_equal(video_prompt(case).tokens, video_prompt(case).tokens)
+
+
+def test_a_too_small_video_haystack_fails_or_records_its_repeat_share(tmp_path, tok):
+    _write_video_dataset(str(tmp_path / "video"), tok, _clips(3, 5))
+    hay = VideoHaystack.load(VideoHaystackSpec(str(tmp_path / "video")))
+    with pytest.raises(CaseError, match=r"holds 8 frames; a case of 10 frames would repeat 2 of them.*--allow-repeat"):
+        build_video_case(hay, tok, _needle(), frames=10, depth=50.0)
+    case = build_video_case(hay, tok, _needle(), frames=10, depth=50.0, allow_repeat=True)
+    assert case["repeat_frames"] == 2 and case["repeat_share"] == 0.2
+    assert sum(s["frames"] for s in case["videos"]) == 10
+    assert len(frame_codes(video_prompt(case).tokens, video_prompt(case).vision_mask)) == 12
+
+
+def test_a_needle_from_another_vqgan_or_tokenizer_is_refused(tmp_path, tok):
+    from lwmkit.eval.encoders import EncoderMismatch
+
+    def fp(seed):
+        return {"sha256": str(seed) * 64, "preset": "tiny", "source": "random_init", "random_init": True, "seed": seed}
+
+    _write_video_dataset(str(tmp_path / "video"), tok, _clips(3, 5), vqgan=fp(7), tokenizer=tok.fingerprint())
+    hay = VideoHaystack.load(VideoHaystackSpec(str(tmp_path / "video")))
+    needle = dataclasses.replace(_needle(), vqgan=fp(0))
+    with pytest.raises(EncoderMismatch, match=r"video: its frames were encoded with VQGAN 7{12}… \(random_init, preset "
+                       r"tiny, seed 7\); the needle 'video_needle' was encoded with 0{12}… \(random_init, .*seed 0\)"):
+        build_video_case(hay, tok, needle, frames=4, depth=50.0)
+    case = build_video_case(hay, tok, dataclasses.replace(needle, vqgan=fp(7)), frames=4, depth=50.0)
+    assert case["needle_vqgan"]["seed"] == 7
+    _write_video_dataset(str(tmp_path / "other"), tok, _clips(3), tokenizer={"sha256": "ab" * 32})
+    with pytest.raises(EncoderMismatch, match=r"other: made with tokenizer abababababab…, given "):
+        build_video_case(VideoHaystack.load(VideoHaystackSpec(str(tmp_path / "other"))), tok, needle, 2, 50.0)

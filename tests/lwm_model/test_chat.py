@@ -106,12 +106,13 @@ def test_stream_stops_once_every_row_has_ended(params):
     assert (full[:, first + 1 :] == 0).all()  # generate pads what the stream never computed
 
 
-def test_ring_prefill_over_four_devices_streams_the_same_answer(params):
-    mesh = make_mesh("1,1,1,4", jax.devices()[:4])
+@pytest.mark.parametrize("dims,devices", [("1,1,1,4", 4), ("1,1,1,2,4", 8)])  # a ring; Ulysses x ring (2D)
+def test_ring_prefill_streams_the_same_answer(params, dims, devices):
+    mesh = make_mesh(dims, jax.devices()[:devices])
     ring = LWM(preset("tiny", attention_impl="ring", ring_block_q=4, ring_block_k=4), mesh)
     prompts = [TokenSeq.text(p) for p in PROMPTS]
     batch = prompt_batch(ring, prompts)
-    assert batch["tokens"].shape[1] % 4 == 0
+    assert batch["tokens"].shape[1] % devices == 0  # prompts pad to the sequence shards, sp x ulysses
     got = generate_text(ring, shard_params(params, mesh), batch, GREEDY, chunk=6)
     want = generate_text(LWM(TINY), params, prompt_batch(LWM(TINY), prompts, bucket=4), GREEDY, chunk=5)
     np.testing.assert_array_equal(got, want)

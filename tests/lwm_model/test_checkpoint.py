@@ -205,3 +205,29 @@ def test_a_trainer_step_or_stage_directory_finds_its_newest_params(tmp_path, par
     np.testing.assert_array_equal(restore_params(stage)["lm_head"]["kernel"], params["lm_head"]["kernel"] + 20)
     with pytest.raises(ValueError, match="not a readable Orbax checkpoint|no Orbax checkpoint"):
         restore_params(tmp_path / "checkpoints")
+
+
+def _array_ext(payload) -> msgpack.ExtType:
+    from flax.serialization import _MsgpackExtType
+
+    return msgpack.ExtType(_MsgpackExtType.ndarray, msgpack.packb(payload))
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (msgpack.packb(_array_ext(((2,), 5, b"\0" * 8))), "malformed value: TypeError"),  # dtype 5
+        (msgpack.packb(_array_ext(5)), "malformed value: TypeError"),
+        (msgpack.packb(_array_ext(((100,), "float32", b"\0" * 8))), "malformed value: ValueError"),
+        (b"\x91" * 100_000 + b"\xc0", "its value is msgpack nested too deeply"),
+    ],
+)
+def test_hostile_values_are_value_errors_naming_file_and_record(tmp_path, value, reason):
+    path = tmp_path / "params"
+    good = msgpack.packb([["params", "a"], msgpack.packb(_array_ext(((1,), "float32", b"\0" * 4)))])
+    path.write_bytes(good + msgpack.packb([["params", "b"], value]))
+    with pytest.raises(ValueError, match=f"{path}: record 1: {reason}"):
+        read_lwm_params(path)
+    path.write_bytes(b"\x91" * 100_000 + b"\xc0")
+    with pytest.raises(ValueError, match=f"{path}: record 0: msgpack nested too deeply"):
+        read_lwm_params(path)

@@ -30,7 +30,8 @@ def test_devices_needed_counts_a_free_axis_as_one():
     assert devices_needed("2,1,1,4") == 8
     assert devices_needed("-1,1,1,4") == 4
     assert devices_needed({"sp": 2, "tp": 2}) == 4
-    with pytest.raises(ValueError, match="need 4 sizes"):
+    assert devices_needed("1,1,1,2,4") == devices_needed({"sp": 2, "ulysses": 4}) == 8
+    with pytest.raises(ValueError, match="need 4 or 5 sizes"):
         devices_needed("2,4")
 
 

@@ -107,7 +107,7 @@ def test_ring_prefill_generates_what_dense_does(params):
     assert (
         out.cache.k.shape[2] == 20 and out.cache.k.sharding.spec[2] == "sp"
     )  # the cache splits over sp
-    with pytest.raises(ValueError, match="must divide by the mesh's sp=4"):
+    with pytest.raises(ValueError, match="must divide by the mesh's sp x ulysses=4"):
         generate(LWM(ring, mesh), params, pad_prompts(PROMPTS), TEXT)
 
 

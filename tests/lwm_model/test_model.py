@@ -12,7 +12,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from jax.sharding import PartitionSpec as P
 from lwmkit.lwm_model.checkpoint import expected_shapes, unstack_layers
 from lwmkit.lwm_model.config import LWMConfig, preset
-from lwmkit.lwm_model.layout import undo_layout
+from lwmkit.lwm_model.layout import restore_order, undo_layout
 from lwmkit.lwm_model.loss import lwm_loss, make_loss_fn
 from lwmkit.lwm_model.mesh import fit_spec, layout_batch, make_mesh, param_specs, shard_params
 from lwmkit.lwm_model.model import LWM, forward, init_params
@@ -227,17 +227,24 @@ def test_text_only_model_has_no_vision_tables_and_only_text_loss(run):
 
 def test_make_mesh_and_param_rules(params):
     mesh = make_mesh("1,2,1,4")
-    assert dict(mesh.shape) == {"dp": 1, "fsdp": 2, "tp": 1, "sp": 4}
+    assert dict(mesh.shape) == {"dp": 1, "fsdp": 2, "tp": 1, "sp": 4, "ulysses": 1}
     assert dict(make_mesh({"sp": -1}).shape)["sp"] == 8
     with pytest.raises(ValueError, match="need 6 devices"):
         make_mesh("1,3,2,1")
     with pytest.raises(ValueError, match="unknown axes"):
         make_mesh({"pp": 2})
+    fsdp = ("fsdp", "sp", "ulysses")  # both sequence axes shard parameters too (ZeRO-style)
     specs = flatten_dict(param_specs(params), sep="/")
-    assert specs["transformer/h/scan_decoder/attention/wq/kernel"] == P(None, ("fsdp", "sp"), "tp")
-    assert specs["transformer/h/scan_decoder/attention/wo/kernel"] == P(None, "tp", ("fsdp", "sp"))
-    assert specs["transformer/vte/embedding"] == P("tp", ("fsdp", "sp"))
-    assert specs["vision_head/kernel"] == P(("fsdp", "sp"), "tp")
+    assert specs["transformer/h/scan_decoder/attention/wq/kernel"] == P(None, fsdp, "tp")
+    assert specs["transformer/h/scan_decoder/attention/wo/kernel"] == P(None, "tp", fsdp)
+    assert specs["transformer/vte/embedding"] == P("tp", fsdp)
+    assert specs["vision_head/kernel"] == P(fsdp, "tp")
+    mesh2d = make_mesh("1,1,1,2,4")  # a fifth size: the Ulysses axis, innermost (neighbouring devices)
+    assert dict(mesh2d.shape) == {"dp": 1, "fsdp": 1, "tp": 1, "sp": 2, "ulysses": 4}
+    assert [d.id for d in mesh2d.devices[0, 0, 0, 1]] == [4, 5, 6, 7]
+    assert flatten_dict(param_specs(params, mesh2d), sep="/")["vision_head/kernel"] == P(fsdp, "tp")
+    with pytest.raises(ValueError, match="need 4 or 5 sizes"):
+        make_mesh("1,1,1,2,2,2")
     assert specs["transformer/ln_f/kernel"] == P(None)
     # A mesh axis that does not divide its dimension is dropped there (replicated), not an error.
     assert fit_spec(P(("fsdp", "sp"), "tp"), (6, 4), mesh) == P("fsdp", "tp")
@@ -249,7 +256,7 @@ def test_sharded_forward_matches_single_device(params, run):
     batch = packed_batch(rows=4)
     sharded = shard_params(params, mesh)
     wq = sharded["transformer"]["h"]["scan_decoder"]["attention"]["wq"]["kernel"]
-    assert wq.sharding.spec == P(None, ("fsdp", "sp"), "tp")
+    assert wq.sharding.spec == P(None, ("fsdp", "sp", "ulysses"), "tp")
     assert wq.addressable_shards[0].data.size == wq.size // (mesh.size // mesh.shape["dp"])
     a, b = run(params, batch), run(sharded, batch, TINY, mesh)
     np.testing.assert_allclose(np.asarray(a.text_logits), np.asarray(b.text_logits), atol=1e-5)
@@ -268,6 +275,22 @@ def test_ring_attention_model_matches_dense(params, run):
     out = run(shard_params(params, mesh), laid, ring, mesh)
     for name in ("text_logits", "vision_logits"):
         got = undo_layout(np.asarray(getattr(out, name)), layout, 4)
+        np.testing.assert_allclose(got, np.asarray(getattr(dense, name)), atol=2e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("mesh_dims,layout", [("1,1,1,2,4", "balanced"), ("1,1,2,2,2", "zigzag")])
+def test_2d_sequence_parallel_model_matches_dense(params, run, mesh_dims, layout):
+    # Ulysses x ring: 4 heads over ulysses=4 (2 kv heads repeated), or over tp=2 x ulysses=2; the
+    # "balanced" layout is chosen per row from the segment ids and undone with its token_index.
+    mesh = make_mesh(mesh_dims)
+    ring_size = mesh.shape["sp"]
+    ring = preset("tiny", attention_impl="ring", ring_layout=layout, ring_block_q=4, ring_block_k=4)
+    batch = packed_batch(seed=7, docs=((0, 3), (3, 17), (17, 18), (18, 27)))
+    dense = run(params, batch)
+    laid = layout_batch(batch, layout, ring_size, (4, 4))
+    out = run(shard_params(params, mesh), laid, ring, mesh)
+    for name in ("text_logits", "vision_logits"):
+        got = restore_order(np.asarray(getattr(out, name)), laid["token_index"])
         np.testing.assert_allclose(got, np.asarray(getattr(dense, name)), atol=2e-5, err_msg=name)
 
 

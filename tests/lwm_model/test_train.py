@@ -109,7 +109,7 @@ def test_ring_training_loss_falls_and_logs(trained):
 
 
 def test_lwm_chat_on_one_device_answers_from_the_checkpoint_saved_on_eight(trained, corpus, tmp_path, capsys):
-    from lwmkit.eval.chat_cli import main as chat_main
+    from lwmkit.eval.inference.chat_cli import main as chat_main
 
     config, _ = trained
     stage_dir = os.path.join(config.output, "checkpoints", "tiny-512")  # saved by dp=2 x sp=4; newest step read
@@ -119,7 +119,7 @@ def test_lwm_chat_on_one_device_answers_from_the_checkpoint_saved_on_eight(train
             "--temperature", "0", "--max-new-tokens", "5", "--chunk", "4", "--jax-cache", "off"]  # fmt: skip
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
     code = ("import sys, jax; assert len(jax.devices()) == 1, jax.devices()\n"
-            "from lwmkit.eval.chat_cli import main; sys.exit(main(sys.argv[1:]))")
+            "from lwmkit.eval.inference.chat_cli import main; sys.exit(main(sys.argv[1:]))")
     proc = subprocess.run([sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # The same checkpoint on one of this process's 8 devices gives the same greedy answer.

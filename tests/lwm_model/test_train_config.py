@@ -101,7 +101,7 @@ def test_overrides_reach_the_right_fields_with_their_types():
     ("schedule=linear", r"OptimizerConfig.schedule='linear': must be one of \['constant', 'cosine'\]"),
     ("batch_tokens=1000", r"StageConfig\('tiny-512'\).batch_tokens=1000: must be a multiple of seq_len=512"),
     ("grad_accum=3", r"grad_accum=3: must divide the 8 rows"),
-    ("mesh=1,2,4", r"mesh='1,2,4': need four sizes"),
+    ("mesh=1,2,4", r"mesh='1,2,4': need four or five sizes"),
     ("model.num_heads=3", r"LWMConfig.hidden_size=64: must be a multiple of num_heads=3"),
     ("init_from=gs://x", r"init_from='gs://x': must be '' or start with orbax:, lwm: or hf:"),
     ("b2=1.5", r"OptimizerConfig.b2=1.5: must be in \[0, 1\)"),
@@ -136,6 +136,9 @@ def test_config_files_round_trip(tmp_path):
     bad.write_text(json.dumps({"stages": [], "colour": "red"}))
     with pytest.raises(ValueError, match=r"bad.json: not a training config: TrainConfig: unknown fields \['colour'\]"):
         load_config(str(bad))
+    bad.write_text("[" * 100_000)
+    with pytest.raises(ValueError, match=r"bad.json: not a training config: .*nested too deeply"):
+        load_config(str(bad))  # not a RecursionError
     with pytest.raises(ValueError, match="neither a preset"):
         load_config(str(tmp_path / "missing.json"))
 
@@ -150,3 +153,22 @@ def test_cli_prints_lists_and_reports_errors(capsys):
     assert all(f"{name}: " in listed for name in TRAIN_PRESETS)
     assert main(["tiny-cpu", "stepz=3"]) == 2
     assert "lwm-train: error: override stepz: unknown key" in capsys.readouterr().err
+
+
+def test_a_2d_mesh_is_accepted_and_checked_against_the_model():
+    from lwmkit.lwm_model.train import stage_model_config
+
+    config = load_config("tiny-cpu", ["mesh=1,1,1,2,4", "ring_layout=balanced"])
+    (stage,) = config.stages
+    assert stage.mesh == "1,1,1,2,4" and config.ring_layout == "balanced"
+    model = stage_model_config(config, stage, 2, 512, ulysses=4)
+    assert (model.attention_impl, model.ring_layout, model.ring_block_q) == ("ring", "balanced", model.ring_block_k)
+    with pytest.raises(ValueError, match=r"4 heads over tp=2 do not split over ulysses=4"):
+        stage_model_config(config, stage, 2, 512, ulysses=4, tp=2)
+    with pytest.raises(ValueError, match=r"seq_len=512 does not split over sp=2 x ulysses=3"):
+        stage_model_config(config, stage, 2, 512, ulysses=3)
+    with pytest.raises(ValueError, match=r"mesh='1,1,1,2,4,1': need four or five sizes"):
+        load_config("tiny-cpu", ["mesh=1,1,1,2,4,1"])
+    # Dense attention has no head split to check: the sequence axes only shard activations.
+    dense = load_config("tiny-cpu", ["mesh=1,1,1,2,4", "attention=dense"])
+    assert stage_model_config(dense, dense.stages[0], 2, 512, ulysses=4, tp=2).attention_impl == "dense"

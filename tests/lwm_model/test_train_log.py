@@ -28,6 +28,11 @@ def test_metrics_file_keeps_the_last_record_of_each_step(tmp_path):
         f.write('{"step": 4}\n')
     with pytest.raises(ValueError, match=r"metrics.jsonl: line 6: not a metrics record"):
         read_metrics(path)
+    lines = open(path, encoding="utf-8").read().splitlines()
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join([*lines[:5], "[" * 100_000]) + "\n")
+    with pytest.raises(ValueError, match=r"metrics.jsonl: line 6: not a metrics record: JSON: JSON nested too deeply"):
+        read_metrics(path)
 
 
 def test_progress_line_reads_like_a_sentence():

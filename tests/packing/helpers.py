@@ -1,4 +1,4 @@
-"""Writes small lwmkit dataset directories by hand, the way `pipelines/finalize.py` lays them out.
+"""Writes small lwmkit dataset directories by hand, the way `pipelines/writing/finalize.py` lays them out.
 
 Kept in a module of its own (not in a test file) so Grain worker processes, which unpickle what
 the loader sends them, never need to import a test module.

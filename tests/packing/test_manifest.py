@@ -7,7 +7,13 @@ import os
 import shutil
 
 import pytest
-from lwmkit.packing.manifest import ManifestError, load_manifest, shard_paths, verify_directory
+from lwmkit.packing.manifest import (
+    ManifestError,
+    load_manifest,
+    parse_manifest,
+    shard_paths,
+    verify_directory,
+)
 from lwmkit.packing.shards import shard_name, write_shard
 
 from .helpers import write_packed_dir
@@ -111,7 +117,7 @@ def test_no_manifest_names_the_path(tmp_path):
 
 def test_unreadable_manifest_names_the_path(tmp_path):
     (tmp_path / "manifest.json").write_text("{not json")
-    with pytest.raises(ManifestError, match="unreadable manifest") as e:
+    with pytest.raises(ManifestError, match="not valid JSON") as e:
         load_manifest(str(tmp_path))
     assert str(tmp_path / "manifest.json") in str(e.value)
 
@@ -139,3 +145,38 @@ def test_total_mismatch_reported_whatever_the_directory_name(tmp_path):
     _edit_manifest(d, edit)
     problems = verify_directory(str(d))
     assert any(p.startswith("shards hold") for p in problems), problems
+
+
+def test_a_deeply_nested_manifest_is_a_manifest_error(tmp_path):
+    (tmp_path / "manifest.json").write_text('{"shards": ' + "[" * 200_000 + "]" * 200_000 + "}")
+    with pytest.raises(ManifestError, match="nested too deeply") as caught:
+        load_manifest(str(tmp_path))
+    assert str(tmp_path / "manifest.json") in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("shards", "reason"),
+    [
+        ({}, "shards must be a list"),
+        (["x"], r"shards\[0\] must be an object"),
+        ([{"file": "../escape", "records": 1, "bytes": 1, "sha256": "0" * 64}], "not a plain file name"),
+        ([{"file": "/abs", "records": 1, "bytes": 1, "sha256": "0" * 64}], "not a plain file name"),
+        ([{"file": "s", "records": -1, "bytes": 1, "sha256": "0" * 64}], "records -1 is not a count"),
+        ([{"file": "s", "records": True, "bytes": 1, "sha256": "0" * 64}], "records True is not a count"),
+        ([{"file": "s", "records": 1, "bytes": 1, "sha256": "zz"}], "sha256 'zz' is not 64 hex digits"),
+        (
+            [{"file": "s", "records": 1, "bytes": 1, "sha256": "0" * 64, "crc32c": {"version": 1}}],
+            "crc32c.range_bytes must be an int",
+        ),
+        (
+            [{"file": "s", "records": 1, "bytes": 1, "sha256": "0" * 64,
+              "crc32c": {"version": 1, "range_bytes": 65536, "outside": 0, "ranges": "AAA"}}],  # fmt: skip
+            "crc32c.ranges is not base64",
+        ),
+    ],
+)
+def test_malformed_shard_entries_name_the_field(shards, reason):
+    data = json.dumps({"format_version": 1, "shards": shards}).encode()
+    with pytest.raises(ManifestError, match=reason) as caught:
+        parse_manifest(data, "s3://b/d/manifest.json")
+    assert str(caught.value).startswith("s3://b/d/manifest.json: ")

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from array_record.python.array_record_data_source import ArrayRecordDataSource
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
+from lwmkit.packing.integrity import file_checksums
+from lwmkit.packing.manifest import add_checksums
 from lwmkit.packing.records import RecordError
 from lwmkit.packing.shard_layout import BLOCK, BLOCK_HEADER, USABLE, index_records
 from lwmkit.packing.shard_reader import (
@@ -46,6 +48,11 @@ def _array_record_bytes(path) -> list[bytes]:
         reader.close()
 
 
+def _checked(path, **kwargs) -> ShardFile:
+    """The shard opened as `ShardDataSource` opens it: with the table its writer computed."""
+    return ShardFile(path, checksums=file_checksums(path), **kwargs)
+
+
 @pytest.fixture(scope="module")
 def shard(tmp_path_factory):
     """A shard written by lwmkit's writer: edge sizes, then many random ones up to 5 blocks."""
@@ -58,17 +65,17 @@ def shard(tmp_path_factory):
 
 def test_every_record_is_the_bytes_array_record_reads(shard):
     path, records = shard
-    f = ShardFile(path).open()
-    assert f.mode == MMAP and f.fallback_reason is None
-    assert len(f) == len(records)
     theirs = _array_record_bytes(path)
-    for i, expected in enumerate(records):
-        got = f[i]
-        assert isinstance(got, memoryview) and got.readonly
-        assert bytes(got) == theirs[i] == expected, i
-    # Random order, as a shuffled loader reads.
-    for i in np.random.default_rng(2).permutation(len(records)):
-        assert bytes(f[int(i)]) == records[i]
+    for f in (_checked(path).open(), ShardFile(path, verify=False).open()):
+        assert f.mode == MMAP and f.fallback_reason is None
+        assert len(f) == len(records)
+        for i, expected in enumerate(records):
+            got = f[i]
+            assert isinstance(got, memoryview) and got.readonly
+            assert bytes(got) == theirs[i] == expected, i
+        # Random order, as a shuffled loader reads.
+        for i in np.random.default_rng(2).permutation(len(records)):
+            assert bytes(f[int(i)]) == records[i]
 
 
 def test_the_index_matches_the_documented_layout(tmp_path):
@@ -104,14 +111,14 @@ def test_records_that_touch_a_block_boundary(tmp_path, sizes, edge):
         assert starts[0] + sizes[0] == BLOCK, edge
     else:
         assert starts[1] == BLOCK + BLOCK_HEADER, edge
-    f = ShardFile(path).open()
+    f = _checked(path).open()
     assert [bytes(f[i]) for i in range(len(f))] == _array_record_bytes(path) == records
 
 
 def test_empty_shard(tmp_path):
     path = str(tmp_path / "empty")
     write_shard(path, [])
-    f = ShardFile(path, expected_records=0).open()
+    f = _checked(path, expected_records=0).open()
     assert f.mode == MMAP and len(f) == 0
     with pytest.raises(IndexError):
         f[0]
@@ -119,7 +126,7 @@ def test_empty_shard(tmp_path):
 
 def test_records_inside_a_block_are_views_and_crossing_ones_copies(shard):
     path, records = shard
-    f = ShardFile(path).open()
+    f = _checked(path).open()
     small = f[1]  # 1 byte, inside one block
     big = f[EDGE_SIZES.index(3 * BLOCK + 7)]
     assert isinstance(small.obj, mmap.mmap)
@@ -130,7 +137,7 @@ def test_records_inside_a_block_are_views_and_crossing_ones_copies(shard):
 
 def test_a_held_record_never_changes_while_others_are_read(shard):
     path, records = shard
-    f = ShardFile(path, buffers=RecordBuffers(max_count=2)).open()
+    f = _checked(path, buffers=RecordBuffers(max_count=2)).open()
     crossing = [i for i, r in enumerate(records) if len(r) > BLOCK]
     held = {i: f[i] for i in crossing[:5]}
     for i in crossing * 2:
@@ -162,7 +169,7 @@ def test_buffers_keep_at_most_max_count():
 
 def test_threads_read_the_same_bytes(shard):
     path, records = shard
-    f = ShardFile(path)  # opened by whichever thread comes first
+    f = _checked(path)  # opened by whichever thread comes first
     order = np.random.default_rng(3).permutation(len(records) * 4) % len(records)
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         got = list(pool.map(lambda i: bytes(f[int(i)]), order))
@@ -279,13 +286,13 @@ def test_reader_spans_files_and_pickles_paths_only(tmp_path):
         paths.append(str(tmp_path / f"s{i}"))
         write_shard(paths[-1], part)
     flat = [r for part in parts for r in part]
-    reader = ShardReader(paths, records=[3, 3, 3])
+    reader = ShardReader(paths, records=[3, 3, 3], checksums=[file_checksums(p) for p in paths])
     assert len(reader) == 9 and reader.modes == {MMAP: 3}
     assert [bytes(r) for r in reader.__getitems__(range(9))] == flat
     with pytest.raises(IndexError):
         reader[9]
     blob = pickle.dumps(reader)
-    assert len(blob) < 2000  # paths and counts, no mapped bytes
+    assert len(blob) < 3000  # paths, counts and tables, no mapped bytes
     clone = pickle.loads(blob)
     assert not any(f.is_open for f in clone.files)  # reopened on first use
     assert bytes(clone[4]) == flat[4] and clone.files[1].is_open and not clone.files[0].is_open
@@ -326,7 +333,7 @@ def test_shards_of_a_books_job_read_the_same_as_array_record(tmp_path, bpe_model
     import random
 
     from lwmkit.pipelines import BooksOptions, run_books
-    from lwmkit.pipelines.sample_corpus import sample_book
+    from lwmkit.pipelines.tools.sample_corpus import sample_book
 
     books = tmp_path / "books.jsonl"
     books.write_text(
@@ -344,9 +351,15 @@ def test_shards_of_a_books_job_read_the_same_as_array_record(tmp_path, bpe_model
     )
     read = 0
     for name in ("documents", "packed-256", "packed-4096"):
+        unchecked = ShardDataSource(str(out / name), verify_checksums=False)
+        assert unchecked.reader_modes == {MMAP: len(unchecked.manifest["shards"])}, name
+        theirs = [r for p in unchecked._paths for r in _array_record_bytes(p)]
+        assert [bytes(unchecked._source[i]) for i in range(len(unchecked))] == theirs, name
+        # Verified reads: through mmap once the manifest lists tables (the job's own manifest
+        # lists them once pipelines/finalize.py passes write_shard's table on), else ArrayRecord.
+        add_checksums(str(out / name))
         src = ShardDataSource(str(out / name))
         assert src.reader_modes == {MMAP: len(src.manifest["shards"])}, name
-        theirs = [r for p in src._paths for r in _array_record_bytes(p)]
         assert [bytes(src._source[i]) for i in range(len(src))] == theirs, name
         read += len(theirs)
     assert read > 12

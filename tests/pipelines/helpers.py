@@ -50,6 +50,6 @@ def write_parquet(path: str | os.PathLike, texts: list, metas: list | None = Non
 
 def book(seed: int, paragraphs: int = 6) -> str:
     """A generated book (distinct per seed) from the sample corpus generator."""
-    from lwmkit.pipelines.sample_corpus import sample_book
+    from lwmkit.pipelines.tools.sample_corpus import sample_book
 
     return sample_book(random.Random(seed), paragraphs)

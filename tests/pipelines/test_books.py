@@ -27,9 +27,9 @@ from lwmkit.packing import (
     verify_directory,
 )
 from lwmkit.pipelines import BooksOptions, NoValidDocumentsError, run_books
-from lwmkit.pipelines import books as books_lib
-from lwmkit.pipelines.normalize import normalize_text
-from lwmkit.pipelines.planning import PackOptions
+from lwmkit.pipelines.books import job as books_lib
+from lwmkit.pipelines.engine.normalize import normalize_text
+from lwmkit.pipelines.writing.plan import PackOptions
 from lwmkit.tokenizers import SentencePieceTokenizer
 
 from .helpers import SHARED_DATA, book, record, write_jsonl, write_jsonl_zst, write_parquet

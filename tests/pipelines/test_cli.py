@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import sys
 
-import lwmkit.pipelines.demo as demo_mod
+import lwmkit.pipelines.tools.demo as demo_mod
 import pytest
 from lwmkit.packing import verify_directory
 from lwmkit.pipelines.cli import main

@@ -10,8 +10,8 @@ import json
 import tarfile
 
 import pytest
-from lwmkit.pipelines import dataflow
 from lwmkit.pipelines.cli import main
+from lwmkit.pipelines.engine import dataflow
 
 from .helpers import book, record, write_jsonl
 from .offline import DATAFLOW, offline  # noqa: F401 - the fixture
@@ -55,7 +55,7 @@ def test_books_job_graph_has_every_stage_and_the_options(books_file, bpe_model, 
     )
     assert rc == 0
     report = capsys.readouterr().out
-    from lwmkit.pipelines import books
+    from lwmkit.pipelines.books import job as books
 
     stages = (*books.STAGES, "plan", "write shards", "finalize")
     assert "graph built and checked, nothing submitted or written" in report
@@ -100,15 +100,15 @@ def _video_input(tmp_path) -> str:
 @pytest.mark.parametrize(
     "command, make_input, extra, module, warning",
     [
-        ("images", _image_input, ["--vqgan-preset", "tiny", *GPU], "image_text", None),
+        ("images", _image_input, ["--vqgan-preset", "tiny", *GPU], "images.job", None),
         (
             "videos",
             _video_input,
             ["--vqgan-preset", "tiny"],
-            "video_text",
+            "videos.job",
             "stage would run on CPU",
         ),
-        ("qa", lambda tmp: None, ["--preset", "lwm-32k"], "qa", None),
+        ("qa", lambda tmp: None, ["--preset", "lwm-32k"], "qa.job", None),
     ],
 )
 def test_image_video_and_qa_job_graphs(

@@ -5,8 +5,14 @@ from __future__ import annotations
 import time
 
 import pytest
-from lwmkit.pipelines.download import Download, DownloadError, DownloadOptions, check_url, fetch
-from lwmkit.pipelines.stages import DropRecord
+from lwmkit.pipelines.engine.stages import DropRecord
+from lwmkit.pipelines.images.download import (
+    Download,
+    DownloadError,
+    DownloadOptions,
+    check_url,
+    fetch,
+)
 
 from .image_inputs import SLOW_S, rgb, serve
 
@@ -160,7 +166,7 @@ def test_options_are_validated(kw, field):
 @pytest.mark.parametrize("ip", ["127.0.0.1", "10.1.2.3", "192.168.0.7", "169.254.169.254", "::1", "fe80::1", "0.0.0.0",
                                 "::ffff:127.0.0.1", "224.0.0.1"])
 def test_non_public_addresses_are_blocked_unless_allowed(ip):
-    from lwmkit.pipelines.download import check_address
+    from lwmkit.pipelines.images.download import check_address
 
     with pytest.raises(DownloadError) as e:
         check_address("example.test", ip, DownloadOptions())

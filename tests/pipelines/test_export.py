@@ -11,7 +11,7 @@ import pytest
 from lwmkit.packing.records import encode_document
 from lwmkit.packing.shards import write_json_atomic
 from lwmkit.pipelines.cli import main
-from lwmkit.pipelines.export import ExportError, ExportOptions, export_lwm_jsonl, run_export
+from lwmkit.pipelines.tools.export import ExportError, ExportOptions, export_lwm_jsonl, run_export
 from lwmkit.tokenizers.text import SentencePieceTokenizer
 from lwmkit.tokenizers.vision import vision_field
 

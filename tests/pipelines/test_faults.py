@@ -12,7 +12,7 @@ import textwrap
 import pytest
 from lwmkit.packing import ShardDataSource
 from lwmkit.pipelines import BooksOptions, run_books
-from lwmkit.pipelines import books as books_lib
+from lwmkit.pipelines.books import job as books_lib
 
 from .faults import Faulty
 from .helpers import book, record, write_jsonl
@@ -89,7 +89,7 @@ def _docs_of_run(corpus, out, tokenizer):
 
 KILLED_RUN = textwrap.dedent("""
     import sys
-    from lwmkit.pipelines import books as books_lib
+    from lwmkit.pipelines.books import job as books_lib
     from lwmkit.pipelines import BooksOptions, run_books
     sys.path.insert(0, {tests!r})
     from pipelines.faults import Faulty

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from lwmkit.pipelines.image_examples import (
+from lwmkit.pipelines.examples.vision_text import (
     TEMPLATE_PRESETS,
     ExampleBuilder,
     Templates,

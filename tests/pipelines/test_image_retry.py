@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from lwmkit.pipelines.download import DownloadOptions
-from lwmkit.pipelines.image_text import ImagesOptions, run_images
+from lwmkit.pipelines.images.download import DownloadOptions
+from lwmkit.pipelines.images.job import ImagesOptions, run_images
 
 from .image_inputs import rgb, serve, write_parquet
 from .test_books import compare_outputs

@@ -8,7 +8,8 @@ import os
 import tarfile
 
 import pytest
-from lwmkit.pipelines.image_sources import (
+from lwmkit.pipelines.engine.stages import Dropped
+from lwmkit.pipelines.images.sources import (
     SourceOptions,
     expand_input,
     read_pairs,
@@ -16,7 +17,6 @@ from lwmkit.pipelines.image_sources import (
     split_member,
     unsafe_member_name,
 )
-from lwmkit.pipelines.stages import Dropped
 
 from .image_inputs import rgb, write_captions, write_parquet, write_tar
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from lwmkit.packing import ShardDataSource, check_packed
-from lwmkit.pipelines.download import DownloadOptions
-from lwmkit.pipelines.image_examples import choose_kind
-from lwmkit.pipelines.image_sources import SourceOptions
-from lwmkit.pipelines.image_text import CHAIN, ImagesOptions, NoValidPairsError, run_images
-from lwmkit.pipelines.normalize import normalize_text
+from lwmkit.pipelines.engine.normalize import normalize_text
+from lwmkit.pipelines.examples.vision_text import choose_kind
+from lwmkit.pipelines.images.download import DownloadOptions
+from lwmkit.pipelines.images.job import CHAIN, ImagesOptions, NoValidPairsError, run_images
+from lwmkit.pipelines.images.sources import SourceOptions
 from lwmkit.tokenizers import SentencePieceTokenizer
 from lwmkit.tokenizers.vision import EOV_ID, ImageOptions, load_image, vision_field, vision_runs
 

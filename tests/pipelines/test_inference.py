@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
-from lwmkit.pipelines.inference import JaxModelHandler
-from lwmkit.pipelines.runner import pipeline_options
+from lwmkit.pipelines.engine.inference import JaxModelHandler
+from lwmkit.pipelines.engine.runner import pipeline_options
 
 FEATURES = 4
 OUT = 3
@@ -276,7 +276,7 @@ def test_tiny_vqgan_encode_fn_runs_in_a_pipeline_like_encode():
 
 def test_module_imports_without_jax():
     code = (
-        "import sys, json\nimport lwmkit.pipelines.inference\n"
+        "import sys, json\nimport lwmkit.pipelines.engine.inference\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'flax'))))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/")

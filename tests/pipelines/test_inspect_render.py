@@ -11,7 +11,12 @@ from lwmkit.packing.assemble import Segment, assemble_packed
 from lwmkit.packing.records import encode_document, encode_packed
 from lwmkit.packing.shards import write_json_atomic
 from lwmkit.pipelines.cli import main
-from lwmkit.pipelines.inspection import InspectError, load_vqgan, recorded_vqgan, render_record
+from lwmkit.pipelines.tools.inspection import (
+    InspectError,
+    load_vqgan,
+    recorded_vqgan,
+    render_record,
+)
 from lwmkit.tokenizers.text import SentencePieceTokenizer
 from lwmkit.tokenizers.vision import vision_field
 from PIL import Image

@@ -8,7 +8,7 @@ import unicodedata
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from lwmkit.pipelines.normalize import normalize_text
+from lwmkit.pipelines.engine.normalize import normalize_text
 
 CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # every C0/C1 control and DEL but TAB, LF
 # Text rich in the characters the rules care about, plus anything else.

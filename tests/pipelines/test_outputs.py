@@ -15,13 +15,13 @@ from apache_beam.io.filesystem import FileMetadata, MatchResult
 from apache_beam.io.localfilesystem import LocalFileSystem
 from lwmkit.packing import ShardDataSource, verify_directory
 from lwmkit.pipelines import BooksOptions, run_books
-from lwmkit.pipelines.outputs import (
+from lwmkit.pipelines.engine.outputs import (
     is_local,
     read_output_bytes,
     write_output_bytes,
     write_output_shard,
 )
-from lwmkit.pipelines.sample_corpus import write_sample_corpus
+from lwmkit.pipelines.tools.sample_corpus import write_sample_corpus
 
 _ROOT = {"dir": None}
 SCHEME = "lwmtestfs"

@@ -11,9 +11,9 @@ from lwmkit.packing import ShardDataSource, check_packed, plan_packing
 from lwmkit.packing.online import online_packed_dataset
 from lwmkit.pipelines import BooksOptions, run_books
 from lwmkit.pipelines.cli import main
-from lwmkit.pipelines.pack import StagesOptions, parse_schedule, run_stages
-from lwmkit.pipelines.planning import PackOptions
-from lwmkit.pipelines.sample_corpus import write_sample_corpus
+from lwmkit.pipelines.pack.job import StagesOptions, parse_schedule, run_stages
+from lwmkit.pipelines.tools.sample_corpus import write_sample_corpus
+from lwmkit.pipelines.writing.plan import PackOptions
 
 FIELDS = (
     "tokens", "vision_mask", "loss_weights", "tokens_segment_ids", "tokens_positions",

@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 from lwmkit.packing import ShardDataSource, verify_directory
 from lwmkit.packing.records import document_id
-from lwmkit.pipelines.normalize import normalize_text
-from lwmkit.pipelines.qa import NoValidContextsError, QAOptions, run_qa
-from lwmkit.pipelines.qa_assembly import ContextOptions
-from lwmkit.pipelines.qa_chunks import chunk_text
-from lwmkit.pipelines.qa_client import ClientOptions
-from lwmkit.pipelines.qa_extractive import ExtractiveOptions
-from lwmkit.pipelines.qa_generators import ChatGeneratorOptions, collapse_space
+from lwmkit.pipelines.engine.normalize import normalize_text
+from lwmkit.pipelines.qa.assembly import ContextOptions
+from lwmkit.pipelines.qa.chunks import chunk_text
+from lwmkit.pipelines.qa.client import ClientOptions
+from lwmkit.pipelines.qa.extractive import ExtractiveOptions
+from lwmkit.pipelines.qa.generators import ChatGeneratorOptions, collapse_space
+from lwmkit.pipelines.qa.job import NoValidContextsError, QAOptions, run_qa
 from lwmkit.tokenizers import SentencePieceTokenizer
 
 from .helpers import book, record, write_jsonl

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from lwmkit.pipelines.qa_assembly import CONTEXT_PRESETS, ContextBuilder, ContextOptions, parse_turn
-from lwmkit.pipelines.qa_chunks import Chunk, chunk_text
-from lwmkit.pipelines.qa_generators import QAPair
+from lwmkit.pipelines.qa.assembly import CONTEXT_PRESETS, ContextBuilder, ContextOptions, parse_turn
+from lwmkit.pipelines.qa.chunks import Chunk, chunk_text
+from lwmkit.pipelines.qa.generators import QAPair
 from lwmkit.tokenizers import SentencePieceTokenizer
 
 from .helpers import book

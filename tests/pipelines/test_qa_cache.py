@@ -7,11 +7,11 @@ import os
 
 import numpy as np
 import pytest
-from lwmkit.pipelines.qa_cache import ReplyCache, cache_key, cache_request
-from lwmkit.pipelines.qa_calls import ChunkResult, generate_all, generate_pairs
-from lwmkit.pipelines.qa_chunks import Chunk
-from lwmkit.pipelines.qa_client import CallError
-from lwmkit.pipelines.qa_generators import QAPair, Reply, parse_pairs, validate_pairs
+from lwmkit.pipelines.qa.cache import ReplyCache, cache_key, cache_request
+from lwmkit.pipelines.qa.calls import ChunkResult, generate_all, generate_pairs
+from lwmkit.pipelines.qa.chunks import Chunk
+from lwmkit.pipelines.qa.client import CallError
+from lwmkit.pipelines.qa.generators import QAPair, Reply, parse_pairs, validate_pairs
 
 
 def chunk(i: int, text: str | None = None) -> Chunk:

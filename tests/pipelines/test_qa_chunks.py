@@ -6,7 +6,7 @@ import random
 
 import numpy as np
 import pytest
-from lwmkit.pipelines.qa_chunks import Chunk, chunk_id, chunk_text, sentence_units
+from lwmkit.pipelines.qa.chunks import Chunk, chunk_id, chunk_text, sentence_units
 from lwmkit.tokenizers import SentencePieceTokenizer
 
 from .helpers import SHARED_DATA, book

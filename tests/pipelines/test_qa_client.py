@@ -8,16 +8,16 @@ import time
 
 import numpy as np
 import pytest
-from lwmkit.pipelines.qa_calls import generate_all
-from lwmkit.pipelines.qa_chunks import Chunk
-from lwmkit.pipelines.qa_client import (
+from lwmkit.pipelines.qa.calls import generate_all
+from lwmkit.pipelines.qa.chunks import Chunk
+from lwmkit.pipelines.qa.client import (
     CallError,
     ChatClient,
     ClientOptions,
     MalformedReply,
     reply_content,
 )
-from lwmkit.pipelines.qa_generators import ChatGeneratorOptions, ChatQAGenerator
+from lwmkit.pipelines.qa.generators import ChatGeneratorOptions, ChatQAGenerator
 
 from .qa_server import FakeChatServer, ok_pair
 

@@ -6,10 +6,10 @@ import json
 import re
 
 import pytest
-from lwmkit.pipelines.qa_chunks import chunk_text
-from lwmkit.pipelines.qa_client import ClientOptions
-from lwmkit.pipelines.qa_extractive import FORMS, ExtractiveGenerator, ExtractiveOptions
-from lwmkit.pipelines.qa_generators import (
+from lwmkit.pipelines.qa.chunks import chunk_text
+from lwmkit.pipelines.qa.client import ClientOptions
+from lwmkit.pipelines.qa.extractive import FORMS, ExtractiveGenerator, ExtractiveOptions
+from lwmkit.pipelines.qa.generators import (
     ChatGeneratorOptions,
     ChatQAGenerator,
     InvalidReply,

@@ -8,8 +8,8 @@ import random
 import string
 
 import pytest
-from lwmkit.pipelines.readers import SUFFIXES, input_kind, iter_texts, read_documents
-from lwmkit.pipelines.stages import Dropped
+from lwmkit.pipelines.books.sources import SUFFIXES, input_kind, iter_texts, read_documents
+from lwmkit.pipelines.engine.stages import Dropped
 
 from .helpers import jsonl_bytes, record, write_jsonl, write_jsonl_zst, write_parquet, zstd
 
@@ -319,7 +319,7 @@ def test_parquet_meta_with_a_date_keeps_the_rows(tmp_path):
 
 
 def test_reasons_cover_the_docstring():
-    import lwmkit.pipelines.readers as readers
+    import lwmkit.pipelines.books.sources as readers
 
     documented = set(readers.__doc__.split("Failure reasons:", 1)[1].split(".\n", 1)[0].replace("`", "").replace(",", " ").split())
     assert documented == READER_REASONS
@@ -371,7 +371,7 @@ def test_a_zstd_bomb_is_dropped_without_being_held_in_memory(tmp_path):
 
 
 def test_an_over_long_line_in_the_middle_of_a_chunk(tmp_path):
-    from lwmkit.pipelines import readers
+    from lwmkit.pipelines.books import sources as readers
 
     lines = [record("a"), b"x" * 5000, record("b"), b"y" * 3000, record("c")]
     items = list(readers._lines_of("f", iter([b"\n".join(lines)[i : i + 700] for i in range(0, 20000, 700)]), "text",

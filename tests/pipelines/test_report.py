@@ -18,8 +18,8 @@ from html.parser import HTMLParser
 
 import pytest
 from lwmkit.pipelines import BooksOptions, run_books
-from lwmkit.pipelines.report import write_report
-from lwmkit.pipelines.sample_corpus import write_sample_corpus
+from lwmkit.pipelines.tools.report import write_report
+from lwmkit.pipelines.tools.sample_corpus import write_sample_corpus
 
 SEQ_LENS = (512, 2048)
 RAW_NAME = 'raw<b>&"x\''  # must appear escaped, never as markup

@@ -9,9 +9,15 @@ import sys
 import textwrap
 
 import pytest
-from lwmkit.pipelines import books as books_lib
-from lwmkit.pipelines import run_books, work_store
-from lwmkit.pipelines.work_store import ReadReceipt, UnitReader, WorkStoreError, receipt_paths
+from lwmkit.pipelines import run_books
+from lwmkit.pipelines.books import job as books_lib
+from lwmkit.pipelines.engine import work_store
+from lwmkit.pipelines.engine.work_store import (
+    ReadReceipt,
+    UnitReader,
+    WorkStoreError,
+    receipt_paths,
+)
 
 from .faults import Faulty
 from .test_books import compare_outputs
@@ -56,7 +62,7 @@ def _shard_stats(out) -> dict[str, tuple[int, int]]:
 
 KILLED_RUN = textwrap.dedent("""
     import sys
-    from lwmkit.pipelines import books as books_lib
+    from lwmkit.pipelines.books import job as books_lib
     from lwmkit.pipelines import BooksOptions, run_books
     sys.path.insert(0, {tests!r})
     from pipelines.faults import Faulty

@@ -121,7 +121,7 @@ def test_a_corrupted_remote_shard_is_refused_by_its_checksum(s3, tmp_path, bpe_m
 
 def test_the_work_store_on_s3_resumes_retries_and_is_discarded(s3, tmp_path, bpe_model, monkeypatch):
     """Units and shard receipts live on S3 with the output; a resumed run reads them back there."""
-    from lwmkit.pipelines import books as books_lib
+    from lwmkit.pipelines.books import job as books_lib
 
     from .faults import Faulty
 

@@ -6,9 +6,9 @@ import io
 import json
 
 from lwmkit.packing import verify_directory
-from lwmkit.pipelines.demo import DEMO_VIDEO_SEQ_LEN, run_demo
-from lwmkit.pipelines.sample_videos import write_sample_videos
-from lwmkit.pipelines.video_index import probe
+from lwmkit.pipelines.tools.demo import DEMO_VIDEO_SEQ_LEN, run_demo
+from lwmkit.pipelines.tools.sample_videos import write_sample_videos
+from lwmkit.pipelines.videos.index import probe
 
 
 def test_sample_videos(tmp_path):

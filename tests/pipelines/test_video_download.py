@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
-from lwmkit.pipelines.download import DownloadError
-from lwmkit.pipelines.stages import DropRecord
-from lwmkit.pipelines.video_download import (
+from lwmkit.pipelines.engine.stages import DropRecord
+from lwmkit.pipelines.images.download import DownloadError
+from lwmkit.pipelines.videos.download import (
     DownloadVideo,
     HostRateLimiter,
     VideoDownloadOptions,

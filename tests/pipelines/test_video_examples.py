@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from lwmkit.packing.bins import cut_document
-from lwmkit.pipelines.video_examples import (
+from lwmkit.pipelines.videos.examples import (
     VideoExampleBuilder,
     VideoTemplates,
     frame_spans,

@@ -10,8 +10,8 @@ import math
 
 import numpy as np
 import pytest
-from lwmkit.pipelines.video_frames import DecodeOptions, decode_video
-from lwmkit.pipelines.video_index import FrameSampling, VideoError, probe, sample_frames
+from lwmkit.pipelines.videos.frames import DecodeOptions, decode_video
+from lwmkit.pipelines.videos.index import FrameSampling, VideoError, probe, sample_frames
 
 from .helpers import SHARED_DATA
 from .video_inputs import (

@@ -7,10 +7,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from lwmkit.pipelines.video_download import VideoDownloadOptions
-from lwmkit.pipelines.video_frames import DecodeOptions
-from lwmkit.pipelines.video_index import FrameSampling
-from lwmkit.pipelines.video_text import VideosOptions, run_videos
+from lwmkit.pipelines.videos.download import VideoDownloadOptions
+from lwmkit.pipelines.videos.frames import DecodeOptions
+from lwmkit.pipelines.videos.index import FrameSampling
+from lwmkit.pipelines.videos.job import VideosOptions, run_videos
 
 from .test_books import compare_outputs
 from .test_video_text import PROXY_VARS

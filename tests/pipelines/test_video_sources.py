@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from lwmkit.pipelines.stages import Dropped
-from lwmkit.pipelines.video_sources import (
+from lwmkit.pipelines.engine.stages import Dropped
+from lwmkit.pipelines.videos.sources import (
     RowError,
     VideoSourceOptions,
     parse_time,

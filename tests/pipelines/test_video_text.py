@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from lwmkit.packing import ShardDataSource, check_packed
-from lwmkit.pipelines.video_download import VideoDownloadOptions
-from lwmkit.pipelines.video_examples import VideoExampleBuilder, VideoTemplates, video_kind
-from lwmkit.pipelines.video_frames import DecodeOptions, decode_video
-from lwmkit.pipelines.video_index import FrameSampling
-from lwmkit.pipelines.video_sources import VideoSourceOptions
-from lwmkit.pipelines.video_text import CHAIN, NoValidVideosError, VideosOptions, run_videos
+from lwmkit.pipelines.videos.download import VideoDownloadOptions
+from lwmkit.pipelines.videos.examples import VideoExampleBuilder, VideoTemplates, video_kind
+from lwmkit.pipelines.videos.frames import DecodeOptions, decode_video
+from lwmkit.pipelines.videos.index import FrameSampling
+from lwmkit.pipelines.videos.job import CHAIN, NoValidVideosError, VideosOptions, run_videos
+from lwmkit.pipelines.videos.sources import VideoSourceOptions
 from lwmkit.tokenizers import SentencePieceTokenizer
 from lwmkit.tokenizers.vision import EOF_ID, EOV_ID, frame_codes
 

@@ -10,9 +10,9 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from lwmkit.pipelines.video_frames import DecodeOptions
-from lwmkit.pipelines.video_index import FrameSampling, VideoError
-from lwmkit.pipelines.video_workers import DecoderPool
+from lwmkit.pipelines.videos.frames import DecodeOptions
+from lwmkit.pipelines.videos.index import FrameSampling, VideoError
+from lwmkit.pipelines.videos.workers import DecoderPool
 
 from .video_inputs import HERE, frame_levels, read_index, write_clip
 
@@ -144,7 +144,7 @@ def test_an_hour_long_clip_streams_within_the_memory_bound(tmp_path):
     (+ 2 MiB slack) = 33 MiB here. Holding the frames would take 3,600 x 196,608 = 675 MiB.
     Worker side: its peak resident memory grows by less than 64 MiB over an idle worker's.
     """
-    from lwmkit.pipelines.inference import JaxModelHandler
+    from lwmkit.pipelines.engine.inference import JaxModelHandler
 
     n, chunk, batch = 3600, 16, 32
     path = write_clip(tmp_path / "hour.mp4", n=n, w=32, h=32, fps=1)

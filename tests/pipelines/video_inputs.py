@@ -155,7 +155,7 @@ def truncate(src: str | Path, dest: str | Path, keep: float = 0.5) -> str:
 
 def crash_task(job: dict) -> Iterator[tuple]:
     """Decodes normally, except that a path containing "crash" aborts the process after one chunk."""
-    from lwmkit.pipelines.video_frames import decode_video
+    from lwmkit.pipelines.videos.frames import decode_video
 
     for n, event in enumerate(decode_video(job)):
         yield event
@@ -165,7 +165,7 @@ def crash_task(job: dict) -> Iterator[tuple]:
 
 def hang_task(job: dict) -> Iterator[tuple]:
     """Sleeps before its first message when the path contains "hang"; decodes otherwise."""
-    from lwmkit.pipelines.video_frames import decode_video
+    from lwmkit.pipelines.videos.frames import decode_video
 
     if "hang" in os.path.basename(job["path"]):
         time.sleep(60)
@@ -174,7 +174,7 @@ def hang_task(job: dict) -> Iterator[tuple]:
 
 def rss_task(job: dict) -> Iterator[tuple]:
     """Keeps `job["leak_mb"]` MB alive in the process (a leaking decoder), then decodes."""
-    from lwmkit.pipelines.video_frames import decode_video
+    from lwmkit.pipelines.videos.frames import decode_video
 
     _LEAK.append(np.ones(int(job.get("leak_mb", 0)) << 20, np.uint8))
     yield from decode_video(job)

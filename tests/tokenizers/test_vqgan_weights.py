@@ -128,6 +128,62 @@ def test_unknown_files_are_refused_by_content(tmp_path):
         ImageTokenizer.from_weights(str(other))
 
 
+def _safetensors(path, header: bytes, tail: bytes = b"") -> str:
+    path.write_bytes(len(header).to_bytes(8, "little") + header + tail)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("header", "reason"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'{"__metadata__": {"config": "' + b"[" * 100_000 + b'"}}', "format None version None"),
+        (b"[1, 2]", "header is a list, not a JSON object"),
+        (b'{"__metadata__": ["format"]}', "__metadata__ must be an object of strings"),
+        (b'{"__metadata__": {"format": 1}}', "__metadata__ must be an object of strings"),
+        (b'{"w": 5}', "tensor entries that are not objects"),
+        (b'{"\xff": \xff}', "not valid JSON"),
+        (b'{"a": "\xff\xfe"}', "not valid JSON"),
+    ],
+)
+def test_hostile_safetensors_headers_are_weights_errors(tmp_path, header, reason):
+    path = _safetensors(tmp_path / "w.safetensors", header)
+    with pytest.raises(WeightsError, match=reason) as caught:
+        vw.load_lwmkit(path)
+    assert path in str(caught.value)
+    with pytest.raises(WeightsError, match="w.safetensors: "):  # found by content, then refused
+        ImageTokenizer.from_weights(path)
+
+
+def test_a_deeply_nested_config_in_lwmkit_metadata_is_a_weights_error(tmp_path):
+    deep = json.dumps({"format": "lwmkit-vqgan", "format_version": "1", "config": "[" * 100_000})
+    path = _safetensors(tmp_path / "w.safetensors", json.dumps({"__metadata__": json.loads(deep)}).encode())
+    with pytest.raises(WeightsError, match=r"w\.safetensors: bad or missing config.*nested too deeply"):
+        ImageTokenizer.from_weights(path)
+
+
+@pytest.mark.parametrize("length", [b"", b"\x05\x00", (1 << 40).to_bytes(8, "little")])
+def test_short_files_and_lying_header_lengths_are_weights_errors(tmp_path, length):
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(length + b"{}")
+    with pytest.raises(WeightsError, match=r"w\.safetensors: "):
+        vw.load_lwmkit(str(path))
+
+
+def test_a_deeply_nested_diffusers_config_is_a_weights_error(tok, tmp_path):
+    from safetensors.numpy import save_file
+
+    folder = tmp_path / "vqmodel"
+    folder.mkdir()
+    save_file(to_diffusers(tok.flat_params()), str(folder / vw.DIFFUSERS_WEIGHTS))
+    (folder / "config.json").write_text("[" * 100_000)
+    with pytest.raises(WeightsError, match=r"config\.json.*nested too deeply"):
+        vw.load_diffusers(str(folder), TINY)
+    (folder / "config.json").write_text("[1]")
+    with pytest.raises(WeightsError, match=r"config\.json: a diffusers config is a JSON object"):
+        vw.load_diffusers(str(folder), TINY)
+
+
 # -- diffusers' layout, without torch -----------------------------------------------------------
 
 

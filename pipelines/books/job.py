@@ -1,0 +1,267 @@
+"""The books job: Books3-style text files -> document shards and packed token shards.
+
+The job is a flat list of named stages:
+    read -> normalize -> filter -> tokenize -> spill -> dedup -> plan -> write shards -> finalize
+
+Each stage counts seen/kept/dropped and sends dropped records with their reason to
+`failures.jsonl`. Tokenized documents go to the work store (`<output>/.work`, see
+`work_store.py`) as soon as they are made, and only small references travel on, so dedup, the
+plan and the shard routing never move token data, and peak memory stays flat as the input grows
+(dedup after tokenize costs the tokenization of exact duplicates, usually a few percent).
+
+Resume: a rerun of a killed job skips every source record whose document is already in the work
+store (its counts are carried over), and every shard already written. `retry_failures` re-runs a
+finished job the same way: only the rows of its `failures.jsonl` are processed again, and the
+results are merged with the documents it kept. Output layout:
+    <output>/documents/        document records, documents.parquet, manifest.json, TFDS metadata
+    <output>/packed-<seq_len>/ packed records of exactly seq_len tokens, the same files
+    <output>/failures.jsonl    one row per dropped record: stage, file, line, reason, detail
+    <output>/manifest.json     the job summary
+
+Run it (the exact command for the demo corpus):
+    lwm-pack books --input 'books/*.jsonl.zst' --tokenizer tokenizer.model \
+        --seq-len 32768 --output out/ --runner DirectRunner
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import apache_beam as beam
+from lwmkit.packing.records import document_id
+from lwmkit.pipelines.books.sources import input_kind, read_documents
+from lwmkit.pipelines.engine import inputs
+from lwmkit.pipelines.engine import runner as runner_lib
+from lwmkit.pipelines.engine.dataflow import register_dry_run
+from lwmkit.pipelines.engine.exact_dedup import KeepFirst
+from lwmkit.pipelines.engine.inputs import read_tokenizer
+from lwmkit.pipelines.engine.job_options import check_packing_fields, recorded_options
+from lwmkit.pipelines.engine.lifecycle import PreparedJob, job_record, launch
+from lwmkit.pipelines.engine.normalize import normalize_text
+from lwmkit.pipelines.engine.resume import skip_stored, stored_documents
+from lwmkit.pipelines.engine.stages import Dropped, DropRecord, StageList
+from lwmkit.pipelines.engine.work_store import DEFAULT_UNIT_BYTES, SpillDoFn
+from lwmkit.pipelines.writing.finalize import StageChain
+from lwmkit.pipelines.writing.plan import PackOptions
+from lwmkit.pipelines.writing.tail import write_job_datasets
+from lwmkit.tokenizers.text import SentencePieceTokenizer
+
+STAGES = ("read", "normalize", "filter", "tokenize", "dedup")
+CHAIN = StageChain(
+    stages=STAGES,
+    links=(("normalize", "read"), ("filter", "normalize"), ("tokenize", "filter"), ("dedup", "tokenize")),
+    last="dedup",
+    grouped=("dedup",),
+)
+# Stages a record whose document is already in the work store skips (each counts it as kept).
+SKIPPED_WHEN_DONE = ("normalize", "filter", "tokenize")
+
+
+class NoValidDocumentsError(ValueError):
+    """The job read its inputs but none of them gave a document."""
+
+
+@dataclass(frozen=True)
+class BooksOptions(runner_lib.ResumeOptions):
+    """Options of the books job.
+
+    Attributes:
+      inputs: file globs (local or any Beam filesystem), `.jsonl.zst`, `.jsonl`, `.txt`, `.parquet`.
+      output: output directory.
+      tokenizer: path of a SentencePiece `.model` file.
+      seq_lens: packed record lengths to produce, e.g. (32768, 131072).
+      text_key: JSON key / parquet column of the text.
+      min_chars, max_chars: keep documents whose normalized length lies in [min_chars, max_chars].
+      shard_tokens: target tokens per shard file.
+      pack: how documents are cut, packed and weighted (policy, positions, loss, window, seed).
+      runner, direct_running_mode, direct_num_workers, progress, beam_args, force,
+        retry_failures, keep_work: how the job runs (`engine.runner.ResumeOptions`).
+      unit_bytes: size of a work-store unit (memory per worker grows with it).
+    """
+
+    inputs: tuple[str, ...]
+    output: str
+    tokenizer: str
+    seq_lens: tuple[int, ...] = (32768,)
+    text_key: str = "text"
+    min_chars: int = 1
+    max_chars: int | None = None
+    shard_tokens: int = 1 << 24
+    pack: PackOptions = field(default_factory=PackOptions)
+    unit_bytes: int = DEFAULT_UNIT_BYTES
+
+    def __post_init__(self):
+        if self.unit_bytes < 1:
+            raise ValueError(f"unit_bytes: {self.unit_bytes} must be >= 1")
+        if not self.inputs:
+            raise ValueError("inputs: give at least one file or glob")
+        check_packing_fields(self.seq_lens, self.shard_tokens)
+        if self.min_chars < 0:
+            raise ValueError(f"min_chars: {self.min_chars} must be >= 0")
+        if self.max_chars is not None and self.max_chars < max(self.min_chars, 1):
+            raise ValueError(f"max_chars: {self.max_chars} must be >= min_chars ({self.min_chars}) and >= 1")
+        super().__post_init__()
+
+    def recorded(self) -> dict[str, Any]:
+        """The options as the manifest records them (everything that shapes the output)."""
+        return recorded_options(self, not_recorded=("unit_bytes",))
+
+
+# --- stage functions (small, picklable, per record) ---------------------------------------------
+
+
+class ReadFile:
+    def __init__(self, text_key: str):
+        self.text_key = text_key
+
+    def __call__(self, path: str) -> Iterator[dict | Dropped]:
+        yield from read_documents(path, self.text_key)
+
+
+def normalize(doc: dict) -> Iterator[dict]:
+    text = normalize_text(doc["text"])
+    yield {**doc, "text": text, "chars": len(text), "doc_id": document_id(text)}
+
+
+class LengthFilter:
+    def __init__(self, min_chars: int, max_chars: int | None):
+        self.min_chars = min_chars
+        self.max_chars = max_chars
+
+    def __call__(self, doc: dict) -> Iterator[dict]:
+        n = doc["chars"]
+        if n < self.min_chars or (n == 0):
+            raise DropRecord("too_short", f"{n} characters after normalization, minimum {max(self.min_chars, 1)}")
+        if self.max_chars is not None and n > self.max_chars:
+            raise DropRecord("too_long", f"{n} characters, maximum {self.max_chars}")
+        yield doc
+
+
+# Exact dedup: of documents with the same content hash, keep the first by (file, line).
+keep_first = KeepFirst("text")
+
+
+def keep_first_reference(element: tuple[int, Iterable[dict]]) -> Iterator[tuple[int, dict] | Dropped]:
+    """`keep_first` over work-store references; yields (doc_id, reference) of the one kept.
+
+    Example: (7, [ref of b.jsonl:2, ref of a.jsonl:9]) -> (7, ref of a.jsonl:9), Dropped(b.jsonl:2)
+    """
+    doc_id, refs = element
+    for out in keep_first((doc_id, refs)):
+        yield out if isinstance(out, Dropped) else (doc_id, out)
+
+
+class Tokenize:
+    """Encodes a document as [BOS] text [EOS]; see `writing.payload.doc_arrays` for the payload."""
+
+    def __init__(self, tokenizer: SentencePieceTokenizer):
+        self.tokenizer = tokenizer
+        self.token_dtype = "<u2" if tokenizer.vocab_size <= 1 << 16 else "<i4"
+
+    def __call__(self, doc: dict) -> Iterator[tuple[int, dict]]:
+        tokens = self.tokenizer.encode_document(doc["text"])
+        yield doc["doc_id"], {
+            "file": doc["file"],
+            "line": doc["line"],
+            "chars": doc["chars"],
+            "meta": doc["meta"],
+            "tokens": tokens.astype(self.token_dtype).tobytes(),
+            "token_dtype": self.token_dtype,
+            "vision_mask": None,  # text only; BOS weight 0, the rest 1
+            "loss_weights": None,
+            "atomic_spans": None,  # text may be cut anywhere
+        }
+
+
+# --- the job ---------------------------------------------------------------------------------------
+
+
+def match_inputs(patterns: Sequence[str]) -> list[str]:
+    """Expands globs into a sorted list of supported book files (see `engine.inputs.match_inputs`)."""
+    return inputs.match_inputs(patterns, input_kind)
+
+
+def build_pipeline(
+    p: beam.Pipeline,
+    options: BooksOptions,
+    files: list[str],
+    tokenizer,
+    job: dict,
+    receipts: Sequence[str] = (),
+    retried: Sequence[dict] | None = None,
+):
+    """Adds the books job's stages to pipeline `p`."""
+    progress = options.progress
+    stage = StageList(progress)
+    failures, counts = stage.failures, stage.counts
+
+    stored, done = stored_documents(p, receipts)
+    paths = p | "inputs" >> beam.Create(files) | "spread files" >> beam.Reshuffle()
+    docs = stage(paths, "read", ReadFile(options.text_key))
+    docs, skipped = skip_stored(docs, done, SKIPPED_WHEN_DONE)
+    counts.append(skipped)
+    docs = stage(docs, "normalize", normalize)
+    docs = stage(docs, "filter", LengthFilter(options.min_chars, options.max_chars))
+    tokenized = stage(docs, "tokenize", Tokenize(tokenizer))
+    spilled = tokenized | "spill" >> beam.ParDo(SpillDoFn(options.output, options.unit_bytes))
+    refs = (spilled, stored) | "new and stored" >> beam.Flatten()
+    groups = refs | "group by content" >> beam.GroupByKey()
+    kept = stage(groups, "dedup", keep_first_reference)
+
+    return write_job_datasets(
+        p,
+        kept,
+        failures,
+        counts,
+        options,
+        job=job,
+        chain=CHAIN,
+        spilled=True,
+        retried=retried,
+    )
+
+
+def prepare_books(options: BooksOptions) -> PreparedJob:
+    """Matches the inputs, reads the tokenizer and builds the job record; see `launch.PreparedJob`.
+
+    Raises:
+      FileNotFoundError: an input pattern matches nothing, or the tokenizer file is missing.
+      TokenizerError: the tokenizer file is not a SentencePiece model.
+    """
+    files = match_inputs(options.inputs)
+    tokenizer = read_tokenizer(options.tokenizer)
+    job = job_record(
+        options.recorded(),
+        files,
+        {**tokenizer.fingerprint(), "path": options.tokenizer},
+        runner_lib.describe(options.runner, options.direct_running_mode),
+    )
+    return PreparedJob(
+        files=files,
+        job=job,
+        build=lambda p, receipts=(), retried=None: build_pipeline(p, options, files, tokenizer, job, receipts, retried),
+        stages=STAGES,
+        summary=f"{len(files)} input files; tokenizer {tokenizer.name} ({tokenizer.vocab_size} pieces); "
+        f"runner {job['runner']}",
+    )
+
+
+def run_books(options: BooksOptions) -> dict[str, Any]:
+    """Runs the books job and waits for it.
+
+    Returns:
+      The job manifest (also written to `<output>/manifest.json`).
+
+    Raises:
+      FileNotFoundError: an input pattern matches nothing, or the tokenizer file is missing, or
+        retry_failures finds no earlier run.
+      TokenizerError: the tokenizer file is not a SentencePiece model.
+      NoValidDocumentsError: no input record gave a document (see failures.jsonl for why).
+      CountMismatchError (via the runner): records were lost between stages.
+    """
+    return launch(options, prepare_books, NoValidDocumentsError, "no valid documents in")
+
+
+register_dry_run(BooksOptions, "books", prepare_books)

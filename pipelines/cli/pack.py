@@ -1,0 +1,50 @@
+"""`lwm-pack pack`: a documents/ directory -> every stage of a progressive context schedule."""
+
+from __future__ import annotations
+
+from lwmkit.pipelines.cli.common import (
+    int_list,
+    pack_arguments,
+    pack_options,
+    run_arguments,
+    run_options,
+)
+
+
+def add_parser(sub) -> None:
+    """Adds the command to the subparsers `sub`."""
+    pack = sub.add_parser(
+        "pack",
+        help="pack a documents/ directory into every stage of a progressive context schedule (Beam job)",
+        epilog="Unknown options are passed to Beam.",
+    )
+    pack.add_argument("--documents", required=True, help="a documents/ directory written by `lwm-pack books`")
+    pack.add_argument(
+        "--schedule", required=True,
+        help="stage lengths, e.g. 32768,131072, or a named schedule: lwm-text (32K..1M), lwm-vision (1K..1M)",
+    )
+    pack.add_argument("--min-doc-tokens", type=int_list, default=(), help="per stage, the shortest document kept")
+    pack.add_argument("--output", required=True)
+    run_arguments(pack)
+    pack_arguments(pack)
+
+
+def run(args, beam_args: list[str]) -> None:
+    """Packs a documents/ directory into every stage of the schedule and prints each stage."""
+    from lwmkit.pipelines.pack.job import StagesOptions, parse_schedule, run_stages
+
+    manifest = run_stages(
+        StagesOptions(
+            documents=args.documents,
+            output=args.output,
+            schedule=parse_schedule(args.schedule),
+            min_doc_tokens=args.min_doc_tokens,
+            pack=pack_options(args),
+            **run_options(args, beam_args),
+        )
+    )
+    for stage in manifest.get("stages_schedule", []):
+        print(
+            f"seq_len {stage['seq_len']:>8}: {stage['records']} records, fill {stage['fill']:.2%}, "
+            f"rope_theta {stage['rope_theta']:g}, {stage['documents_long_enough']} documents long enough"
+        )

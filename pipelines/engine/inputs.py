@@ -1,0 +1,68 @@
+"""What a job reads before its pipeline starts: its matched inputs and its tokenizer.
+
+Every job matches its `--input` globs the same way (Beam's FileSystems, so any filesystem Beam
+knows) and checks each matched file with its own kind function, so a wrong suffix is refused by
+the launcher, before anything runs; and every job reads its SentencePiece model from a local path
+or any Beam filesystem.
+
+Example:
+    match_inputs(["books/*.jsonl.zst"], input_kind)   # -> sorted paths; ValueError on a .csv
+    read_tokenizer("gs://bucket/tokenizer.model")
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from lwmkit.pipelines.engine.outputs import is_local, read_output_bytes
+from lwmkit.tokenizers.text import SentencePieceTokenizer
+
+
+def match_inputs(
+    patterns: Sequence[str],
+    kind: Callable[[str], Any],
+    expand: Callable[[str], str] | None = None,
+) -> list[str]:
+    """Expands globs into a sorted list of files, each accepted by `kind`.
+
+    Args:
+      patterns: the `--input` values.
+      kind: the job's suffix check (e.g. `books.sources.input_kind`); raises ValueError for an
+        unsupported file.
+      expand: turns a pattern into the glob to match (e.g. a folder into its files); None keeps it.
+
+    Raises:
+      FileNotFoundError: if a pattern matches nothing.
+      ValueError: if a matched file has an unsupported suffix (what `kind` raises).
+    """
+    from apache_beam.io.filesystems import FileSystems
+
+    files: set[str] = set()
+    for pattern in patterns:
+        expanded = expand(pattern) if expand else pattern
+        matched = [m.path for r in FileSystems.match([expanded]) for m in r.metadata_list]
+        if not matched:
+            raise FileNotFoundError(f"--input {pattern!r} matches no file")
+        for path in matched:
+            kind(path)  # raises on an unsupported suffix
+        files.update(matched)
+    return sorted(files)
+
+
+def read_tokenizer(path: str) -> SentencePieceTokenizer:
+    """The SentencePiece model at `path` (local or any Beam filesystem).
+
+    Raises:
+      FileNotFoundError: `--tokenizer PATH: no such file`.
+      TokenizerError: the file is not a SentencePiece model.
+    """
+    if is_local(path):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"--tokenizer {path}: no such file")
+        return SentencePieceTokenizer.from_file(path)
+    data = read_output_bytes(path)
+    if data is None:
+        raise FileNotFoundError(f"--tokenizer {path}: no such file")
+    return SentencePieceTokenizer(data, name=path)

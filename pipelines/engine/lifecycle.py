@@ -1,0 +1,223 @@
+"""A job's life: launched from its options, run unless its output is complete, checked when done.
+
+A job module provides `prepare_<job>(options) -> PreparedJob`: it matches the inputs, reads the
+tokenizer (and the VQGAN), builds the job record and returns a function that adds the job's
+stages to a pipeline. `launch` runs it: `run_job` withdraws old manifests, keeps or empties the
+work store (`work_store.py`) by the job's identity, runs the Beam pipeline and deletes the store
+after success unless it is to be kept; `require_documents` fails a job that kept nothing. The
+Dataflow dry run (`dataflow.py`) builds the same graph from the same `PreparedJob`, so the two
+cannot drift apart. A rerun whose output is already complete for the same inputs and options
+(`complete_output`) returns at once.
+
+Example (what `run_books` is):
+    launch(options, prepare_books, NoValidDocumentsError, "no valid documents in")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import apache_beam as beam
+from lwmkit.pipelines.engine import runner as runner_lib
+from lwmkit.pipelines.engine import work_store
+from lwmkit.pipelines.engine.outputs import (
+    delete_outputs,
+    is_local,
+    join,
+    list_outputs,
+    read_output_bytes,
+)
+from lwmkit.pipelines.engine.resume import previous_failures
+from lwmkit.pipelines.engine.work_store import receipt_paths
+
+
+def progress_log(enabled: bool) -> Callable[[str], None]:
+    """A function that prints `[lwm-pack] message` lines to stderr, or does nothing."""
+    if not enabled:
+        return lambda message: None
+    return lambda message: print(f"[lwm-pack] {message}", file=sys.stderr, flush=True)
+
+
+def job_record(options: dict[str, Any], input_files: list[str], tokenizer: dict | None, runner: str) -> dict[str, Any]:
+    """What every manifest records about the job that made it (and what makes a rerun a no-op)."""
+    from importlib.metadata import version
+
+    return {
+        "lwmkit_version": version("lwmkit"),
+        "options": options,
+        "input_files": input_files,
+        "tokenizer": tokenizer,
+        "runner": runner,
+    }
+
+
+def complete_output(output: str, job: dict[str, Any]) -> dict | None:
+    """The existing job manifest if `output` is complete for the same inputs and options.
+
+    Complete means: the job and every dataset manifest are there, were written for these inputs
+    and options, and every shard they list exists with the listed size (one listing per dataset;
+    `lwm-pack inspect` re-hashes them).
+    """
+    raw = read_output_bytes(join(output, "manifest.json"))
+    if raw is None:
+        return None
+    try:
+        old = json.loads(raw)
+    except json.JSONDecodeError:
+        return None
+    same = all(old.get(k) == job[k] for k in ("options", "input_files", "tokenizer", "lwmkit_version"))
+    if not same or not old.get("documents"):
+        return None
+    for dataset in old.get("datasets", {}):
+        raw = read_output_bytes(join(output, dataset, "manifest.json"))
+        if raw is None or _shards_missing(join(output, dataset), json.loads(raw)):
+            return None
+    return old
+
+
+def _shards_missing(directory: str, manifest: dict[str, Any]) -> list[str]:
+    """Shards a dataset manifest lists that are absent or of another size (one listing, no reads)."""
+    found = {p.rsplit("/", 1)[-1]: size for p, size in _sizes(join(directory, "*.array_record-*"))}
+    return [s["file"] for s in manifest.get("shards", []) if found.get(s["file"]) != s["bytes"]]
+
+
+def _sizes(pattern: str) -> list[tuple[str, int]]:
+    from apache_beam.io.filesystems import FileSystems
+
+    return [(m.path, m.size_in_bytes) for r in FileSystems.match([pattern]) for m in r.metadata_list]
+
+
+PACKING_OPTIONS = ("seq_lens", "shard_tokens", "pack")
+
+
+def require_documents(manifest: dict[str, Any], error: type[Exception], lead: str, files: Sequence[str],
+                      output: str) -> None:
+    """Raises `error` when a job kept no document, naming its inputs and the failure reasons.
+
+    The message reads "<lead> N input files (a, b, c, ...); failures: <stage:reason> xK, ...;
+    see <output>/failures.jsonl".
+    """
+    if manifest["documents"]:
+        return
+    reasons = ", ".join(f"{k} x{v}" for k, v in manifest["failures"]["by_reason"].items()) or "none"
+    raise error(
+        f"{lead} {len(files)} input files ({', '.join(files[:3])}{', ...' if len(files) > 3 else ''}); "
+        f"failures: {reasons}; see {join(output, 'failures.jsonl')}"
+    )
+
+
+def work_identity(job: dict[str, Any]) -> dict[str, Any]:
+    """What the work store's units depend on: the job's inputs, tokenizer, version and options,
+    except the packing options (documents do not depend on them, so packing an output again to
+    other lengths reuses its units)."""
+    identity = {k: job[k] for k in ("lwmkit_version", "options", "input_files", "tokenizer")}
+    identity["options"] = {k: v for k, v in job["options"].items() if k not in PACKING_OPTIONS}
+    return identity
+
+
+def run_job(
+    build: Callable[[beam.Pipeline], Any],
+    *,
+    output: str,
+    job: dict[str, Any],
+    force: bool,
+    log: Callable[[str], None],
+    pipeline_options,
+    identity: dict[str, Any] | None = None,
+    keep_work: bool = False,
+    rerun: bool = False,
+) -> dict[str, Any]:
+    """Runs a job unless its output is already complete; returns the job manifest.
+
+    Before anything is rewritten, old manifests are withdrawn: a manifest marks a directory
+    complete, so none may stand beside shards that are being replaced. The work store
+    (`<output>/.work`, see `work_store.py`) is kept from an interrupted run of the same job
+    (`identity`, by default `work_identity(job)`), emptied otherwise or with `force`, and deleted
+    after success unless `keep_work` (and always when no document was kept). `rerun` runs even
+    if the output is complete (e.g. to retry failures).
+    """
+    if not force and not rerun and (done := complete_output(output, job)):
+        log(f"{output} is already complete for these inputs and options; nothing to do (--force rebuilds)")
+        return done
+    if is_local(output):
+        os.makedirs(output, exist_ok=True)
+    kept = work_store.prepare(output, identity or work_identity(job), fresh=force)
+    if kept:
+        log(f"resuming from {kept} work units of an earlier run in {work_store.work_dir(output)}")
+    delete_outputs(list_outputs(join(output, "*", "manifest.json")) + [join(output, "manifest.json")])
+    start = time.monotonic()
+    with beam.Pipeline(options=pipeline_options) as p:
+        build(p)
+    log(f"finished in {time.monotonic() - start:.1f}s")
+    manifest = json.loads(read_output_bytes(join(output, "manifest.json")))
+    if not keep_work or not manifest["documents"]:  # a job that kept nothing leaves nothing worth keeping
+        work_store.clear(output)
+    return manifest
+
+
+@dataclass(frozen=True)
+class PreparedJob:
+    """A job as its launcher knows it before anything runs.
+
+    Attributes:
+      files: the matched inputs (sorted).
+      job: the job record every manifest carries (options, inputs, tokenizer, runner, ...).
+      build: `build(p, receipts=(), retried=None)` adds the job's stages to pipeline `p`; receipts
+        are the work store's unit receipts to resume from, retried the earlier failure rows.
+      stages: the job's named stages, in order.
+      summary: one line for the progress log.
+    """
+
+    files: list[str]
+    job: dict[str, Any]
+    build: Callable[..., Any]
+    stages: tuple[str, ...]
+    summary: str
+
+
+def launch(
+    options: Any,
+    prepare: Callable[[Any], PreparedJob],
+    error: type[Exception],
+    lead: str,
+) -> dict[str, Any]:
+    """Runs the job `options` describe and waits for it; returns the job manifest.
+
+    Args:
+      options: a job's options (`BooksOptions`, `ImagesOptions`, `VideosOptions`): output, runner
+        fields, force, retry_failures and keep_work.
+      prepare: the job's `prepare_<job>`.
+      error, lead: what `require_documents` raises when no document was kept.
+
+    Raises:
+      What `prepare` raises (missing inputs, tokenizer or VQGAN), FileNotFoundError for
+      `retry_failures` without an earlier run, `error`, and CountMismatchError via the runner.
+    """
+    log = progress_log(options.progress)
+    beam_options = runner_lib.pipeline_options(  # first: storage flags apply to matching inputs too
+        options.runner, options.direct_running_mode, options.direct_num_workers, options.beam_args
+    )
+    prepared = prepare(options)
+    log(prepared.summary)
+    retried = previous_failures(options.output) if options.retry_failures else None
+    if retried is not None:
+        log(f"retrying {len(retried)} failed rows of the previous run; what it kept comes from the work store")
+    manifest = run_job(
+        lambda p: prepared.build(p, receipt_paths(options.output), retried),
+        output=options.output,
+        job=prepared.job,
+        force=options.force,
+        log=log,
+        pipeline_options=beam_options,
+        identity=work_identity(prepared.job),
+        keep_work=options.keep_work,
+        rerun=options.retry_failures,
+    )
+    require_documents(manifest, error, lead, prepared.files, options.output)
+    return manifest

@@ -1,0 +1,179 @@
+"""The VQGAN step of the jobs that encode pixels (images, videos), and what those jobs share around it.
+
+The VQGAN runs in Beam RunInference with `inference.JaxModelHandler`; `LoadEncoder` builds it in
+the worker (JAX imported only there) and checks it is the one the driver fingerprinted. `join_codes`
+turns RunInference's results back into records with checked codes. Around the step:
+`check_vqgan_fields` (the options both jobs share), `token_dtype`, and `prepare_vqgan_job`, which
+reads the tokenizer, fingerprints the VQGAN into the job record (`vqgan_job`) and binds a job's
+`build_pipeline`.
+
+Example (inside a job's build_pipeline):
+    load = LoadEncoder(options.vqgan, options.vqgan_preset, options.vqgan_seed, options.vqgan_dtype, sha256)
+    encoded = stage(encode_images(decoded, load, options.batch_size), "encode", join_codes)
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+from lwmkit.pipelines.engine import runner as runner_lib
+from lwmkit.pipelines.engine.inputs import read_tokenizer
+from lwmkit.pipelines.engine.lifecycle import PreparedJob, job_record
+from lwmkit.pipelines.engine.stages import Dropped
+from lwmkit.tokenizers import vqgan_config
+from lwmkit.tokenizers.text import SentencePieceTokenizer
+from lwmkit.tokenizers.vision import CODE_GRID, IMAGE_SIZE, NUM_CODES, VISION_VOCAB_SIZE
+
+VQGAN_PRESETS = tuple(vqgan_config.VQGAN_PRESETS)  # from the config module: no JAX import here
+VQGAN_DTYPES = vqgan_config.DTYPES
+
+
+def check_vqgan_fields(options: Any) -> None:
+    """Raises ValueError naming the field for a bad VQGAN preset, dtype, generation share or batch
+    size: the fields the image and video jobs share."""
+    if options.vqgan_preset not in VQGAN_PRESETS:
+        raise ValueError(f"vqgan_preset: {options.vqgan_preset!r} is not one of {list(VQGAN_PRESETS)}")
+    if options.vqgan_dtype not in VQGAN_DTYPES:
+        raise ValueError(f"vqgan_dtype: {options.vqgan_dtype!r} is not one of {list(VQGAN_DTYPES)}")
+    if not 0.0 <= options.generation_fraction <= 1.0:
+        raise ValueError(f"generation_fraction: {options.generation_fraction} is outside [0, 1]")
+    if not 1 <= options.batch_size <= 4096:
+        raise ValueError(f"batch_size: {options.batch_size} is outside 1..4096")
+
+
+def token_dtype(text_vocab_size: int) -> str:
+    """The compact dtype of a payload's tokens: both id spaces must fit."""
+    return "<u2" if max(text_vocab_size, VISION_VOCAB_SIZE) <= 1 << 16 else "<i4"
+
+
+def random_init_warning(preset: str) -> str:
+    return (
+        f"no --vqgan weights given: the VQGAN ({preset} preset) is RANDOMLY INITIALISED; its codes are "
+        "meaningless for training (fine for tests and benchmarks). The manifest records vqgan.random_init=true."
+    )
+
+
+def vqgan_job(options: Any, files: list[str], tokenizer: SentencePieceTokenizer) -> tuple[dict[str, Any], str]:
+    """The job record of a job that runs the VQGAN (images, videos), and the VQGAN's sha256.
+
+    Builds the VQGAN once here for its fingerprint (workers build their own); new weights at the
+    same path change the recorded options, so the output is rebuilt. Random weights put a warning
+    in the record and on stderr.
+    """
+    image_tokenizer = load_image_tokenizer(options.vqgan, options.vqgan_preset, options.vqgan_seed, options.vqgan_dtype)
+    vqgan = {**image_tokenizer.fingerprint(), "path": options.vqgan}
+    del image_tokenizer
+    job = job_record(
+        {**options.recorded(), "vqgan_sha256": vqgan["sha256"]},
+        files,
+        {**tokenizer.fingerprint(), "path": options.tokenizer},
+        runner_lib.describe(options.runner, options.direct_running_mode),
+    )
+    job["vqgan"] = vqgan
+    if vqgan.get("random_init"):
+        warning = random_init_warning(options.vqgan_preset)
+        job["warnings"] = [warning]
+        print(f"[lwm-pack] WARNING: {warning}", file=sys.stderr, flush=True)
+    return job, vqgan["sha256"]
+
+
+def prepare_vqgan_job(
+    options: Any, files: list[str], build_pipeline: Callable, stages: tuple[str, ...], what: str, where: str
+) -> PreparedJob:
+    """The `PreparedJob` of a job that runs the VQGAN (images, videos) over `files`.
+
+    Reads the tokenizer, fingerprints the VQGAN into the job record (`vqgan_job`), and binds
+    `build_pipeline(p, options, files, tokenizer, vqgan_sha256, job, receipts, retried)`.
+    `what` names the inputs and `where` ends the progress line.
+    """
+    tokenizer = read_tokenizer(options.tokenizer)
+    job, vqgan_sha256 = vqgan_job(options, files, tokenizer)
+
+    def build(p, receipts=(), retried=None):
+        return build_pipeline(p, options, files, tokenizer, vqgan_sha256, job, receipts, retried)
+
+    return PreparedJob(
+        files=files,
+        job=job,
+        build=build,
+        stages=stages,
+        summary=f"{len(files)} {what}; tokenizer {tokenizer.name} ({tokenizer.vocab_size} pieces); "
+        f"VQGAN {options.vqgan or 'random ' + options.vqgan_preset}; {where or 'runner ' + job['runner']}",
+    )
+
+
+def load_image_tokenizer(vqgan: str | None, preset: str, seed: int, dtype: str = "float32"):
+    """`ImageTokenizer.from_weights(vqgan, preset)`, or a random one of `preset` when vqgan is None."""
+    from lwmkit.packing.compile_cache import enable_compile_cache
+    from lwmkit.tokenizers.vqgan import ImageTokenizer
+
+    enable_compile_cache()  # here, in the driver and in every worker: the VQGAN compiles once per machine
+
+    if vqgan is None:
+        return ImageTokenizer.random(preset, seed=seed, dtype=dtype)
+    return ImageTokenizer.from_weights(vqgan, preset=preset, dtype=dtype)
+
+
+class LoadEncoder:
+    """RunInference's `load()`: builds the VQGAN in the worker and checks it is the driver's.
+
+    Its apply takes uint8 pixels [B, 256, 256, 3] and scales them on the device (x / 127.5 - 1, as
+    `tokenizers.vision.to_model_input`), so a batch crosses to the device at a quarter of the size.
+    """
+
+    def __init__(self, vqgan: str | None, preset: str, seed: int, dtype: str, sha256: str):
+        self.vqgan = vqgan
+        self.preset = preset
+        self.seed = seed
+        self.dtype = dtype
+        self.sha256 = sha256
+
+    def __call__(self):
+        import jax.numpy as jnp
+        from lwmkit.tokenizers.vqgan import jit_for_backend
+
+        tokenizer = load_image_tokenizer(self.vqgan, self.preset, self.seed, self.dtype)
+        got = tokenizer.fingerprint()["sha256"]
+        if got != self.sha256:
+            name = self.vqgan or f"random {self.preset}"
+            raise RuntimeError(f"VQGAN {name}: the worker loaded sha256 {got}, the driver {self.sha256}")
+        model = tokenizer.flax_model()
+
+        def encode_pixels(p, pixels):  # [B, 256, 256, 3] uint8 -> [B, 16, 16] int32
+            return model.apply({"params": p}, pixels.astype(jnp.float32) / 127.5 - 1.0, method=model.encode)
+
+        # Compiled here, with the VQGAN's CPU compiler options; the handler runs it as it is.
+        return jit_for_backend(encode_pixels), tokenizer.params
+
+
+def encode_images(pairs, load: LoadEncoder, batch_size: int):
+    """RunInference of the VQGAN over (pair, uint8 pixels); yields (pair, PredictionResult) in any order."""
+    from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+    from lwmkit.pipelines.engine.inference import JaxModelHandler
+
+    handler = JaxModelHandler(
+        load,
+        batch_size=batch_size,
+        example_shape=(IMAGE_SIZE, IMAGE_SIZE, 3),
+        example_dtype=np.uint8,
+        name="vqgan",
+        jit=False,  # LoadEncoder compiles it with the VQGAN's own compiler options
+    )
+    return pairs | "vqgan" >> RunInference(KeyedModelHandler(handler))
+
+
+
+def join_codes(element: tuple[dict, Any]) -> Iterator[dict | Dropped]:
+    """RunInference's (pair, PredictionResult) -> the pair with its VQGAN codes, checked."""
+    pair, result = element
+    codes = np.asarray(result.inference)
+    if codes.shape != (CODE_GRID, CODE_GRID) or not np.issubdtype(codes.dtype, np.integer):
+        yield Dropped("bad_codes", f"the VQGAN gave {codes.dtype} {codes.shape}", pair["file"], pair["line"])
+    elif codes.min() < 0 or codes.max() >= NUM_CODES:
+        detail = f"codes {codes.min()}..{codes.max()} outside 0..{NUM_CODES - 1}"
+        yield Dropped("bad_codes", detail, pair["file"], pair["line"])
+    else:
+        yield {**pair, "codes": codes.astype(np.int32)}

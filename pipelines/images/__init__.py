@@ -1,0 +1,7 @@
+"""The image-text job (`lwm-pack images`): image-caption pairs to vision-text token shards.
+
+    job.py        ImagesOptions, build_pipeline, prepare_images, run_images
+    stages.py     caption checks, the VQGAN encode step, joining codes, the example stage
+    sources.py    reading pairs from folders, .tar shards, .parquet and .jsonl tables
+    download.py   fetching image URLs (bounded, address-checked, retried)
+"""

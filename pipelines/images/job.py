@@ -1,0 +1,241 @@
+"""The image-text job: image-caption pairs -> LWM vision-text examples in document and packed shards.
+
+The job is a flat list of named stages:
+    read -> caption -> download -> dedup -> decode -> [VQGAN RunInference] encode -> example
+         -> plan -> write shards -> finalize
+
+    read      one input file -> pairs (see `image_sources`: webdataset tars, parquet, folders, URLs)
+    caption   missing_caption / empty_caption (checked first: no download or decoding is spent on
+              a pair that would be dropped anyway)
+    download  URL pairs only (see `download`); pairs with bytes pass through
+    dedup     exact duplicates (same image bytes and caption) keep the first by (file, line)
+    decode    `tokenizers.vision.load_image`; an `ImageError` is a drop with its reason
+    encode    Beam RunInference with `JaxModelHandler` running the VQGAN on fixed-size batches; its
+              count is taken on RunInference's output, so the link decode -> encode catches any
+              element RunInference lost
+    example   understanding or generation, templates, tokens, vision_mask, loss_weights and
+              atomic spans (see `image_examples`)
+
+Each stage counts seen/kept/dropped and sends dropped pairs with their reason to `failures.jsonl`:
+    read      unreadable_file, corrupt_tar, unsafe_path, not_a_file, too_large, missing_image,
+              missing_file, invalid_utf8, invalid_json, not_an_object, parquet_error, no_image_column
+    caption   missing_caption, empty_caption
+    download  http_<code>, timeout, too_large, connection_error, invalid_url, unsupported_scheme, ...
+    dedup     duplicate
+    decode    corrupt_image, truncated_image, too_small, too_many_pixels, animated, unsupported_mode
+    encode    bad_codes (the VQGAN returned something other than [16, 16] codes in range)
+    pack-<n>  atomic_span_too_long, too_long (kept out of that packed dataset only)
+Output layout is the books job's (`documents/`, `packed-<seq_len>/`, `failures.jsonl`,
+`manifest.json`); the job manifest also records `vqgan`, the image tokenizer's fingerprint, and
+says `random_init: true` (with a warning) when no weights were given.
+
+Run it:
+    lwm-pack images --input 'shards/*.tar' --tokenizer tokenizer.model --vqgan vqgan.safetensors \
+        --seq-len 8192 --output out/
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import apache_beam as beam
+from lwmkit.pipelines.engine import inputs
+from lwmkit.pipelines.engine import runner as runner_lib
+from lwmkit.pipelines.engine.dataflow import register_dry_run
+from lwmkit.pipelines.engine.job_options import check_packing_fields, recorded_options
+from lwmkit.pipelines.engine.lifecycle import PreparedJob, launch
+from lwmkit.pipelines.engine.resume import skip_stored, stored_documents
+from lwmkit.pipelines.engine.stages import StageList
+from lwmkit.pipelines.engine.vqgan import (
+    LoadEncoder,
+    check_vqgan_fields,
+    encode_images,
+    join_codes,
+    prepare_vqgan_job,
+    token_dtype,
+)
+from lwmkit.pipelines.examples.vision_text import ExampleBuilder, Templates
+from lwmkit.pipelines.images.download import Download, DownloadOptions
+from lwmkit.pipelines.images.sources import SourceOptions, expand_input, source_kind
+from lwmkit.pipelines.images.stages import (
+    Decode,
+    MakeExample,
+    ReadPairs,
+    check_caption,
+    content_id,
+    keep_first,
+)
+from lwmkit.pipelines.writing.finalize import StageChain
+from lwmkit.pipelines.writing.plan import PackOptions
+from lwmkit.pipelines.writing.tail import write_job_datasets
+from lwmkit.tokenizers.vision import ImageOptions
+
+STAGES = ("read", "caption", "download", "dedup", "decode", "encode", "example")
+CHAIN = StageChain(
+    stages=STAGES,
+    links=(
+        ("caption", "read"),
+        ("download", "caption"),
+        ("dedup", "download"),
+        ("decode", "dedup"),
+        ("encode", "decode"),
+        ("example", "encode"),
+    ),
+    last="example",
+    grouped=("dedup",),
+)
+
+
+class NoValidPairsError(ValueError):
+    """The job read its inputs but no pair gave an example."""
+
+
+@dataclass(frozen=True)
+class ImagesOptions(runner_lib.ResumeOptions):
+    """Options of the image-text job.
+
+    Attributes:
+      inputs: file globs (local or any Beam filesystem): `.tar`/`.tar.gz`/`.tgz` webdataset shards,
+        `.parquet` (image bytes or URLs with captions), captions `.jsonl` files or their folders.
+      output: output directory.
+      tokenizer: path of a SentencePiece `.model` file (the text tokenizer).
+      vqgan: VQGAN weights (`ImageTokenizer.from_weights`: lwmkit safetensors, LWM's pickle or a
+        diffusers VQModel); None initialises `vqgan_preset` randomly (tests, benchmarks; the
+        manifest says so).
+      vqgan_preset: the VQGAN's shape, 'lwm' or 'tiny'.
+      vqgan_seed: seed of the random initialisation when `vqgan` is None.
+      vqgan_dtype: the VQGAN's compute dtype, 'float32' or 'bfloat16' (accelerators).
+      seq_lens: packed record lengths to produce.
+      generation_fraction: share of pairs made generation examples (the rest: understanding).
+      seed: seed of the per-pair understanding/generation choice.
+      templates: the two prompt templates (see `image_examples`).
+      sources: column names of parquet / jsonl inputs and the image size cap.
+      images: how `load_image` treats small, huge, animated images.
+      download: timeouts, retries and size cap of URL inputs.
+      batch_size: images per VQGAN call (RunInference batch).
+      shard_tokens, pack, runner, direct_running_mode, direct_num_workers, progress, beam_args,
+        force, retry_failures, keep_work: as in `BooksOptions` (with `retry_failures`, only the
+        pairs of the earlier run's failures.jsonl are read, downloaded and encoded again; a retried
+        pair that duplicates one already stored is not caught by dedup).
+    """
+
+    inputs: tuple[str, ...]
+    output: str
+    tokenizer: str
+    vqgan: str | None = None
+    vqgan_preset: str = "lwm"
+    vqgan_seed: int = 0
+    vqgan_dtype: str = "float32"
+    seq_lens: tuple[int, ...] = (8192,)
+    generation_fraction: float = 0.5
+    seed: int = 0
+    templates: Templates = field(default_factory=Templates)
+    sources: SourceOptions = field(default_factory=SourceOptions)
+    images: ImageOptions = field(default_factory=ImageOptions)
+    download: DownloadOptions = field(default_factory=DownloadOptions)
+    batch_size: int = 16
+    shard_tokens: int = 1 << 24
+    pack: PackOptions = field(default_factory=PackOptions)
+
+    def __post_init__(self):
+        if not self.inputs:
+            raise ValueError("inputs: give at least one file, folder or glob")
+        check_packing_fields(self.seq_lens, self.shard_tokens)
+        check_vqgan_fields(self)
+        super().__post_init__()
+
+    def recorded(self) -> dict[str, Any]:
+        """The options as the manifest records them (everything that shapes the output)."""
+        d = recorded_options(self)
+        d["download"].pop("user_agent")
+        return d
+
+
+# --- the job ---------------------------------------------------------------------------------------
+
+
+def match_inputs(patterns: Sequence[str]) -> list[str]:
+    """Expands folders and globs into a sorted list of supported files (see `engine.inputs.match_inputs`)."""
+    return inputs.match_inputs(patterns, source_kind, expand_input)
+
+
+def build_pipeline(
+    p: beam.Pipeline,
+    options: ImagesOptions,
+    files: list[str],
+    tokenizer,
+    vqgan_sha256: str,
+    job: dict,
+    receipts: Sequence[str] = (),
+    retried: Sequence[dict] | None = None,
+):
+    """Adds the image job's stages to pipeline `p`; pairs already in the work store are skipped."""
+    progress = options.progress
+    stage = StageList(progress)
+    failures, counts = stage.failures, stage.counts
+
+    stored, done = stored_documents(p, receipts)
+    paths = p | "inputs" >> beam.Create(files) | "spread files" >> beam.Reshuffle()
+    pairs = stage(paths, "read", ReadPairs(options.sources))
+    pairs, skipped = skip_stored(pairs, done, STAGES[1:])
+    counts.append(skipped)
+    pairs = pairs | "spread pairs" >> beam.Reshuffle()  # one file's downloads and decodes run in parallel
+    pairs = stage(pairs, "caption", check_caption)
+    pairs = stage(pairs, "download", Download(options.download))
+    groups = (
+        pairs
+        | "key by content" >> beam.Map(lambda d: (content_id(d["image"], d["caption"]), d))
+        | "group by content" >> beam.GroupByKey()
+    )
+    pairs = stage(groups, "dedup", keep_first)
+    decoded = stage(pairs, "decode", Decode(options.images))
+    load = LoadEncoder(options.vqgan, options.vqgan_preset, options.vqgan_seed, options.vqgan_dtype, vqgan_sha256)
+    encoded = stage(encode_images(decoded, load, options.batch_size), "encode", join_codes)
+    builder = ExampleBuilder(tokenizer, options.templates)
+    dtype = token_dtype(tokenizer.vocab_size)
+    examples = stage(encoded, "example", MakeExample(builder, options.seed, options.generation_fraction, dtype))
+
+    return write_job_datasets(
+        p,
+        examples,
+        failures,
+        counts,
+        options,
+        job=job,
+        chain=CHAIN,
+        stored=stored,
+        retried=retried,
+    )
+
+
+
+
+def prepare_images(options: ImagesOptions) -> PreparedJob:
+    """Matches the inputs, reads the tokenizer and the VQGAN, builds the job record; see `launch.PreparedJob`.
+
+    Raises:
+      FileNotFoundError: an input pattern matches nothing, or the tokenizer or VQGAN file is missing.
+      TokenizerError: the tokenizer file is not a SentencePiece model.
+    """
+    return prepare_vqgan_job(options, match_inputs(options.inputs), build_pipeline, STAGES, "input files", "")
+
+
+def run_images(options: ImagesOptions) -> dict[str, Any]:
+    """Runs the image-text job and waits for it.
+
+    Returns:
+      The job manifest (also written to `<output>/manifest.json`).
+
+    Raises:
+      FileNotFoundError: an input pattern matches nothing, or the tokenizer or VQGAN file is missing,
+        or retry_failures finds no earlier run.
+      TokenizerError: the tokenizer file is not a SentencePiece model.
+      NoValidPairsError: no input pair gave an example (see failures.jsonl for why).
+      CountMismatchError (via the runner): records were lost between stages.
+    """
+    return launch(options, prepare_images, NoValidPairsError, "no valid image-text pairs in")
+
+
+register_dry_run(ImagesOptions, "images", prepare_images)

@@ -1,0 +1,286 @@
+"""The video-text job: lists of videos with captions or chat turns -> LWM video-text examples in shards.
+
+The job is a flat list of named stages:
+    read -> text -> dedup -> download -> decode -> [frames] -> [VQGAN RunInference] encode -> gather
+         -> example -> plan -> write shards -> finalize
+
+    read      one list (parquet, CSV, JSONL) -> videos (see `video_sources`)
+    text      captions and turns normalized; missing_caption / empty_caption / empty_turn (checked
+              before anything is downloaded)
+    dedup     rows with the same video, clip range and text keep the first by (file, line)
+    download  yt-dlp into the work directory, with a cache (see `video_download`); local paths and
+              allowed file:// URLs are read in place
+    decode    worker processes sample and decode frames (see `video_frames`, `video_workers`); each
+              frame leaves as its own element, so frames stream to the VQGAN and are batched
+              across videos; `frames` counts them
+    encode    Beam RunInference with the image job's `JaxModelHandler(LoadEncoder)`; one element per
+              frame; its count is checked against `frames`
+    gather    each video's codes, joined with its decode summary by CoGroupByKey (frames of a video
+              that failed part-way through decoding are left out here: metric gather.orphan_frames)
+    example   understanding, generation or chat, with atomic spans at frame boundaries (see
+              `video_examples`)
+
+Failure reasons, by stage:
+    read      unreadable_file, parquet_error, csv_error, invalid_utf8, invalid_json, not_an_object,
+              missing_video, unsafe_path, bad_time, bad_turns
+    text      missing_caption, empty_caption, empty_turn
+    dedup     duplicate
+    download  unavailable, private, geo_blocked, bot_check, login_required, rate_limited, timeout,
+              too_large, unsupported, http_<code>, connection_error, invalid_url, unsupported_scheme,
+              missing_file, download_error
+    decode    missing_file, broken_container, no_video_stream, zero_frames, too_many_pixels, too_small,
+              truncated_video, corrupt_video, empty_clip, decoder_crashed, timeout, decode_error
+    encode    bad_codes;  gather: missing_frames;  pack-<n>: atomic_span_too_long, too_long
+Output layout is the books and image jobs' (`documents/`, `packed-<seq_len>/`, `failures.jsonl`,
+`manifest.json`, with `vqgan` and the random-init warning); downloads stay in the work directory
+(default `<output>/video-cache`) for the next run.
+
+Memory: a video is never held whole. Per Beam worker process the frames in memory are at most
+2 x `chunk_frames` (the chunk being received) + 3 x `batch_size` (the batch being filled, stacked
+and handed to JAX), 196,608 bytes each, plus 1-2 KB of codes per frame until the gather: for an
+hour at 1 fps (3,600 frames) with the defaults, about 37 MB of frames and 7 MB of codes, where
+holding the decoded video would take 675 MiB (tests/pipelines/test_video_workers.py measures it).
+Each decode worker process adds its decoder and up to 2 x `chunk_frames` frames.
+
+Run it:
+    lwm-pack videos --input 'webvid/*.csv' --tokenizer tokenizer.model --vqgan vqgan.safetensors \
+        --num-frames 32 --seq-len 32768 --output out/
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import apache_beam as beam
+from lwmkit.pipelines.engine import inputs
+from lwmkit.pipelines.engine import runner as runner_lib
+from lwmkit.pipelines.engine.dataflow import register_dry_run
+from lwmkit.pipelines.engine.job_options import check_packing_fields, recorded_options
+from lwmkit.pipelines.engine.lifecycle import PreparedJob, launch
+from lwmkit.pipelines.engine.outputs import join
+from lwmkit.pipelines.engine.resume import skip_stored, stored_documents
+from lwmkit.pipelines.engine.stages import StageList
+from lwmkit.pipelines.engine.vqgan import (
+    LoadEncoder,
+    check_vqgan_fields,
+    encode_images,
+    join_codes,
+    prepare_vqgan_job,
+    token_dtype,
+)
+from lwmkit.pipelines.videos.download import DownloadVideo, VideoDownloadOptions
+from lwmkit.pipelines.videos.examples import VideoExampleBuilder, VideoTemplates
+from lwmkit.pipelines.videos.frames import DecodeOptions
+from lwmkit.pipelines.videos.sources import VideoSourceOptions, source_kind
+from lwmkit.pipelines.videos.stages import (
+    MakeVideoExample,
+    ReadVideos,
+    check_text,
+    content_id,
+    gather_codes,
+    keep_first,
+    keyed_codes,
+    run_decode,
+)
+from lwmkit.pipelines.videos.workers import DEFAULT_TASK
+from lwmkit.pipelines.writing.finalize import StageChain
+from lwmkit.pipelines.writing.plan import PackOptions
+from lwmkit.pipelines.writing.tail import write_job_datasets
+
+STAGES = ("read", "text", "dedup", "download", "decode", "frames", "encode", "gather", "example")
+CHAIN = StageChain(
+    stages=STAGES,
+    links=(
+        ("text", "read"),
+        ("dedup", "text"),
+        ("download", "dedup"),
+        ("decode", "download"),
+        ("encode", "frames"),
+        ("gather", "decode"),
+        ("example", "gather"),
+    ),
+    last="example",
+    grouped=("dedup", "gather"),
+)
+WORK_DIR = "video-cache"
+_UNRECORDED_DECODE = ("workers", "videos_per_worker", "max_worker_rss_mb", "decoder_threads")
+
+
+class NoValidVideosError(ValueError):
+    """The job read its inputs but no video gave an example."""
+
+
+@dataclass(frozen=True)
+class VideosOptions(runner_lib.ResumeOptions):
+    """Options of the video-text job.
+
+    Attributes:
+      inputs: file globs (local or any Beam filesystem) of `.parquet`, `.csv` or `.jsonl` lists.
+      output: output directory.
+      tokenizer: path of a SentencePiece `.model` file (the text tokenizer).
+      vqgan, vqgan_preset, vqgan_seed, vqgan_dtype: the VQGAN, as in `ImagesOptions`.
+      seq_lens: packed record lengths to produce.
+      generation_fraction: share of captioned videos made generation examples.
+      seed: seed of the per-video understanding/generation choice.
+      templates: the three kinds' templates (see `video_examples`).
+      sources: column names and whether absolute paths may be read.
+      download: yt-dlp options, the work directory (None: `<output>/video-cache`), retries, limits.
+      decode: frame sampling, decoders and decode worker settings.
+      batch_size: frames per VQGAN call (RunInference batch).
+      shard_tokens, pack, runner, direct_running_mode, direct_num_workers, progress, beam_args,
+        force, retry_failures, keep_work: as in `BooksOptions` (a retried video that duplicates one
+        already stored is not caught by dedup).
+      decode_task, decode_python_path: what the decode workers run (tests swap in a crashing task).
+    """
+
+    inputs: tuple[str, ...]
+    output: str
+    tokenizer: str
+    vqgan: str | None = None
+    vqgan_preset: str = "lwm"
+    vqgan_seed: int = 0
+    vqgan_dtype: str = "float32"
+    seq_lens: tuple[int, ...] = (32768,)
+    generation_fraction: float = 0.5
+    seed: int = 0
+    templates: VideoTemplates = field(default_factory=VideoTemplates)
+    sources: VideoSourceOptions = field(default_factory=VideoSourceOptions)
+    download: VideoDownloadOptions = field(default_factory=VideoDownloadOptions)
+    decode: DecodeOptions = field(default_factory=DecodeOptions)
+    batch_size: int = 16
+    shard_tokens: int = 1 << 24
+    pack: PackOptions = field(default_factory=PackOptions)
+    decode_task: str = DEFAULT_TASK
+    decode_python_path: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if not self.inputs:
+            raise ValueError("inputs: give at least one file or glob")
+        check_packing_fields(self.seq_lens, self.shard_tokens)
+        check_vqgan_fields(self)
+        super().__post_init__()
+
+    @property
+    def work_dir(self) -> str:
+        return self.download.work_dir or join(self.output, WORK_DIR)
+
+    def recorded(self) -> dict[str, Any]:
+        """The options as the manifest records them (everything that shapes the output)."""
+        d = recorded_options(self, not_recorded=("decode_task", "decode_python_path"))
+        d["download"] = self.download.recorded()
+        d["decode"] = {k: v for k, v in self.decode.to_json().items() if k not in _UNRECORDED_DECODE}
+        return d
+
+
+def match_inputs(patterns: Sequence[str]) -> list[str]:
+    """Expands globs into a sorted list of video lists (see `engine.inputs.match_inputs`)."""
+    return inputs.match_inputs(patterns, source_kind)
+
+
+def frames_of(ref: dict) -> dict[str, int]:
+    """How often a stored video counts in the stages that count frames (for resumed counts)."""
+    frames = int(json.loads(ref["meta"])["frames"])
+    return {"frames": frames, "encode": frames}
+
+
+def build_pipeline(
+    p: beam.Pipeline,
+    options: VideosOptions,
+    files: list[str],
+    tokenizer,
+    vqgan_sha256: str,
+    job: dict,
+    receipts: Sequence[str] = (),
+    retried: Sequence[dict] | None = None,
+):
+    """Adds the video job's stages to pipeline `p`; videos already in the work store are skipped."""
+    progress = options.progress
+    stage = StageList(progress)
+    failures, counts = stage.failures, stage.counts
+
+    stored, done = stored_documents(p, receipts, frames_of)
+    paths = p | "inputs" >> beam.Create(files) | "spread files" >> beam.Reshuffle()
+    videos = stage(paths, "read", ReadVideos(options.sources))
+    videos, skipped = skip_stored(videos, done, STAGES[1:])
+    counts.append(skipped)
+    videos = videos | "spread videos" >> beam.Reshuffle()
+    videos = stage(videos, "text", check_text)
+    keyed = videos | "key by content" >> beam.Map(lambda v: (content_id(v), v))
+    groups = keyed | "group by content" >> beam.GroupByKey()
+    videos = stage(groups, "dedup", keep_first)
+    download = dataclasses.replace(options.download, work_dir=options.work_dir)
+    videos = stage(videos, "download", DownloadVideo(download))
+    videos = videos | "spread downloads" >> beam.Reshuffle()  # decodes run where workers are free
+    decoded, frames, f, c = run_decode(
+        videos, options.decode, progress, options.decode_task, options.decode_python_path
+    )
+    failures.append(f)
+    counts.append(c)
+    load = LoadEncoder(options.vqgan, options.vqgan_preset, options.vqgan_seed, options.vqgan_dtype, vqgan_sha256)
+    encoded = stage(encode_images(frames, load, options.batch_size), "encode", join_codes)
+    joined = {
+        "video": decoded | "key videos" >> beam.Map(lambda v: (v["doc_id"], v)),
+        "codes": encoded | "key codes" >> beam.Map(keyed_codes),
+    } | "join codes" >> beam.CoGroupByKey()
+    videos = stage(joined, "gather", gather_codes)
+    builder = VideoExampleBuilder(tokenizer, options.templates)
+    dtype = token_dtype(tokenizer.vocab_size)
+    examples = stage(videos, "example", MakeVideoExample(builder, options.seed, options.generation_fraction, dtype))
+    return write_job_datasets(
+        p,
+        examples,
+        failures,
+        counts,
+        options,
+        job=job,
+        chain=CHAIN,
+        stored=stored,
+        retried=retried,
+    )
+
+
+def prepare_videos(options: VideosOptions) -> PreparedJob:
+    """Matches the inputs, reads the tokenizer and the VQGAN, builds the job record; see `launch.PreparedJob`.
+
+    Raises:
+      FileNotFoundError: an input pattern matches nothing, or the tokenizer or VQGAN file is missing.
+      ValueError: an unsupported input suffix.
+      TokenizerError: the tokenizer file is not a SentencePiece model.
+    """
+    return prepare_vqgan_job(
+        options, match_inputs(options.inputs), build_pipeline, STAGES, "video lists", f"downloads in {options.work_dir}"
+    )
+
+
+def run_videos(options: VideosOptions) -> dict[str, Any]:
+    """Runs the video-text job and waits for it.
+
+    Returns:
+      The job manifest (also written to `<output>/manifest.json`).
+
+    Raises:
+      FileNotFoundError: an input pattern matches nothing, or the tokenizer or VQGAN file is missing,
+        or retry_failures finds no earlier run.
+      ValueError: time_ranges without ffmpeg, or an unsupported input suffix.
+      TokenizerError: the tokenizer file is not a SentencePiece model.
+      NoValidVideosError: no video gave an example (see failures.jsonl for why).
+      CountMismatchError (via the runner): records were lost between stages.
+    """
+    if options.download.time_ranges and shutil.which("ffmpeg") is None:
+        raise ValueError("download.time_ranges: yt-dlp cuts time ranges with ffmpeg, which is not installed")
+    return launch(options, prepare_videos, NoValidVideosError, "no valid videos in")
+
+
+def _dry_run_graph(options: VideosOptions) -> PreparedJob:
+    """The graph a dry run checks: "frames" is counted by the decode stage (its second output), not
+    a transform of its own."""
+    prepared = prepare_videos(options)
+    return dataclasses.replace(prepared, stages=tuple(s for s in prepared.stages if s != "frames"))
+
+
+register_dry_run(VideosOptions, "videos", _dry_run_graph)
