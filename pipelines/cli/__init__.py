@@ -13,7 +13,8 @@ groups are in `common.py`.
     lwm-pack qa --input 'books/*.jsonl.zst' --tokenizer tokenizer.model --output qa/ [--generator openai --base-url URL --model M]
     lwm-pack videos --input 'webvid/*.csv' --tokenizer tokenizer.model --vqgan vqgan.safetensors --output out/
 
-Options `lwm-pack books` does not know are passed to Beam (e.g. Dataflow's `--project`). With
+Options `lwm-pack books` does not know are passed to Beam (e.g. Dataflow's `--project`); an argument
+that is neither (say, the second file of an unquoted glob) is an error naming it (`beam_args.py`). With
 Beam's `--dry_run=True` and `--runner DataflowRunner`, `books`, `images`, `videos` and `qa` build and
 check the Dataflow job without submitting it (see `engine/dataflow.py`).
 """
@@ -25,6 +26,8 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+
+from lwmkit.pipelines.cli import beam_args
 
 # command -> module under lwmkit.pipelines.cli, in the order `--help` lists them.
 COMMANDS = {
@@ -70,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(argv)
     if unknown and args.command not in BEAM_COMMANDS:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if unknown and (stray := beam_args.unknown_arguments(unknown)):
+        parser.error(beam_args.error_message(stray))
     if args.command == "pack" and any(a.startswith("--dry_run") for a in unknown):
         parser.error("--dry_run: `lwm-pack pack` has no dry run (books, images, videos and qa have)")
     try:
