@@ -133,7 +133,6 @@ def test_books_with_no_valid_documents_is_an_error(bpe_model, tmp_path, capsys):
     [
         (["--seq-len", "1"], "seq_lens: 1 is outside"),
         (["--min-chars", "-1"], "min_chars"),
-        (["--tokenizer-is-not-a-flag-here"], None),  # an unknown flag goes to Beam, not an error of ours
     ],
 )
 def test_books_bad_option_values(raw, bpe_model, tmp_path, capsys, args, message):
