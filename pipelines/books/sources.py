@@ -6,7 +6,10 @@ one document. Files are opened through Beam's `FileSystems`, so any Beam path (`
 local) works.
 
 Failure reasons: `unreadable_file`, `corrupt_zstd`, `invalid_utf8`, `invalid_unicode`,
-`invalid_json`, `not_an_object`, `missing_text`, `text_not_string`, `line_too_long`, `parquet_error`.
+`invalid_json`, `not_an_object`, `missing_text`, `text_not_string`, `line_too_long`, `parquet_error`,
+`bad_record`, `empty_file`.
+`invalid_json` includes JSON nested too deeply to parse; `bad_record` is any other failure of one
+line (the next line is still read); `empty_file` is a file that holds no record.
 A corrupt or truncated zstd stream keeps every complete line before the damage; `invalid_unicode`
 is a lone surrogate, which a JSON escape such as `\\ud800` can produce. Memory stays bounded
 whatever the input: zstd output is produced a few MiB at a time and a line over
@@ -23,6 +26,7 @@ import re
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
+from lwmkit.pipelines.engine.jsonl import count_empty, file_chunks, guard_record, parse_line, split_lines, too_long
 from lwmkit.pipelines.engine.outputs import open_input
 from lwmkit.pipelines.engine.stages import Dropped
 
@@ -56,14 +60,9 @@ def _meta_json(meta: Any) -> str | None:
 
 
 def _jsonl_record(path: str, line_no: int, raw: bytes, text_key: str) -> dict | Dropped:
-    try:
-        line = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        return Dropped("invalid_utf8", f"byte {e.start} of the line: {e.reason}", path, line_no)
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as e:
-        return Dropped("invalid_json", str(e), path, line_no)
+    obj = parse_line(raw, path, line_no)
+    if isinstance(obj, Dropped):
+        return obj
     if not isinstance(obj, dict):
         return Dropped("not_an_object", f"a JSON {type(obj).__name__}, expected an object", path, line_no)
     if text_key not in obj or obj[text_key] is None:
@@ -85,43 +84,17 @@ def _lines_of(
     path: str, chunks: Iterator[bytes], text_key: str, errors: tuple[type, ...], reason: str,
     max_line_bytes: int = MAX_LINE_BYTES,
 ):
-    """Splits a stream of byte chunks into records; a stream error keeps every complete line before it."""
+    """Splits a stream of byte chunks into records (linear time, see `engine.jsonl.split_lines`);
+    a stream error keeps every complete line before it."""
     line_no = 0
-    pending = b""
-    skipped = 0  # bytes of an over-long line dropped so far (0: not inside one)
     try:
-        for chunk in chunks:
-            if skipped:
-                end = chunk.find(b"\n")
-                if end < 0:
-                    skipped += len(chunk)
-                    continue
-                line_no += 1
-                yield Dropped("line_too_long", f"{skipped + end:,} bytes, maximum {max_line_bytes:,}", path, line_no)
-                skipped, chunk = 0, chunk[end + 1 :]
-            parts = (pending + chunk).split(b"\n")
-            pending = parts.pop()
-            for raw in parts:
-                line_no += 1
-                if len(raw) > max_line_bytes:
-                    yield Dropped("line_too_long", f"{len(raw):,} bytes, maximum {max_line_bytes:,}", path, line_no)
-                elif raw.strip():
-                    yield _jsonl_record(path, line_no, raw.rstrip(b"\r"), text_key)
-            if len(pending) > max_line_bytes:
-                skipped, pending = len(pending), b""
+        for line_no, raw in split_lines(chunks, max_line_bytes):
+            if isinstance(raw, int):
+                yield too_long(path, line_no, raw, max_line_bytes)
+            else:
+                yield guard_record(lambda: _jsonl_record(path, line_no, raw, text_key), path, line_no)
     except errors as e:
         yield Dropped(reason, f"after {line_no} complete lines: {e}", path, line_no + 1)
-        return
-    if skipped:
-        yield Dropped("line_too_long", f"{skipped:,} bytes, maximum {max_line_bytes:,}", path, line_no + 1)
-    elif pending.strip():
-        line_no += 1
-        yield _jsonl_record(path, line_no, pending.rstrip(b"\r"), text_key)
-
-
-def _file_chunks(f: BinaryIO, size: int = 1 << 20) -> Iterator[bytes]:
-    while chunk := f.read(size):
-        yield chunk
 
 
 class TruncatedZstdError(ValueError):
@@ -166,6 +139,8 @@ def _read_jsonl_zst(path: str, f: BinaryIO, text_key: str) -> Iterator[dict | Dr
 
 def _read_txt(path: str, f: BinaryIO) -> Iterator[dict | Dropped]:
     data = f.read()
+    if not data:
+        return  # counted as `empty_file`
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -227,13 +202,14 @@ def read_documents(path: str, text_key: str = "text") -> Iterator[dict | Dropped
         return
     with f:
         if kind == "jsonl.zst":
-            yield from _read_jsonl_zst(path, f, text_key)
+            items = _read_jsonl_zst(path, f, text_key)
         elif kind == "jsonl":
-            yield from _lines_of(path, _file_chunks(f), text_key, (OSError,), "unreadable_file")
+            items = _lines_of(path, file_chunks(f), text_key, (OSError,), "unreadable_file")
         elif kind == "txt":
-            yield from _read_txt(path, f)
+            items = _read_txt(path, f)
         else:
-            yield from _read_parquet(path, f, text_key)
+            items = _read_parquet(path, f, text_key)
+        yield from count_empty(path, items)
 
 
 def iter_texts(path: str, text_key: str = "text") -> Iterator[str]:

@@ -14,7 +14,8 @@ groups are in `common.py`.
     lwm-pack videos --input 'webvid/*.csv' --tokenizer tokenizer.model --vqgan vqgan.safetensors --output out/
     lwm-pack video-qa --input 'videos/*.mp4' --tokenizer tokenizer.model --output vqa/ [--base-url URL --model M]
 
-Options `lwm-pack books` does not know are passed to Beam (e.g. Dataflow's `--project`). With
+Options `lwm-pack books` does not know are passed to Beam (e.g. Dataflow's `--project`); an argument
+that is neither (say, the second file of an unquoted glob) is an error naming it (`beam_args.py`). With
 Beam's `--dry_run=True` and `--runner DataflowRunner`, `books`, `images`, `videos` and `qa` build and
 check the Dataflow job without submitting it (see `engine/dataflow.py`).
 """
@@ -26,6 +27,8 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+
+from lwmkit.pipelines.cli import beam_args
 
 # command -> module under lwmkit.pipelines.cli, in the order `--help` lists them.
 COMMANDS = {
@@ -72,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(argv)
     if unknown and args.command not in BEAM_COMMANDS:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if unknown and (stray := beam_args.unknown_arguments(unknown)):
+        parser.error(beam_args.error_message(stray))
     if args.command == "pack" and any(a.startswith("--dry_run") for a in unknown):
         parser.error("--dry_run: `lwm-pack pack` has no dry run (books, images, videos and qa have)")
     try:

@@ -51,6 +51,28 @@ def match_inputs(
     return sorted(files)
 
 
+def input_stats(files: Sequence[str]) -> list[list]:
+    """`[path, size, modified]` per input: what says an input is still the one work was made from.
+
+    Local files give their size and modification time in nanoseconds (`os.stat`); other Beam
+    filesystems give what `FileSystems.match` reports, the object's size and last-update time
+    (on GCS and S3 a rewrite under the same name is a new object with a new update time).
+    """
+    local = [f for f in files if is_local(f)]
+    stats = {}
+    for f in local:
+        st = os.stat(f)
+        stats[f] = [f, st.st_size, st.st_mtime_ns]
+    remote = [f for f in files if not is_local(f)]
+    if remote:
+        from apache_beam.io.filesystems import FileSystems
+
+        for result in FileSystems.match(remote):
+            for m in result.metadata_list:
+                stats[m.path] = [m.path, m.size_in_bytes, m.last_updated_in_seconds]
+    return [stats.get(f, [f, None, None]) for f in files]
+
+
 def read_tokenizer(path: str) -> SentencePieceTokenizer:
     """The SentencePiece model at `path` (local or any Beam filesystem).
 

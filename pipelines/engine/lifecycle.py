@@ -16,7 +16,6 @@ Example (what `run_books` is):
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -25,13 +24,16 @@ from typing import Any
 
 import apache_beam as beam
 from lwmkit.pipelines.engine import runner as runner_lib
+from lwmkit.packing.shards import dumps_json
 from lwmkit.pipelines.engine import work_store
+from lwmkit.pipelines.engine.inputs import input_stats
+from lwmkit.pipelines.engine.output_lock import LOCK_DIR, OutputLock, remove_stale_temps
 from lwmkit.pipelines.engine.outputs import (
     delete_outputs,
-    is_local,
     join,
     list_outputs,
     read_output_bytes,
+    write_output_bytes,
 )
 from lwmkit.pipelines.engine.resume import previous_failures
 from lwmkit.pipelines.engine.work_store import receipt_paths
@@ -57,16 +59,26 @@ def job_record(options: dict[str, Any], input_files: list[str], tokenizer: dict 
     }
 
 
-def complete_output(output: str, job: dict[str, Any]) -> dict | None:
+def inputs_record(output: str) -> str:
+    """Where a finished job records its inputs' `input_stats` (what the complete check compares)."""
+    return join(output, LOCK_DIR, "inputs.json")
+
+
+def complete_output(output: str, job: dict[str, Any], stats: list | None = None) -> dict | None:
     """The existing job manifest if `output` is complete for the same inputs and options.
 
     Complete means: the job and every dataset manifest are there, were written for these inputs
-    and options, and every shard they list exists with the listed size (one listing per dataset;
-    `lwm-pack inspect` re-hashes them).
+    and options, every input still has the size and modification time it had then (`stats`,
+    `inputs.input_stats`; recorded in `<output>/.lwm-pack/inputs.json`), and every shard they list
+    exists with the listed size (one listing per dataset; `lwm-pack inspect` re-hashes them).
     """
     raw = read_output_bytes(join(output, "manifest.json"))
     if raw is None:
         return None
+    if stats is not None:
+        recorded = read_output_bytes(inputs_record(output))
+        if recorded is None or json.loads(recorded) != json.loads(dumps_json(stats)):
+            return None
     try:
         old = json.loads(raw)
     except json.JSONDecodeError:
@@ -140,14 +152,29 @@ def run_job(
     (`<output>/.work`, see `work_store.py`) is kept from an interrupted run of the same job
     (`identity`, by default `work_identity(job)`), emptied otherwise or with `force`, and deleted
     after success unless `keep_work` (and always when no document was kept). `rerun` runs even
-    if the output is complete (e.g. to retry failures).
+    if the output is complete (e.g. to retry failures). The whole run holds the output's lock
+    (`output_lock.py`: a second job on the same output fails at once), and starts by removing the
+    temporary files of earlier, killed runs. The work store's identity includes each input's
+    size and modification time (`inputs.input_stats`), so changed inputs never meet stale units.
     """
-    if not force and not rerun and (done := complete_output(output, job)):
+    lock = OutputLock(output)
+    if took_over := lock.acquire():
+        log(took_over)
+    try:
+        return _run_locked(build, output=output, job=job, force=force, log=log, pipeline_options=pipeline_options,
+                           identity=identity, keep_work=keep_work, rerun=rerun, lock=lock)
+    finally:
+        lock.release()
+
+
+def _run_locked(build, *, output, job, force, log, pipeline_options, identity, keep_work, rerun, lock) -> dict[str, Any]:
+    stats = input_stats(job["input_files"])
+    if not force and not rerun and (done := complete_output(output, job, stats)):
         log(f"{output} is already complete for these inputs and options; nothing to do (--force rebuilds)")
         return done
-    if is_local(output):
-        os.makedirs(output, exist_ok=True)
-    kept = work_store.prepare(output, identity or work_identity(job), fresh=force)
+    if stale := remove_stale_temps(output):
+        log(f"removed {len(stale)} temporary files of an earlier, interrupted run")
+    kept = work_store.prepare(output, {**(identity or work_identity(job)), "input_stats": stats}, fresh=force)
     if kept:
         log(f"resuming from {kept} work units of an earlier run in {work_store.work_dir(output)}")
     delete_outputs(list_outputs(join(output, "*", "manifest.json")) + [join(output, "manifest.json")])
@@ -155,6 +182,8 @@ def run_job(
     with beam.Pipeline(options=pipeline_options) as p:
         build(p)
     log(f"finished in {time.monotonic() - start:.1f}s")
+    lock.check()
+    write_output_bytes(inputs_record(output), dumps_json(stats))
     manifest = json.loads(read_output_bytes(join(output, "manifest.json")))
     if not keep_work or not manifest["documents"]:  # a job that kept nothing leaves nothing worth keeping
         work_store.clear(output)

@@ -19,7 +19,8 @@ name is absolute or contains `..` is refused (`unsafe_path`), links and devices 
 
 Failure reasons: `unreadable_file`, `corrupt_tar`, `unsafe_path`, `not_a_file`, `too_large`,
 `missing_image`, `invalid_utf8`, `invalid_json`, `not_an_object`, `parquet_error`, `no_image_column`,
-`missing_file`. Captions are checked later (`missing_caption`, `empty_caption`).
+`missing_file`, `line_too_long`, `bad_record` (any other failure of one line or row; the next is still
+read), `empty_file` (an input that holds no record). Captions are checked later (`missing_caption`, `empty_caption`).
 
 Example, a tar with members `00/0001.jpg`, `00/0001.txt` ("a red bus"), `00/0001.json`:
     {"file": "shard-0.tar", "line": 1, "key": "00/0001", "caption": "a red bus", "image": b"\\xff\\xd8...",
@@ -37,6 +38,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+from lwmkit.pipelines.engine.jsonl import count_empty, file_chunks, guard_record, parse_line, split_lines, too_long
 from lwmkit.pipelines.engine.outputs import open_input
 from lwmkit.pipelines.engine.stages import Dropped
 
@@ -253,12 +255,14 @@ def read_parquet(path: str, f: BinaryIO, options: SourceOptions) -> Iterator[dic
 
 # --- a folder of images with captions.jsonl -------------------------------------------------------
 
+# A captions.jsonl line names one image and its caption: longer than this, it is `line_too_long`.
+MAX_CAPTION_LINE_BYTES = 16 << 20
+
 
 def _folder_row(path: str, line: int, raw: bytes, options: SourceOptions) -> dict | Dropped:
-    try:
-        obj = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        return Dropped("invalid_json", str(e), path, line)
+    obj = parse_line(raw, path, line)
+    if isinstance(obj, Dropped):
+        return obj
     if not isinstance(obj, dict):
         return Dropped("not_an_object", f"a JSON {type(obj).__name__}, expected an object", path, line)
     file_key = options.image_column if options.image_column in obj else next((k for k in FILE_KEYS if k in obj), None)
@@ -282,10 +286,11 @@ def _folder_row(path: str, line: int, raw: bytes, options: SourceOptions) -> dic
 
 def read_folder(path: str, f: BinaryIO, options: SourceOptions) -> Iterator[dict | Dropped]:
     """Pairs listed by a captions.jsonl; image files are read relative to its folder."""
-    data = f.read()
-    for line, raw in enumerate(data.split(b"\n"), start=1):
-        if raw.strip():
-            yield _folder_row(path, line, raw.rstrip(b"\r"), options)
+    for line, raw in split_lines(file_chunks(f), MAX_CAPTION_LINE_BYTES):
+        if isinstance(raw, int):
+            yield too_long(path, line, raw, MAX_CAPTION_LINE_BYTES)
+        else:
+            yield guard_record(lambda: _folder_row(path, line, raw, options), path, line)
 
 
 def read_pairs(path: str, options: SourceOptions = SourceOptions()) -> Iterator[dict | Dropped]:
@@ -303,11 +308,12 @@ def read_pairs(path: str, options: SourceOptions = SourceOptions()) -> Iterator[
         return
     with f:
         if kind == "webdataset":
-            yield from read_webdataset(path, f, options)
+            items = read_webdataset(path, f, options)
         elif kind == "parquet":
-            yield from read_parquet(path, f, options)
+            items = read_parquet(path, f, options)
         else:
-            yield from read_folder(path, f, options)
+            items = read_folder(path, f, options)
+        yield from count_empty(path, items)
 
 
 def expand_input(pattern: str) -> str:

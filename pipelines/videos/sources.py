@@ -16,7 +16,9 @@ Every video is `dict(file, line, key, url, path, caption, turns, start, end, met
 `<file name>:<row>`; `turns` is a list of [question, answer] or None; `meta` is a small JSON string.
 
 Failure reasons: `unreadable_file`, `parquet_error`, `csv_error`, `invalid_utf8`, `invalid_json`,
-`not_an_object`, `missing_video` (neither url nor path), `unsafe_path`, `bad_time`, `bad_turns`.
+`not_an_object`, `missing_video` (neither url nor path), `unsafe_path`, `bad_time`, `bad_turns`,
+`line_too_long`, `bad_record` (any other failure of one row; the next is still read), `empty_file`
+(a list that holds no row). `invalid_json` includes JSON nested too deeply to parse.
 
 Example, a WebVid CSV row (line 2 of webvid.csv, after the header):
     videoid,contentUrl,duration,page_dir,name
@@ -38,6 +40,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from lwmkit.pipelines.engine.jsonl import count_empty, file_chunks, guard_record, parse_line, split_lines, too_long
 from lwmkit.pipelines.engine.outputs import open_input
 from lwmkit.pipelines.engine.stages import Dropped
 from lwmkit.pipelines.images.sources import unsafe_member_name
@@ -120,8 +123,8 @@ def _as_list(value: Any, column: str) -> list:
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise RowError("bad_turns", f"{column} is text but not JSON: {e}") from e
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise RowError("bad_turns", f"{column} is text but not JSON: {e!r}") from None
     if not isinstance(value, list | tuple) or not value:
         raise RowError("bad_turns", f"{column} must be a non-empty list, got {type(value).__name__}")
     return list(value)
@@ -269,13 +272,17 @@ def _csv_rows(path: str, f) -> Iterator[tuple[int, Any] | Dropped]:
 
 
 def _jsonl_rows(path: str, f) -> Iterator[tuple[int, Any] | Dropped]:
-    for line, raw in enumerate(f.read().split(b"\n"), start=1):
-        if not raw.strip():
-            continue
-        try:
-            yield line, json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            yield Dropped("invalid_json", str(e), path, line)
+    for line, raw in split_lines(file_chunks(f), MAX_LIST_LINE_BYTES):
+        if isinstance(raw, int):
+            yield too_long(path, line, raw, MAX_LIST_LINE_BYTES)
+        elif isinstance(value := parse_line(raw, path, line), Dropped):
+            yield value
+        else:
+            yield line, value
+
+
+# A video list's line names one video (and its turns): longer than this, it is `line_too_long`.
+MAX_LIST_LINE_BYTES = 16 << 20
 
 
 _ROWS = {"parquet": _parquet_rows, "csv": _csv_rows, "jsonl": _jsonl_rows}
@@ -290,5 +297,9 @@ def read_videos(path: str, options: VideoSourceOptions = VideoSourceOptions()) -
         yield Dropped("unreadable_file", str(e), path, 0)
         return
     with f:
-        for item in _ROWS[kind](path, f):
-            yield item if isinstance(item, Dropped) else row_video(path, item[0], item[1], kind, options)
+        items = (
+            item if isinstance(item, Dropped)
+            else guard_record(lambda: row_video(path, item[0], item[1], kind, options), path, item[0])
+            for item in _ROWS[kind](path, f)
+        )
+        yield from count_empty(path, items)

@@ -10,7 +10,7 @@ one audio-only file, a duplicate row), the QA job with the extractive generator,
 
 `digests(root)` returns `{relative path: sha256}` for every shard, index, metadata and failures
 file and every manifest (manifests with `timestamps` removed: the only field that differs between
-runs). Work stores and download or reply caches are left out: they are how a job resumes, not
+runs). Work stores, the job lock and input record (`.lwm-pack/`) and download or reply caches are left out: they are how a job resumes, not
 what it makes. Every path handed to a job is relative to `root` (the caller's working directory),
 so manifests and document records name the same files wherever `root` lies.
 
@@ -32,7 +32,7 @@ from .video_inputs import write_audio_only, write_clip
 
 VOCAB = 600
 KEPT_SUFFIXES = (".json", ".jsonl", ".parquet")
-SKIPPED_DIRS = (".work", "video-cache", "generator-cache")
+SKIPPED_DIRS = (".work", ".lwm-pack", "video-cache", "generator-cache")
 
 
 def _tokenizer(path: Path) -> str:

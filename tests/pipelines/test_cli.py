@@ -49,17 +49,36 @@ def test_books(books_out):
         assert verify_directory(os.path.join(books_out, d)) == []
 
 
-def test_books_prints_a_summary_and_passes_unknown_args_to_beam(raw, bpe_model, tmp_path, capsys, caplog):
+def test_books_prints_a_summary_and_passes_beam_options_to_beam(raw, bpe_model, tmp_path, capsys):
     out = str(tmp_path / "out")
-    with caplog.at_level(logging.WARNING):
-        rc = main(["books", "--input", os.path.join(raw, "*.jsonl.zst") + "," + os.path.join(raw, "*.txt"),
-                   "--tokenizer", bpe_model, "--seq-len", "512", "--output", out, "--quiet", "--foo=bar"])
+    rc = main(["books", "--input", os.path.join(raw, "*.jsonl.zst") + "," + os.path.join(raw, "*.txt"),
+               "--tokenizer", bpe_model, "--seq-len", "512", "--output", out, "--quiet", "--job_name=cli-test"])
     assert rc == 0
     assert capsys.readouterr().out.strip() == (
         f"5 documents -> documents: 5 records, packed-512: {_records(out, 'packed-512')} records; 1 failures"
     )
-    # Beam does not know --foo either: it logs that it discards it and runs.
-    assert any("Discarding unparseable args" in r.getMessage() and "--foo=bar" in r.getMessage() for r in caplog.records)
+
+
+def test_an_unquoted_glob_is_an_error_naming_the_stray_files(raw, bpe_model, tmp_path, capsys):
+    import glob
+
+    files = sorted(glob.glob(os.path.join(raw, "*")))  # what the shell makes of an unquoted glob
+    assert len(files) > 1
+    with pytest.raises(SystemExit) as e:
+        main(["books", "--input", *files, "--tokenizer", bpe_model, "--output", str(tmp_path / "o")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert files[1] in err and "quote it" in err and "neither lwm-pack nor Beam options" in err
+    assert not os.path.exists(tmp_path / "o")
+
+
+def test_an_option_neither_lwm_pack_nor_beam_knows_is_an_error(raw, bpe_model, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["books", "--input", os.path.join(raw, "*.txt"), "--tokenizer", bpe_model, "--output",
+              str(tmp_path / "o"), "--project", "p", "--foo=bar"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--foo=bar" in err and "--project" not in err.split("options):", 1)[1]
 
 
 def _records(out, name) -> int:
@@ -114,7 +133,6 @@ def test_books_with_no_valid_documents_is_an_error(bpe_model, tmp_path, capsys):
     [
         (["--seq-len", "1"], "seq_lens: 1 is outside"),
         (["--min-chars", "-1"], "min_chars"),
-        (["--tokenizer-is-not-a-flag-here"], None),  # an unknown flag goes to Beam, not an error of ours
     ],
 )
 def test_books_bad_option_values(raw, bpe_model, tmp_path, capsys, args, message):

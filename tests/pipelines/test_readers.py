@@ -15,7 +15,7 @@ from .helpers import jsonl_bytes, record, write_jsonl, write_jsonl_zst, write_pa
 
 READER_REASONS = {
     "unreadable_file", "corrupt_zstd", "invalid_utf8", "invalid_unicode", "invalid_json",
-    "not_an_object", "missing_text", "text_not_string", "line_too_long", "parquet_error",
+    "not_an_object", "missing_text", "text_not_string", "line_too_long", "parquet_error", "bad_record", "empty_file",
 }
 
 
