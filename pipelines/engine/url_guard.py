@@ -3,13 +3,10 @@
 `check_url` accepts http(s) URLs with a host (and file:// only with `allow_file`); `check_address`
 refuses private, loopback, link-local, multicast and reserved addresses unless allowed (a URL list
 from elsewhere must not reach the worker's own network: cloud metadata servers, internal
-services). `guarded_opener` makes a urllib opener whose connections run the address check when
-each connection is made, on the address actually connected to (so a redirect or a DNS answer that
-changes between check and use cannot slip past it; behind an HTTP proxy it checks what the host
-name resolves to here), and whose redirects go to http(s) only, at most `max_redirects` of them.
-The image downloader (`images/download.py`) fetches with it; the video downloader checks URLs and
-hosts with it before yt-dlp runs. Failures are `DownloadError(reason, detail)` with the reasons
-listed in `images/download.py`.
+services). The connections themselves (resolved once, checked, pinned, under a
+wall-clock deadline) are `engine/net_guard.py`; the http(s) client both downloaders fetch with is
+`engine/http_fetch.py`. Failures are `DownloadError(reason, detail)` with the reasons listed in
+`images/download.py`; the security model as a whole is `docs/security.md`.
 
 Example:
     check_url("ftp://x/y", DownloadOptions())   # DownloadError: unsupported_scheme
@@ -18,12 +15,9 @@ Example:
 
 from __future__ import annotations
 
-import functools
-import http.client
 import ipaddress
 import socket
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,7 +45,8 @@ class DownloadOptions:
 
     Attributes:
       timeout_s: socket timeout of each connect and read (seconds).
-      total_timeout_s: limit on one attempt's whole transfer, so a slow trickle cannot hold a worker.
+      total_timeout_s: wall-clock limit on one URL's whole fetch, retries included, enforced on the
+        sockets (a server trickling bytes cannot hold a worker longer).
       retries: further attempts after a transient failure.
       backoff_s: wait before retry k is backoff_s * 2**k.
       max_bytes: the largest body accepted.
@@ -60,6 +55,8 @@ class DownloadOptions:
       allowed_hosts: host names or IP addresses allowed even so (e.g. ("127.0.0.1",) in tests).
       max_redirects: redirects followed per request.
       user_agent: the User-Agent header sent.
+      ca_bundle: a PEM file of CA certificates trusted besides the system store (default:
+        `$SSL_CERT_FILE`, if set); TLS verification itself cannot be turned off.
     """
 
     timeout_s: float = 10.0
@@ -72,6 +69,7 @@ class DownloadOptions:
     allowed_hosts: tuple[str, ...] = ()
     max_redirects: int = 5
     user_agent: str = "lwmkit-image-download/1 (+https://github.com/LargeWorldModel)"
+    ca_bundle: str | None = None
 
     def __post_init__(self):
         if not 0 < self.timeout_s <= 3600:
@@ -113,98 +111,6 @@ def checked_addresses(host: str, port: int, options: DownloadOptions) -> list[tu
     for info in infos:
         check_address(host, info[4][0], options)  # any non-public answer blocks the host
     return infos
-
-
-class _GuardedConnection(http.client.HTTPConnection):
-    """Connects only to addresses that pass `check_address`, and to exactly the one it checked."""
-
-    def __init__(self, *args, options: DownloadOptions, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._options = options
-
-    def connect(self):
-        if self._tunnel_host:  # through a proxy: check the target by name, connect to the proxy
-            checked_addresses(self._tunnel_host, self._tunnel_port or 443, self._options)
-            return super().connect()
-        last: OSError | None = None
-        for family, kind, proto, _, address in checked_addresses(self.host, self.port, self._options):
-            sock = socket.socket(family, kind, proto)
-            try:
-                sock.settimeout(self.timeout)
-                if self.source_address:
-                    sock.bind(self.source_address)
-                sock.connect(address)
-            except OSError as e:
-                sock.close()
-                last = e
-                continue
-            self.sock = sock
-            return
-        raise last or OSError(f"no address for {self.host}")
-
-
-class _GuardedHTTPSConnection(http.client.HTTPSConnection, _GuardedConnection):
-    """HTTPS over `_GuardedConnection.connect` (HTTPSConnection.connect wraps what it connects)."""
-
-
-class _GuardedHTTPHandler(urllib.request.HTTPHandler):
-    def __init__(self, options: DownloadOptions):
-        super().__init__()
-        self._options = options
-
-    def http_open(self, req):
-        return self.do_open(functools.partial(_GuardedConnection, options=self._options), req)
-
-
-class _GuardedHTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, options: DownloadOptions):
-        super().__init__()
-        self._options = options
-
-    def https_open(self, req):
-        return self.do_open(functools.partial(_GuardedHTTPSConnection, options=self._options), req,
-                            context=self._context)
-
-
-class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
-    """Follows at most `max_redirects` redirects, and only to http(s) (urllib would also follow ftp://)."""
-
-    def __init__(self, max_redirects: int):
-        super().__init__()
-        self.max_redirections = max_redirects
-        self.max_repeats = min(self.max_repeats, max_redirects)
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        scheme = urllib.parse.urlsplit(urllib.parse.urljoin(req.full_url, newurl)).scheme.lower()
-        if scheme not in ("http", "https"):
-            raise DownloadError("connection_error", f"redirect to a {scheme or 'relative'}:// URL refused")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-    def http_error_302(self, req, fp, code, msg, headers):
-        visited = getattr(req, "redirect_dict", {})
-        if len(visited) >= self.max_redirections:
-            fp.close()
-            raise DownloadError("too_many_redirects", f"more than {self.max_redirections} redirects from {req.full_url}")
-        return super().http_error_302(req, fp, code, msg, headers)
-
-    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
-
-
-def guarded_opener(options: DownloadOptions) -> urllib.request.OpenerDirector:
-    """A urllib opener whose connections pass `check_address` and whose redirects stay on http(s)."""
-    # Proxies come from the environment as usual; file:, ftp: and data: handlers are left out.
-    handlers = [
-        urllib.request.ProxyHandler(),
-        _GuardedHTTPHandler(options),
-        _GuardedHTTPSHandler(options),
-        _HttpOnlyRedirects(options.max_redirects),
-        urllib.request.HTTPErrorProcessor(),
-        urllib.request.HTTPDefaultErrorHandler(),
-    ]
-    opener = urllib.request.OpenerDirector()
-    for h in handlers:
-        opener.add_handler(h)
-    return opener
 
 
 def check_url(url: Any, options: DownloadOptions) -> str:
