@@ -41,10 +41,17 @@ def direct_media(url: str) -> str | None:
     return suffix if suffix in MEDIA_SUFFIXES else None
 
 
+_REASONS = {"http_404": "unavailable", "http_410": "unavailable", "http_429": "rate_limited"}
+
+
 def fetch_direct(url: str, target: str, suffix: str, options) -> str:
-    """GETs a media file to `target + suffix`; returns that path."""
+    """GETs a media file to `target + suffix`; returns that path (reasons as yt-dlp's are named)."""
     path = target + suffix
-    fetch_into(url, net_options(options), lambda: open(path, "wb"))
+    try:
+        with contextlib.ExitStack() as files:
+            fetch_into(url, net_options(options), lambda: files.enter_context(open(path, "wb")))
+    except DownloadError as e:
+        raise DownloadError(_REASONS.get(e.reason, e.reason), e.detail) from e
     return path
 
 

@@ -4,6 +4,7 @@
 `trustme.CA` made in the test (its PEM goes to `SSL_CERT_FILE` or `ca_bundle`). Paths:
 
     /f/<name>            the file `<name>` (Content-Type from its suffix)
+    /m/<name>            the file `<name>` as video/mp4 (a media URL without a media suffix)
     /trickle[.mp4]       declares 4096 bytes, sends one byte every 0.2 s
     /hang[.mp4]          sends headers, then nothing until the server stops
     /lie[.mp4]           declares 4096 bytes, sends 10 and closes
@@ -30,6 +31,7 @@ import urllib.parse
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8  # what the servers serve as an image
 _TYPES = {".mp4": "video/mp4", ".png": "image/png", ".jpg": "image/jpeg", ".html": "text/html"}
 
 
@@ -45,9 +47,10 @@ class _Handler(BaseHTTPRequestHandler):
         srv.hits[f"{self.command} {path}"] += 1
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
         try:
-            if path.startswith("/f/") and path[3:] in srv.files:
+            if path.startswith(("/f/", "/m/")) and path[3:] in srv.files:
                 body = srv.files[path[3:]]
-                self._head(200, len(body), _TYPES.get(path[path.rfind("."):], "application/octet-stream"))
+                kind = "video/mp4" if path.startswith("/m/") else _TYPES.get(path[path.rfind("."):], "")
+                self._head(200, len(body), kind or "application/octet-stream")
                 if self.command == "GET":
                     self.wfile.write(body)
             elif path.startswith("/trickle"):
@@ -97,13 +100,13 @@ class _Handler(BaseHTTPRequestHandler):
 class HostileServer:
     """One server of the harness (see the module docstring)."""
 
-    def __init__(self, host: str = "127.0.0.1", files: dict[str, bytes] | None = None, ca=None):
+    def __init__(self, host: str = "127.0.0.1", files: dict[str, bytes] | None = None, ca=None, port: int = 0):
         self.files = dict(files or {})
         self.hits: Counter[str] = Counter()
         self.stopping = threading.Event()
         self.scheme = "https" if ca is not None else "http"
         handler = type("Handler", (_Handler,), {"server_ref": self})
-        self.httpd = ThreadingHTTPServer((host, 0), handler)
+        self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
         if ca is not None:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
