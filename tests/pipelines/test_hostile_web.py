@@ -5,6 +5,7 @@ Each test names the server it runs against; all traffic stays on 127.0.0.1 and 1
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -99,3 +100,31 @@ def test_a_rebinding_name_is_resolved_once_and_pinned(tls, other, ca_pem, monkey
     answers = rebinding(monkeypatch, "rebind.test", "127.0.0.1", "127.0.0.2")
     assert fetch(tls.url("/f/a.png", host="rebind.test"), opts(ca_bundle=ca_pem)) == PNG
     assert answers == ["127.0.0.1"]
+
+
+def test_lwm_pack_images_over_https_with_a_trickling_url(tls, ca_pem, bpe_model, tmp_path, monkeypatch):
+    from lwmkit.pipelines.cli import main
+
+    from .image_inputs import rgb, write_parquet
+
+    names = ["a.png", "b.png", "c.png"]
+    for i, name in enumerate(names):
+        tls.files[name] = rgb(seed=i + 1)
+    urls = write_parquet(tmp_path / "urls.parquet", {
+        "url": [tls.url(f"/f/{n}") for n in names] + [tls.url("/trickle")],
+        "caption": ["first picture", "second picture", "third picture", "a picture that never arrives"],
+    })
+    monkeypatch.setenv("SSL_CERT_FILE", ca_pem)
+    out = tmp_path / "out"
+    start = time.monotonic()
+    rc = main(["images", "--input", urls, "--tokenizer", bpe_model, "--output", str(out), "--vqgan-preset", "tiny",
+               "--seq-len", "2048", "--download-timeout", "3", "--download-retries", "0", "--allow-host", "127.0.0.1",
+               "--batch-size", "4", "--shard-tokens", "4096", "--quiet"])
+    elapsed = time.monotonic() - start
+    assert rc == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stages"]["download"] == {"seen": 4, "kept": 3, "dropped": 1}
+    rows = [json.loads(x) for x in (out / "failures.jsonl").read_text().splitlines()]
+    assert [(r["line"], r["reason"]) for r in rows] == [(4, "timeout")]
+    assert all(tls.gets(f"/f/{n}") == 1 for n in names)
+    assert elapsed < 120  # nothing hangs (the trickle alone would take 800 s)
