@@ -44,7 +44,9 @@ def add_parser(sub) -> None:
     s.add_argument("--max-pixels", type=int, default=89_478_485, help="decompression-bomb cap (width x height)")
     s.add_argument("--animated", default="first_frame", choices=["first_frame", "drop"])
     s.add_argument("--download-timeout", type=float, default=60.0,
-                   help="wall-clock seconds for each URL's whole fetch, retries included (connect/read: 10 s at most)")
+                   help="wall-clock seconds for each URL's whole fetch, retries included, however bytes arrive")
+    s.add_argument("--download-read-timeout", type=float, default=10.0,
+                   help="seconds per connect/read (at most --download-timeout)")
     s.add_argument("--download-retries", type=int, default=2)
     s.add_argument("--download-backoff", type=float, default=1.0, help="seconds before the first retry (doubles)")
     s.add_argument("--allow-file-urls", action="store_true", help="also fetch file:// URLs")
@@ -81,7 +83,7 @@ def run(args, beam_args: list[str]) -> None:
         sources=SourceOptions(args.image_column, args.caption_column, args.url_column, args.max_image_bytes),
         images=ImageOptions(args.small_images, args.max_pixels, args.animated, args.min_side),
         download=DownloadOptions(
-            timeout_s=min(10.0, args.download_timeout),
+            timeout_s=min(args.download_read_timeout, args.download_timeout),
             total_timeout_s=args.download_timeout,
             retries=args.download_retries,
             backoff_s=args.download_backoff,
