@@ -2,12 +2,12 @@
 
 `fetch_into(url, options, open_sink)` GETs `url` and streams the body into the file-like
 `open_sink()` returns (a fresh one per attempt), retrying transient failures; `fetch_bytes` is the
-same into memory. Every connection is resolved once, checked and pinned (`net_guard.connect_checked`),
+same into memory. Every connection is resolved once, checked and pinned (`url_guard.connect_checked`),
 each redirect is a new connection checked the same way and may go to http(s) only, at most
 `max_redirects` times; through an HTTP proxy (from the environment, as urllib reads it) the proxy's
 address and the request's target are both checked. The whole fetch, retries and backoff included,
 runs under one wall-clock `Deadline(total_timeout_s)` enforced on the sockets: a trickling server
-ends as `timeout` however it sends its bytes. https verifies against `net_guard.ssl_context`.
+ends as `timeout` however it sends its bytes. https verifies against `url_guard.ssl_context`.
 Failures are `DownloadError(reason, detail)` (reasons in `images/download.py`).
 """
 
@@ -24,8 +24,14 @@ import urllib.request
 from collections.abc import Callable
 from typing import BinaryIO
 
-from lwmkit.pipelines.engine.net_guard import Deadline, connect_checked, guarded, ssl_context
-from lwmkit.pipelines.engine.url_guard import DownloadError, DownloadOptions
+from lwmkit.pipelines.engine.url_guard import (
+    Deadline,
+    DownloadError,
+    DownloadOptions,
+    connect_checked,
+    guarded,
+    ssl_context,
+)
 
 _CHUNK = 1 << 16
 

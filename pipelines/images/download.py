@@ -19,7 +19,7 @@ Transient failures (timeout, connection_error, http_408/425/429/5xx) are retried
 with exponential backoff `backoff_s * 2**attempt` (no jitter: a rerun behaves the same) while the
 deadline allows; the reason reported is the last attempt's. One GET per attempt; redirects go to
 http(s) only, at most `max_redirects`, and every hop's address is checked and the connection
-pinned to it (`engine/http_fetch.py`, `engine/net_guard.py`, shared with the video downloader;
+pinned to it (`engine/http_fetch.py`, `engine/url_guard.py`, shared with the video downloader;
 the security model is `docs/security.md`).
 
 Example, a pair with a URL becomes a pair with image bytes (the download stage):

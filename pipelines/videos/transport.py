@@ -5,7 +5,7 @@
   checked and pinned, TLS with the system store plus `ca_bundle`/`$SSL_CERT_FILE`) when no clip cut
   is asked for. yt-dlp's generic extractor would GET such a file twice (once to look at it, once to
   download it).
-- Anything else goes to yt-dlp inside `engine.net_guard.guarded`: every connection yt-dlp (or
+- Anything else goes to yt-dlp inside `engine.url_guard.guarded`: every connection yt-dlp (or
   urllib3 under it) makes in this thread is checked on the address it connects to (redirects,
   DNS answers that change, proxies and a plain-http proxy's target included), and the whole run
   is under one wall-clock deadline enforced on its sockets.
@@ -19,8 +19,13 @@ import urllib.parse
 from collections.abc import Iterator
 
 from lwmkit.pipelines.engine.http_fetch import fetch_into
-from lwmkit.pipelines.engine.net_guard import Deadline, Guard, guarded
-from lwmkit.pipelines.engine.url_guard import DownloadError, DownloadOptions
+from lwmkit.pipelines.engine.url_guard import (
+    Deadline,
+    DownloadError,
+    DownloadOptions,
+    Guard,
+    guarded,
+)
 
 MEDIA_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".m4v", ".avi", ".flv", ".ts", ".mpg", ".mpeg", ".ogv")
 
