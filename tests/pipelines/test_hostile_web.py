@@ -107,7 +107,7 @@ def test_lwm_pack_images_over_https_with_a_trickling_url(tls, ca_pem, bpe_model,
 
     from .image_inputs import rgb, write_parquet
 
-    names = ["a.png", "b.png", "c.png"]
+    names = ["job-a.png", "job-b.png", "job-c.png"]  # not the files other tests of this module fetch
     for i, name in enumerate(names):
         tls.files[name] = rgb(seed=i + 1)
     urls = write_parquet(tmp_path / "urls.parquet", {
