@@ -43,7 +43,10 @@ def add_parser(sub) -> None:
     s.add_argument("--min-side", type=int, default=32, help="images with a shorter side are always dropped")
     s.add_argument("--max-pixels", type=int, default=89_478_485, help="decompression-bomb cap (width x height)")
     s.add_argument("--animated", default="first_frame", choices=["first_frame", "drop"])
-    s.add_argument("--download-timeout", type=float, default=10.0, help="seconds per connect/read")
+    s.add_argument("--download-timeout", type=float, default=60.0,
+                   help="wall-clock seconds for each URL's whole fetch, retries included, however bytes arrive")
+    s.add_argument("--download-read-timeout", type=float, default=10.0,
+                   help="seconds per connect/read (at most --download-timeout)")
     s.add_argument("--download-retries", type=int, default=2)
     s.add_argument("--download-backoff", type=float, default=1.0, help="seconds before the first retry (doubles)")
     s.add_argument("--allow-file-urls", action="store_true", help="also fetch file:// URLs")
@@ -51,6 +54,8 @@ def add_parser(sub) -> None:
                    help="fetch from this host or IP even if it is private/loopback (repeatable)")
     s.add_argument("--allow-private-addresses", action="store_true",
                    help="fetch from any private, loopback or link-local address")
+    s.add_argument("--ca-bundle", metavar="PEM", help="CA certificates trusted besides the system store "
+                   "(default: $SSL_CERT_FILE); TLS verification cannot be turned off")
     job_arguments(im)
     pack_arguments(im)
 
@@ -78,14 +83,15 @@ def run(args, beam_args: list[str]) -> None:
         sources=SourceOptions(args.image_column, args.caption_column, args.url_column, args.max_image_bytes),
         images=ImageOptions(args.small_images, args.max_pixels, args.animated, args.min_side),
         download=DownloadOptions(
-            timeout_s=args.download_timeout,
-            total_timeout_s=max(60.0, args.download_timeout),
+            timeout_s=min(args.download_read_timeout, args.download_timeout),
+            total_timeout_s=args.download_timeout,
             retries=args.download_retries,
             backoff_s=args.download_backoff,
             max_bytes=args.max_image_bytes,
             allow_file=args.allow_file_urls,
             allow_private=args.allow_private_addresses,
             allowed_hosts=tuple(args.allow_host),
+            ca_bundle=args.ca_bundle,
         ),
         **vqgan_option_values(args),
         pack=pack_options(args),

@@ -71,6 +71,8 @@ def add_parser(sub) -> None:
                    help="download from this host or IP even if it is private/loopback (repeatable)")
     d.add_argument("--allow-private-addresses", action="store_true",
                    help="download from any private, loopback or link-local address")
+    d.add_argument("--ca-bundle", metavar="PEM", help="CA certificates trusted besides the system store "
+                   "(default: $SSL_CERT_FILE); TLS verification cannot be turned off")
     job_arguments(v)
     pack_arguments(v)
 
@@ -111,6 +113,7 @@ def run(args: argparse.Namespace, beam_args: list[str]) -> None:
         allow_private=args.allow_private_addresses,
         allowed_hosts=tuple(args.allow_host),
         time_ranges=args.time_ranges,
+        ca_bundle=args.ca_bundle,
     )
     inputs = tuple(p for x in args.input for p in x.split(",") if p)
     options = VideosOptions(

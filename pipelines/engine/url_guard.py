@@ -3,27 +3,48 @@
 `check_url` accepts http(s) URLs with a host (and file:// only with `allow_file`); `check_address`
 refuses private, loopback, link-local, multicast and reserved addresses unless allowed (a URL list
 from elsewhere must not reach the worker's own network: cloud metadata servers, internal
-services). `guarded_opener` makes a urllib opener whose connections run the address check when
-each connection is made, on the address actually connected to (so a redirect or a DNS answer that
-changes between check and use cannot slip past it; behind an HTTP proxy it checks what the host
-name resolves to here), and whose redirects go to http(s) only, at most `max_redirects` of them.
-The image downloader (`images/download.py`) fetches with it; the video downloader checks URLs and
-hosts with it before yt-dlp runs. Failures are `DownloadError(reason, detail)` with the reasons
-listed in `images/download.py`.
+services). The connections themselves (resolved once, checked, pinned, under a
+wall-clock deadline) are the socket layer below; the http(s) client both downloaders fetch with is
+`engine/http_fetch.py`. Failures are `DownloadError(reason, detail)` with the reasons listed in
+`images/download.py`; the security model as a whole is `docs/security.md`.
 
 Example:
     check_url("ftp://x/y", DownloadOptions())   # DownloadError: unsupported_scheme
     checked_addresses("localhost", 80, DownloadOptions())   # DownloadError: blocked_address
+
+The socket layer, below HTTP, shared by both downloaders:
+
+- `connect_checked(host, port, options)` resolves `host` once, checks every answer with
+  `check_address` and connects to exactly the address it checked (no second DNS look-up a
+  rebinding name could change between check and use).
+- `Deadline(seconds)` is a wall-clock limit on a whole fetch however bytes arrive: every socket
+  registered with it is shut down (`SHUT_RDWR`) when the time is up, so a read blocked on a server
+  that trickles one byte a second returns at once; `expired` then tells the caller to report
+  `timeout`. A per-read socket timeout cannot do this (each trickled byte resets it).
+- `guarded(options, deadline)` applies both to code we do not own (yt-dlp, and urllib3 under it):
+  while the block runs, in this thread only, every `socket.connect` is checked against
+  `check_address` on the address actually connected to (with the host name it was resolved from,
+  so `allowed_hosts` may name hosts), every socket joins the deadline, and a request through an
+  HTTP proxy has its target (the absolute URL of a plain-http request, the host of a CONNECT)
+  checked too. Other threads and code outside the block are untouched.
+
+`ssl_context(ca_bundle)` is the TLS trust of every https fetch: the system store, plus the PEM
+bundle named by `ca_bundle` or the `SSL_CERT_FILE` environment variable; verification and host
+name checks are always on (there is no option that turns them off).
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import http.client
 import ipaddress
+import os
 import socket
+import ssl
+import threading
+import time
 import urllib.parse
-import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,7 +72,8 @@ class DownloadOptions:
 
     Attributes:
       timeout_s: socket timeout of each connect and read (seconds).
-      total_timeout_s: limit on one attempt's whole transfer, so a slow trickle cannot hold a worker.
+      total_timeout_s: wall-clock limit on one URL's whole fetch, retries included, enforced on the
+        sockets (a server trickling bytes cannot hold a worker longer).
       retries: further attempts after a transient failure.
       backoff_s: wait before retry k is backoff_s * 2**k.
       max_bytes: the largest body accepted.
@@ -60,6 +82,8 @@ class DownloadOptions:
       allowed_hosts: host names or IP addresses allowed even so (e.g. ("127.0.0.1",) in tests).
       max_redirects: redirects followed per request.
       user_agent: the User-Agent header sent.
+      ca_bundle: a PEM file of CA certificates trusted besides the system store (default:
+        `$SSL_CERT_FILE`, if set); TLS verification itself cannot be turned off.
     """
 
     timeout_s: float = 10.0
@@ -72,6 +96,7 @@ class DownloadOptions:
     allowed_hosts: tuple[str, ...] = ()
     max_redirects: int = 5
     user_agent: str = "lwmkit-image-download/1 (+https://github.com/LargeWorldModel)"
+    ca_bundle: str | None = None
 
     def __post_init__(self):
         if not 0 < self.timeout_s <= 3600:
@@ -115,98 +140,6 @@ def checked_addresses(host: str, port: int, options: DownloadOptions) -> list[tu
     return infos
 
 
-class _GuardedConnection(http.client.HTTPConnection):
-    """Connects only to addresses that pass `check_address`, and to exactly the one it checked."""
-
-    def __init__(self, *args, options: DownloadOptions, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._options = options
-
-    def connect(self):
-        if self._tunnel_host:  # through a proxy: check the target by name, connect to the proxy
-            checked_addresses(self._tunnel_host, self._tunnel_port or 443, self._options)
-            return super().connect()
-        last: OSError | None = None
-        for family, kind, proto, _, address in checked_addresses(self.host, self.port, self._options):
-            sock = socket.socket(family, kind, proto)
-            try:
-                sock.settimeout(self.timeout)
-                if self.source_address:
-                    sock.bind(self.source_address)
-                sock.connect(address)
-            except OSError as e:
-                sock.close()
-                last = e
-                continue
-            self.sock = sock
-            return
-        raise last or OSError(f"no address for {self.host}")
-
-
-class _GuardedHTTPSConnection(http.client.HTTPSConnection, _GuardedConnection):
-    """HTTPS over `_GuardedConnection.connect` (HTTPSConnection.connect wraps what it connects)."""
-
-
-class _GuardedHTTPHandler(urllib.request.HTTPHandler):
-    def __init__(self, options: DownloadOptions):
-        super().__init__()
-        self._options = options
-
-    def http_open(self, req):
-        return self.do_open(functools.partial(_GuardedConnection, options=self._options), req)
-
-
-class _GuardedHTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, options: DownloadOptions):
-        super().__init__()
-        self._options = options
-
-    def https_open(self, req):
-        return self.do_open(functools.partial(_GuardedHTTPSConnection, options=self._options), req,
-                            context=self._context)
-
-
-class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
-    """Follows at most `max_redirects` redirects, and only to http(s) (urllib would also follow ftp://)."""
-
-    def __init__(self, max_redirects: int):
-        super().__init__()
-        self.max_redirections = max_redirects
-        self.max_repeats = min(self.max_repeats, max_redirects)
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        scheme = urllib.parse.urlsplit(urllib.parse.urljoin(req.full_url, newurl)).scheme.lower()
-        if scheme not in ("http", "https"):
-            raise DownloadError("connection_error", f"redirect to a {scheme or 'relative'}:// URL refused")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-    def http_error_302(self, req, fp, code, msg, headers):
-        visited = getattr(req, "redirect_dict", {})
-        if len(visited) >= self.max_redirections:
-            fp.close()
-            raise DownloadError("too_many_redirects", f"more than {self.max_redirections} redirects from {req.full_url}")
-        return super().http_error_302(req, fp, code, msg, headers)
-
-    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
-
-
-def guarded_opener(options: DownloadOptions) -> urllib.request.OpenerDirector:
-    """A urllib opener whose connections pass `check_address` and whose redirects stay on http(s)."""
-    # Proxies come from the environment as usual; file:, ftp: and data: handlers are left out.
-    handlers = [
-        urllib.request.ProxyHandler(),
-        _GuardedHTTPHandler(options),
-        _GuardedHTTPSHandler(options),
-        _HttpOnlyRedirects(options.max_redirects),
-        urllib.request.HTTPErrorProcessor(),
-        urllib.request.HTTPDefaultErrorHandler(),
-    ]
-    opener = urllib.request.OpenerDirector()
-    for h in handlers:
-        opener.add_handler(h)
-    return opener
-
-
 def check_url(url: Any, options: DownloadOptions) -> str:
     """The URL's scheme if it may be fetched under `options`.
 
@@ -230,3 +163,195 @@ def check_url(url: Any, options: DownloadOptions) -> str:
         raise DownloadError("invalid_url", f"{url!r} has no scheme")
     hint = " (allow it with allow_file / --allow-file-urls)" if scheme == "file" else ""
     raise DownloadError("unsupported_scheme", f"{scheme}:// is not fetched{hint}")
+
+
+class Deadline:
+    """A wall-clock limit that shuts down its sockets when it passes."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._expired = False
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    @property
+    def expired(self) -> bool:
+        return self._expired or time.monotonic() >= self.end
+
+    def remaining(self) -> float:
+        return max(0.0, self.end - time.monotonic())
+
+    def add(self, sock: socket.socket) -> None:
+        # A duplicate descriptor of the same connection: wrapping it in TLS detaches `sock` itself.
+        dup = sock.dup()
+        with self._lock:
+            if self._expired:
+                _shut(dup)
+            self._sockets.append(dup)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self._expired = True
+            for sock in self._sockets:
+                _shut(sock)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+        with self._lock:
+            for sock in self._sockets:
+                sock.close()
+            self._sockets.clear()
+
+    def check(self, what: str = "transfer") -> None:
+        if self.expired:
+            raise DownloadError("timeout", f"{what} not finished within the total timeout ({self.seconds:g}s)")
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def connect_checked(host: str, port: int, options: DownloadOptions, timeout: float | None,
+                    deadline: Deadline | None = None, source_address=None) -> socket.socket:
+    """A socket connected to an address of `host` that passed `check_address` (resolved once)."""
+    last: OSError | None = None
+    for family, kind, proto, _, address in checked_addresses(host, port, options):
+        if deadline is not None:
+            deadline.check("connect")
+            timeout = min(timeout or deadline.remaining(), deadline.remaining()) or 0.001
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(timeout)
+            if source_address:
+                sock.bind(source_address)
+            if deadline is not None:
+                deadline.add(sock)
+            _ORIGINAL_CONNECT(sock, address)
+        except OSError as e:
+            sock.close()
+            last = e
+            continue
+        return sock
+    raise last or OSError(f"no address for {host}")
+
+
+def ssl_context(ca_bundle: str | None = None) -> ssl.SSLContext:
+    """System trust plus `ca_bundle` (or `$SSL_CERT_FILE`); verification always on."""
+    ctx = ssl.create_default_context()
+    paths = ssl.get_default_verify_paths()
+    for cafile in (paths.openssl_cafile, paths.cafile):
+        if cafile and os.path.isfile(cafile):
+            ctx.load_verify_locations(cafile=cafile)
+    extra = ca_bundle or os.environ.get("SSL_CERT_FILE")
+    if extra:
+        try:
+            ctx.load_verify_locations(cafile=extra)
+        except (OSError, ssl.SSLError) as e:
+            raise ValueError(f"ca_bundle: cannot read the CA bundle {extra!r}: {e}") from e
+    assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+    return ctx
+
+
+# ---- the in-thread guard for code we do not own (yt-dlp) ------------------------------------
+
+_STATE = threading.local()
+_ORIGINAL_CONNECT = socket.socket.connect
+_ORIGINAL_GETADDRINFO = socket.getaddrinfo
+_ORIGINAL_PUTREQUEST = http.client.HTTPConnection.putrequest
+_ORIGINAL_SET_TUNNEL = http.client.HTTPConnection.set_tunnel
+_INSTALL = threading.Lock()
+_installed = False
+
+
+class Guard:
+    """What `guarded` watches in one thread: the options, the deadline, the names resolved, refusals."""
+
+    def __init__(self, options: DownloadOptions, deadline: Deadline):
+        self.options = options
+        self.deadline = deadline
+        self.names: dict[str, str] = {}
+        self.refused: DownloadError | None = None
+
+    def check(self, host: str, port: int | None = None, ip: str | None = None) -> None:
+        try:
+            if ip is None:
+                checked_addresses(host, port or 80, self.options)
+            else:
+                check_address(host, ip, self.options)
+        except DownloadError as e:
+            self.refused = e
+            raise
+
+
+def _active() -> Guard | None:
+    return getattr(_STATE, "guard", None)
+
+
+def _connect(self, address):
+    guard = _active()
+    if guard is not None and self.family in (socket.AF_INET, socket.AF_INET6):
+        guard.deadline.check("connect")
+        ip = address[0]
+        guard.check(guard.names.get(ip.split("%", 1)[0], ip), ip=ip)
+        guard.deadline.add(self)
+    return _ORIGINAL_CONNECT(self, address)
+
+
+def _getaddrinfo(host, port, *args, **kwargs):
+    infos = _ORIGINAL_GETADDRINFO(host, port, *args, **kwargs)
+    guard = _active()
+    if guard is not None and isinstance(host, str):
+        for info in infos:  # remember which name each address came from (allowed_hosts may name hosts)
+            guard.names.setdefault(str(info[4][0]).split("%", 1)[0], host)
+    return infos
+
+
+def _putrequest(self, method, url, *args, **kwargs):
+    guard = _active()
+    if guard is not None and "://" in url[:10]:  # an absolute URL: a plain-http request via a proxy
+        parts = urllib.parse.urlsplit(url)
+        if parts.hostname:
+            guard.check(parts.hostname, parts.port or 80)
+    return _ORIGINAL_PUTREQUEST(self, method, url, *args, **kwargs)
+
+
+def _set_tunnel(self, host, port=None, *args, **kwargs):
+    guard = _active()
+    if guard is not None:  # CONNECT through a proxy: the tunnel's far end is checked by name
+        name, given = host, port
+        if port is None and host.count(":") == 1:
+            name, _, rest = host.partition(":")
+            given = int(rest) if rest.isdigit() else None
+        guard.check(name.strip("[]"), given or 443)
+    return _ORIGINAL_SET_TUNNEL(self, host, port, *args, **kwargs)
+
+
+def _install() -> None:
+    global _installed
+    with _INSTALL:
+        if not _installed:
+            socket.socket.connect = _connect
+            socket.getaddrinfo = _getaddrinfo
+            http.client.HTTPConnection.putrequest = _putrequest
+            http.client.HTTPConnection.set_tunnel = _set_tunnel
+            _installed = True
+
+
+@contextlib.contextmanager
+def guarded(options: DownloadOptions, deadline: Deadline) -> Iterator[Guard]:
+    """Checks and times every connection this thread makes inside the block (see the docstring)."""
+    _install()
+    outer = _active()
+    _STATE.guard = guard = Guard(options, deadline)
+    try:
+        yield guard
+    finally:
+        _STATE.guard = outer
+

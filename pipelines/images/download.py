@@ -5,7 +5,8 @@ Reasons (the `failures.jsonl` vocabulary of the download stage):
     invalid_url         not a URL with a scheme and a host
     unsupported_scheme  not http/https (file:// only with `allow_file`)
     http_<code>         the final response's status, e.g. http_404, http_503
-    timeout             no answer, or the whole transfer took longer than `total_timeout_s`
+    timeout             no answer within `timeout_s`, or the whole fetch (retries included) took
+                        longer than `total_timeout_s`, however the bytes arrived
     too_large           Content-Length or the streamed byte count exceeds `max_bytes`
     connection_error    refused, reset, DNS failure, TLS error, a bad redirect, ...
     missing_file        file:// (when allowed) names no readable file
@@ -15,12 +16,11 @@ Reasons (the `failures.jsonl` vocabulary of the download stage):
                         with `allowed_hosts` or all of them with `allow_private`
     too_many_redirects  more than `max_redirects` redirects
 Transient failures (timeout, connection_error, http_408/425/429/5xx) are retried `retries` times
-with exponential backoff `backoff_s * 2**attempt` (no jitter: a rerun behaves the same); the
-reason reported is the last attempt's. Redirects are followed to http(s) targets only, at most
-`max_redirects` of them. The address check runs when each connection is made, on the address
-actually connected to (so a redirect or a DNS answer that changes between check and use cannot
-slip past it); behind an HTTP proxy it checks what the host name resolves to here. The checks
-are `engine/url_guard.py`, which the video downloader uses too.
+with exponential backoff `backoff_s * 2**attempt` (no jitter: a rerun behaves the same) while the
+deadline allows; the reason reported is the last attempt's. One GET per attempt; redirects go to
+http(s) only, at most `max_redirects`, and every hop's address is checked and the connection
+pinned to it (`engine/http_fetch.py`, `engine/url_guard.py`, shared with the video downloader;
+the security model is `docs/security.md`).
 
 Example, a pair with a URL becomes a pair with image bytes (the download stage):
     before {"key": "000001", "url": "https://example.com/cat.jpg", "image": None, ...}
@@ -29,67 +29,19 @@ Example, a pair with a URL becomes a pair with image bytes (the download stage):
 
 from __future__ import annotations
 
-import http.client
 import os
-import socket
-import ssl
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
+from lwmkit.pipelines.engine.http_fetch import fetch_bytes, guarded_opener
 from lwmkit.pipelines.engine.stages import DropRecord
 from lwmkit.pipelines.engine.url_guard import DownloadError as DownloadError
 from lwmkit.pipelines.engine.url_guard import DownloadOptions as DownloadOptions
 from lwmkit.pipelines.engine.url_guard import check_address as check_address
 from lwmkit.pipelines.engine.url_guard import check_url as check_url
-from lwmkit.pipelines.engine.url_guard import guarded_opener
-
-_CHUNK = 1 << 16
-
-
-def _is_timeout(e: BaseException) -> bool:
-    if isinstance(e, TimeoutError | socket.timeout):
-        return True
-    return isinstance(e, urllib.error.URLError) and isinstance(e.reason, TimeoutError | socket.timeout)
-
-
-def _read_capped(stream, max_bytes: int, deadline: float, url: str) -> bytes:
-    parts: list[bytes] = []
-    size = 0
-    while chunk := stream.read(_CHUNK):
-        size += len(chunk)
-        if size > max_bytes:
-            raise DownloadError("too_large", f"more than {max_bytes} bytes streamed from {url}")
-        if time.monotonic() > deadline:
-            raise DownloadError("timeout", f"transfer not finished within the total timeout ({size} bytes read)")
-        parts.append(chunk)
-    return b"".join(parts)
-
-
-def _fetch_http(url: str, options: DownloadOptions, opener: urllib.request.OpenerDirector) -> bytes:
-    request = urllib.request.Request(url, headers={"User-Agent": options.user_agent, "Accept": "image/*,*/*;q=0.5"})
-    deadline = time.monotonic() + options.total_timeout_s
-    try:
-        with opener.open(request, timeout=options.timeout_s) as response:
-            length = response.headers.get("Content-Length")
-            if length is not None and length.strip().isdigit() and int(length) > options.max_bytes:
-                raise DownloadError("too_large", f"Content-Length {int(length)} exceeds {options.max_bytes} bytes")
-            return _read_capped(response, options.max_bytes, deadline, url)
-    except DownloadError:
-        raise
-    except urllib.error.HTTPError as e:
-        e.close()
-        raise DownloadError(f"http_{e.code}", f"{e.code} {e.reason}") from e
-    except Exception as e:
-        if _is_timeout(e):
-            raise DownloadError("timeout", f"no answer within {options.timeout_s:g}s") from e
-        if isinstance(e, urllib.error.URLError | OSError | http.client.HTTPException | ssl.SSLError | ValueError):
-            reason = e.reason if isinstance(e, urllib.error.URLError) else e
-            raise DownloadError("connection_error", f"{type(e).__name__}: {reason}") from e
-        raise
 
 
 def _fetch_file(url: str, options: DownloadOptions) -> bytes:
@@ -123,18 +75,7 @@ def fetch(url: str, options: DownloadOptions = DownloadOptions(), *, sleep=time.
     url = url.strip()
     if scheme == "file":
         return _fetch_file(url, options)
-    opener = opener or guarded_opener(options)
-    attempt = 0
-    while True:
-        try:
-            return _fetch_http(url, options, opener)
-        except DownloadError as e:
-            if not e.retryable or attempt >= options.retries:
-                if attempt:
-                    e.detail = f"{e.detail} (after {attempt + 1} attempts)"
-                raise
-        sleep(options.backoff_s * 2**attempt)
-        attempt += 1
+    return fetch_bytes(url, options, sleep=sleep, opener=opener)
 
 
 class Download:

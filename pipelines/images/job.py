@@ -150,6 +150,7 @@ class ImagesOptions(runner_lib.ResumeOptions):
         """The options as the manifest records them (everything that shapes the output)."""
         d = recorded_options(self)
         d["download"].pop("user_agent")
+        d["download"].pop("ca_bundle")  # where trust comes from, not what is made
         return d
 
 

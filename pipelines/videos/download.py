@@ -10,7 +10,9 @@ the file) is not downloaded again, so a rerun downloads nothing it already has. 
 - no retries of its own: transient failures (timeout, connection_error, rate_limited, http_5xx)
   are retried here `retries` times, waiting `backoff_s * 2**attempt`;
 - at most one request start per `host_interval_s` per host in each worker process;
-- a progress hook that aborts a transfer passing `max_bytes` or `total_timeout_s`.
+- a progress hook that aborts a transfer passing `max_bytes`, and a wall-clock deadline of
+  `total_timeout_s` on the sockets themselves (`videos/transport.py`);
+- direct media URLs (`.mp4`, `.webm`, ...) fetched by our own client: one GET per download.
 
 Failure reasons (from yt-dlp's errors and messages, see `classify`):
     unavailable       HTTP 404/410, removed, deleted or nonexistent videos
@@ -24,9 +26,9 @@ Failure reasons (from yt-dlp's errors and messages, see `classify`):
     unsupported       no video found at the URL (an HTML page, an unknown site, no format)
     http_<code>       any other HTTP status
     connection_error  refused, reset, DNS, TLS
-    blocked_address   the host resolves to a private, loopback, link-local or reserved address
-                      (allow hosts with `allowed_hosts`, all with `allow_private`); checked before
-                      yt-dlp connects (redirects that yt-dlp follows are not re-checked)
+    blocked_address   a connection (first, redirected, via a proxy) would reach a private, loopback,
+                      link-local or reserved address (allow hosts with `allowed_hosts`, all with
+                      `allow_private`); checked on every connection, pinned (`videos/transport.py`)
     invalid_url, unsupported_scheme, missing_file   as in the image job (`engine.url_guard.check_url`)
     download_error    anything else (the detail has yt-dlp's message)
 
@@ -54,12 +56,8 @@ from typing import Any
 
 from lwmkit.pipelines.engine.outputs import is_local, join, read_output_bytes, write_output_bytes
 from lwmkit.pipelines.engine.stages import DropRecord
-from lwmkit.pipelines.engine.url_guard import (
-    DownloadError,
-    DownloadOptions,
-    check_url,
-    checked_addresses,
-)
+from lwmkit.pipelines.engine.url_guard import DownloadError, DownloadOptions, check_url
+from lwmkit.pipelines.videos.transport import direct_media, fetch_direct, guarded_ytdlp
 
 RETRYABLE = frozenset({"timeout", "connection_error", "rate_limited"})
 # (reason, lower-case fragments of yt-dlp's messages), checked in order: the first match wins.
@@ -100,6 +98,7 @@ class VideoDownloadOptions:
       allow_private: also download from private, loopback, link-local and reserved addresses.
       allowed_hosts: host names or IP addresses allowed even so (e.g. ("127.0.0.1",) in tests).
       time_ranges: download only the row's [start, end) where the site allows (needs ffmpeg).
+      ca_bundle: PEM CA certificates trusted besides the system store (default `$SSL_CERT_FILE`).
     """
 
     work_dir: str | None = None
@@ -114,6 +113,7 @@ class VideoDownloadOptions:
     time_ranges: bool = False
     allow_private: bool = False
     allowed_hosts: tuple[str, ...] = ()
+    ca_bundle: str | None = None
 
     def __post_init__(self):
         DownloadOptions(self.timeout_s, self.total_timeout_s, self.retries, self.backoff_s, self.max_bytes)
@@ -125,6 +125,7 @@ class VideoDownloadOptions:
     def recorded(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("work_dir")
+        d.pop("ca_bundle")  # where trust comes from, not what is made
         return d
 
 
@@ -216,6 +217,7 @@ def _ydl_options(target: str, options: VideoDownloadOptions, clip, log: _Log, ho
         "cachedir": False,
         "overwrites": True,
         "noresizebuffer": True,
+        "nocheckcertificate": False,
     }
     if options.time_ranges and (clip[0] is not None or clip[1] is not None):
         from yt_dlp.utils import download_range_func
@@ -243,8 +245,11 @@ def _attempt(url: str, target: str, options: VideoDownloadOptions, clip) -> str:
         if time.monotonic() > deadline:
             raise _Abort("timeout", f"transfer not finished within {options.total_timeout_s:g}s ({done} bytes)")
 
+    suffix = direct_media(url)
+    if suffix and not (options.time_ranges and (clip[0] is not None or clip[1] is not None)):
+        return fetch_direct(url, target, suffix, options)
     try:
-        with yt_dlp.YoutubeDL(_ydl_options(target, options, clip, log, hook)) as ydl:
+        with guarded_ytdlp(options), yt_dlp.YoutubeDL(_ydl_options(target, options, clip, log, hook)) as ydl:
             info = ydl.extract_info(url, download=True)
     except _Abort as e:
         raise DownloadError(e.reason, e.detail) from e
@@ -296,10 +301,7 @@ def fetch_video(
         cached = join(work, json.loads(marker)["file"])
         if FileSystems.exists(cached):
             return cached, False
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
-    if parts.scheme.lower() in ("http", "https"):  # the worker's own network is off limits
-        checked_addresses(host, parts.port or (443 if parts.scheme.lower() == "https" else 80), options)
+    host = urllib.parse.urlsplit(url).hostname or ""  # addresses are checked on every connection
     limiter = limiter or _LIMITER
     local_dir = work if is_local(work) else tempfile.mkdtemp(prefix="lwmkit-video-")
     os.makedirs(local_dir, exist_ok=True)

@@ -305,7 +305,8 @@ def test_rerun_is_byte_identical_and_the_cli_matches(built, bpe_model, tmp_path)
     args = ["images", *sum((["--input", i] for i in corpus.inputs), []), "--tokenizer", bpe_model,
             "--output", str(again), "--vqgan-preset", "tiny", "--seq-len", ",".join(map(str, SEQ_LENS)),
             "--generation-fraction", str(FRACTION), "--seed", str(SEED), "--max-pixels", str(MAX_PIXELS),
-            "--download-timeout", "0.5", "--download-retries", "1", "--download-backoff", "0.01", "--allow-host", "127.0.0.1",
+            "--download-timeout", "60", "--download-read-timeout", "0.5", "--download-retries", "1",
+            "--download-backoff", "0.01", "--allow-host", "127.0.0.1",
             "--batch-size", "4", "--shard-tokens", "4096", "--quiet"]
     assert main(args) == 0
     manifests = [json.loads((d / "manifest.json").read_text()) for d in (out, again)]
