@@ -132,6 +132,7 @@ def run_job(
     identity: dict[str, Any] | None = None,
     keep_work: bool = False,
     rerun: bool = False,
+    num_workers: int = 0,
 ) -> dict[str, Any]:
     """Runs a job unless its output is already complete; returns the job manifest.
 
@@ -140,7 +141,8 @@ def run_job(
     (`<output>/.work`, see `work_store.py`) is kept from an interrupted run of the same job
     (`identity`, by default `work_identity(job)`), emptied otherwise or with `force`, and deleted
     after success unless `keep_work` (and always when no document was kept). `rerun` runs even
-    if the output is complete (e.g. to retry failures).
+    if the output is complete (e.g. to retry failures). `num_workers`: the size of the local
+    cluster a Dask run without a scheduler address starts (`runner.running`).
     """
     if not force and not rerun and (done := complete_output(output, job)):
         log(f"{output} is already complete for these inputs and options; nothing to do (--force rebuilds)")
@@ -152,7 +154,7 @@ def run_job(
         log(f"resuming from {kept} work units of an earlier run in {work_store.work_dir(output)}")
     delete_outputs(list_outputs(join(output, "*", "manifest.json")) + [join(output, "manifest.json")])
     start = time.monotonic()
-    with beam.Pipeline(options=pipeline_options) as p:
+    with runner_lib.running(pipeline_options, num_workers), beam.Pipeline(options=pipeline_options) as p:
         build(p)
     log(f"finished in {time.monotonic() - start:.1f}s")
     manifest = json.loads(read_output_bytes(join(output, "manifest.json")))
@@ -218,6 +220,7 @@ def launch(
         identity=work_identity(prepared.job),
         keep_work=options.keep_work,
         rerun=options.retry_failures,
+        num_workers=options.direct_num_workers,
     )
     require_documents(manifest, error, lead, prepared.files, options.output)
     return manifest
