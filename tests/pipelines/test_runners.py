@@ -116,7 +116,8 @@ def _outputs(root: Path, job: str) -> dict[str, bytes]:
 
 DASK_LOSES_DOCUMENTS = pytest.mark.xfail(
     strict=True, reason="open: on Beam 2.77's Dask runner the books job keeps its read failures but no "
-    "document reaches the manifest (see docs/cluster.md); the portable path passes")
+    "document reaches the manifest (cause not found yet: the spill now flushes per element there); "
+    "the portable path runs the same graph")
 
 
 @pytest.mark.parametrize("runner", [pytest.param("dask", marks=DASK_LOSES_DOCUMENTS), "portable"])
