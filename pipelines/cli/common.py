@@ -84,9 +84,13 @@ def pack_options(args):
 def run_arguments(parser: argparse.ArgumentParser) -> None:
     """Options every Beam job takes: where it runs, shard size, rebuild, progress."""
     parser.add_argument("--shard-tokens", type=int, default=1 << 24, help="target tokens per shard file")
-    parser.add_argument("--runner", default="DirectRunner")
+    parser.add_argument("--runner", default="DirectRunner",
+                        help="a Beam runner: DirectRunner, DaskRunner, PortableRunner, DataflowRunner, ...")
     parser.add_argument("--direct-running-mode", default="in_memory", choices=["in_memory", "multi_processing"])
-    parser.add_argument("--direct-num-workers", type=int, default=0)
+    parser.add_argument("--direct-num-workers", type=int, default=0,
+                        help="worker processes of the DirectRunner, or of the local Dask cluster (default 2)")
+    parser.add_argument("--dask-address", default=None,
+                        help="the Dask scheduler of --runner DaskRunner (without it: a local cluster for the run)")
     parser.add_argument("--force", action="store_true", help="rebuild even if the output is complete")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
 
@@ -99,6 +103,6 @@ def run_options(args, beam_args: list[str]) -> dict:
         "direct_running_mode": args.direct_running_mode,
         "direct_num_workers": args.direct_num_workers,
         "progress": not args.quiet,
-        "beam_args": tuple(beam_args),
+        "beam_args": tuple(beam_args) + ((f"--dask_client_address={args.dask_address}",) if args.dask_address else ()),
         "force": args.force,
     }

@@ -144,6 +144,7 @@ def run_job(
     identity: dict[str, Any] | None = None,
     keep_work: bool = False,
     rerun: bool = False,
+    num_workers: int = 0,
 ) -> dict[str, Any]:
     """Runs a job unless its output is already complete; returns the job manifest.
 
@@ -156,18 +157,22 @@ def run_job(
     (`output_lock.py`: a second job on the same output fails at once), and starts by removing the
     temporary files of earlier, killed runs. The work store's identity includes each input's
     size and modification time (`inputs.input_stats`), so changed inputs never meet stale units.
+    `num_workers`: the size of the local cluster a Dask run without a scheduler address starts
+    (`runner.running`).
     """
     lock = OutputLock(output)
     if took_over := lock.acquire():
         log(took_over)
     try:
         return _run_locked(build, output=output, job=job, force=force, log=log, pipeline_options=pipeline_options,
-                           identity=identity, keep_work=keep_work, rerun=rerun, lock=lock)
+                           identity=identity, keep_work=keep_work, rerun=rerun, lock=lock, num_workers=num_workers)
     finally:
         lock.release()
 
 
-def _run_locked(build, *, output, job, force, log, pipeline_options, identity, keep_work, rerun, lock) -> dict[str, Any]:
+def _run_locked(
+    build, *, output, job, force, log, pipeline_options, identity, keep_work, rerun, lock, num_workers
+) -> dict[str, Any]:
     stats = input_stats(job["input_files"])
     if not force and not rerun and (done := complete_output(output, job, stats)):
         log(f"{output} is already complete for these inputs and options; nothing to do (--force rebuilds)")
@@ -179,7 +184,7 @@ def _run_locked(build, *, output, job, force, log, pipeline_options, identity, k
         log(f"resuming from {kept} work units of an earlier run in {work_store.work_dir(output)}")
     delete_outputs(list_outputs(join(output, "*", "manifest.json")) + [join(output, "manifest.json")])
     start = time.monotonic()
-    with beam.Pipeline(options=pipeline_options) as p:
+    with runner_lib.running(pipeline_options, num_workers), beam.Pipeline(options=pipeline_options) as p:
         build(p)
     log(f"finished in {time.monotonic() - start:.1f}s")
     lock.check()
@@ -247,6 +252,7 @@ def launch(
         identity=work_identity(prepared.job),
         keep_work=options.keep_work,
         rerun=options.retry_failures,
+        num_workers=options.direct_num_workers,
     )
     require_documents(manifest, error, lead, prepared.files, options.output)
     return manifest

@@ -22,11 +22,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.transforms.window import GlobalWindow
-from apache_beam.utils.timestamp import MIN_TIMESTAMP
-from apache_beam.utils.windowed_value import WindowedValue
 from lwmkit.pipelines.engine.outputs import join, read_output_bytes
-from lwmkit.pipelines.engine.stages import COUNTS
+from lwmkit.pipelines.engine.stages import COUNTS, MAIN, add_counts, split_tagged
 from lwmkit.pipelines.engine.work_store import ReadReceipt
 
 
@@ -37,7 +34,9 @@ class SkipDone(beam.DoFn):
     is not processed again; it is counted as kept by every stage it skips (`stages`: once each,
     or as often as the stored record says, e.g. its frames), so the job's counts equal an
     uninterrupted run's. Records are dicts with `file` and `line`; the side input `done` holds
-    `((file, line), {stage: count})` per stored record.
+    `((file, line), {stage: count})` per stored record. Its one output holds tagged records
+    (`engine.stages.split_tagged`): `(MAIN, record)` or, per skipped record and stage,
+    `(COUNTS, (stage, (n, n, 0)))`.
     """
 
     def __init__(self, stages: tuple[str, ...]):
@@ -47,24 +46,17 @@ class SkipDone(beam.DoFn):
         self._done_id = None
         self._done: dict = {}
 
-    def start_bundle(self):
-        self._skipped = dict.fromkeys(self.stages, 0)
-
     def process(self, record: dict, done: list):
         if self._done_id != id(done):
             self._done = {tuple(where): counts for where, counts in done}
             self._done_id = id(done)
         counts = self._done.get((record["file"], record["line"]))
         if counts is None:
-            yield record
+            yield MAIN, record
             return
         for stage in self.stages:
-            self._skipped[stage] += counts.get(stage, 1)
-
-    def finish_bundle(self):
-        for stage, n in self._skipped.items():
-            if n:
-                yield beam.pvalue.TaggedOutput(COUNTS, WindowedValue((stage, (n, n, 0)), MIN_TIMESTAMP, [GlobalWindow()]))
+            n = counts.get(stage, 1)
+            yield COUNTS, (stage, (n, n, 0))
 
 
 def _one_per_record(item: tuple[tuple[str, int], Iterable[tuple[int, dict]]]) -> tuple[int, dict]:
@@ -98,10 +90,9 @@ def _done_entry(item: tuple[int, dict], weigh: Callable[[dict], dict] | None) ->
 
 def skip_stored(records, done, stages: tuple[str, ...]):
     """(records still to process, counts of the skipped ones): applies `SkipDone`."""
-    out = records | "skip stored" >> beam.ParDo(SkipDone(stages), done=beam.pvalue.AsList(done)).with_outputs(
-        COUNTS, main="main"
-    )
-    return out.main, out[COUNTS]
+    tagged = records | "skip stored" >> beam.ParDo(SkipDone(stages), done=beam.pvalue.AsList(done))
+    out = split_tagged(tagged, "skip stored", (MAIN, COUNTS))
+    return out[MAIN], out[COUNTS] | "skip stored/sum counts" >> beam.CombinePerKey(add_counts)
 
 
 def previous_failures(output: str) -> list[dict[str, Any]]:

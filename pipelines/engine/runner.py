@@ -3,14 +3,23 @@
 A plain `DirectRunner` may first try to download a Prism binary; naming the running mode
 explicitly keeps it on the Python FnApiRunner. `multi_threading` is refused: it was seen to drop
 elements on this project's machines, and lwmkit reconciles every count anyway.
+
+`DaskRunner` is accepted as a short name for Beam's `apache_beam.runners.dask.dask_runner.DaskRunner`
+(Beam knows it only by its full path). Its scheduler is Beam's `--dask_client_address`; without one,
+`running` starts a `distributed.LocalCluster` on 127.0.0.1 (`num_workers` processes, default 2, one
+thread each) for the run and stops it afterwards, together with the client Beam opened.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 DIRECT_MODES = ("in_memory", "multi_processing")
+DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
+RUNNER_NAMES = {"DaskRunner": DASK_RUNNER}
 
 
 def check_direct_mode(mode: str) -> None:
@@ -34,7 +43,7 @@ def pipeline_options(runner: str, mode: str, num_workers: int, extra: Sequence[s
     from apache_beam.options.pipeline_options import PipelineOptions
 
     check_direct_mode(mode)
-    args = [f"--runner={runner}", *extra]
+    args = [f"--runner={RUNNER_NAMES.get(runner, runner)}", *extra]
     if runner == "DirectRunner":
         args.append(f"--direct_running_mode={mode}")
         if not any(a.startswith("--default_sdk_harness_log_level") for a in extra):
@@ -44,6 +53,49 @@ def pipeline_options(runner: str, mode: str, num_workers: int, extra: Sequence[s
     options = PipelineOptions(args)
     FileSystems.set_options(options)
     return options
+
+
+def is_dask(options) -> bool:
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    return options.view_as(StandardOptions).runner in ("DaskRunner", DASK_RUNNER)
+
+
+def finish_bundle_outputs_kept(options) -> bool:
+    """False for Beam 2.77's Dask runner, which collects a bundle's outputs before it calls the
+    DoFn's `finish_bundle` (`apache_beam.runners.dask.transform_evaluator.apply_dofn_to_bundle`),
+    so whatever `finish_bundle` emits is lost; a DoFn that buffers must then flush per element."""
+    return not is_dask(options)
+
+
+@contextlib.contextmanager
+def running(options, num_workers: int = 0) -> Iterator[None]:
+    """Around a pipeline run: for the Dask runner without a scheduler address, a local cluster.
+
+    The cluster (processes on 127.0.0.1, no dashboard) serves this run only; on the way out the
+    Dask clients this process opened are closed, then the cluster.
+    """
+    if not is_dask(options):
+        yield
+        return
+    from apache_beam.runners.dask.dask_runner import DaskOptions
+    from distributed import Client, LocalCluster
+
+    dask = options.view_as(DaskOptions)
+    if dask.address or dask.scheduler_file:
+        yield
+        return
+    workers = num_workers or 2
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None, silence_logs=logging.WARNING) as cluster:
+        dask.address = cluster.scheduler_address
+        try:
+            yield
+        finally:
+            dask.address = None
+            with contextlib.suppress(ValueError):
+                while (client := Client.current(allow_global=True)) is not None:
+                    client.close()
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -2,8 +2,16 @@
 
 A stage function takes one element and yields output elements and/or `Dropped` markers (or raises
 `DropRecord`). `StageDoFn` runs it and, per stage, counts `seen` (inputs), `kept` (outputs) and
-`dropped` in Beam metrics and in a per-bundle counts output that the job reconciles in its
-manifest. Every drop becomes a failure row `{stage, file, line, reason, detail}`.
+`dropped` in Beam metrics and in a counts output that the job reconciles in its manifest. Every
+drop becomes a failure row `{stage, file, line, reason, detail}`.
+
+The graph is portable to every Beam runner: `StageDoFn` has ONE output of tagged records
+`(tag, value)` (`MAIN`, `FAILURES`, `COUNTS`), which `run_stage` splits with one single-output
+`FlatMap` per tag. No stage uses a multi-output `ParDo` (`.with_outputs`), which Beam 2.77's Dask
+runner does not keep apart (all outputs of a ParDo come out as one bag), and no output comes from
+`finish_bundle`, which the Dask runner drops (it collects a bundle's outputs before calling it):
+each element's counts `(stage, (1, kept, dropped))` travel with it and are summed per stage by a
+`CombinePerKey`, so the counts output holds one row per stage.
 
 Any other exception is a fault, not a verdict on the record. If it comes before the element gave
 any output, the element is tried again (up to `attempts` times in all, with a short growing pause:
@@ -19,22 +27,20 @@ Example, a stage that drops empty texts:
         if not doc["text"]:
             raise DropRecord("empty")
         yield doc
-    docs | "filter" >> beam.ParDo(StageDoFn("filter", non_empty)).with_outputs(FAILURES, COUNTS, main="docs")
+    docs, failures, counts = run_stage(docs, "filter", non_empty)
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.transforms.window import GlobalWindow
-from apache_beam.utils.timestamp import MIN_TIMESTAMP
-from apache_beam.utils.windowed_value import WindowedValue
 
+MAIN = "main"
 FAILURES = "failures"
 COUNTS = "counts"
 
@@ -105,7 +111,9 @@ class StageDoFn(beam.DoFn):
         return "", 0
 
     def process(self, element):
+        """Yields `(MAIN, output)`, `(FAILURES, row)` and, last, `(COUNTS, (stage, (1, kept, dropped)))`."""
         self._counts[0] += 1
+        kept = dropped = 0
         for attempt in range(1, self.attempts + 1):
             emitted = 0
             try:
@@ -114,18 +122,19 @@ class StageDoFn(beam.DoFn):
                     if isinstance(out, Dropped):
                         self._counts[2] += 1
                         file, line = (out.file, out.line) if out.file else self._where(element)
-                        yield beam.pvalue.TaggedOutput(
-                            FAILURES, failure_row(self.stage, file, line, out.reason, out.detail)
-                        )
+                        dropped += 1
+                        yield FAILURES, failure_row(self.stage, file, line, out.reason, out.detail)
                     else:
                         self._counts[1] += 1
-                        yield out
+                        kept += 1
+                        yield MAIN, out
                 self._failing_in_a_row = 0
                 break
             except DropRecord as d:
                 self._counts[2] += 1
                 file, line = self._where(element)
-                yield beam.pvalue.TaggedOutput(FAILURES, failure_row(self.stage, file, line, d.reason, d.detail))
+                dropped += 1
+                yield FAILURES, failure_row(self.stage, file, line, d.reason, d.detail)
                 break
             except Exception as e:  # noqa: BLE001 - a fault in one record must not stop the job
                 if emitted == 0 and attempt < self.attempts and self._failing_in_a_row < 5:
@@ -137,7 +146,8 @@ class StageDoFn(beam.DoFn):
                 when = f"after {emitted} outputs" if emitted else f"on each of {attempt} attempts"
                 detail = f"{type(e).__name__}: {e} ({when})"
                 self._failing_in_a_row += 1
-                yield beam.pvalue.TaggedOutput(FAILURES, failure_row(self.stage, file, line, "stage_error", detail))
+                dropped += 1
+                yield FAILURES, failure_row(self.stage, file, line, "stage_error", detail)
                 break
         if self.progress:
             now = time.monotonic()
@@ -145,25 +155,49 @@ class StageDoFn(beam.DoFn):
                 self._last_print = now
                 s, k, d = (t + c for t, c in zip(self._total, self._counts, strict=True))
                 print(f"[lwm-pack] {self.stage}: {s} seen, {k} kept, {d} dropped", file=sys.stderr, flush=True)
+        yield COUNTS, (self.stage, (1, kept, dropped))
 
     def finish_bundle(self):
-        seen, kept, dropped = self._counts
+        """Only metrics and the progress totals: an output here would be lost on the Dask runner."""
         for name, value in zip(("seen", "kept", "dropped"), self._counts, strict=True):
             if value:
                 self._metric[name].inc(value)
         self._total = [t + c for t, c in zip(self._total, self._counts, strict=True)]
-        if seen or kept or dropped:
-            yield beam.pvalue.TaggedOutput(
-                COUNTS, WindowedValue((self.stage, (seen, kept, dropped)), MIN_TIMESTAMP, [GlobalWindow()])
-            )
+
+
+def tagged_values(element: tuple[str, Any], tag: str) -> Iterable[Any]:
+    """The value of a tagged record `(tag, value)` if its tag is `tag`: one branch of a split."""
+    if element[0] == tag:
+        yield element[1]
+
+
+def split_tagged(tagged, label: str, tags: Sequence[str]) -> dict[str, Any]:
+    """{tag: PCollection of its values} from one PCollection of `(tag, value)` records.
+
+    One single-output `FlatMap` per tag, which every runner keeps apart (Beam's `Partition` is
+    itself a multi-output ParDo, which the Dask runner merges).
+    """
+    return {tag: tagged | f"{label}/{tag}" >> beam.FlatMap(tagged_values, tag) for tag in tags}
+
+
+def add_counts(rows: Iterable[tuple[int, int, int]]) -> tuple[int, int, int]:
+    """The sum of `(seen, kept, dropped)` rows, element-wise."""
+    seen = kept = dropped = 0
+    for s, k, d in rows:
+        seen, kept, dropped = seen + s, kept + k, dropped + d
+    return seen, kept, dropped
 
 
 def run_stage(pcoll, stage: str, fn: Callable[[Any], Iterable[Any]], progress: bool = False):
-    """Applies `StageDoFn(stage, fn)`; returns (main output, failures, counts) PCollections."""
-    out = pcoll | stage >> beam.ParDo(StageDoFn(stage, fn, progress)).with_outputs(
-        FAILURES, COUNTS, main="main"
-    )
-    return out.main, out[FAILURES], out[COUNTS]
+    """Applies `StageDoFn(stage, fn)`; returns (main output, failures, counts) PCollections.
+
+    The counts output holds `(stage, (seen, kept, dropped))`, one row per stage (none when the
+    stage saw nothing), as `writing.finalize` reconciles them.
+    """
+    tagged = pcoll | stage >> beam.ParDo(StageDoFn(stage, fn, progress))
+    out = split_tagged(tagged, stage, (MAIN, FAILURES, COUNTS))
+    counts = out[COUNTS] | f"{stage}/sum counts" >> beam.CombinePerKey(add_counts)
+    return out[MAIN], out[FAILURES], counts
 
 
 class StageList:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import apache_beam as beam
+from lwmkit.pipelines.engine.runner import finish_bundle_outputs_kept
 from lwmkit.pipelines.engine.work_store import DEFAULT_UNIT_BYTES, SpillDoFn
 from lwmkit.pipelines.writing.finalize import FinalizeDoFn, StageChain
 from lwmkit.pipelines.writing.plan import (
@@ -66,6 +67,8 @@ def write_datasets(
     then says how many were recovered).
     """
     if not spilled:
+        # A runner that drops what finish_bundle emits (Dask) gets one work unit per document.
+        unit_bytes = unit_bytes if finish_bundle_outputs_kept(p.options) else 0
         tokenized = tokenized | "spill" >> beam.ParDo(SpillDoFn(output, unit_bytes))
     if stored is not None:  # documents already in the work store, from an earlier run
         tokenized = (tokenized, stored) | "new and stored" >> beam.Flatten()

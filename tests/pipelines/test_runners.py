@@ -1,0 +1,139 @@
+"""The books and images jobs on engines with separate workers write the DirectRunner's shards.
+
+Each job runs three times on the same inputs (`golden.py`'s): on the DirectRunner, on Beam's Dask
+runner over a 2-worker `distributed.LocalCluster` the job starts on 127.0.0.1 (`--runner
+DaskRunner`, the short name), and through `PortableRunner` against Beam's local job service
+with SDK workers in an external worker pool (`--environment_type=EXTERNAL`), both processes
+started here on 127.0.0.1: how Flink and Spark deployments run Python. Every shard, index and
+failures file must be byte-identical to the DirectRunner's, and every manifest equal apart
+from the runner it records and its timestamps (counts reconciled as on the DirectRunner).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from . import golden
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[2]} exited {proc.returncode} before listening on {port}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"{proc.args[2]} did not listen on 127.0.0.1:{port} in {timeout_s}s")
+
+
+def _start(module: str, *args: str) -> subprocess.Popen:
+    # The pool starts each SDK worker as `python -c ...`: this interpreter's folder comes first on
+    # PATH, and PYTHONSAFEPATH keeps the working directory (a repo root's tokenizers/) off sys.path.
+    env = {**os.environ, "PYTHONSAFEPATH": "1",
+           "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])}
+    return subprocess.Popen([sys.executable, "-m", module, *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)
+
+
+@pytest.fixture(scope="module")
+def portable_args():
+    """Beam's local job service and an external SDK worker pool, both on 127.0.0.1."""
+    job_port, pool_port = _free_port(), _free_port()
+    procs = [
+        _start("apache_beam.runners.worker.worker_pool_main", f"--service_port={pool_port}"),
+        _start("apache_beam.runners.portability.local_job_service_main", f"--port={job_port}"),
+    ]
+    try:
+        for proc, port in zip(procs, (pool_port, job_port), strict=True):
+            _wait_for_port(port, proc)
+        yield ["--runner", "PortableRunner", f"--job_endpoint=localhost:{job_port}",
+               "--environment_type=EXTERNAL", f"--environment_config=localhost:{pool_port}",
+               "--sdk_worker_parallelism=2"]
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+RUNNERS = {
+    "direct": lambda _: ["--runner", "DirectRunner"],
+    "dask": lambda _: ["--runner", "DaskRunner", "--direct-num-workers", "2"],
+    "portable": lambda portable: portable,
+}
+
+
+def _books(out: str, runner: list[str]) -> None:
+    tok = "tokenizer.model" if Path("tokenizer.model").exists() else golden._tokenizer(Path("tokenizer.model"))
+    books = golden._book_inputs(Path("in") / "books")
+    inputs = [a for p in books for a in ("--input", p)]
+    golden._run("books", *inputs, "--tokenizer", tok, "--seq-len", "512,2048", "--output", out,
+                "--shard-tokens", "4000", *runner)
+
+
+def _images(out: str, runner: list[str]) -> None:
+    tok = "tokenizer.model" if Path("tokenizer.model").exists() else golden._tokenizer(Path("tokenizer.model"))
+    image_inputs = [a for p in golden._image_inputs(Path("in") / "images") for a in ("--input", p)]
+    golden._run("images", *image_inputs, "--tokenizer", tok, "--vqgan-preset", "tiny", "--vqgan-seed", "7",
+                "--seq-len", "300,1200", "--generation-fraction", "0.5", "--seed", "3", "--batch-size", "4",
+                "--output", out, *runner)
+
+
+def _outputs(root: Path, job: str) -> dict[str, bytes]:
+    """Every shard, index, metadata and failures file of `out/<job>`; manifests without the runner."""
+    out = {}
+    for path in sorted((root / "out" / job).rglob("*")):
+        rel = path.relative_to(root / "out" / job).as_posix()
+        if not path.is_file() or ".work" in path.parts:
+            continue
+        if path.name == "manifest.json":
+            manifest = json.loads(path.read_bytes())
+            manifest.pop("timestamps", None)
+            manifest.get("job", {}).pop("runner", None)
+            manifest.pop("runner", None)
+            out[rel] = json.dumps(manifest, sort_keys=True).encode()
+        else:
+            out[rel] = path.read_bytes()
+    return out
+
+
+DASK_LOSES_DOCUMENTS = pytest.mark.xfail(
+    strict=True, reason="open: on Beam 2.77's Dask runner the books job keeps its read failures but no "
+    "document reaches the manifest (cause not found yet: the spill now flushes per element there); "
+    "the portable path runs the same graph")
+
+
+@pytest.mark.parametrize("runner", [pytest.param("dask", marks=DASK_LOSES_DOCUMENTS), "portable"])
+@pytest.mark.parametrize("job", ["books", "images"])
+def test_engines_with_separate_workers_write_the_direct_runners_shards(job, runner, tmp_path, monkeypatch,
+                                                                        portable_args):
+    for k in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(k, raising=False)
+    run = {"books": _books, "images": _images}[job]
+    monkeypatch.chdir(tmp_path)
+    run(f"out/{job}-direct", RUNNERS["direct"](portable_args))
+    direct = _outputs(tmp_path, f"{job}-direct")
+    run(f"out/{job}-{runner}", RUNNERS[runner](portable_args))
+    other = _outputs(tmp_path, f"{job}-{runner}")
+    assert any(".array_record-" in p for p in direct), "the DirectRunner wrote no shard"
+    assert any(p.endswith("failures.jsonl") for p in direct)
+    assert sorted(other) == sorted(direct), f"{runner} wrote other files than the DirectRunner"
+    differ = [p for p in direct if other[p] != direct[p]]
+    assert differ == [], f"{runner}: {differ} differ from the DirectRunner's"
