@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import io
+import json
 import logging
 import os
 import shutil
@@ -14,6 +15,7 @@ import sys
 import lwmkit.pipelines.tools.demo as demo_mod
 import pytest
 from lwmkit.packing import verify_directory
+from lwmkit.pipelines.books.job import STAGES as BOOK_STAGES
 from lwmkit.pipelines.cli import main
 from lwmkit.tokenizers import SentencePieceTokenizer
 
@@ -89,6 +91,15 @@ def test_books_progress_goes_to_stderr(raw, bpe_model, tmp_path, capsys):
     captured = capsys.readouterr()
     assert "[lwm-pack]" in captured.err and "finished in" in captured.err
     assert "[lwm-pack]" not in captured.out
+    # after the run: one line per stage, in the job's stage order, with the manifest's counts
+    with open(tmp_path / "out" / "manifest.json", encoding="utf-8") as f:
+        stages = json.load(f)["stages"]
+    final = captured.err[captured.err.index("finished in"):].splitlines()[1:]
+    assert set(stages) == set(BOOK_STAGES)
+    want = [f"[lwm-pack] {s}: {stages[s]['seen']} in, {stages[s]['kept']} out, {stages[s]['dropped']} dropped"
+            for s in BOOK_STAGES]
+    assert final[: len(want)] == want and len(want) >= 3
+    assert want[0].startswith("[lwm-pack] read: ") and want[-1].startswith("[lwm-pack] dedup: ")
 
 
 def test_books_bad_glob_is_an_error(bpe_model, tmp_path, capsys):
