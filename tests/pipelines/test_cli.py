@@ -346,3 +346,29 @@ def test_cli_help_does_not_import_beam():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def _cpu_seconds_of(args: list[str]) -> tuple[float, subprocess.CompletedProcess]:
+    """Runs `lwm-pack ARGS` in a child process; its user + system CPU seconds and the result."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    code = "import sys; from lwmkit.pipelines.cli import main; sys.exit(main())"
+    proc = subprocess.run([sys.executable, "-P", "-c", code, *args],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), proc
+
+
+@pytest.mark.parametrize(("inputs", "tokenizer", "message"), [
+    ("{tmp}/nowhere/*.txt", "{tok}", "--input '{tmp}/nowhere/*.txt' matches no file"),
+    ("{tmp}/a.txt", "{tmp}/missing.model", "--tokenizer {tmp}/missing.model: no such file"),
+])
+def test_a_missing_input_is_reported_before_beam_loads(bpe_model, tmp_path, inputs, tokenizer, message):
+    (tmp_path / "a.txt").write_text("a book")
+    fill = {"tmp": str(tmp_path), "tok": bpe_model}
+    cpu, proc = _cpu_seconds_of(["books", "--input", inputs.format(**fill), "--tokenizer", tokenizer.format(**fill),
+                                 "--output", str(tmp_path / "out")])  # fmt: skip
+    assert proc.returncode == 1 and f"lwm-pack books: error: {message.format(**fill)}" in proc.stderr
+    assert cpu < 1.0, f"{cpu:.2f} CPU-s to report a missing input (Beam loaded?)"
+    assert not (tmp_path / "out").exists()
