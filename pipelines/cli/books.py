@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from lwmkit.pipelines.cli.common import (
+    check_local_inputs,
     int_list,
     pack_arguments,
     pack_options,
@@ -37,6 +38,7 @@ def add_parser(sub) -> None:
 
 def run(args, beam_args: list[str]) -> None:
     """Runs the books job (or its Dataflow dry run) and prints a summary line."""
+    check_local_inputs(split_inputs(args.input), args.tokenizer)  # before Beam loads
     from lwmkit.pipelines.books.job import BooksOptions, run_books
     from lwmkit.pipelines.engine.dataflow import dry_run_instead
 

@@ -23,6 +23,24 @@ def split_inputs(values: list[str]) -> tuple[str, ...]:
     return tuple(p for v in values for p in v.split(",") if p)
 
 
+def check_local_inputs(patterns: tuple[str, ...], tokenizer: str | None = None) -> None:
+    """Fails fast, before Beam or a job module loads, on a local `--input` glob that matches nothing
+    or a local `--tokenizer` that does not exist (the job checks both again, and remote paths, as
+    `engine.inputs` does: this only answers the common mistake in a fraction of a second).
+
+    Raises:
+      FileNotFoundError: `--input 'PATTERN' matches no file` or `--tokenizer PATH: no such file`.
+    """
+    import glob
+    import os
+
+    for pattern in patterns:
+        if "://" not in pattern and not glob.glob(pattern, recursive=True, include_hidden=True):
+            raise FileNotFoundError(f"--input {pattern!r} matches no file")
+    if tokenizer and "://" not in tokenizer and not os.path.exists(tokenizer):
+        raise FileNotFoundError(f"--tokenizer {tokenizer}: no such file")
+
+
 def work_arguments(parser: argparse.ArgumentParser) -> None:
     """--retry-failures and --discard-work: jobs that resume from their work store (<output>/.work)."""
     parser.add_argument("--retry-failures", action="store_true",

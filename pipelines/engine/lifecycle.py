@@ -46,6 +46,14 @@ def progress_log(enabled: bool) -> Callable[[str], None]:
     return lambda message: print(f"[lwm-pack] {message}", file=sys.stderr, flush=True)
 
 
+def stage_count_lines(stages: dict[str, dict[str, int]], order: Sequence[str]) -> list[str]:
+    """One line per stage of a manifest's `stages` counts, in the job's stage order (stages not in
+    `order` follow, sorted): records in, records out (a stage may emit several per input, as `read`
+    does one file into many documents) and dropped."""
+    names = [s for s in order if s in stages] + sorted(set(stages) - set(order))
+    return [f"{s}: {stages[s]['seen']} in, {stages[s]['kept']} out, {stages[s]['dropped']} dropped" for s in names]
+
+
 def job_record(options: dict[str, Any], input_files: list[str], tokenizer: dict | None, runner: str) -> dict[str, Any]:
     """What every manifest records about the job that made it (and what makes a rerun a no-op)."""
     from importlib.metadata import version
@@ -254,5 +262,7 @@ def launch(
         rerun=options.retry_failures,
         num_workers=options.direct_num_workers,
     )
+    for line in stage_count_lines(manifest.get("stages") or {}, prepared.stages):
+        log(line)  # the final counts, as the manifest records them
     require_documents(manifest, error, lead, prepared.files, options.output)
     return manifest

@@ -154,7 +154,7 @@ class StageDoFn(beam.DoFn):
             if now - self._last_print > 2.0:
                 self._last_print = now
                 s, k, d = (t + c for t, c in zip(self._total, self._counts, strict=True))
-                print(f"[lwm-pack] {self.stage}: {s} seen, {k} kept, {d} dropped", file=sys.stderr, flush=True)
+                print(f"[lwm-pack] {self.stage}: {s} in, {k} out, {d} dropped (this worker)", file=sys.stderr, flush=True)
         yield COUNTS, (self.stage, (1, kept, dropped))
 
     def finish_bundle(self):

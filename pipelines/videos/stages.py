@@ -186,7 +186,7 @@ class DecodeVideos(beam.DoFn):
             self._last_print = time.monotonic()
             d = [t + c for t, c in zip(self._total["decode"], self._counts["decode"], strict=True)]
             f = self._total["frames"][1] + self._counts["frames"][1]
-            print(f"[lwm-pack] decode: {d[0]} videos seen, {d[1]} kept, {d[2]} dropped; {f} frames",
+            print(f"[lwm-pack] decode: {d[0]} videos in, {d[1]} out, {d[2]} dropped; {f} frames (this worker)",
                   file=sys.stderr, flush=True)
 
     def finish_bundle(self):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import io
+import json
 import logging
 import os
 import shutil
@@ -14,6 +15,7 @@ import sys
 import lwmkit.pipelines.tools.demo as demo_mod
 import pytest
 from lwmkit.packing import verify_directory
+from lwmkit.pipelines.books.job import STAGES as BOOK_STAGES
 from lwmkit.pipelines.cli import main
 from lwmkit.tokenizers import SentencePieceTokenizer
 
@@ -108,6 +110,15 @@ def test_books_progress_goes_to_stderr(raw, bpe_model, tmp_path, capsys):
     captured = capsys.readouterr()
     assert "[lwm-pack]" in captured.err and "finished in" in captured.err
     assert "[lwm-pack]" not in captured.out
+    # after the run: one line per stage, in the job's stage order, with the manifest's counts
+    with open(tmp_path / "out" / "manifest.json", encoding="utf-8") as f:
+        stages = json.load(f)["stages"]
+    final = captured.err[captured.err.index("finished in"):].splitlines()[1:]
+    assert set(stages) == set(BOOK_STAGES)
+    want = [f"[lwm-pack] {s}: {stages[s]['seen']} in, {stages[s]['kept']} out, {stages[s]['dropped']} dropped"
+            for s in BOOK_STAGES]
+    assert final[: len(want)] == want and len(want) >= 3
+    assert want[0].startswith("[lwm-pack] read: ") and want[-1].startswith("[lwm-pack] dedup: ")
 
 
 def test_books_bad_glob_is_an_error(bpe_model, tmp_path, capsys):
@@ -353,3 +364,29 @@ def test_cli_help_does_not_import_beam():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def _cpu_seconds_of(args: list[str]) -> tuple[float, subprocess.CompletedProcess]:
+    """Runs `lwm-pack ARGS` in a child process; its user + system CPU seconds and the result."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    code = "import sys; from lwmkit.pipelines.cli import main; sys.exit(main())"
+    proc = subprocess.run([sys.executable, "-P", "-c", code, *args],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), proc
+
+
+@pytest.mark.parametrize(("inputs", "tokenizer", "message"), [
+    ("{tmp}/nowhere/*.txt", "{tok}", "--input '{tmp}/nowhere/*.txt' matches no file"),
+    ("{tmp}/a.txt", "{tmp}/missing.model", "--tokenizer {tmp}/missing.model: no such file"),
+])
+def test_a_missing_input_is_reported_before_beam_loads(bpe_model, tmp_path, inputs, tokenizer, message):
+    (tmp_path / "a.txt").write_text("a book")
+    fill = {"tmp": str(tmp_path), "tok": bpe_model}
+    cpu, proc = _cpu_seconds_of(["books", "--input", inputs.format(**fill), "--tokenizer", tokenizer.format(**fill),
+                                 "--output", str(tmp_path / "out")])  # fmt: skip
+    assert proc.returncode == 1 and f"lwm-pack books: error: {message.format(**fill)}" in proc.stderr
+    assert cpu < 1.0, f"{cpu:.2f} CPU-s to report a missing input (Beam loaded?)"
+    assert not (tmp_path / "out").exists()
