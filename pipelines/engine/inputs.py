@@ -57,11 +57,16 @@ def input_stats(files: Sequence[str]) -> list[list]:
     Local files give their size and modification time in nanoseconds (`os.stat`); other Beam
     filesystems give what `FileSystems.match` reports, the object's size and last-update time
     (on GCS and S3 a rewrite under the same name is a new object with a new update time).
+    An entry that names no file (the pack job identifies its inputs as `shard:sha256`, already
+    their contents) is kept as `[entry, None, None]`.
     """
     local = [f for f in files if is_local(f)]
     stats = {}
     for f in local:
-        st = os.stat(f)
+        try:
+            st = os.stat(f)
+        except FileNotFoundError:  # an identity that is not a path (pack's "shard:sha256"): itself
+            continue
         stats[f] = [f, st.st_size, st.st_mtime_ns]
     remote = [f for f in files if not is_local(f)]
     if remote:
