@@ -111,3 +111,18 @@ def test_a_rerun_reads_the_stored_sketches(planted, tmp_path, bpe_model, monkeyp
     assert [r for r in _failures(out) if r["reason"] == "dedup:near_duplicate"] == rows
     assert second["near_dedup"] == first["near_dedup"]
     assert second["stages"] == first["stages"]
+
+
+def test_the_report_shows_the_similarity_histogram_and_cluster_sizes(planted, tmp_path, bpe_model):
+    d, *_ = planted
+    out = tmp_path / "out"
+    _run_cli(d, out, bpe_model, "--near-dedup")
+    assert main(["report", str(out)]) in (0, None)
+    page = (out / "report" / "index.html").read_text()
+    section = page[page.index("<h2>Near-duplicates</h2>"):]
+    section = section[:section.index("</section>")]
+    assert 'alt="Histogram of near-duplicate similarity and bar chart of cluster sizes"' in section
+    assert "data:image/png;base64," in section and "4 removed; method minhash-lsh" in section
+    _run_cli(d, tmp_path / "off", bpe_model)
+    assert main(["report", str(tmp_path / "off")]) in (0, None)
+    assert "Near-duplicates" not in (tmp_path / "off" / "report" / "index.html").read_text()
