@@ -178,32 +178,38 @@ class LWMModelBackend:
     ) -> LWMModelBackend:
         """A model of the named size preset: random weights (seeded), or loaded from `checkpoint`.
 
-        checkpoint_format: "lwm" (LWM's streaming msgpack), "orbax" (lwmkit's trainer) or "hf"
-        (a Hugging Face LLaMA directory; the preset is then ignored). The text vocabulary defaults
-        to the tokenizer's size.
+        checkpoint_format: "lwm" (LWM's streaming msgpack), "orbax" (lwmkit's trainer, saved on any
+        mesh: restored to the host) or "hf" (a Hugging Face LLaMA directory; the preset is then
+        ignored). Random weights take the tokenizer's vocabulary size; a checkpoint's own tables
+        set the vocabulary sizes and whether the model has vision tables.
         """
         import jax
-        from lwmkit.lwm_model.checkpoint import load_lwm_params, restore_params
+        from flax.traverse_util import flatten_dict
+        from lwmkit.lwm_model.checkpoint import (
+            fit_params,
+            read_lwm_params,
+            restore_params,
+            vocab_fields,
+        )
         from lwmkit.lwm_model.config import preset as make_config
         from lwmkit.lwm_model.hf_llama import load_hf_llama
         from lwmkit.lwm_model.model import LWM, init_params
 
-        overrides.setdefault("vocab_size", int(tokenizer.vocab_size))
-        if checkpoint is not None and checkpoint_format == "hf":
-            config, params = load_hf_llama(checkpoint, **overrides)
-            return cls(LWM(config), params, tokenizer, name=f"lwm_model:{checkpoint}")
-        config = make_config(preset, **overrides)
-        model = LWM(config)
         if checkpoint is None:
+            model = LWM(make_config(preset, **{"vocab_size": int(tokenizer.vocab_size), **overrides}))
             params = jax.jit(lambda key: init_params(model, key))(jax.random.key(seed))  # jitted: ~2x faster than eager
             return cls(model, params, tokenizer, name=f"lwm_model:{preset}:random{seed}")
+        if checkpoint_format == "hf":
+            config, params = load_hf_llama(checkpoint, **{"vocab_size": int(tokenizer.vocab_size), **overrides})
+            return cls(LWM(config), params, tokenizer, name=f"lwm_model:{checkpoint}")
         if checkpoint_format == "lwm":
-            params = load_lwm_params(checkpoint, config)
+            flat = read_lwm_params(checkpoint)
         elif checkpoint_format == "orbax":
-            params = restore_params(checkpoint)
+            flat = flatten_dict(restore_params(checkpoint), sep="/")
         else:
             raise ValueError(f"checkpoint_format={checkpoint_format!r}; allowed: ['lwm', 'orbax', 'hf']")
-        return cls(model, params, tokenizer, name=f"lwm_model:{checkpoint}")
+        config = make_config(preset, **{**vocab_fields(flat), **overrides})
+        return cls(LWM(config), fit_params(flat, config, str(checkpoint)), tokenizer, name=f"lwm_model:{checkpoint}")
 
     def _token_prompt(self, prompt: Prompt, bos: bool) -> tuple[np.ndarray, np.ndarray]:
         if isinstance(prompt, str):

@@ -25,7 +25,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from lwmkit.eval.input_files import check_input_files
 from lwmkit.eval.tasks import GRID_PRESETS, TASK_PRESETS, Grid, grid_preset, task_preset
+from lwmkit.packing.compile_cache import add_cache_argument, enable_compile_cache
 
 
 def _ints(s: str) -> tuple[int, ...]:
@@ -93,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--out", required=True)
     v.add_argument("--records", help="also write the cases as lwmkit document records here")
+    add_cache_argument(v)
 
     r = sub.add_parser("run", help="answer and score cases; resumes an interrupted run")
     r.add_argument("--cases", required=True)
@@ -109,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--concurrency", type=int, default=4)
     r.add_argument("--no-resume", action="store_true", help="start the results file afresh")
     r.add_argument("--max-new-tokens", type=int, help="default: each case's answer_tokens")
+    add_cache_argument(r)
     _report_args(r)
 
     rep = sub.add_parser("report", help="print the score table and draw plots from results")
@@ -179,9 +183,11 @@ def _build_video(args: argparse.Namespace) -> None:
         needle_from_image,
     )
 
+    check_input_files([("--needle-image", args.needle_image, "file"), ("--vqgan", args.vqgan, "any")])
     tok = _tokenizer(args.tokenizer)
     spec = VideoHaystackSpec(args.haystack, frames=args.haystack_frames, codes=args.haystack_codes)
     hay = VideoHaystack.load(spec)
+    enable_compile_cache(args.jax_cache, export=True)  # the VQGAN encodes the needle image
     image_tok = _needle_vqgan(args, hay.encoders.get("vqgan"))
     with open(args.needle_image, "rb") as f:
         needle = needle_from_image(f.read(), image_tok, question=args.question, options=tuple(args.option),
@@ -233,6 +239,8 @@ def _backend(args: argparse.Namespace):
         return OpenAIBackend(args.base_url, args.model, mode=args.mode, api_key=key)
     if not args.tokenizer:
         raise ValueError("--backend lwm_model needs --tokenizer")
+    check_input_files([("--tokenizer", args.tokenizer, "file"), ("--checkpoint", args.checkpoint, "any")])
+    enable_compile_cache(args.jax_cache, export=True)
     return LWMModelBackend.from_preset(args.preset, _tokenizer(args.tokenizer), checkpoint=args.checkpoint,
                                        checkpoint_format=args.checkpoint_format)  # fmt: skip
 

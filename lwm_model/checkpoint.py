@@ -6,7 +6,8 @@ LWM (via tux/EasyLM `StreamingCheckpointer`) writes a parameter tree as a stream
     (["transformer", "wte", "embedding"], <msgpack ext: shape, dtype name, raw bytes>)
 A train-state file has the same pairs under ("params", "params", ...) next to optimizer state.
 `read_lwm_params` reads that stream with msgpack's Unpacker and Flax's array extension type only
-(never pickle); `save_lwm_params` writes it. Layer stacks convert both ways:
+(never pickle); `save_lwm_params` writes it. Orbax trees (`save_params`, the trainer's checkpoints)
+restore onto whatever devices this process has (`restore_params`), never into the saved shardings. Layer stacks convert both ways:
     transformer/h/0/attention/wq/kernel [E, E], transformer/h/1/...      (unrolled)
  <-> transformer/h/scan_decoder/attention/wq/kernel [layers, E, E]      (scanned)
 """
@@ -67,6 +68,19 @@ def unstack_layers(flat: dict[str, Any]) -> dict[str, Any]:
         else:
             out[path] = value
     return out
+
+
+def vocab_fields(flat: dict[str, Any]) -> dict[str, Any]:
+    """The LWMConfig fields a parameter set fixes: text rows (`vocab_size`), whether it has a vision
+    table (`vision`) and, if so, its rows (`vision_vocab_size`). `flat` is '/'-joined paths -> arrays."""
+    found: dict[str, Any] = {}
+    if "transformer/wte/embedding" in flat:
+        found["vocab_size"] = int(np.shape(flat["transformer/wte/embedding"])[0])
+    vte = flat.get("transformer/vte/embedding")
+    found["vision"] = vte is not None
+    if vte is not None:
+        found["vision_vocab_size"] = int(np.shape(vte)[0])
+    return found
 
 
 def fit_params(flat: dict[str, Any], config: LWMConfig, source: str) -> Any:
@@ -204,18 +218,78 @@ def save_params(path: str | os.PathLike, params: Any) -> None:
     checkpointer.wait_until_finished()
 
 
-def restore_params(path: str | os.PathLike, target: Any = None) -> Any:
-    """Restores an Orbax parameter checkpoint.
+def orbax_params_dir(path: str | os.PathLike) -> Path:
+    """The Orbax parameter tree under `path`: `path` itself, its `params/` (a trainer step
+    directory), or the newest step's `params/` (a trainer stage directory, runs/x/checkpoints/<stage>).
+    """
+    path = Path(path).absolute()
+    if (path / "params").is_dir():
+        return path / "params"
+    children = path.iterdir() if path.is_dir() else ()
+    steps = [int(p.name) for p in children if p.name.isdigit() and (p / "params").is_dir()]
+    return path / str(max(steps)) / "params" if steps else path
 
-    Args:
-      path: the directory `save_params` wrote.
-      target: optional tree of arrays or `jax.ShapeDtypeStruct`s (with shardings, e.g. from
-        `mesh.param_shardings`) giving the restored arrays' dtypes and placement.
+
+def orbax_shapes(path: str | os.PathLike) -> dict[str, jax.ShapeDtypeStruct]:
+    """'/'-joined path -> shape and dtype of every array of an Orbax tree (read from its metadata only).
+
+    Raises:
+      ValueError: when `path` holds no Orbax checkpoint.
     """
     import orbax.checkpoint as ocp
 
     path = Path(path).absolute()
     if not path.is_dir():
         raise ValueError(f"{path}: no Orbax checkpoint directory there")
-    checkpointer = ocp.StandardCheckpointer()
-    return checkpointer.restore(path) if target is None else checkpointer.restore(path, target)
+    try:
+        meta = ocp.StandardCheckpointer().metadata(path)
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"{path}: not a readable Orbax checkpoint: {e}") from e
+    meta = getattr(meta, "item_metadata", meta)
+    shapes = {
+        "/".join(str(getattr(k, "key", k)) for k in keys): jax.ShapeDtypeStruct(tuple(v.shape), v.dtype)
+        for keys, v in jax.tree_util.tree_leaves_with_path(meta)
+        if hasattr(v, "shape")
+    }
+    if not shapes:
+        raise ValueError(f"{path}: not a readable Orbax checkpoint: no array metadata there")
+    return shapes
+
+
+def restore_params(path: str | os.PathLike, target: Any = None, *, mesh: Any = None) -> Any:
+    """Restores an Orbax parameter checkpoint onto this process's devices, whatever mesh saved it.
+
+    A checkpoint written by `lwm-train` on 8 devices restores on 1 and on any other mesh: the saved
+    shardings are never used.
+
+    Args:
+      path: the directory `save_params` wrote, or a trainer step or stage directory (see
+        `orbax_params_dir`).
+      target: optional tree of arrays or `jax.ShapeDtypeStruct`s (with shardings, e.g. from
+        `mesh.param_shardings`) giving the restored arrays' dtypes and placement.
+      mesh: without `target`, place every parameter on this `jax.sharding.Mesh` by the sharding
+        rules (`mesh.param_shardings`), straight from the files.
+
+    Returns:
+      The parameter tree: numpy arrays on the host when neither `target` nor `mesh` is given.
+
+    Raises:
+      ValueError: when `path` holds no Orbax checkpoint.
+    """
+    import orbax.checkpoint as ocp
+
+    path = orbax_params_dir(path)
+    if target is None:
+        shapes = orbax_shapes(path)
+        if mesh is None:  # host arrays: np.empty reserves no memory until Orbax fills it
+            target = unflatten_dict({k: np.empty(v.shape, v.dtype) for k, v in shapes.items()}, sep="/")
+        else:
+            from lwmkit.lwm_model.mesh import param_shardings
+
+            abstract = unflatten_dict(shapes, sep="/")
+            target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                  abstract, param_shardings(abstract, mesh))  # fmt: skip
+    elif not path.is_dir():
+        raise ValueError(f"{path}: no Orbax checkpoint directory there")
+    return ocp.StandardCheckpointer().restore(path, target)
+

@@ -18,7 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 ATTENTION_IMPLS = ("dense", "ring")
-RING_LAYOUTS = ("contiguous", "zigzag", "striped", "balanced")
+FIXED_RING_LAYOUTS = ("contiguous", "zigzag", "striped")  # fixed permutations, the same for every row
+ROW_RING_LAYOUTS = ("balanced",)  # chosen per row from its segment ids (lwmkit.lwm_model.balance)
+RING_LAYOUTS = FIXED_RING_LAYOUTS + ROW_RING_LAYOUTS
+LOSS_MIXES = ("lwm", "tokens")  # loss.py: LWM's per-modality mix, or one mean over all tokens
 REMAT_POLICIES = (
     "none",
     "nothing_saveable",
@@ -170,7 +173,9 @@ class LWMConfig:
 
 # name -> fields over the defaults (LLaMA-2 7B with LWM's vision extension).
 PRESETS: dict[str, dict[str, Any]] = {
-    # For tests on CPU: grouped-query attention and a small vision space (256 codes, <eof>=256).
+    # For tests and CPU runs: grouped-query attention, and LWM's vision vocabulary (8192 VQGAN codes,
+    # <eof>=8192, <eov>=8193, 8448 rows), so the tiny model takes and makes images and video with
+    # either VQGAN preset ("tiny" or "lwm": both have 8192 codes) and trains on lwmkit's vision shards.
     "tiny": dict(
         vocab_size=256,
         hidden_size=64,
@@ -179,8 +184,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         num_heads=4,
         num_kv_heads=2,
         max_sequence_length=2048,
-        vision_vocab_size=320,
-        vision_codes=256,
     ),
     "debug": dict(
         hidden_size=256, intermediate_size=256, num_layers=2, num_heads=2, max_sequence_length=2048

@@ -33,9 +33,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-LAYOUTS = ("contiguous", "zigzag", "striped")  # fixed permutations, the same for every row
-ROW_LAYOUTS = ("balanced",)  # chosen per row from its segment ids (lwmkit.lwm_model.balance)
+from lwmkit.lwm_model.config import FIXED_RING_LAYOUTS as LAYOUTS
+from lwmkit.lwm_model.config import ROW_RING_LAYOUTS as ROW_LAYOUTS
 
 _BIG = np.iinfo(np.int32).max
 

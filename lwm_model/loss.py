@@ -22,9 +22,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from lwmkit.lwm_model.config import LOSS_MIXES as MIXES
 from lwmkit.lwm_model.model import LWM, ModelOutput, forward
-
-MIXES = ("lwm", "tokens")
 
 
 def weighted_cross_entropy(

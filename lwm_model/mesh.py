@@ -32,8 +32,8 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+from lwmkit.lwm_model.mesh_spec import AXES, mesh_sizes
 
-AXES = ("dp", "fsdp", "tp", "sp", "ulysses")
 BATCH = ("dp", "fsdp")
 SEQUENCE = ("sp", "ulysses")  # the ring's chunk r holds Ulysses pieces r*U .. r*U + U-1
 FSDP = ("fsdp", "sp", "ulysses")
@@ -81,29 +81,7 @@ def make_mesh(
         of devices.
     """
     devices = list(jax.devices() if devices is None else devices)
-    if isinstance(dims, str):
-        try:
-            sizes = [int(p) for p in dims.split(",")]
-        except ValueError as e:
-            raise ValueError(
-                f"mesh dims {dims!r}: expected four or five comma-separated ints like '1,-1,1,1' "
-                f"or '1,-1,1,4,2' (dp, fsdp, tp, sp[, ulysses])"
-            ) from e
-    elif isinstance(dims, Mapping):
-        unknown = sorted(set(dims) - set(AXES))
-        if unknown:
-            raise ValueError(
-                f"mesh dims {dict(dims)}: unknown axes {unknown}; axes are {list(AXES)}"
-            )
-        sizes = [int(dims.get(a, 1)) for a in AXES]
-    else:
-        sizes = [int(s) for s in dims]
-    if len(sizes) == len(AXES) - 1:
-        sizes.append(1)  # LWM's four-axis mesh_dim: no Ulysses axis
-    if len(sizes) != len(AXES) or sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
-        raise ValueError(
-            f"mesh dims {dims!r}: need {len(AXES) - 1} or {len(AXES)} sizes >= 1 for {AXES}, at most one -1"
-        )
+    sizes = mesh_sizes(dims)
     known = int(np.prod([s for s in sizes if s != -1]))
     if -1 in sizes:
         if len(devices) % known:
@@ -112,8 +90,17 @@ def make_mesh(
     if int(np.prod(sizes)) != len(devices):
         raise ValueError(
             f"mesh dims {dims!r} = {sizes} need {int(np.prod(sizes))} devices, have {len(devices)}"
+            + _cpu_hint(int(np.prod(sizes)), devices)
         )
     return Mesh(np.asarray(devices, dtype=object).reshape(sizes), AXES)
+
+
+def _cpu_hint(needed: int, devices: Sequence[Any]) -> str:
+    """What to set when a CPU host has too few devices (XLA makes N virtual ones when asked)."""
+    if needed <= len(devices) or not devices or getattr(devices[0], "platform", "") != "cpu":
+        return ""
+    return (f"; on CPU, start the process with XLA_FLAGS=--xla_force_host_platform_device_count={needed} "
+            "(set before JAX starts)")
 
 
 def fit_spec(spec: P, shape: Sequence[int], mesh: Mesh) -> P:

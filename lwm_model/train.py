@@ -15,11 +15,13 @@ later one from the previous stage's parameters with a fresh optimiser. Checkpoin
 hold parameters, optimiser state, step and the loader's state, written asynchronously; a run
 started again in the same `output` continues from the newest one, bit-identically. Progress
 lines, `metrics.jsonl` and `loss.png` are `train_log.py`'s.
+
+The command line is `train_cli.py`'s: it checks the config, its datasets and `init_from` before JAX
+starts, makes the virtual CPU devices the meshes need and enables the compilation cache.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -36,7 +38,6 @@ from lwmkit.lwm_model.config import LWMConfig
 from lwmkit.lwm_model.mesh import SEQUENCE, layout_batch, make_mesh, sequence_parallel
 from lwmkit.lwm_model.train_config import StageConfig, TrainConfig
 from lwmkit.lwm_model.train_log import MetricsLog, plot_losses, print_progress, read_metrics
-from lwmkit.lwm_model.train_presets import TRAIN_PRESETS, load_config
 from lwmkit.lwm_model.train_state import StageCheckpoints, initial_params
 from lwmkit.lwm_model.train_step import (
     STEP_FIELDS,
@@ -353,36 +354,10 @@ def _global(fields: dict[str, np.ndarray], mesh: Any) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The `lwm-train` console script: `lwm-train CONFIG [key=value ...]`."""
-    parser = argparse.ArgumentParser(
-        prog="lwm-train",
-        description="Train the LWM model on lwmkit shards, stage by stage (see lwmkit.lwm_model.train).",
-    )
-    parser.add_argument("config", nargs="?", help=f"a preset ({', '.join(TRAIN_PRESETS)}) or a JSON config file")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data_root=out steps=100 lr=1e-4")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
-    parser.add_argument("--stop-after", type=int, default=None, help="stop (and checkpoint) after N steps")
-    parser.add_argument("--list-presets", action="store_true", help="list the presets and exit")
-    args = parser.parse_args(argv)
-    if args.list_presets:
-        for name, fn in TRAIN_PRESETS.items():
-            print(f"{name}: {(fn.__doc__ or '').strip().splitlines()[0]}")
-        return 0
-    if args.config is None:
-        parser.error("give a preset or a config file (--list-presets lists the presets)")
-    try:
-        config = load_config(args.config, args.overrides)
-        if args.print_config:
-            print(json.dumps(config.to_dict(), indent=1, sort_keys=True))
-            return 0
-        result = train(config, stop_after=args.stop_after)
-    except ValueError as e:
-        print(f"lwm-train: error: {e}", file=sys.stderr)
-        return 2
-    state = "stopped early at" if result.interrupted else "finished at"
-    print(f"lwm-train: {state} stage {result.stage!r} step {result.step}; {config.output}", file=sys.stderr)
-    return 0
+    """The `lwm-train` console script (`train_cli.main`, which checks its arguments before JAX starts)."""
+    from lwmkit.lwm_model.train_cli import main as cli_main
 
+    return cli_main(argv)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -26,9 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lwmkit.lwm_model.config import ATTENTION_IMPLS, LWMConfig, preset
-from lwmkit.lwm_model.layout import LAYOUTS, ROW_LAYOUTS
-from lwmkit.lwm_model.loss import MIXES
+from lwmkit.lwm_model.config import ATTENTION_IMPLS, LOSS_MIXES, RING_LAYOUTS, LWMConfig, preset
 
 SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("fp32", "bf16")  # bf16: bfloat16 compute, float32 parameters and optimiser state
@@ -214,9 +212,9 @@ class TrainConfig:
         if len(set(names)) != len(names):
             raise ValueError(f"TrainConfig.stages: stage names repeat: {names}")
         _choice("TrainConfig", "attention", self.attention, ATTENTION_IMPLS)
-        _choice("TrainConfig", "ring_layout", self.ring_layout, LAYOUTS + ROW_LAYOUTS)
+        _choice("TrainConfig", "ring_layout", self.ring_layout, RING_LAYOUTS)
         _choice("TrainConfig", "precision", self.precision, PRECISIONS)
-        _choice("TrainConfig", "loss", self.loss, MIXES)
+        _choice("TrainConfig", "loss", self.loss, LOSS_MIXES)
         for name in ("ring_block", "keep_checkpoints", "log_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

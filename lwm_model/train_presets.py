@@ -160,8 +160,8 @@ def _tiny_run(*stages: StageConfig) -> TrainConfig:
 
 def tiny_cpu() -> TrainConfig:
     """The tiny text model on 8 CPU devices (2 data-parallel x a ring of 4), on one `lwm-pack books` output:
-    XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu \\
     lwm-train tiny-cpu data_root=out/books output=runs/tiny
+    (lwm-train makes the 8 virtual CPU devices itself unless XLA_FLAGS already sets a count)
 
     dp, not fsdp, next to the ring: with jax 0.10.2 on CPU, dense attention's training step on an
     fsdp=2 x sp=4 mesh can hang in mismatched collectives (XLA's concurrency-optimised CPU

@@ -89,30 +89,15 @@ class StageCheckpoints:
         self._manager.close()
 
 
-def _orbax_params_dir(path: Path) -> Path:
-    """A params directory from a params dir, a step dir (has params/) or a stage dir (newest step)."""
-    if (path / "params").is_dir():
-        return path / "params"
-    children = path.iterdir() if path.is_dir() else ()
-    steps = [int(p.name) for p in children if p.name.isdigit() and (p / "params").is_dir()]
-    return path / str(max(steps)) / "params" if steps else path
-
-
 def _read_orbax(path: Path, abstract: Mapping[str, Any]) -> dict[str, Any]:
-    """'/'-joined parameters of an Orbax tree, restored straight into `abstract`'s shardings."""
-    import orbax.checkpoint as ocp
+    """'/'-joined parameters of an Orbax tree (saved on any mesh), restored straight into `abstract`'s shardings."""
+    from lwmkit.lwm_model.checkpoint import orbax_params_dir, orbax_shapes, restore_params
 
-    path = _orbax_params_dir(path.absolute())
-    if not path.is_dir():
-        raise ValueError(f"{path}: no Orbax checkpoint directory there")
-    checkpointer = ocp.StandardCheckpointer()
-    meta = checkpointer.metadata(path)
-    meta = getattr(meta, "item_metadata", meta)
-    shapes = {"/".join(str(getattr(k, "key", k)) for k in keys): tuple(v.shape)
-              for keys, v in jax.tree_util.tree_leaves_with_path(meta)}
+    path = orbax_params_dir(path)
+    shapes = {k: tuple(v.shape) for k, v in orbax_shapes(path).items()}
     _check_fit(shapes, {k: tuple(v.shape) for k, v in abstract.items()}, str(path))
     target = unflatten_dict({k: abstract[k] for k in shapes}, sep="/")
-    return flatten_dict(checkpointer.restore(path, target), sep="/")
+    return flatten_dict(restore_params(path, target), sep="/")
 
 
 def _check_fit(shapes: Mapping[str, tuple], want: Mapping[str, tuple], source: str) -> None:

@@ -1,7 +1,8 @@
 """Shared fixtures: a tiny SentencePiece BPE model trained on text generated here.
 
 JAX is pinned to 8 virtual CPU devices before anything imports it (house style: tests that shard
-over a mesh see the same 8 devices on every machine).
+over a mesh see the same 8 devices on every machine), and its compilation cache to a folder of the
+session.
 """
 
 from __future__ import annotations
@@ -16,8 +17,21 @@ os.environ["XLA_FLAGS"] = (
 )
 
 import random  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
 
 import pytest  # noqa: E402
+
+# JAX's compilation cache (packing/compile_cache.py) goes to a folder of this session, not the user's
+# ~/.cache, unless LWMKIT_JAX_CACHE already names one; commands the tests start share it.
+_SESSION_JAX_CACHE = None if "LWMKIT_JAX_CACHE" in os.environ else tempfile.mkdtemp(prefix="lwmkit-jax-cache-")
+if _SESSION_JAX_CACHE:
+    os.environ["LWMKIT_JAX_CACHE"] = _SESSION_JAX_CACHE
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _SESSION_JAX_CACHE:
+        shutil.rmtree(_SESSION_JAX_CACHE, ignore_errors=True)
 
 TINY_VOCAB = 600
 

@@ -129,6 +129,7 @@ def test_light_modules_import_without_jax():
         "import lwmkit.packing, lwmkit.tokenizers, lwmkit.pipelines, lwmkit.pipelines.cli\n"
         "import lwmkit.pipelines.books.job, lwmkit.packing.source, lwmkit.pipelines.images.job, lwmkit.pipelines.qa.job\n"
         "import lwmkit.pipelines.engine.inference, lwmkit.eval, lwmkit.eval.cli, lwmkit.eval.cases, lwmkit.tokenizers.vision\n"
+        "import lwmkit.lwm_model.train_cli, lwmkit.eval.inference.chat_cli, lwmkit.eval.inference.generate_cli\n"  # their errors come first
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'flax', 'grain'))))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/")

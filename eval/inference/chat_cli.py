@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 from lwmkit.eval.inference.media import MediaError, read_frames, read_text
+from lwmkit.eval.input_files import check_input_files
+from lwmkit.packing.compile_cache import add_cache_argument, enable_compile_cache
 from lwmkit.tokenizers.text import SentencePieceTokenizer, TokenizerError
 from lwmkit.tokenizers.vision import NUM_CODES, vision_field
 from lwmkit.tokenizers.vqgan import ImageTokenizer, WeightsError
@@ -82,18 +84,6 @@ def _format_of(path: str, declared: str) -> str:
     if os.path.isdir(path):
         return "hf" if os.path.exists(os.path.join(path, "config.json")) else "orbax"
     return "lwm"
-
-
-def _vocab_from_params(flat: dict[str, Any]) -> dict[str, Any]:
-    """Vocabulary fields a checkpoint fixes: text rows, and whether (and how big) it has a vision table."""
-    found: dict[str, Any] = {}
-    if "transformer/wte/embedding" in flat:
-        found["vocab_size"] = int(np.shape(flat["transformer/wte/embedding"])[0])
-    vte = flat.get("transformer/vte/embedding")
-    found["vision"] = vte is not None
-    if vte is not None:
-        found["vision_vocab_size"] = int(np.shape(vte)[0])
-    return found
 
 
 def check_vocabularies(config: Any, tokenizer: Any, image_tokenizer: Any = None, source: str = "model") -> None:
@@ -153,7 +143,12 @@ def load_model(spec: ModelSpec, tokenizer: Any, image_tokenizer: Any = None, log
     """
     import jax
     from flax.traverse_util import flatten_dict
-    from lwmkit.lwm_model.checkpoint import fit_params, read_lwm_params, restore_params
+    from lwmkit.lwm_model.checkpoint import (
+        fit_params,
+        read_lwm_params,
+        restore_params,
+        vocab_fields,
+    )
     from lwmkit.lwm_model.config import preset
     from lwmkit.lwm_model.hf_llama import load_hf_llama
     from lwmkit.lwm_model.mesh import make_mesh, shard_params
@@ -178,10 +173,10 @@ def load_model(spec: ModelSpec, tokenizer: Any, image_tokenizer: Any = None, log
             config, params = load_hf_llama(spec.checkpoint, **overrides)
         else:
             if _format_of(spec.checkpoint, spec.checkpoint_format) == "orbax":
-                flat = flatten_dict(restore_params(spec.checkpoint), sep="/")
+                flat = flatten_dict(restore_params(spec.checkpoint), sep="/")  # host arrays, whatever mesh saved it
             else:
                 flat = read_lwm_params(spec.checkpoint)
-            config = preset(spec.preset, **{**_vocab_from_params(flat), **overrides})
+            config = preset(spec.preset, **{**vocab_fields(flat), **overrides})
             check_vocabularies(config, tokenizer, image_tokenizer, source)
             params = fit_params(flat, config, source)
     except (OSError, ValueError) as e:
@@ -239,6 +234,13 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-devices", type=int, help="use the first N devices (default all)")
     g.add_argument("--attention", choices=["dense", "ring"], help="default: ring when the mesh's sp x ulysses > 1")
     g.add_argument("--seed", type=int, default=1234, help="sampling seed (LWM's default), and random weights' seed")
+    add_cache_argument(g)
+
+
+def model_input_files(args: argparse.Namespace) -> list[tuple[str, str | None, str]]:
+    """The model options' input files, as `input_files.check_input_files` takes them."""
+    return [("--tokenizer", args.tokenizer, "file"), ("--vqgan", args.vqgan, "any"),
+            ("--checkpoint", args.checkpoint, "any")]  # fmt: skip
 
 
 def model_spec(args: argparse.Namespace) -> ModelSpec:
@@ -340,6 +342,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lwm-chat: {msg}", file=sys.stderr)
 
     try:
+        if args.media and args.text_file:
+            raise ValueError("give --media or --text-file, not both")
+        check_input_files([*model_input_files(args), ("--media", args.media, "file"),
+                           ("--text-file", args.text_file, "file")])  # before JAX and the model load
+        enable_compile_cache(args.jax_cache, export=True)
         import jax
         from lwmkit.lwm_model.generate import SamplingConfig
 

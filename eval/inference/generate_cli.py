@@ -27,9 +27,12 @@ from lwmkit.eval.inference.chat_cli import (
     add_model_arguments,
     load_model,
     load_tokenizers,
+    model_input_files,
     model_spec,
 )
 from lwmkit.eval.inference.media import MediaError, write_png, write_video
+from lwmkit.eval.input_files import check_input_files, check_output_folder
+from lwmkit.packing.compile_cache import enable_compile_cache
 from lwmkit.tokenizers.text import TokenizerError
 from lwmkit.tokenizers.vqgan import WeightsError
 
@@ -109,6 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         output_kind(args.output, args.frames)
+        check_input_files(model_input_files(args))  # before JAX and the model load
+        check_output_folder("--output", args.output)
+        enable_compile_cache(args.jax_cache, export=True)
         import jax
         from lwmkit.lwm_model.vision_generate import GuidanceConfig
 

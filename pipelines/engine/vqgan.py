@@ -107,7 +107,10 @@ def prepare_vqgan_job(
 
 def load_image_tokenizer(vqgan: str | None, preset: str, seed: int, dtype: str = "float32"):
     """`ImageTokenizer.from_weights(vqgan, preset)`, or a random one of `preset` when vqgan is None."""
+    from lwmkit.packing.compile_cache import enable_compile_cache
     from lwmkit.tokenizers.vqgan import ImageTokenizer
+
+    enable_compile_cache()  # here, in the driver and in every worker: the VQGAN compiles once per machine
 
     if vqgan is None:
         return ImageTokenizer.random(preset, seed=seed, dtype=dtype)

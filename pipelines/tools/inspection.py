@@ -200,7 +200,10 @@ def load_vqgan(recorded: dict[str, Any] | None, weights: str | None, out: TextIO
     Raises:
       InspectError: if there is nothing to load, or the weights found are not the recorded ones.
     """
+    from lwmkit.packing.compile_cache import enable_compile_cache
     from lwmkit.tokenizers.vqgan import ImageTokenizer
+
+    enable_compile_cache()  # the decoder compiles once per machine, not once per --render
 
     preset = (recorded or {}).get("preset") or "lwm"
     want = (recorded or {}).get("sha256")

@@ -135,8 +135,8 @@ def test_vocabulary_disagreements_are_named(tok, bpe_model, tmp_path, capsys):
     assert "params.msgpack: the model's text vocabulary has 256 ids but the tokenizer" in capsys.readouterr().err
     write_png(str(tmp_path / "a.png"), np.zeros((64, 64, 3), np.uint8))
     media = [*base, "--media", str(tmp_path / "a.png"), "--vqgan-preset", "tiny"]
-    assert main(media) == 1  # the tiny preset numbers 256 vision codes; the VQGAN has 8192
-    assert "256 vision codes (<eof>=256) but the VQGAN" in capsys.readouterr().err
+    assert main([*media, "--set", "vision_codes=256", "--set", "vision_vocab_size=320"]) == 1
+    assert "256 vision codes (<eof>=256) but the VQGAN" in capsys.readouterr().err  # the VQGAN has 8192
     assert main([*media, "--set", "vision=false"]) == 1
     assert "text-only model" in capsys.readouterr().err
     with pytest.raises(ValueError, match="checkpoint_format"):
@@ -166,3 +166,25 @@ def test_text_file_chat_prints_the_models_answer(tok, bpe_model, tmp_path, capsy
     save_lwm_params(tmp_path / "p.msgpack", jax.device_get(params))
     assert main([*argv, "--checkpoint", str(tmp_path / "p.msgpack")]) == 0
     assert capsys.readouterr().out == printed
+
+
+def test_tiny_preset_chats_about_an_image_as_it_is(bpe_model, tmp_path, capsys):
+    # No --set: the tiny preset's vision vocabulary is LWM's, the VQGAN's 8192 codes fit it.
+    write_png(str(tmp_path / "cat.png"), np.full((64, 96, 3), 120, np.uint8))
+    argv = ["--tokenizer", bpe_model, "--media", str(tmp_path / "cat.png"), "--question", "What is this?",
+            "--vqgan-preset", "tiny", "--max-new-tokens", "4", "--chunk", "4", *TINY]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr()
+    assert "(257 vision)" in out.err  # one frame: 256 codes and its end-of-vision id
+    assert out.out.endswith("\n")
+
+
+@pytest.mark.slow
+def test_tiny_preset_chats_about_a_video_with_the_lwm_vqgan(bpe_model, tmp_path, capsys):
+    # The real-size VQGAN (random weights: nothing is downloaded) encodes two frames for the tiny model.
+    frames = np.random.default_rng(0).integers(0, 255, (4, 64, 64, 3), dtype=np.uint8)
+    write_video(str(tmp_path / "clip.mp4"), frames, fps=4)
+    argv = ["--tokenizer", bpe_model, "--media", str(tmp_path / "clip.mp4"), "--question", "What happens?",
+            "--vqgan-preset", "lwm", "--max-frames", "2", "--max-new-tokens", "2", "--chunk", "2", *TINY]  # fmt: skip
+    assert main(argv) == 0
+    assert "(514 vision)" in capsys.readouterr().err  # 2 frames x (256 codes + an end id)

@@ -115,3 +115,12 @@ def test_errors_are_reported_not_raised(tmp_path, haystack_paths, bpe_model, cap
     assert "needs --base-url and --model" in capsys.readouterr().err
     assert main(["report", "--results", str(tmp_path / "none.jsonl")]) == 1
     assert "no results" in capsys.readouterr().err
+    # lwm_model's inputs are checked before any model loads, naming the option.
+    lwm = ["run", "--cases", str(tmp_path / "c.jsonl"), "--results", str(tmp_path / "r.jsonl"),
+           "--backend", "lwm_model", "--tokenizer", bpe_model]  # fmt: skip
+    assert main([*lwm, "--checkpoint", str(tmp_path / "run")]) == 1
+    assert f"--checkpoint {tmp_path / 'run'}: no such file or directory" in capsys.readouterr().err
+    video = ["build-video", "--haystack", "generated", "--tokenizer", bpe_model, "--question", "q", "--option", "a",
+             "--answer", "a", "--lengths", "4", "--out", str(tmp_path / "v.jsonl")]  # fmt: skip
+    assert main([*video, "--needle-image", str(tmp_path / "cat.png")]) == 1
+    assert f"--needle-image {tmp_path / 'cat.png'}: no such file" in capsys.readouterr().err

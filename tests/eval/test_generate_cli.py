@@ -10,9 +10,8 @@ from lwmkit.eval.inference.chat_cli import main as chat_main
 from lwmkit.eval.inference.generate_cli import main, output_kind
 from PIL import Image
 
-# The tiny LWM preset with LWM's vision numbering (8192 codes, <eof> 8192), so the VQGAN's codes fit.
-MODEL = ["--preset", "tiny", "--set", "vision_codes=8192", "--set", "vision_vocab_size=8448",
-         "--vqgan-preset", "tiny", "--vqgan-batch-size", "3"]  # fmt: skip
+# The tiny LWM preset as it is: LWM's vision numbering (8192 codes, <eof> 8192), the VQGAN's codes.
+MODEL = ["--preset", "tiny", "--vqgan-preset", "tiny", "--vqgan-batch-size", "3"]
 ONE_DEVICE = ["--mesh", "1,1,1,1", "--num-devices", "1"]
 
 
@@ -59,8 +58,9 @@ def test_refusals_come_before_any_work(bpe_model, tmp_path, capsys):
     assert "an image holds one frame" in capsys.readouterr().err
     assert main([*base, "--output", str(tmp_path / "a.gif"), *MODEL]) == 1
     assert "unknown output type '.gif'" in capsys.readouterr().err
-    assert main([*base, "--output", str(tmp_path / "a.png"), "--preset", "tiny", "--vqgan-preset", "tiny"]) == 1
-    assert "256 vision codes" in capsys.readouterr().err  # the tiny preset's own numbering
+    small = ["--set", "vision_codes=256", "--set", "vision_vocab_size=320"]  # a code book the VQGAN's codes overflow
+    assert main([*base, "--output", str(tmp_path / "a.png"), *MODEL, *small]) == 1
+    assert "256 vision codes" in capsys.readouterr().err
     assert main([*base, "--output", str(tmp_path / "a.png"), *MODEL, "--cfg-scale-image", "-1"]) == 1
     assert "cfg_scale" in capsys.readouterr().err
     assert output_kind("x.MP4", 1) == "video" and output_kind("x.jpg", 1) == "image"

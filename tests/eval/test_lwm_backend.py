@@ -27,7 +27,8 @@ MAX_NEW = 6
 @pytest.fixture(scope="module")
 def backend(tok):
     # One bucket (1024) holds every prompt below, so generate compiles once.
-    b = LWMModelBackend.from_preset("tiny", tok, seed=0)
+    # A code book of 256 (<eof> 256, <eov> 257): the remap of LWM's VQGAN ids into a smaller one is checked.
+    b = LWMModelBackend.from_preset("tiny", tok, seed=0, vision_codes=256, vision_vocab_size=320)
     b.bucket = 1024
     return b
 
@@ -67,3 +68,22 @@ def test_video_case_runs_through_the_vision_embedding(tmp_path, tok, backend):
     assert (tokens[mask] == 256).sum() == 2  # two <eof>: three frames in one field
     (row,) = evaluate([case], backend, str(tmp_path / "v.jsonl"), max_new_tokens=MAX_NEW)
     assert row["error"] is None and row["score"] in (0.0, 1.0) and row["prompt_tokens"] == len(tokens)
+
+
+def test_an_orbax_checkpoint_saved_on_eight_devices_loads_with_its_own_vocabulary(tmp_path, tok, backend):
+    import jax
+    from flax.traverse_util import flatten_dict
+    from lwmkit.lwm_model.checkpoint import save_params
+    from lwmkit.lwm_model.mesh import make_mesh, param_shardings
+
+    # The module's backend (vision tables of 320 rows) saved across a dp=2 x sp=4 mesh.
+    mesh = make_mesh("1,2,1,4")
+    sharded = jax.tree.map(jax.device_put, backend.params, param_shardings(backend.params, mesh))
+    save_params(tmp_path / "orbax", sharded)
+    # The table's rows come from the checkpoint; the code count (not stored in parameters) is given.
+    loaded = LWMModelBackend.from_preset("tiny", tok, checkpoint=str(tmp_path / "orbax"), checkpoint_format="orbax",
+                                         vision_codes=256)  # fmt: skip
+    assert loaded.model.config.vision_vocab_size == 320 and loaded.model.config.vocab_size == tok.vocab_size
+    want = flatten_dict(backend.params, sep="/")
+    for k, v in flatten_dict(loaded.params, sep="/").items():
+        np.testing.assert_array_equal(np.asarray(v), np.asarray(want[k]), err_msg=k)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 
 import jax
 import msgpack
@@ -13,6 +16,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from lwmkit.lwm_model.checkpoint import (
     expected_shapes,
     load_lwm_params,
+    orbax_params_dir,
     read_lwm_params,
     restore_params,
     save_lwm_params,
@@ -142,6 +146,65 @@ def test_orbax_round_trip_restores_values_and_shardings(tmp_path, params):
     )
     with pytest.raises(ValueError, match="no Orbax checkpoint"):
         restore_params(tmp_path / "missing")
+
+
+def _sharded(params, dims: str):
+    mesh = make_mesh(dims)
+    return jax.tree.map(jax.device_put, params, param_shardings(params, mesh))
+
+
+# Restores a checkpoint in a process that has ONE CPU device and compares it with the saved values.
+_ONE_DEVICE = """
+import sys, numpy as np, jax
+from flax.traverse_util import flatten_dict
+from lwmkit.lwm_model.checkpoint import restore_params
+from lwmkit.lwm_model.mesh import make_mesh
+assert len(jax.devices()) == 1
+want = np.load(sys.argv[2])
+for restored in (restore_params(sys.argv[1]), restore_params(sys.argv[1], mesh=make_mesh("1,1,1,1"))):
+    flat = flatten_dict(restored, sep="/")
+    assert sorted(flat) == sorted(want.files), (sorted(flat), want.files)
+    for k in want.files:
+        np.testing.assert_array_equal(np.asarray(flat[k]), want[k], err_msg=k)
+print("restored", len(want.files), type(flatten_dict(restored, sep="/")["lm_head/kernel"]).__name__)
+"""
+
+
+def test_a_checkpoint_saved_on_eight_devices_restores_on_one(tmp_path, params):
+    saved = _sharded(params, "1,2,1,4")
+    assert len(saved["lm_head"]["kernel"].sharding.device_set) == 8
+    save_params(tmp_path / "orbax", saved)
+    np.savez(tmp_path / "want.npz", **flatten_dict(params, sep="/"))
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", _ONE_DEVICE, str(tmp_path / "orbax"), str(tmp_path / "want.npz")],
+                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["restored", str(len(flatten_dict(params))), "ArrayImpl"]
+
+
+def test_restore_goes_to_host_arrays_or_onto_the_mesh_given(tmp_path, params):
+    save_params(tmp_path / "orbax", _sharded(params, "1,2,1,4"))
+    host = restore_params(tmp_path / "orbax")
+    assert all(isinstance(v, np.ndarray) for v in jax.tree.leaves(host))
+    assert_same_tree(host, params)
+    mesh = make_mesh("1,1,1,2", jax.devices()[:2])  # another mesh, fewer devices
+    placed = restore_params(tmp_path / "orbax", mesh=mesh)
+    assert_same_tree(placed, params)
+    want = flatten_dict(param_shardings(params, mesh), sep="/")
+    for k, v in flatten_dict(placed, sep="/").items():
+        assert v.sharding == want[k], k
+
+
+def test_a_trainer_step_or_stage_directory_finds_its_newest_params(tmp_path, params):
+    stage = tmp_path / "checkpoints" / "tiny-512"
+    for step in (10, 20):
+        save_params(stage / str(step) / "params", jax.tree.map(lambda x, s=step: x + s, params))
+    (stage / "30").mkdir()  # a step still being written: no params/ yet
+    assert orbax_params_dir(stage) == stage / "20" / "params"
+    assert orbax_params_dir(stage / "10") == stage / "10" / "params"
+    np.testing.assert_array_equal(restore_params(stage)["lm_head"]["kernel"], params["lm_head"]["kernel"] + 20)
+    with pytest.raises(ValueError, match="not a readable Orbax checkpoint|no Orbax checkpoint"):
+        restore_params(tmp_path / "checkpoints")
 
 
 def _array_ext(payload) -> msgpack.ExtType:

@@ -22,16 +22,18 @@ TINY = preset("tiny")
 
 
 def packed_batch(
-    seed: int = 0, docs=((0, 10), (10, 24), (24, 29)), length: int = 32, rows: int = 2
+    seed: int = 0, docs=((0, 10), (10, 24), (24, 29)), length: int = 32, rows: int = 2,
+    vision_share: float = 0.4,
 ):
-    """Rows of packed documents (spans [start, end)) with padding after them, random text/vision ids."""
+    """Rows of packed documents (spans [start, end)) with padding after them, random text/vision ids
+    (about `vision_share` of the tokens vision)."""
     rng = np.random.default_rng(seed)
     seg = np.zeros((rows, length), np.int32)
     pos = np.zeros((rows, length), np.int32)
     for i, (a, b) in enumerate(docs, start=1):
         seg[:, a:b] = i
         pos[:, a:b] = np.arange(b - a)
-    vision = (rng.random((rows, length)) < 0.4) & (seg > 0)
+    vision = (rng.random((rows, length)) < vision_share) & (seg > 0)
     tokens = np.where(
         vision,
         rng.integers(0, TINY.vision_codes, (rows, length)),
@@ -215,9 +217,8 @@ def test_text_only_model_has_no_vision_tables_and_only_text_loss(run):
     config = preset("tiny", vision=False, num_layers=1)
     p = jax.jit(lambda: init_params(LWM(config), jax.random.key(1)))()
     assert "vte" not in p["transformer"] and "vision_head" not in p
-    batch = packed_batch(docs=((0, 16),), rows=1)
-    batch["vision_mask"][:] = False
-    batch["target_vision_mask"][:] = False
+    batch = packed_batch(docs=((0, 16),), rows=1, vision_share=0.0)
+    assert not batch["vision_mask"].any() and not batch["target_vision_mask"].any()
     out = run(p, batch, config)
     assert out.vision_logits is None
     loss, metrics = lwm_loss(out, batch)

@@ -108,6 +108,25 @@ def test_ring_training_loss_falls_and_logs(trained):
         np.testing.assert_array_equal(np.asarray(saved[k]), np.asarray(v), err_msg=k)
 
 
+def test_lwm_chat_on_one_device_answers_from_the_checkpoint_saved_on_eight(trained, corpus, tmp_path, capsys):
+    from lwmkit.eval.inference.chat_cli import main as chat_main
+
+    config, _ = trained
+    stage_dir = os.path.join(config.output, "checkpoints", "tiny-512")  # saved by dp=2 x sp=4; newest step read
+    (tmp_path / "doc.txt").write_text("And God said, Let there be light: and there was light.", encoding="utf-8")
+    argv = ["--tokenizer", os.path.join(os.path.dirname(corpus), "bpe.model"), "--checkpoint", stage_dir,
+            "--preset", "tiny", "--text-file", str(tmp_path / "doc.txt"), "--question", "What was there?",
+            "--temperature", "0", "--max-new-tokens", "5", "--chunk", "4", "--jax-cache", "off"]  # fmt: skip
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+    code = ("import sys, jax; assert len(jax.devices()) == 1, jax.devices()\n"
+            "from lwmkit.eval.inference.chat_cli import main; sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.run([sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # The same checkpoint on one of this process's 8 devices gives the same greedy answer.
+    assert chat_main([*argv, "--mesh", "1,1,1,1", "--num-devices", "1"]) == 0
+    assert proc.stdout == capsys.readouterr().out and proc.stdout.strip()
+
+
 def test_dense_attention_gives_the_same_losses(trained, tmp_path):
     # The same run with dense attention, stopped after 10 of its steps (dense is the slow path on CPU).
     config, ring = trained

@@ -121,14 +121,14 @@ def test_weight_decay_skips_norm_scales(params):
 
 
 def test_model_flops_count_by_hand():
-    # tiny: hidden 64, 4 heads of 16 with 2 kv heads, MLP 128, 2 layers, vocab 256, vision vocab 320.
+    # tiny: hidden 64, 4 heads of 16 with 2 kv heads, MLP 128, 2 layers, vocab 256, vision vocab 8448.
     attention = 64 * 64 + 2 * 64 * (2 * 16) + 64 * 64  # q, k, v, o
     mlp = 3 * 64 * 128
-    heads = 64 * 256 + 64 * 320
+    heads = 64 * 256 + 64 * 8448
     params = 2 * (attention + mlp) + heads
     assert model_flops_per_token(VISION_TINY, 512) == 6 * params + 6 * 2 * 512 * 64
     text_only = dataclasses.replace(VISION_TINY, vision=False)
-    assert model_flops_per_token(VISION_TINY, 512) - model_flops_per_token(text_only, 512) == 6 * 64 * 320
+    assert model_flops_per_token(VISION_TINY, 512) - model_flops_per_token(text_only, 512) == 6 * 64 * 8448
 
 
 def test_peak_flops_by_device_kind():

@@ -24,7 +24,7 @@ from lwmkit.tokenizers.text import SentencePieceTokenizer
 
 from tests.lwm_model.test_chat import fast_params
 
-TINY = preset("tiny")  # 256 codes: <eof> = 256
+TINY = preset("tiny")  # LWM's vision ids: 8192 codes, <eof> = 8192
 COND = [TokenSeq.text([1, 17, 93, 40, 7, 250]), TokenSeq.text([1, 61, 5])]
 UNCOND = [TokenSeq.text([1, 9, 4])] * 2
 N = 260  # one whole frame (its <eof> at index 256) and 3 codes of the next
