@@ -32,6 +32,9 @@ from typing import Any
 import apache_beam as beam
 from lwmkit.packing.records import document_id
 from lwmkit.pipelines.books.sources import input_kind, read_documents
+from lwmkit.pipelines.dedup.entry import NearDedupOptions
+from lwmkit.pipelines.dedup.stored import SKETCH_FIELD, CarrySketch, StoredSketch, near_dedup_elements
+from lwmkit.pipelines.dedup.text import MinHashConfig
 from lwmkit.pipelines.engine import inputs
 from lwmkit.pipelines.engine import runner as runner_lib
 from lwmkit.pipelines.engine.dataflow import register_dry_run
@@ -54,6 +57,12 @@ CHAIN = StageChain(
     links=(("normalize", "read"), ("filter", "normalize"), ("tokenize", "filter"), ("dedup", "tokenize")),
     last="dedup",
     grouped=("dedup",),
+)
+NEAR_CHAIN = StageChain(
+    stages=(*STAGES, "near_dedup"),
+    links=(*CHAIN.links, ("near_dedup", "dedup")),
+    last="near_dedup",
+    grouped=CHAIN.grouped,
 )
 # Stages a record whose document is already in the work store skips (each counts it as kept).
 SKIPPED_WHEN_DONE = ("normalize", "filter", "tokenize")
@@ -79,6 +88,9 @@ class BooksOptions(runner_lib.ResumeOptions):
       runner, direct_running_mode, direct_num_workers, progress, beam_args, force,
         retry_failures, keep_work: how the job runs (`engine.runner.ResumeOptions`).
       unit_bytes: size of a work-store unit (memory per worker grows with it).
+      near_dedup: remove near-copies after exact dedup (MinHash LSH over word 5-grams; off by
+        default, see docs/near-dedup.md); near_threshold: the estimated Jaccard similarity at or
+        above which two documents are near-copies.
     """
 
     inputs: tuple[str, ...]
@@ -91,8 +103,12 @@ class BooksOptions(runner_lib.ResumeOptions):
     shard_tokens: int = 1 << 24
     pack: PackOptions = field(default_factory=PackOptions)
     unit_bytes: int = DEFAULT_UNIT_BYTES
+    near_dedup: bool = False
+    near_threshold: float = 0.8
 
     def __post_init__(self):
+        if not 0.0 < self.near_threshold < 1.0:
+            raise ValueError(f"near_threshold: {self.near_threshold} must be in (0, 1)")
         if self.unit_bytes < 1:
             raise ValueError(f"unit_bytes: {self.unit_bytes} must be >= 1")
         if not self.inputs:
@@ -107,6 +123,10 @@ class BooksOptions(runner_lib.ResumeOptions):
     def recorded(self) -> dict[str, Any]:
         """The options as the manifest records them (everything that shapes the output)."""
         return recorded_options(self, not_recorded=("unit_bytes",))
+
+    def near(self) -> NearDedupOptions | None:
+        """The near-dedup stage's options, or None when it is off."""
+        return NearDedupOptions("text", MinHashConfig(threshold=self.near_threshold)) if self.near_dedup else None
 
 
 # --- stage functions (small, picklable, per record) ---------------------------------------------
@@ -175,6 +195,32 @@ class Tokenize:
         }
 
 
+class WithSketch:
+    """The tokenize stage `fn` with near-dedup's sketch of each document's text added to its payload
+    (so it rests with the document in the work store and a rerun never recomputes it)."""
+
+    def __init__(self, fn, near: NearDedupOptions):
+        self.fn = fn
+        self.sketcher = CarrySketch(near)
+
+    def __call__(self, doc: dict) -> Iterator[tuple[int, dict]]:
+        for doc_id, payload in self.fn(doc):
+            yield doc_id, {**payload, SKETCH_FIELD: self.sketcher(reference_key(payload), doc["text"])}
+
+
+def reference_key(ref: dict) -> str:
+    """A document's near-dedup key, its source record: 'books/a.jsonl:3'."""
+    return f"{ref['file']}:{ref['line']}"
+
+
+def reference_where(ref: dict) -> tuple[str, int]:
+    return ref["file"], ref["line"]
+
+
+def reference_sketch(near: NearDedupOptions) -> StoredSketch:
+    return StoredSketch(near, field=lambda item: item[1].get(SKETCH_FIELD))
+
+
 # --- the job ---------------------------------------------------------------------------------------
 
 
@@ -204,11 +250,21 @@ def build_pipeline(
     counts.append(skipped)
     docs = stage(docs, "normalize", normalize)
     docs = stage(docs, "filter", LengthFilter(options.min_chars, options.max_chars))
-    tokenized = stage(docs, "tokenize", Tokenize(tokenizer))
+    near = options.near()
+    tokenize = Tokenize(tokenizer)
+    tokenized = stage(docs, "tokenize", tokenize if near is None else WithSketch(tokenize, near))
     spilled = tokenized | "spill" >> beam.ParDo(SpillDoFn(options.output, options.unit_bytes))
     refs = (spilled, stored) | "new and stored" >> beam.Flatten()
     groups = refs | "group by content" >> beam.GroupByKey()
     kept = stage(groups, "dedup", keep_first_reference)
+    entries = []
+    if near is not None:
+        kept, near_failures, near_counts, entry = near_dedup_elements(
+            kept, near, key_of=lambda item: reference_key(item[1]), content=reference_sketch(near),
+            where=lambda item: reference_where(item[1]))
+        failures.append(near_failures)
+        counts.append(near_counts)
+        entries.append(entry)
 
     return write_job_datasets(
         p,
@@ -217,9 +273,10 @@ def build_pipeline(
         counts,
         options,
         job=job,
-        chain=CHAIN,
+        chain=NEAR_CHAIN if near is not None else CHAIN,
         spilled=True,
         retried=retried,
+        manifest_entries=entries,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from lwmkit.pipelines.cli.common import (
     check_local_inputs,
     int_list,
+    near_dedup_arguments,
     pack_arguments,
     pack_options,
     print_retry,
@@ -32,6 +33,8 @@ def add_parser(sub) -> None:
     work_arguments(books)
     books.add_argument("--work-unit-mb", type=float, default=64.0,
                        help="size of a work-store unit in MiB (memory per worker grows with it; default 64)")
+    near_dedup_arguments(books, "estimated Jaccard similarity of word 5-grams at or above which two books are "
+                         "near-copies", 0.8)
     run_arguments(books)
     pack_arguments(books)
 
@@ -54,6 +57,8 @@ def run(args, beam_args: list[str]) -> None:
         retry_failures=args.retry_failures,
         keep_work=not args.discard_work,
         unit_bytes=max(1, int(args.work_unit_mb * (1 << 20))),
+        near_dedup=args.near_dedup,
+        near_threshold=args.near_threshold,
         **run_options(args, beam_args),
     )
     if dry_run_instead(options):

@@ -124,3 +124,12 @@ def run_options(args, beam_args: list[str]) -> dict:
         "beam_args": tuple(beam_args) + ((f"--dask_client_address={args.dask_address}",) if args.dask_address else ()),
         "force": args.force,
     }
+
+
+def near_dedup_arguments(parser, threshold: str, default: float, unit: type = float) -> None:
+    """`--near-dedup` and `--near-threshold` (what the threshold means: `threshold`); see docs/near-dedup.md."""
+    group = parser.add_argument_group("near-duplicates (off by default; docs/near-dedup.md)")
+    group.add_argument("--near-dedup", action="store_true",
+                       help="remove near-copies after exact dedup; each removed one is a failures.jsonl row "
+                            "dedup:near_duplicate naming the kept twin and the similarity")
+    group.add_argument("--near-threshold", type=unit, default=default, help=f"{threshold} (default {default})")

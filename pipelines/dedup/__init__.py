@@ -58,6 +58,11 @@ _EXPORTS = {
     "NearDedupResult": "entry",
     "duplicate_summary": "entry",
     "REASON": "entry",
+    "sketch_of": "entry",
+    "CarrySketch": "stored",
+    "StoredSketch": "stored",
+    "near_dedup_elements": "stored",
+    "SKETCH_FIELD": "stored",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -95,6 +95,25 @@ def default_where(key: str, example: Any) -> tuple[str, int]:
     return key, 0
 
 
+def sketch_of(options: NearDedupOptions, key: str, value: Any) -> Sketch:
+    """The kind's sketch of `value` under `key`; a `Sketch` given as `value` (one a job made
+    earlier and kept in its work store, see `stored.py`) is used as it is, under `key`.
+
+    Raises:
+      ValueError, OSError, KeyError, TypeError: the value cannot be sketched.
+    """
+    if isinstance(value, Sketch):
+        if value.key == key:
+            return value
+        return Sketch(key, value.size, value.values, value.mask, value.step_ms)
+    cfg = options._resolved
+    if options.kind == "text":
+        return text_sketch(key, value, cfg)
+    if options.kind == "image":
+        return image_sketch(key, value, cfg)
+    return video_sketch(key, value, cfg)
+
+
 class _SketchFn(beam.DoFn):
     def __init__(self, options: NearDedupOptions, content: Callable[[Any], Any]):
         self.options = options
@@ -104,15 +123,8 @@ class _SketchFn(beam.DoFn):
 
     def process(self, element: tuple[str, Any]) -> Iterator[Sketch]:
         key, example = element
-        kind, cfg = self.options.kind, self.options._resolved
         try:
-            value = self.content(example)
-            if kind == "text":
-                sketch = text_sketch(key, value, cfg)
-            elif kind == "image":
-                sketch = image_sketch(key, value, cfg)
-            else:
-                sketch = video_sketch(key, value, cfg)
+            sketch = sketch_of(self.options, key, self.content(example))
         except (ValueError, OSError, KeyError, TypeError):
             self.unsketched.inc()  # kept: not a near-duplicate of anything (see the module docstring)
             return
@@ -153,8 +165,8 @@ class NearDedup(beam.PTransform):
 
     Args:
       options: the kind and its thresholds (NearDedupOptions).
-      content: example -> what the kind hashes (str, image bytes or PIL image, video path or file);
-        default `default_content(kind)`. Must be picklable (a module-level function or a lambda).
+      content: example -> what the kind hashes (str, image bytes or PIL image, video path or file,
+        or an already made `Sketch`, e.g. one read back from the work store); default `default_content(kind)`. Must be picklable (a module-level function or a lambda).
       where: (key, example) -> (file, line) for failure rows; default `default_where`.
 
     The texts are passed to the exact-Jaccard check when `MinHashConfig(verify="exact")`.

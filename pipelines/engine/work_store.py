@@ -55,7 +55,7 @@ from lwmkit.pipelines.engine.outputs import (
 
 WORK_DIR = ".work"
 DEFAULT_UNIT_BYTES = 64 << 20
-_REF_KEYS = ("file", "line", "chars", "meta", "atomic_spans")
+_REF_KEYS = ("file", "line", "chars", "meta", "atomic_spans", "near_sketch")  # near_sketch: see dedup/stored.py
 
 
 class WorkStoreError(RuntimeError):

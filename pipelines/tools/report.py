@@ -24,6 +24,8 @@ from typing import Any
 
 from lwmkit.packing.manifest import load_manifest
 from lwmkit.packing.shards import write_bytes_atomic
+from lwmkit.pipelines.tools.report_dedup import TITLE as NEAR_TITLE
+from lwmkit.pipelines.tools.report_dedup import plot_near_duplicates
 from lwmkit.pipelines.tools.report_plots import (
     PLOT_STYLE,
     REPORT_DIR,
@@ -160,6 +162,8 @@ def write_report(directory: str, output: str | None = None) -> str:
     stages = context_stages(root)
     with matplotlib.style.context(["default", PLOT_STYLE]):
         sections = "".join(_section(title, fn(datasets, root, stages)) for title, fn in SECTIONS)
+        if "near_dedup" in root:  # the job ran with --near-dedup
+            sections += _section(NEAR_TITLE, plot_near_duplicates(root))
     name = os.path.basename(os.path.normpath(os.path.abspath(directory)))
     page = (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>lwmkit corpus report: {esc(name)}</title>'

@@ -192,7 +192,7 @@ class FinalizeDoFn(beam.DoFn):
                 rows.append(failure_row(f"pack-{seq_len}", d["file"], d["line"], reason, detail))
         return rows
 
-    def process(self, _, plan, shards, failures, counts):
+    def process(self, _, plan, shards, failures, counts, entries=()):
         failures = sorted(list(failures) + self._packing_failures(plan), key=failure_sort_key)
         write_output_bytes(
             join(self.output, FAILURES_FILE),
@@ -215,6 +215,7 @@ class FinalizeDoFn(beam.DoFn):
             "stages": stages,
             "failures": failure_info,
             **self.job,
+            **dict(sorted(entries)),
             "timestamps": now,
         }
         if self.retried is not None:

@@ -57,6 +57,7 @@ def write_datasets(
     unit_bytes: int = DEFAULT_UNIT_BYTES,
     retried: Sequence[dict] | None = None,
     stored=None,
+    manifest_entries: Sequence | None = None,
 ):
     """Adds the spill, planning, writing and finalize stages; returns the finalize output.
 
@@ -64,7 +65,8 @@ def write_datasets(
     the work store (see `work_store.SpillDoFn`). `stored`: references of the documents an earlier
     run already put in the work store (`work_store.stored_documents`), merged in after the spill.
     `retried`: the earlier run's failure rows that this run processed again (the job manifest
-    then says how many were recovered).
+    then says how many were recovered). `manifest_entries`: PCollections of `(key, value)` the job
+    manifest adds (e.g. near-dedup's parameters and histogram).
     """
     if not spilled:
         # A runner that drops what finish_bundle emits (Dask) gets one work unit per document.
@@ -101,6 +103,8 @@ def write_datasets(
     )
     all_failures = failures | "all failures" >> beam.Flatten()
     all_counts = counts | "all counts" >> beam.Flatten()
+    entries = list(manifest_entries or ()) or [p | "no manifest entries" >> beam.Create([])]
+    all_entries = entries | "all manifest entries" >> beam.Flatten()
     return (
         p
         | "finalize trigger" >> beam.Create([None])
@@ -111,6 +115,7 @@ def write_datasets(
             shards=beam.pvalue.AsList(shards),
             failures=beam.pvalue.AsList(all_failures),
             counts=beam.pvalue.AsList(all_counts),
+            entries=beam.pvalue.AsList(all_entries),
         )
     )
 
