@@ -38,7 +38,8 @@ def parse_json(
         or of another top-level type than `expect`.
     """
     try:
-        value = json.loads(data)
+        # Bytes are UTF-8 or refused: json.loads would also guess UTF-16/32 from the first bytes.
+        value = json.loads(data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data)
     except UnicodeDecodeError as e:
         raise error(f"{where}: not UTF-8 text: {e}") from None
     except json.JSONDecodeError as e:

@@ -184,7 +184,7 @@ def test_cases_jsonl_round_trip_and_errors(tmp_path, hay, tok):
     write_cases(cases, path)
     with open(path, "a", encoding="utf-8") as f:
         f.write("[1, 2]\n")
-    with pytest.raises(CaseError, match=r"cases\.jsonl:3: not a needle case \(a list\)"):
+    with pytest.raises(CaseError, match=r"cases\.jsonl:3: not a JSON object \(got list\)"):
         read_cases(path)
     for bad, reason in ((b"\xff\xfe{}", "not UTF-8 text"), (b"[1, 2]", r"not a JSON object \(got list\)"),
                         (b"[" * 100_000, "JSON nested too deeply"), (b'{"id": 1}', r"not a needle case")):  # fmt: skip
