@@ -79,8 +79,9 @@ def add_parser(sub) -> None:
     m.add_argument("--max-backoff", type=float, default=60.0)
     run_arguments(qa)
     qa.add_argument("--retry-failures", action="store_true",
-                    help="run again over a finished output: the reply cache answers every request that succeeded "
-                         "before, so only the failed chunks are sent to the generator again")
+                    help="run again over a finished output: every failed chunk gets --max-attempts new attempts "
+                         "(replies that failed validation are not replayed from the cache); chunks that "
+                         "succeeded are answered by the cache, so only the failed ones cost calls")
     pack_arguments(qa)
 
 
@@ -131,7 +132,7 @@ def run(args: argparse.Namespace, beam_args: list[str]) -> None:
     With Beam's `--dry_run=True` it builds and checks the Dataflow job instead (`dataflow.py`).
     """
     from lwmkit.pipelines.engine.dataflow import dry_run_instead
-    from lwmkit.pipelines.engine.resume import retry_summary
+    from lwmkit.pipelines.qa.accounting import retry_line
     from lwmkit.pipelines.qa.assembly import ContextOptions
     from lwmkit.pipelines.qa.job import QAOptions, run_qa
 
@@ -173,5 +174,5 @@ def run(args: argparse.Namespace, beam_args: list[str]) -> None:
         f"{manifest['generator']['kind']}: {g['calls']} calls, {g['cache_hits']} cache hits, "
         f"{g['usage']['total_tokens']} tokens; {manifest['failures']['total']} failures"
     )
-    if line := retry_summary(manifest):
-        print(line)
+    if "retry" in manifest:
+        print(retry_line(manifest["retry"]))

@@ -13,6 +13,11 @@ tokens and 0 everywhere else (BOS, template text, context, questions, EOS). Each
 end of the context (first turn) or the turn's start up to the end of its answer and any text
 after it, is an atomic span, so repacking never cuts a turn.
 
+Where a chunk starts a paragraph of the book (`Chunk.starts_paragraph`), the paragraph break's
+tokens (the tokenizer's own encoding of a blank line, if it has one) go between it and the chunk
+before it in the context, so the context keeps the book's paragraphs; they are context tokens
+(loss 0), outside every evidence span.
+
 Chunks are added greedily while the context, with all its turns, fits in `seq_len`; a context
 then closes. It is kept when it has at least one question and reaches `min_fill * seq_len`
 tokens; a book's short tail (and any context below the fill) is left out and counted. Every turn
@@ -153,9 +158,18 @@ class ContextBuilder:
         self.tokenizer = tokenizer
         self.options = options
         self._parts: tuple[list[list[int]], list[list[int]]] | None = None
+        self._break: list[int] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_parts": None}
+        return {**self.__dict__, "_parts": None, "_break": None}
+
+    def paragraph_break(self) -> list[int]:
+        """Token ids of a blank line as it follows text ("x\n\n" less "x"); [] if the tokenizer drops it."""
+        if self._break is None:
+            x, xb = (list(ids) for ids in self.tokenizer.encode_batch(["x", "x\n\n"]))
+            sep = xb[len(x):] if xb[: len(x)] == x else []
+            self._break = sep if sep and self.tokenizer.decode(x + sep) == "x\n\n" else []
+        return self._break
 
     def parts(self) -> tuple[list[list[int]], list[list[int]]]:
         """Token ids of the literal parts: first turn (4: before context, before question, before answer,
@@ -185,12 +199,13 @@ class ContextBuilder:
             qa_ids.setdefault(i, []).append((p, np.asarray(enc[2 * k], np.int32), np.asarray(enc[2 * k + 1], np.int32)))
         out = Assembled()
         group: list[int] = []
-        c_tok = n_pairs = qa_tok = 0
+        c_tok = n_pairs = qa_tok = sep_tok = 0  # chunk tokens; paragraph-break tokens between them
+        brk = len(self.paragraph_break())
 
         def close():
             if not group:
                 return
-            length = self._length(c_tok, n_pairs, qa_tok)
+            length = self._length(c_tok + sep_tok, n_pairs, qa_tok)
             if n_pairs and length >= o.min_fill * o.seq_len:
                 out.contexts.append(
                     self._context(book_id, len(out.contexts), [chunks[i] for i in group], qa_ids, length)
@@ -205,13 +220,16 @@ class ContextBuilder:
             n = int(chunk.tokens.shape[0])
             mine = qa_ids.get(i, [])
             add_q = sum(len(q) + len(a) for _, q, a in mine)
-            if group and self._length(c_tok + n, n_pairs + len(mine), qa_tok + add_q) > o.seq_len:
+            sep = brk if chunk.starts_paragraph else 0
+            if group and self._length(c_tok + sep_tok + sep + n, n_pairs + len(mine), qa_tok + add_q) > o.seq_len:
                 close()
-                group, c_tok, n_pairs, qa_tok = [], 0, 0, 0
+                group, c_tok, n_pairs, qa_tok, sep_tok = [], 0, 0, 0, 0
             if self._length(n, len(mine), add_q) > o.seq_len:
                 out.unused_chunks += 1  # too long to fit any context with its own turns
                 out.unused_tokens += n
                 continue
+            if group:
+                sep_tok += sep
             group.append(i)
             c_tok += n
             n_pairs += len(mine)
@@ -224,7 +242,9 @@ class ContextBuilder:
         first, nxt = self.parts()
         ids: list[int] = [self.tokenizer.bos_id, *first[0]]
         evidence = {}
-        for c in chunks:
+        for k, c in enumerate(chunks):
+            if k and c.starts_paragraph:
+                ids.extend(self.paragraph_break())
             evidence[c.index] = (len(ids), len(ids) + int(c.tokens.shape[0]))
             ids.extend(c.tokens.tolist())
         turns_in = [(c, item) for c in chunks for item in qa_ids.get(c.index, [])]

@@ -7,6 +7,11 @@ early once it holds 80% of its budget, so chunks prefer to end where a paragraph
 the exact text span `text[start:end]` (whitespace between chunks belongs to neither) and its
 tokens are that span encoded on its own, without BOS/EOS.
 
+A chunk that starts a paragraph says so (`starts_paragraph`), so contexts put the paragraph break
+back where chunks join. A book's last chunk, if it would hold less than a fifth of `chunk_tokens`
+(a closing "Finis."), joins the chunk before it instead of standing alone with too little text to
+ask about.
+
 The chunk id `<book id as 16 hex digits>-<index as 5 digits>` depends only on the book's content
 and the chunk index, and the chunk's `sha256` on its text alone: the generator cache is keyed by it.
 
@@ -28,6 +33,7 @@ from lwmkit.tokenizers.text import TextTokenizer
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")
 _SENTENCE_END = re.compile(r"[.!?][\"'”’)\]]*(?=\s+[^a-z\s])")  # not before a lowercase word
 _PARAGRAPH_CLOSE = 0.8  # at a paragraph break, a chunk this full (of chunk_tokens) ends
+_TINY_TAIL = 0.2  # a last chunk below this share of chunk_tokens joins the one before it
 
 
 @dataclass(frozen=True, eq=False)
@@ -41,6 +47,7 @@ class Chunk:
       start, end: the chunk's character span in the book text.
       text: `book_text[start:end]`.
       tokens: int32 [n], the text encoded on its own (no BOS/EOS).
+      starts_paragraph: the text before the chunk ends a paragraph (a blank line between them).
     """
 
     chunk_id: str
@@ -50,6 +57,7 @@ class Chunk:
     end: int
     text: str
     tokens: np.ndarray = field(repr=False)
+    starts_paragraph: bool = False
 
     @property
     def sha256(self) -> str:
@@ -65,6 +73,7 @@ class Chunk:
             "end": self.end,
             "text": self.text,
             "tokens": self.tokens.astype("<i4").tobytes(),
+            "starts_paragraph": self.starts_paragraph,
         }
 
     @classmethod
@@ -77,6 +86,7 @@ class Chunk:
             d["end"],
             d["text"],
             np.frombuffer(d["tokens"], dtype="<i4").astype(np.int32),
+            bool(d.get("starts_paragraph", False)),
         )
 
 
@@ -141,7 +151,8 @@ def chunk_text(text: str, book_id: int, tokenizer: TextTokenizer, chunk_tokens: 
     """Cuts a book into chunks of at most about `chunk_tokens` tokens; see the module docstring.
 
     A chunk may pass `chunk_tokens` by a few tokens (units are counted one by one; their joint
-    encoding can differ slightly) but never holds two units whose counts alone pass it.
+    encoding can differ slightly) but never holds two units whose counts alone pass it, except a
+    book's last chunk that took in a tiny tail (up to a fifth of `chunk_tokens` more).
 
     Raises:
       ValueError: if chunk_tokens < 1.
@@ -161,19 +172,22 @@ def chunk_text(text: str, book_id: int, tokenizer: TextTokenizer, chunk_tokens: 
         sub = [len(ids) for ids in tokenizer.encode_batch([text[x:y] for x, y in parts])]
         fine += [(x, y, para and i == 0, m) for i, ((x, y), m) in enumerate(zip(parts, sub, strict=True))]
 
-    spans: list[tuple[int, int]] = []
-    start, end, used = fine[0][0], fine[0][1], fine[0][3]
+    spans: list[tuple[int, int, bool, int]] = []  # start, end, starts a paragraph, tokens (counted by unit)
+    start, end, para0, used = fine[0]
     for a, b, para, n in fine[1:]:
         if used + n > chunk_tokens or (para and used >= _PARAGRAPH_CLOSE * chunk_tokens):
-            spans.append((start, end))
-            start, used = a, 0
+            spans.append((start, end, para0, used))
+            start, para0, used = a, para, 0
         end = b
         used += n
-    spans.append((start, end))
-    encoded = tokenizer.encode_batch([text[a:b] for a, b in spans])
+    if spans and used < _TINY_TAIL * chunk_tokens:  # a tiny last chunk joins the one before it
+        start, _, para0, before = spans.pop()
+        used += before
+    spans.append((start, end, para0, used))
+    encoded = tokenizer.encode_batch([text[a:b] for a, b, _, _ in spans])
     return [
-        Chunk(chunk_id(book_id, i), book_id, i, a, b, text[a:b], np.asarray(ids, dtype=np.int32))
-        for i, ((a, b), ids) in enumerate(zip(spans, encoded, strict=True))
+        Chunk(chunk_id(book_id, i), book_id, i, a, b, text[a:b], np.asarray(ids, dtype=np.int32), para)
+        for i, ((a, b, para, _), ids) in enumerate(zip(spans, encoded, strict=True))
     ]
 
 

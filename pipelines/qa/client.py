@@ -91,13 +91,15 @@ class ChatReply:
 
 
 class CallError(Exception):
-    """A call that got no 200 reply: `reason` is e.g. `http_429`, `http_401`, `timeout`, `connection_error`."""
+    """A call that got no 200 reply: `reason` is e.g. `http_429`, `http_401`, `timeout`, `connection_error`;
+    `requests` the HTTP requests it sent, `waited_s` the seconds it spent in backoff before giving up."""
 
-    def __init__(self, reason: str, detail: str = "", requests: int = 0):
+    def __init__(self, reason: str, detail: str = "", requests: int = 0, waited_s: float = 0.0):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
         self.requests = requests
+        self.waited_s = waited_s
 
 
 class MalformedReply(ValueError):
@@ -241,10 +243,10 @@ class ChatClient:
                     return ChatReply(text, attempt + 1, waited)
                 reason, detail = f"http_{status}", text[:1000]
                 if status not in RETRY_STATUSES:
-                    raise CallError(reason, detail, attempt + 1)
+                    raise CallError(reason, detail, attempt + 1, waited)
                 retry_after = _retry_after(retry_after_header)
             if attempt == o.retries:
-                raise CallError(reason, detail, attempt + 1)
+                raise CallError(reason, detail, attempt + 1, waited)
             if retry_after is None:
                 delay = o.backoff_s * (2**attempt) * (0.5 + 0.5 * self._rng.random())
             else:

@@ -60,6 +60,7 @@ from lwmkit.pipelines.engine.outputs import (
 )
 from lwmkit.pipelines.engine.resume import previous_failures
 from lwmkit.pipelines.engine.stages import StageList
+from lwmkit.pipelines.qa.accounting import retry_entry, stage_counts
 from lwmkit.pipelines.qa.assembly import ContextOptions
 from lwmkit.pipelines.qa.extractive import ExtractiveGenerator, ExtractiveOptions
 from lwmkit.pipelines.qa.generators import ChatGeneratorOptions, ChatQAGenerator, QAGenerator
@@ -74,7 +75,7 @@ from lwmkit.pipelines.qa.stages import (
     qa_summary,
     validate,
 )
-from lwmkit.pipelines.writing.finalize import StageChain
+from lwmkit.pipelines.writing.finalize import FAILURES_FILE, StageChain
 from lwmkit.pipelines.writing.plan import PackOptions
 from lwmkit.pipelines.writing.tail import write_datasets
 from lwmkit.tokenizers.text import SentencePieceTokenizer
@@ -238,7 +239,9 @@ def build_pipeline(
         | "spread books" >> beam.Reshuffle()
         | "batch books" >> beam.BatchElements(min_batch_size=1, max_batch_size=options.books_per_batch)
     )
-    generated = stage(batches, "generate", GenerateBatch(generator, options.cache_directory, options.max_attempts))
+    generated = stage(
+        batches, "generate", GenerateBatch(generator, options.cache_directory, options.max_attempts, options.retry_failures)
+    )
     books = stage(generated, "validate", validate)
     contexts = stage(books, "assemble", AssembleBook(tokenizer, options.context))
 
@@ -276,16 +279,34 @@ def _has_qa_section(output: str) -> bool | None:
         return None
 
 
-def _add_qa_section(output: str, seq_len: int) -> dict[str, Any]:
-    """Moves the job's statistics into its manifest (the finalize stage wrote it without them)."""
+def _add_qa_section(output: str, seq_len: int, retried: Sequence[dict] | None) -> dict[str, Any]:
+    """Moves the job's statistics into its manifest (the finalize stage wrote it without them),
+    restates its stage counts in one unit per stage (in every dataset manifest too) and, after
+    --retry-failures, counts the retry in failure rows (`qa.accounting`)."""
     raw_stats = read_output_bytes(join(output, STATS_FILE))
     if raw_stats is None:
         raise RuntimeError(f"{join(output, STATS_FILE)}: the job wrote no statistics")
     manifest = json.loads(read_output_bytes(join(output, "manifest.json")))
     manifest["qa"] = qa_summary(json.loads(raw_stats), seq_len)
+    manifest["stages"] = stage_counts(manifest["stages"], manifest["qa"])
+    if retried is not None:
+        raw = read_output_bytes(join(output, FAILURES_FILE)) or b""
+        now = [json.loads(line) for line in raw.decode("utf-8").splitlines() if line.strip()]
+        manifest["retry"] = retry_entry(retried, now, manifest["qa"]["generation"])
+    for name in manifest["datasets"]:
+        path = join(output, name, "manifest.json")
+        dataset = json.loads(read_output_bytes(path))
+        write_output_bytes(path, dumps_json({**dataset, "stages": manifest["stages"]}))
     write_output_bytes(join(output, "manifest.json"), dumps_json(manifest))
     delete_outputs([join(output, STATS_FILE)])
     return manifest
+
+
+def _inputs_line(options: QAOptions, files: list[str]) -> str:
+    """What the job reads, for its first progress line: input files, or a documents/ directory's shards."""
+    if options.documents:
+        return f"documents of {options.documents} ({len(files)} shard{'s' if len(files) != 1 else ''})"
+    return f"{len(files)} input file{'s' if len(files) != 1 else ''}"
 
 
 def prepare_qa(options: QAOptions) -> PreparedJob:
@@ -314,7 +335,7 @@ def prepare_qa(options: QAOptions) -> PreparedJob:
         job=job,
         build=lambda p, receipts=(), retried=None: build_pipeline(p, options, files, tokenizer, generator, job, retried),
         stages=STAGES,
-        summary=f"{len(files)} input files; tokenizer {tokenizer.name} ({tokenizer.vocab_size} pieces); generator "
+        summary=f"{_inputs_line(options, files)}; tokenizer {tokenizer.name} ({tokenizer.vocab_size} pieces); generator "
         f"{job['generator']['kind']}; chunks of ~{c.chunk_tokens} tokens into contexts of {c.seq_len}; "
         f"reply cache {options.cache_directory}; runner {job['runner']}",
     )
@@ -354,7 +375,7 @@ def run_qa(options: QAOptions) -> dict[str, Any]:
         rerun=options.retry_failures,
     )
     if "qa" not in manifest:
-        manifest = _add_qa_section(options.output, options.context.seq_len)
+        manifest = _add_qa_section(options.output, options.context.seq_len, retried)
     g = manifest["qa"]["generation"]
     log(f"{g['calls']} generator calls, {g['cache_hits']} cache hits, {g['usage']['total_tokens']} tokens used")
     require_documents(manifest, NoValidContextsError, "no QA context assembled from", files, options.output)

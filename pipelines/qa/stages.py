@@ -94,17 +94,19 @@ class GenerateBatch:
       generator: the QA generator (its client reads the API key from the worker's environment).
       cache_dir: the reply cache directory (None: no cache).
       max_attempts: replies parsed per chunk before it fails.
+      fresh: --retry-failures: new attempts after the cached replies (see `qa.calls.generate_pairs`).
     """
 
-    def __init__(self, generator: QAGenerator, cache_dir: str | None, max_attempts: int):
+    def __init__(self, generator: QAGenerator, cache_dir: str | None, max_attempts: int, fresh: bool = False):
         self.generator = generator
         self.cache_dir = cache_dir
         self.max_attempts = max_attempts
+        self.fresh = fresh
 
     def __call__(self, books: list[dict]) -> Iterator[dict]:
         chunks = [Chunk.from_json(c) for b in books for c in b["chunks"]]
         cache = ReplyCache(self.cache_dir) if self.cache_dir else None
-        results = iter(generate_all(self.generator, chunks, cache, self.max_attempts))
+        results = iter(generate_all(self.generator, chunks, cache, self.max_attempts, fresh=self.fresh))
         for b in books:
             yield {**b, "results": [next(results).to_json() for _ in b["chunks"]]}
 

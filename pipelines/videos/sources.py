@@ -181,8 +181,10 @@ def _pick(row: dict[str, Any], wanted: str | None, candidates: tuple[str, ...]) 
     return next((row[c] for c in candidates if row.get(c) not in (None, "")), None)
 
 
-def _meta(key: str, source: str, row: dict[str, Any], url: str | None) -> str:
-    d: dict[str, Any] = {"key": key, "source": source}
+def _meta(key: str, source: str, row: dict[str, Any], url: str | None, video: str) -> str:
+    """The record's meta: its key, the list's kind, the video (its URL, or its path as the list
+    writes it: the record's file and line name the list, this names the video) and listed facts."""
+    d: dict[str, Any] = {"key": key, "source": source, "video": video}
     if url:
         d["url"] = url
     for k in ("license", "duration", "page_dir"):
@@ -234,7 +236,7 @@ def row_video(path: str, line: int, row: Any, kind: str, options: VideoSourceOpt
         "turns": turns,
         "start": start,
         "end": end,
-        "meta": _meta(key, kind, row, None if url is None else str(url)),
+        "meta": _meta(key, kind, row, None if url is None else str(url), str(url) if url is not None else rel),
     }
 
 

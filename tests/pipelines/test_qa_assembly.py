@@ -150,7 +150,8 @@ def test_contexts_fill_their_length_and_hold_their_evidence(material, tok, seq_l
         more = [chunks[int(c.rsplit("-", 1)[1])] for c in ctx.chunk_ids + (nxt.chunk_ids[0],)]
         qa = [p for c in more for p in pairs[c.index]]
         qa_tokens = sum(len(tok.encode(p.question)) + len(tok.encode(p.answer)) for p in qa)
-        assert builder._length(sum(c.tokens.shape[0] for c in more), len(qa), qa_tokens) > seq_len
+        breaks = len(builder.paragraph_break()) * sum(c.starts_paragraph for c in more[1:])
+        assert builder._length(sum(c.tokens.shape[0] for c in more) + breaks, len(qa), qa_tokens) > seq_len
     assert len({c.doc_id for c in made.contexts}) == len(made.contexts)
 
 
@@ -228,3 +229,27 @@ def test_presets():
     assert set(CONTEXT_PRESETS) == {"lwm-32k", "lwm-128k", "tiny"}
     with pytest.raises(ValueError, match="lwm-32k"):
         ContextOptions.preset("huge")
+
+
+def test_paragraph_breaks_are_kept_where_chunks_join(tok):
+    text = book(31, 40)
+    chunks = chunk_text(text, 5, tok, 100)
+    joins = [c.starts_paragraph for c in chunks[1:]]
+    assert any(joins) and not all(joins)  # both kinds of join occur
+    for prev, c in zip(chunks, chunks[1:], strict=False):  # the flag says what lies between the spans
+        assert c.starts_paragraph == ("\n\n" in text[prev.end : c.start].replace(" ", ""))
+    pairs = [[QAPair("Which words open it?", c.text.split()[0])] for c in chunks]
+    builder = ContextBuilder(tok, ContextOptions(seq_len=2048, chunk_tokens=100, min_fill=0.5, order="chunk"))
+    assert tok.decode(builder.paragraph_break()) == "\n\n"
+    made = builder.build(5, chunks, pairs)
+    assert made.contexts
+    for ctx in made.contexts:
+        ev = [t["evidence"] for t in ctx.turns]
+        ids = [int(c.rsplit("-", 1)[1]) for c in ctx.chunk_ids]
+        for (a0, a1), (b0, _), i in zip(ev, ev[1:], ids[1:], strict=False):
+            between = ctx.tokens[a1:b0].tolist()  # what lies between two chunks' evidence spans
+            assert between == (builder.paragraph_break() if chunks[i].starts_paragraph else [])
+        body = tok.decode(ctx.tokens[ev[0][0] : ev[-1][1]].tolist())
+        first, last = chunks[ids[0]], chunks[ids[-1]]
+        want = text[first.start : last.end]
+        assert body.count("\n\n") == want.count("\n\n") > 0  # every paragraph break of the book is there

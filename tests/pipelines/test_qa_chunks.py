@@ -131,3 +131,17 @@ def test_real_text_chunks_cover_the_text(tok):
     covered = "".join(c.text for c in chunks)
     assert "".join(covered.split()) == "".join(text.split())  # nothing but whitespace is left out
     assert max(c.tokens.shape[0] for c in chunks) <= 2 * 200
+
+
+def test_a_tiny_last_chunk_joins_the_one_before_and_paragraph_starts_are_flagged():
+    text = "A b c d e f g h.\n\nI j k l m n o p.\n\nFinis."
+    chunks = chunk_text(text, 7, WordTokenizer(), 10)
+    assert [c.text for c in chunks] == ["A b c d e f g h.", "I j k l m n o p.\n\nFinis."]
+    assert [c.starts_paragraph for c in chunks] == [True, True]
+    assert Chunk.from_json(chunks[1].to_json()).starts_paragraph is True
+    # A last chunk of a fifth of the budget or more stands on its own.
+    chunks = chunk_text("A b c d e f g h.\n\nI j k l m n o p.\n\nThe end.", 7, WordTokenizer(), 10)
+    assert [c.text for c in chunks][-1] == "The end."
+    # Within a paragraph the next chunk does not start one.
+    chunks = chunk_text("A b c d e f. G h i j k l.", 7, WordTokenizer(), 8)
+    assert [c.starts_paragraph for c in chunks] == [True, False]

@@ -45,6 +45,7 @@ def test_webvid_csv(tmp_path):
     assert bad == [(4, "missing_video")]
     meta = json.loads(good[0]["meta"])
     assert meta == {"key": "1056", "source": "csv", "url": "https://example.com/1056.mp4",
+                    "video": "https://example.com/1056.mp4",
                     "duration": "PT00H00M12S", "page_dir": "dir"}
     assert good[0]["path"] is None and good[0]["turns"] is None and good[0]["start"] is None
 
@@ -71,6 +72,7 @@ def test_jsonl_paths_times_and_chat(tmp_path):
                    (9, "invalid_json"), (10, "not_an_object")]
     a, b, c = good
     assert a["path"] == str(tmp_path / "clips" / "a.mp4") and (a["start"], a["end"]) == (1.5, 62.0)
+    assert [json.loads(v["meta"])["video"] for v in good] == ["clips/a.mp4", "b.mp4", "c.mp4"]  # not the list
     assert b["turns"] == [["What moves?", "A bus."], ["Which colour?", "Red."]] and b["caption"] is None
     assert c["key"] == "v9" and c["turns"] == [["Who?", "Nobody."]]
     assert a["key"] == "list.jsonl:1"
