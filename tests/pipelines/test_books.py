@@ -133,7 +133,7 @@ def make_mixed_corpus(directory) -> Corpus:
 
     open(c.path("empty.txt"), "w").close()
     c.files.append(c.path("empty.txt"))
-    c.bad("filter", "empty.txt", 1, "too_short")
+    c.bad("read", "empty.txt", 0, "empty_file")  # counted at read (issue 17), no longer a too-short document
     return c
 
 
@@ -544,7 +544,7 @@ def test_all_bad_inputs_raise_and_write_no_dataset(tmp_path, bpe_model):
     for reason in ("read:invalid_json x1", "read:text_not_string x1", "read:corrupt_zstd x1", "filter:too_short x1"):
         assert reason in msg
     assert "failures.jsonl" in msg and "2 input files" in msg
-    assert sorted(os.listdir(out)) == ["failures.jsonl", "manifest.json"]
+    assert sorted(os.listdir(out)) == [".lwm-pack", "failures.jsonl", "manifest.json"]  # the job's lock folder
     job = read_json(out / "manifest.json")
     assert job["documents"] == 0 and job["datasets"] == {}
     assert job["failures"]["total"] == len(read_failures(out)) == 4
