@@ -48,7 +48,7 @@ def make_corpus(directory, books: int = 3, seed: int = 100) -> tuple[str, dict[t
 
 def chat_options(url: str, **client) -> ChatGeneratorOptions:
     c = dict(
-        base_url=url, model="fake-llm", timeout_s=0.5, retries=3, backoff_s=0.01, max_backoff_s=0.05, concurrency=8
+        base_url=url, model="fake-llm", timeout_s=3.0, retries=3, backoff_s=0.01, max_backoff_s=0.05, concurrency=8
     )
     return ChatGeneratorOptions(client=ClientOptions(**{**c, **client}), temperature=0.0)
 
@@ -89,7 +89,9 @@ def tok(bpe_model):
 def served(tmp_path_factory, bpe_model, tok):
     base = tmp_path_factory.mktemp("qa")
     pattern, texts = make_corpus(base / "in")
-    with FakeChatServer(slow_s=1.2) as server:
+    # A 3 s client timeout: an ordinary reply on a loaded 2-core CI machine must never time out
+    # (that would add a request the script does not expect); a slow reply (4 s) always does.
+    with FakeChatServer(slow_s=4.0) as server:
         options = QAOptions(
             inputs=(pattern,),
             output=str(base / "out"),
