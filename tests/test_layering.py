@@ -174,3 +174,32 @@ def test_pipelines_modules_import_no_private_names():
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lwmkit."):
                 bad += [f"{path.relative_to(ROOT)}:{node.lineno}: {a.name}" for a in node.names if a.name.startswith("_")]
     assert bad == []
+
+
+def test_pipelines_folders_and_modules_stay_small():
+    """docs/architecture.md: no folder under pipelines/ holds more than 16 modules, no module passes 400 lines."""
+    base = ROOT / "pipelines"
+    crowded = {
+        str(d.relative_to(ROOT)): n
+        for d in [base, *(p for p in base.rglob("*") if p.is_dir() and p.name != "__pycache__")]
+        if (n := len(list(d.glob("*.py")))) > 16
+    }
+    long = {str(p.relative_to(ROOT)): n for p in base.rglob("*.py") if (n := len(p.read_text().splitlines())) > 400}
+    assert crowded == {} and long == {}
+
+
+def test_setup_cfg_installs_every_package_folder():
+    """A folder with an __init__.py that setup.cfg's `packages` leaves out would be missing from a
+    non-editable install (`pip install .`, as CI and users install) though an editable one finds it."""
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg", encoding="utf-8")
+    listed = set(cfg["options"]["packages"].split())
+    folders = {
+        "lwmkit." + ".".join(init.parent.relative_to(ROOT).parts)
+        for top in PACKAGES
+        for init in (ROOT / top).rglob("__init__.py")
+        if "__pycache__" not in init.parts
+    }
+    assert folders - listed == set()

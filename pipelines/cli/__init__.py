@@ -17,7 +17,7 @@ groups are in `common.py`.
 Options `lwm-pack books` does not know are passed to Beam (e.g. Dataflow's `--project`); an argument
 that is neither (say, the second file of an unquoted glob) is an error naming it (`beam_args.py`). With
 Beam's `--dry_run=True` and `--runner DataflowRunner`, `books`, `images`, `videos` and `qa` build and
-check the Dataflow job without submitting it (see `engine/dataflow.py`).
+check the Dataflow job without submitting it (see `engine/dataflow/dry_run.py`).
 """
 
 from __future__ import annotations

@@ -129,7 +129,7 @@ def _generator(args):
 def run(args: argparse.Namespace, beam_args: list[str]) -> None:
     """Builds `QAOptions` from parsed arguments, runs the job and prints a summary line.
 
-    With Beam's `--dry_run=True` it builds and checks the Dataflow job instead (`dataflow.py`).
+    With Beam's `--dry_run=True` it builds and checks the Dataflow job instead (`engine/dataflow`).
     """
     from lwmkit.pipelines.engine.dataflow import dry_run_instead
     from lwmkit.pipelines.qa.accounting import retry_line

@@ -5,7 +5,7 @@ tokenizer (and the VQGAN), builds the job record and returns a function that add
 stages to a pipeline. `launch` runs it: `run_job` withdraws old manifests, keeps or empties the
 work store (`work_store.py`) by the job's identity, runs the Beam pipeline and deletes the store
 after success unless it is to be kept; `require_documents` fails a job that kept nothing. The
-Dataflow dry run (`dataflow.py`) builds the same graph from the same `PreparedJob`, so the two
+Dataflow dry run (`dataflow/dry_run.py`) builds the same graph from the same `PreparedJob`, so the two
 cannot drift apart. A rerun whose output is already complete for the same inputs and options
 (`complete_output`) returns at once.
 

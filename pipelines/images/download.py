@@ -19,7 +19,7 @@ Transient failures (timeout, connection_error, http_408/425/429/5xx) are retried
 with exponential backoff `backoff_s * 2**attempt` (no jitter: a rerun behaves the same) while the
 deadline allows; the reason reported is the last attempt's. One GET per attempt; redirects go to
 http(s) only, at most `max_redirects`, and every hop's address is checked and the connection
-pinned to it (`engine/http_fetch.py`, `engine/url_guard.py`, shared with the video downloader;
+pinned to it (`engine/web/http_fetch.py`, `engine/web/url_guard.py`, shared with the video downloader;
 the security model is `docs/security.md`).
 
 Example, a pair with a URL becomes a pair with image bytes (the download stage):
@@ -36,12 +36,12 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
-from lwmkit.pipelines.engine.http_fetch import fetch_bytes, guarded_opener
+from lwmkit.pipelines.engine.web.http_fetch import fetch_bytes, guarded_opener
 from lwmkit.pipelines.engine.stages import DropRecord
-from lwmkit.pipelines.engine.url_guard import DownloadError as DownloadError
-from lwmkit.pipelines.engine.url_guard import DownloadOptions as DownloadOptions
-from lwmkit.pipelines.engine.url_guard import check_address as check_address
-from lwmkit.pipelines.engine.url_guard import check_url as check_url
+from lwmkit.pipelines.engine.web.url_guard import DownloadError as DownloadError
+from lwmkit.pipelines.engine.web.url_guard import DownloadOptions as DownloadOptions
+from lwmkit.pipelines.engine.web.url_guard import check_address as check_address
+from lwmkit.pipelines.engine.web.url_guard import check_url as check_url
 
 
 def _fetch_file(url: str, options: DownloadOptions) -> bytes:

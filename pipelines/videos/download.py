@@ -29,7 +29,7 @@ Failure reasons (from yt-dlp's errors and messages, see `classify`):
     blocked_address   a connection (first, redirected, via a proxy) would reach a private, loopback,
                       link-local or reserved address (allow hosts with `allowed_hosts`, all with
                       `allow_private`); checked on every connection, pinned (`videos/transport.py`)
-    invalid_url, unsupported_scheme, missing_file   as in the image job (`engine.url_guard.check_url`)
+    invalid_url, unsupported_scheme, missing_file   as in the image job (`engine.web.url_guard.check_url`)
     download_error    anything else (the detail has yt-dlp's message)
 
 Example, the stage on one row:
@@ -56,7 +56,7 @@ from typing import Any
 
 from lwmkit.pipelines.engine.outputs import is_local, join, read_output_bytes, write_output_bytes
 from lwmkit.pipelines.engine.stages import DropRecord
-from lwmkit.pipelines.engine.url_guard import DownloadError, DownloadOptions, check_url
+from lwmkit.pipelines.engine.web.url_guard import DownloadError, DownloadOptions, check_url
 from lwmkit.pipelines.videos.transport import direct_media, fetch_direct, guarded_ytdlp
 
 RETRYABLE = frozenset({"timeout", "connection_error", "rate_limited"})

@@ -1,11 +1,11 @@
 """How the video downloader reaches the network: direct media by our own client, the rest via yt-dlp, both guarded.
 
 - A URL whose path ends in a media suffix (`.mp4`, `.webm`, `.mkv`, `.mov`, `.m4v`, `.avi`, `.flv`,
-  `.ts`, `.mpg`, `.mpeg`, `.ogv`) is fetched with `engine.http_fetch` (one GET per attempt, every hop
+  `.ts`, `.mpg`, `.mpeg`, `.ogv`) is fetched with `engine.web.http_fetch` (one GET per attempt, every hop
   checked and pinned, TLS with the system store plus `ca_bundle`/`$SSL_CERT_FILE`) when no clip cut
   is asked for. yt-dlp's generic extractor would GET such a file twice (once to look at it, once to
   download it).
-- Anything else goes to yt-dlp inside `engine.url_guard.guarded`: every connection yt-dlp (or
+- Anything else goes to yt-dlp inside `engine.web.url_guard.guarded`: every connection yt-dlp (or
   urllib3 under it) makes in this thread is checked on the address it connects to (redirects,
   DNS answers that change, proxies and a plain-http proxy's target included), and the whole run
   is under one wall-clock deadline enforced on its sockets.
@@ -18,8 +18,8 @@ import os
 import urllib.parse
 from collections.abc import Iterator
 
-from lwmkit.pipelines.engine.http_fetch import fetch_into
-from lwmkit.pipelines.engine.url_guard import (
+from lwmkit.pipelines.engine.web.http_fetch import fetch_into
+from lwmkit.pipelines.engine.web.url_guard import (
     Deadline,
     DownloadError,
     DownloadOptions,

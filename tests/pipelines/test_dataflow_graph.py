@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from lwmkit.pipelines.engine.dataflow_graph import build_graph
+from lwmkit.pipelines.engine.dataflow.graph import build_graph
 
 from .offline import DATAFLOW, offline  # noqa: F401 - the fixture
 

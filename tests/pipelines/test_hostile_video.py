@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from lwmkit.pipelines.engine.url_guard import DownloadError
+from lwmkit.pipelines.engine.web.url_guard import DownloadError
 from lwmkit.pipelines.videos.download import VideoDownloadOptions, fetch_video
 
 from tests.pipelines.hostile_web import HostileServer, Proxy, rebinding
