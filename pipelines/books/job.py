@@ -221,6 +221,16 @@ def reference_sketch(near: NearDedupOptions) -> StoredSketch:
     return StoredSketch(near, field=lambda item: item[1].get(SKETCH_FIELD))
 
 
+def near_dedup_texts(docs: beam.PCollection, threshold: float):
+    """Near dedup (MinHash, estimated Jaccard >= threshold) of documents whose text is at hand: the
+    QA job's books, before chunking (it keeps no work store, so each run sketches every document).
+    Returns (survivors, failures, counts, manifest entry) as `near_dedup_elements`; keys and
+    failure rows as this job's, `file:line`."""
+    near = NearDedupOptions("text", MinHashConfig(threshold=threshold))
+    return near_dedup_elements(docs, near, key_of=reference_key, content=lambda doc: doc["text"],
+                               where=reference_where)
+
+
 # --- the job ---------------------------------------------------------------------------------------
 
 

@@ -133,3 +133,8 @@ def near_dedup_arguments(parser, threshold: str, default: float, unit: type = fl
                        help="remove near-copies after exact dedup; each removed one is a failures.jsonl row "
                             "dedup:near_duplicate naming the kept twin and the similarity")
     group.add_argument("--near-threshold", type=unit, default=default, help=f"{threshold} (default {default})")
+
+
+def near_dedup_options(args) -> dict:
+    """The job options of `near_dedup_arguments`."""
+    return {"near_dedup": args.near_dedup, "near_threshold": args.near_threshold}

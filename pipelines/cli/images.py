@@ -5,6 +5,8 @@ from __future__ import annotations
 from lwmkit.pipelines.cli.common import (
     int_list,
     job_arguments,
+    near_dedup_arguments,
+    near_dedup_options,
     pack_arguments,
     pack_options,
     print_retry,
@@ -56,6 +58,8 @@ def add_parser(sub) -> None:
                    help="fetch from any private, loopback or link-local address")
     s.add_argument("--ca-bundle", metavar="PEM", help="CA certificates trusted besides the system store "
                    "(default: $SSL_CERT_FILE); TLS verification cannot be turned off")
+    near_dedup_arguments(im, "Hamming distance of two images' 64-bit pHash (bits) at or below which they are "
+                         "near-copies; removed before the VQGAN runs", 12, int)
     job_arguments(im)
     pack_arguments(im)
 
@@ -95,6 +99,7 @@ def run(args, beam_args: list[str]) -> None:
         ),
         **vqgan_option_values(args),
         pack=pack_options(args),
+        **near_dedup_options(args),
         **work_options(args),
         **run_options(args, beam_args),
     )

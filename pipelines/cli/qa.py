@@ -13,7 +13,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from lwmkit.pipelines.cli.common import pack_arguments, pack_options, run_arguments, run_options
+from lwmkit.pipelines.cli.common import (
+    near_dedup_arguments,
+    near_dedup_options,
+    pack_arguments,
+    pack_options,
+    run_arguments,
+    run_options,
+)
 
 GENERATORS = ("extractive", "openai")
 
@@ -82,6 +89,8 @@ def add_parser(sub) -> None:
                     help="run again over a finished output: every failed chunk gets --max-attempts new attempts "
                          "(replies that failed validation are not replayed from the cache); chunks that "
                          "succeeded are answered by the cache, so only the failed ones cost calls")
+    near_dedup_arguments(qa, "estimated Jaccard similarity of word 5-grams at or above which two books are "
+                         "near-copies; removed before chunking", 0.8)
     pack_arguments(qa)
 
 
@@ -161,6 +170,7 @@ def run(args: argparse.Namespace, beam_args: list[str]) -> None:
         max_chars=args.max_chars,
         pack=pack_options(args),
         retry_failures=args.retry_failures,
+        **near_dedup_options(args),
         **run_options(args, beam_args),
     )
     if dry_run_instead(options):

@@ -16,6 +16,8 @@ import argparse
 from lwmkit.pipelines.cli.common import (
     int_list,
     job_arguments,
+    near_dedup_arguments,
+    near_dedup_options,
     pack_arguments,
     pack_options,
     run_options,
@@ -73,6 +75,8 @@ def add_parser(sub) -> None:
                    help="download from any private, loopback or link-local address")
     d.add_argument("--ca-bundle", metavar="PEM", help="CA certificates trusted besides the system store "
                    "(default: $SSL_CERT_FILE); TLS verification cannot be turned off")
+    near_dedup_arguments(v, "share of aligned frames (a pHash every 0.5 s, within 12 bits) at or above which two "
+                         "clips are near-copies; removed after the download, before decoding", 0.8)
     job_arguments(v)
     pack_arguments(v)
 
@@ -129,6 +133,7 @@ def run(args: argparse.Namespace, beam_args: list[str]) -> None:
         decode=decode,
         **vqgan_option_values(args),
         pack=pack_options(args),
+        **near_dedup_options(args),
         **run_options(args, beam_args),
         **work_options(args),
     )

@@ -31,12 +31,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from lwmkit.pipelines.dedup.bands import Banding, bit_bands, hash_band_keys
 from lwmkit.pipelines.dedup.images import BITS, hamming, phash64
 from lwmkit.pipelines.dedup.sketch import Sketch, dist_version, params_digest
+from lwmkit.pipelines.engine.outputs import is_local, open_input
 
 
 @dataclass(frozen=True)
@@ -131,8 +132,27 @@ def decode_frames(source) -> Iterator[tuple[float, Any]]:
                 yield float(frame.time), frame
 
 
+class VideoClip(NamedTuple):
+    """The part of a video file a job uses: frames whose time lies in [start, end) seconds (None:
+    from the first frame / to the last). `source` is a path (local or any Beam filesystem) or a
+    binary file object. Two rows naming other ranges of one file are then sketched apart."""
+
+    source: Any
+    start: float | None = None
+    end: float | None = None
+
+
+def _in_range(frames: Iterable[tuple[float, Any]], start: float | None, end: float | None):
+    for t, frame in frames:
+        if end is not None and t >= end:
+            return
+        if start is None or t >= start:
+            yield t, frame
+
+
 def video_sketch(key: str, source, config: VideoHashConfig | None = None) -> Sketch:
-    """The sketch of one video file (a path or a binary file object): uint64 [frames] pHashes.
+    """The sketch of one video file (a path, a binary file object or a `VideoClip` of either):
+    uint64 [frames] pHashes.
 
     Raises:
       ValueError: the file has no video stream, cannot be decoded, or has no frame (names the key).
@@ -140,8 +160,15 @@ def video_sketch(key: str, source, config: VideoHashConfig | None = None) -> Ske
     import av
 
     config = config or VideoHashConfig()
+    start = end = None
+    if isinstance(source, VideoClip):
+        source, start, end = source
     try:
-        s = sample_hashes(decode_frames(source), config)
+        if isinstance(source, str) and not is_local(source):
+            with open_input(source) as f:
+                s = sample_hashes(_in_range(decode_frames(f), start, end), config)
+        else:
+            s = sample_hashes(_in_range(decode_frames(source), start, end), config)
     except (av.error.FFmpegError, ValueError) as e:
         raise ValueError(f"video {key!r} cannot be hashed: {e}") from e
     if len(s.values) == 0:

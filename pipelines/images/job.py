@@ -9,6 +9,10 @@ The job is a flat list of named stages:
               a pair that would be dropped anyway)
     download  URL pairs only (see `download`); pairs with bytes pass through
     dedup     exact duplicates (same image bytes and caption) keep the first by (file, line)
+    near_dedup  with `near_dedup` only: near-copies (resized, re-compressed, slightly cropped) by
+              64-bit pHash within `near_threshold` bits (see docs/near-dedup.md), before any VQGAN
+              time is spent on them; the sketch is made here from the image bytes and rests in the
+              work store with the example, so a resumed run never recomputes it
     decode    `tokenizers.vision.load_image`; an `ImageError` is a drop with its reason
     encode    Beam RunInference with `JaxModelHandler` running the VQGAN on fixed-size batches; its
               count is taken on RunInference's output, so the link decode -> encode catches any
@@ -21,7 +25,7 @@ Each stage counts seen/kept/dropped and sends dropped pairs with their reason to
               missing_file, invalid_utf8, invalid_json, not_an_object, parquet_error, no_image_column
     caption   missing_caption, empty_caption
     download  http_<code>, timeout, too_large, connection_error, invalid_url, unsupported_scheme, ...
-    dedup     duplicate
+    dedup     duplicate;  near_dedup: dedup:near_duplicate (naming the kept twin and the similarity)
     decode    corrupt_image, truncated_image, too_small, too_many_pixels, animated, unsupported_mode
     encode    bad_codes (the VQGAN returned something other than [16, 16] codes in range)
     pack-<n>  atomic_span_too_long, too_long (kept out of that packed dataset only)
@@ -41,6 +45,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
+from lwmkit.pipelines.dedup.entry import NearDedupOptions
+from lwmkit.pipelines.dedup.images import ImageHashConfig
+from lwmkit.pipelines.dedup.stored import near_dedup_new_and_stored
 from lwmkit.pipelines.engine import inputs
 from lwmkit.pipelines.engine import runner as runner_lib
 from lwmkit.pipelines.engine.dataflow import register_dry_run
@@ -86,6 +93,9 @@ CHAIN = StageChain(
     last="example",
     grouped=("dedup",),
 )
+NEAR_CHAIN = CHAIN.with_stage("near_dedup", after="dedup")
+# Stages a stored pair skips before near dedup (it takes part there with its stored sketch) and after.
+BEFORE_NEAR, AFTER_NEAR = STAGES[1:4], STAGES[4:]
 
 
 class NoValidPairsError(ValueError):
@@ -119,6 +129,10 @@ class ImagesOptions(runner_lib.ResumeOptions):
         force, retry_failures, keep_work: as in `BooksOptions` (with `retry_failures`, only the
         pairs of the earlier run's failures.jsonl are read, downloaded and encoded again; a retried
         pair that duplicates one already stored is not caught by dedup).
+      near_dedup: remove near-copies after exact dedup, before decoding (64-bit pHash; off by
+        default, see docs/near-dedup.md); near_threshold: the Hamming distance (bits of 64) at or
+        below which two images are near-copies. Recorded (and part of the work store's identity)
+        only when near_dedup is on.
     """
 
     inputs: tuple[str, ...]
@@ -138,10 +152,14 @@ class ImagesOptions(runner_lib.ResumeOptions):
     batch_size: int = 16
     shard_tokens: int = 1 << 24
     pack: PackOptions = field(default_factory=PackOptions)
+    near_dedup: bool = False
+    near_threshold: int = 12
 
     def __post_init__(self):
         if not self.inputs:
             raise ValueError("inputs: give at least one file, folder or glob")
+        if not 0 <= self.near_threshold < 32:
+            raise ValueError(f"near_threshold: {self.near_threshold} must be in 0..31 (Hamming bits of 64)")
         check_packing_fields(self.seq_lens, self.shard_tokens)
         check_vqgan_fields(self)
         super().__post_init__()
@@ -151,7 +169,16 @@ class ImagesOptions(runner_lib.ResumeOptions):
         d = recorded_options(self)
         d["download"].pop("user_agent")
         d["download"].pop("ca_bundle")  # where trust comes from, not what is made
+        if not self.near_dedup:  # outputs without near dedup record what they recorded before it existed
+            d.pop("near_dedup")
+            d.pop("near_threshold")
         return d
+
+    def near(self) -> NearDedupOptions | None:
+        """The near-dedup stage's options, or None when it is off."""
+        if not self.near_dedup:
+            return None
+        return NearDedupOptions("image", ImageHashConfig(max_distance=self.near_threshold))
 
 
 # --- the job ---------------------------------------------------------------------------------------
@@ -177,10 +204,11 @@ def build_pipeline(
     stage = StageList(progress)
     failures, counts = stage.failures, stage.counts
 
+    near = options.near()
     stored, done = stored_documents(p, receipts)
     paths = p | "inputs" >> beam.Create(files) | "spread files" >> beam.Reshuffle()
     pairs = stage(paths, "read", ReadPairs(options.sources))
-    pairs, skipped = skip_stored(pairs, done, STAGES[1:])
+    pairs, skipped = skip_stored(pairs, done, STAGES[1:] if near is None else BEFORE_NEAR)
     counts.append(skipped)
     pairs = pairs | "spread pairs" >> beam.Reshuffle()  # one file's downloads and decodes run in parallel
     pairs = stage(pairs, "caption", check_caption)
@@ -191,6 +219,13 @@ def build_pipeline(
         | "group by content" >> beam.GroupByKey()
     )
     pairs = stage(groups, "dedup", keep_first)
+    entries = []
+    if near is not None:
+        pairs, stored, near_failures, near_counts, entry = near_dedup_new_and_stored(
+            pairs, stored, near, content=image_bytes, later=AFTER_NEAR)
+        failures.append(near_failures)
+        counts.extend(near_counts)
+        entries.append(entry)
     decoded = stage(pairs, "decode", Decode(options.images))
     load = LoadEncoder(options.vqgan, options.vqgan_preset, options.vqgan_seed, options.vqgan_dtype, vqgan_sha256)
     encoded = stage(encode_images(decoded, load, options.batch_size), "encode", join_codes)
@@ -205,12 +240,16 @@ def build_pipeline(
         counts,
         options,
         job=job,
-        chain=CHAIN,
+        chain=CHAIN if near is None else NEAR_CHAIN,
         stored=stored,
         retried=retried,
+        manifest_entries=entries,
     )
 
 
+def image_bytes(pair: dict) -> bytes:
+    """What near dedup hashes of a pair: its image bytes, as downloaded or read."""
+    return pair["image"]
 
 
 def prepare_images(options: ImagesOptions) -> PreparedJob:

@@ -5,11 +5,12 @@ generated per chunk by a short-context model, consecutive chunks concatenated in
 contexts followed by their QA pairs as chat turns, loss on the answers only. The job is a flat
 list of named stages:
 
-    read -> normalize -> filter -> dedup -> chunk -> generate -> validate -> assemble
+    read -> normalize -> filter -> dedup -> [near_dedup] -> chunk -> generate -> validate -> assemble
          -> plan -> write shards -> finalize
 
     read..dedup  as in the books job (raw `.jsonl.zst`/`.jsonl`/`.txt`/`.parquet`), or `documents`:
                  the books job's `documents/` shards, decoded back to text with the same tokenizer
+    near_dedup   with `near_dedup`: near-copy books, as in the books job (no work store: reruns sketch)
     chunk        `qa_chunks`; books that cannot fill half a context are dropped (`too_short`)
     generate     batches of books, every chunk through the generator with the reply cache
                  (`qa_calls`); an OpenAI-compatible model server or the extractive generator
@@ -41,6 +42,7 @@ from typing import Any
 
 import apache_beam as beam
 from lwmkit.packing.shards import dumps_json
+from lwmkit.pipelines.books import job as books_job
 from lwmkit.pipelines.books.job import LengthFilter, ReadFile, keep_first, match_inputs, normalize
 from lwmkit.pipelines.engine import runner as runner_lib
 from lwmkit.pipelines.engine.dataflow import register_dry_run
@@ -130,7 +132,8 @@ class QAOptions(runner_lib.RunOptions):
       cache_dir: the reply cache (default `<output>/generator-cache`).
       books_per_batch: books whose chunks share one pool of `concurrency` requests in flight.
       text_key, min_chars, max_chars, shard_tokens, pack, runner, direct_running_mode,
-      direct_num_workers, progress, beam_args, force: as for the books job.
+      direct_num_workers, progress, beam_args, force, near_dedup, near_threshold: as for the books
+        job (near_dedup's options are recorded only when it is on).
     """
 
     output: str
@@ -148,8 +151,12 @@ class QAOptions(runner_lib.RunOptions):
     shard_tokens: int = 1 << 24
     pack: PackOptions = field(default_factory=PackOptions)
     retry_failures: bool = False
+    near_dedup: bool = False
+    near_threshold: float = 0.8
 
     def __post_init__(self):
+        if not 0.0 < self.near_threshold < 1.0:
+            raise ValueError(f"near_threshold: {self.near_threshold} must be in (0, 1)")
         if bool(self.inputs) == bool(self.documents):
             raise ValueError("inputs/documents: give raw inputs or a documents/ directory, exactly one of them")
         if not isinstance(self.generator, ExtractiveOptions | ChatGeneratorOptions):
@@ -189,8 +196,8 @@ class QAOptions(runner_lib.RunOptions):
             "max_chars": self.max_chars,
             "shard_tokens": self.shard_tokens,
             "pack": self.pack.to_json(),
+            **({"near_dedup": True, "near_threshold": self.near_threshold} if self.near_dedup else {}),
         }
-
 
 
 def _document_shards(directory: str, tokenizer: SentencePieceTokenizer) -> list[str]:
@@ -233,6 +240,12 @@ def build_pipeline(
     docs = stage(docs, "filter", LengthFilter(options.min_chars, options.max_chars))
     groups = docs | "key by content" >> beam.Map(lambda d: (d["doc_id"], d)) | "group by content" >> beam.GroupByKey()
     docs = stage(groups, "dedup", keep_first)
+    entries, near = [], options.near_dedup
+    if near:
+        docs, near_failures, near_counts, entry = books_job.near_dedup_texts(docs, options.near_threshold)
+        failures.append(near_failures)
+        counts.append(near_counts)
+        entries.append(entry)
     books = stage(docs, "chunk", ChunkBook(tokenizer, options.context))
     batches = (
         books
@@ -265,8 +278,9 @@ def build_pipeline(
         shard_tokens=options.shard_tokens,
         pack=options.pack,
         job=job,
-        chain=CHAIN,
+        chain=CHAIN.with_stage("near_dedup", after="dedup") if near else CHAIN,
         retried=retried,
+        manifest_entries=entries,
     )
 
 

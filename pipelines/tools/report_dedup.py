@@ -16,8 +16,9 @@ def plot_near_duplicates(root: dict[str, Any]) -> Plot:
     """Two bar charts (similarity to the kept twin; documents per cluster) and the parameters."""
     near = root.get("near_dedup") or {}
     params = near.get("params") or {}
-    rule = ", ".join(f"{k} {esc(params[k])}" for k in ("method", "library", "threshold", "bands", "rows",
-                                                          "max_hamming", "min_frame_share") if k in params)
+    # Each kind's rule: text's threshold; images' max_distance (bits) and threshold; videos' pair.
+    rule = ", ".join(f"{k} {esc(params[k])}" for k in ("method", "library", "threshold", "max_distance",
+                                                          "clip_threshold", "bands", "rows") if k in params)
     details = f"{fmt_int(near.get('removed', 0))} removed; {rule}"
     hist = near.get("histogram") or {}
     counts = hist.get("counts") or []

@@ -10,6 +10,12 @@ The job is a flat list of named stages:
     dedup     rows with the same video, clip range and text keep the first by (file, line)
     download  yt-dlp into the work directory, with a cache (see `video_download`); local paths and
               allowed file:// URLs are read in place
+    near_dedup  with `near_dedup` only: re-encoded, re-uploaded or trimmed copies of one clip, by a
+              pHash per frame sampled every 0.5 s and the clip rule (share of aligned frames at or
+              above `near_threshold`, see docs/near-dedup.md), before any decode or VQGAN time is
+              spent on them; the sketch is made here from the downloaded file (the row's clip range
+              only) and rests in the work store with the example, so a resumed run never
+              recomputes it
     decode    worker processes sample and decode frames (see `video_frames`, `video_workers`); each
               frame leaves as its own element, so frames stream to the VQGAN and are batched
               across videos; `frames` counts them
@@ -24,7 +30,7 @@ Failure reasons, by stage:
     read      unreadable_file, parquet_error, csv_error, invalid_utf8, invalid_json, not_an_object,
               missing_video, unsafe_path, bad_time, bad_turns
     text      missing_caption, empty_caption, empty_turn
-    dedup     duplicate
+    dedup     duplicate;  near_dedup: dedup:near_duplicate (naming the kept twin and the similarity)
     download  unavailable, private, geo_blocked, bot_check, login_required, rate_limited, timeout,
               too_large, unsupported, http_<code>, connection_error, invalid_url, unsupported_scheme,
               missing_file, download_error
@@ -57,6 +63,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
+from lwmkit.pipelines.dedup.entry import NearDedupOptions
+from lwmkit.pipelines.dedup.stored import near_dedup_new_and_stored
+from lwmkit.pipelines.dedup.videos import VideoClip, VideoHashConfig
 from lwmkit.pipelines.engine import inputs
 from lwmkit.pipelines.engine import runner as runner_lib
 from lwmkit.pipelines.engine.dataflow import register_dry_run
@@ -107,6 +116,9 @@ CHAIN = StageChain(
     last="example",
     grouped=("dedup", "gather"),
 )
+NEAR_CHAIN = CHAIN.with_stage("near_dedup", after="download")
+# Stages a stored video skips before near dedup (it takes part there with its stored sketch) and after.
+BEFORE_NEAR, AFTER_NEAR = STAGES[1:4], STAGES[4:]
 WORK_DIR = "video-cache"
 _UNRECORDED_DECODE = ("workers", "videos_per_worker", "max_worker_rss_mb", "decoder_threads")
 
@@ -136,6 +148,10 @@ class VideosOptions(runner_lib.ResumeOptions):
         force, retry_failures, keep_work: as in `BooksOptions` (a retried video that duplicates one
         already stored is not caught by dedup).
       decode_task, decode_python_path: what the decode workers run (tests swap in a crashing task).
+      near_dedup: remove near-copies after the download, before decoding (pHash per frame and the
+        clip rule; off by default, see docs/near-dedup.md); near_threshold: the share of aligned
+        frames that must match for two clips to be near-copies. Recorded (and part of the work
+        store's identity) only when near_dedup is on.
     """
 
     inputs: tuple[str, ...]
@@ -157,10 +173,14 @@ class VideosOptions(runner_lib.ResumeOptions):
     pack: PackOptions = field(default_factory=PackOptions)
     decode_task: str = DEFAULT_TASK
     decode_python_path: tuple[str, ...] = ()
+    near_dedup: bool = False
+    near_threshold: float = 0.8
 
     def __post_init__(self):
         if not self.inputs:
             raise ValueError("inputs: give at least one file or glob")
+        if not 0.0 < self.near_threshold <= 1.0:
+            raise ValueError(f"near_threshold: {self.near_threshold} must be in (0, 1] (a share of frames)")
         check_packing_fields(self.seq_lens, self.shard_tokens)
         check_vqgan_fields(self)
         super().__post_init__()
@@ -174,7 +194,16 @@ class VideosOptions(runner_lib.ResumeOptions):
         d = recorded_options(self, not_recorded=("decode_task", "decode_python_path"))
         d["download"] = self.download.recorded()
         d["decode"] = {k: v for k, v in self.decode.to_json().items() if k not in _UNRECORDED_DECODE}
+        if not self.near_dedup:  # outputs without near dedup record what they recorded before it existed
+            d.pop("near_dedup")
+            d.pop("near_threshold")
         return d
+
+    def near(self) -> NearDedupOptions | None:
+        """The near-dedup stage's options, or None when it is off."""
+        if not self.near_dedup:
+            return None
+        return NearDedupOptions("video", VideoHashConfig(clip_threshold=self.near_threshold))
 
 
 def match_inputs(patterns: Sequence[str]) -> list[str]:
@@ -186,6 +215,14 @@ def frames_of(ref: dict) -> dict[str, int]:
     """How often a stored video counts in the stages that count frames (for resumed counts)."""
     frames = int(json.loads(ref["meta"])["frames"])
     return {"frames": frames, "encode": frames}
+
+
+def video_clip(video: dict) -> VideoClip:
+    """What near dedup hashes of a downloaded video: its file, only the row's clip range unless the
+    download already cut it."""
+    if video.get("clip_cut"):
+        return VideoClip(video["video_path"])
+    return VideoClip(video["video_path"], video.get("start"), video.get("end"))
 
 
 def build_pipeline(
@@ -203,10 +240,11 @@ def build_pipeline(
     stage = StageList(progress)
     failures, counts = stage.failures, stage.counts
 
+    near = options.near()
     stored, done = stored_documents(p, receipts, frames_of)
     paths = p | "inputs" >> beam.Create(files) | "spread files" >> beam.Reshuffle()
     videos = stage(paths, "read", ReadVideos(options.sources))
-    videos, skipped = skip_stored(videos, done, STAGES[1:])
+    videos, skipped = skip_stored(videos, done, STAGES[1:] if near is None else BEFORE_NEAR)
     counts.append(skipped)
     videos = videos | "spread videos" >> beam.Reshuffle()
     videos = stage(videos, "text", check_text)
@@ -215,6 +253,13 @@ def build_pipeline(
     videos = stage(groups, "dedup", keep_first)
     download = dataclasses.replace(options.download, work_dir=options.work_dir)
     videos = stage(videos, "download", DownloadVideo(download))
+    entries = []
+    if near is not None:
+        videos, stored, near_failures, near_counts, entry = near_dedup_new_and_stored(
+            videos, stored, near, content=video_clip, later=AFTER_NEAR, weigh=frames_of)
+        failures.append(near_failures)
+        counts.extend(near_counts)
+        entries.append(entry)
     videos = videos | "spread downloads" >> beam.Reshuffle()  # decodes run where workers are free
     decoded, frames, f, c = run_decode(
         videos, options.decode, progress, options.decode_task, options.decode_python_path
@@ -238,9 +283,10 @@ def build_pipeline(
         counts,
         options,
         job=job,
-        chain=CHAIN,
+        chain=CHAIN if near is None else NEAR_CHAIN,
         stored=stored,
         retried=retried,
+        manifest_entries=entries,
     )
 
 

@@ -56,6 +56,18 @@ class StageChain:
     last: str
     grouped: tuple[str, ...] = ()
 
+    def with_stage(self, name: str, after: str) -> StageChain:
+        """This chain with stage `name` right after `after`: `name` counts what `after` kept, and the
+        stages that counted what `after` kept now count what `name` kept (near dedup's place in a job).
+
+        Example: read -> dedup -> decode, with_stage("near_dedup", "dedup")
+                 -> read -> dedup -> near_dedup -> decode
+        """
+        i = self.stages.index(after) + 1
+        links = tuple((s, name if prev == after else prev) for s, prev in self.links) + ((name, after),)
+        last = name if self.last == after else self.last
+        return StageChain((*self.stages[:i], name, *self.stages[i:]), links, last, self.grouped)
+
 
 def recommended_rope_theta(seq_len: int) -> float:
     """RoPE theta for a text stage of seq_len tokens, following LWM's progressive training."""

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+NEAR_SKETCH = "near_sketch"  # the field `dedup.stored.SKETCH_FIELD` names (writing does not import dedup)
+
 
 def doc_arrays(doc: dict[str, Any], offset: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(tokens int32, vision_mask bool, loss_weights float32) of a document payload or a piece of one.
@@ -52,10 +54,11 @@ def example_payload(
 ) -> dict[str, Any]:
     """The compact payload `doc_arrays` reads back, from a built example's arrays.
 
-    `source` gives the example's `file` and `line`; `vision_mask` None means no vision tokens.
+    `source` gives the example's `file` and `line` (and its near-dedup sketch, `near_sketch`, when
+    it has one); `vision_mask` None means no vision tokens.
     Example: tokens [1, 5, 9] as "<u2" -> {"tokens": b"\\x01\\x00\\x05\\x00\\t\\x00", "token_dtype": "<u2", ...}
     """
-    return {
+    payload = {
         "file": source["file"],
         "line": source["line"],
         "chars": chars,
@@ -66,6 +69,9 @@ def example_payload(
         "loss_weights": loss_weights.astype("<f4").tobytes(),
         "atomic_spans": [list(s) for s in atomic_spans],
     }
+    if source.get(NEAR_SKETCH) is not None:  # near-dedup's sketch rests in the work store's receipts
+        payload[NEAR_SKETCH] = source[NEAR_SKETCH]
+    return payload
 
 
 def piece(doc: dict[str, Any], offset: int, length: int) -> dict[str, Any]:
