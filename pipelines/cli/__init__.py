@@ -59,7 +59,31 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         _module(command).add_parser(sub)
+    for command_parser in sub.choices.values():
+        _show_defaults(command_parser)
     return parser
+
+
+def _default_text(value) -> str:
+    if isinstance(value, tuple | list):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Appends "(default: X)" to the help of every option that has a default and does not name it yet.
+
+    Options without a default (None), flags (False) and required ones are left alone, so `--help`
+    never says "(default: None)". Example: --min-chars -> "--min-chars MIN_CHARS  (default: 1)".
+    """
+    for action in parser._actions:
+        default = action.default
+        if action.required or default is None or default is False or default == argparse.SUPPRESS:
+            continue
+        if not action.option_strings or "default" in (action.help or "") or action.help == argparse.SUPPRESS:
+            continue
+        shown = f"(default: {_default_text(default).replace('%', '%%')})"
+        action.help = f"{action.help} {shown}" if action.help else shown
 
 
 class _QuietBeamImportWarning(logging.Filter):

@@ -28,8 +28,9 @@ def add_parser(sub) -> None:
     books.add_argument("--seq-len", type=int_list, default=(32768,), help="packed lengths, e.g. 32768,131072")
     books.add_argument("--output", required=True, help="output directory (local or any Beam filesystem)")
     books.add_argument("--text-key", default="text", help="JSON key / parquet column of the text")
-    books.add_argument("--min-chars", type=int, default=1)
-    books.add_argument("--max-chars", type=int, default=None)
+    books.add_argument("--min-chars", type=int, default=1, help="drop documents with fewer characters")
+    books.add_argument("--max-chars", type=int, default=None,
+                       help="drop documents with more characters (default: no limit)")
     work_arguments(books)
     books.add_argument("--work-unit-mb", type=float, default=64.0,
                        help="size of a work-store unit in MiB (memory per worker grows with it; default 64)")

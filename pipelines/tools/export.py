@@ -8,9 +8,10 @@ each frame and "</vision>"), text under other keys, and a `fields` spec that ord
 appended. Each document record is split into those parts and the spec is written so that LWM
 rebuilds the record's own tokens and vision mask exactly, and its loss layout (weight > 0 becomes 1)
 as nearly as LWM's spec can say it: a vision field takes the loss of its codes, so "<vision>" and
-"</vision>" tag tokens weighted otherwise (lwmkit's image-text job gives tags weight 0) differ, and so
-does an EOS of weight 0 (LWM always trains EOS). Such tokens are counted in the summary; with
-`exact_loss=True` a record with any of them is refused instead.
+"</vision>" tag tokens weighted otherwise differ (lwmkit's image-text and video jobs weight the tags
+as LWM does: 1 in a generation example, 0 where the field is not trained), and so does an EOS of
+weight 0 (LWM always trains EOS). Such tokens are counted in the summary; with `exact_loss=True` a
+record with any of them is refused instead.
 
 Example, an understanding record (image, then a caption trained on):
     before: tokens       <s> ids("<vision>") c0..c255 8193 ids("</vision>") ids("A red ball.") </s>
@@ -20,7 +21,22 @@ Example, an understanding record (image, then a caption trained on):
 
 Text parts are decoded with the dataset's tokenizer and re-tokenized by LWM; the summary counts the
 parts whose re-tokenization differs from the record's ids (the text is the same, the ids are not).
-LWM's tokenizer is assumed not to add BOS in `encode` (its vision_chat.py writes "<s>" by hand).
+
+The tokenizer LWM's loader must use (README, `lwm-pack export --help`): LWM's train.py loads it with
+`AutoTokenizer.from_pretrained(...)`, a Hugging Face LlamaTokenizer, and `VisionTextProcessor`
+calls `tokenizer.encode(text)` once per text field. It must be loaded with `add_bos_token=False`
+and `add_eos_token=False` (transformers' default `add_bos_token=True` puts a stray BOS before every
+text field; LWM adds BOS and EOS itself). By default Hugging Face splits the text of its special
+tokens (`<s>`, `</s>`, `<unk>`) out of raw text as special ids before SentencePiece sees it, so a
+document that merely contains the characters "</s>" would train an EOS in mid-document. There is
+no escape that re-tokenizes to the record's ids, so such a text part is never written: the record
+is refused with reason `special_token_text` (skipped and counted, or an error in strict mode).
+Every line written therefore gives the same ids with special-token parsing on (the default) or off
+(`split_special_tokens=True`). `lwm_loader_encode` is those rules, and the round-trip count uses it.
+
+    before: tokens   <s> ids("Use </s> to end.") </s>     (the text holds the characters "</s>")
+    after:  no line; summary skipped_by_reason {"special_token_text": 1}, failures [{..., "reason":
+            "special_token_text", "detail": "text part 1 holds '</s>', which LWM's tokenizer reads as id 2"}]
 """
 
 from __future__ import annotations
@@ -39,6 +55,7 @@ from lwmkit.tokenizers.text import SentencePieceTokenizer
 from lwmkit.tokenizers.vision import VisionFieldError, run_frames, vision_runs, vision_tags
 
 FORMATS = ("lwm-jsonl",)
+_SKIP_HINT = "--skip-unexportable skips and counts such records"
 _RESERVED_KEYS = ("fields", "lwmkit_doc_id", "lwmkit_source")
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
@@ -124,6 +141,37 @@ def dataset_tokenizer(manifest: dict[str, Any], path: str | None, directory: str
     return tok
 
 
+def special_token_texts(tok: SentencePieceTokenizer) -> dict[str, int]:
+    """The texts a Hugging Face LlamaTokenizer built from `tok` splits out of raw text as special ids.
+
+    Its special tokens are the model's pieces for <unk>, BOS and EOS (and pad, if the model has one):
+    for LLaMA-2 {"<unk>": 0, "<s>": 1, "</s>": 2}.
+    """
+    ids = [tok.unk_id, tok.bos_id, tok.eos_id, tok.pad_id]
+    return {tok.id_to_piece(i): i for i in ids if i >= 0}
+
+
+def lwm_loader_encode(tok: SentencePieceTokenizer, text: str) -> list[int]:
+    """What LWM's loader (`tokenizer.encode(text)`, add_bos_token=False, add_eos_token=False) makes of `text`.
+
+    Hugging Face's slow and fast LlamaTokenizer first cut the text at every occurrence of a special
+    token's text (leftmost, longest first) and give each its special id; the pieces between go through
+    SentencePiece; no BOS or EOS is added. Example: "a </s> b" -> encode("a ") + [2] + encode(" b").
+    """
+    specials = special_token_texts(tok)
+    pattern = re.compile("|".join(re.escape(t) for t in sorted(specials, key=len, reverse=True)))
+    ids: list[int] = []
+    pos = 0
+    for m in pattern.finditer(text):
+        if m.start() > pos:
+            ids += tok.encode(text[pos : m.start()])
+        ids.append(specials[m.group()])
+        pos = m.end()
+    if pos < len(text) or not text:
+        ids += tok.encode(text[pos:])
+    return ids
+
+
 class _Converter:
     """Turns one document record into one LWM line (a dict), or raises ExportError."""
 
@@ -133,6 +181,7 @@ class _Converter:
         start, end = vision_tags(tok)
         self.start, self.end = start.tolist(), end.tolist()
         self.specials = {tok.bos_id: "<|bos|>", tok.eos_id: "<|eos|>"}
+        self.special_texts = {i: t for t, i in special_token_texts(tok).items()}
         self.retokenized = 0
         self.binarized = 0
         self.loss_differs = 0  # tokens whose LWM loss (0/1) is not the record's (weight > 0)
@@ -176,7 +225,15 @@ class _Converter:
                     counts["text"] += 1
                     key = self._key(self.options.text_key, counts["text"])
                     line[key] = self.tok.decode(ids)
-                    counts["retokenized"] += self.tok.encode(line[key]) != ids
+                    lwm_ids = lwm_loader_encode(self.tok, line[key])
+                    parsed = [t for t in lwm_ids if t in self.special_texts]
+                    if parsed:  # no escape re-tokenizes to the record's ids (module docstring)
+                        raise ExportError(
+                            f"text part {counts['text']} holds {self.special_texts[parsed[0]]!r}, which LWM's "
+                            f"tokenizer reads as id {parsed[0]}",
+                            "special_token_text",
+                        )
+                    counts["retokenized"] += lwm_ids != ids
                 else:
                     key = special
                 fields.append(key if w else f"[{key}]")
@@ -239,7 +296,9 @@ def export_lwm_jsonl(
       log: receives progress lines.
 
     Returns:
-      A summary: output, records, written, skipped_by_reason, text_parts_retokenized_differently,
+      A summary: output, records, written, skipped_by_reason, failures (one dict per skipped record:
+      stage "export", record, doc_id, source, reason, detail), text_parts_retokenized_differently
+      (under `lwm_loader_encode`),
       loss_weights_binarized (weights > 0 other than 1), loss_tokens_differing and
       records_with_loss_differences (see the module docstring), tokenizer_sha256.
 
@@ -253,6 +312,7 @@ def export_lwm_jsonl(
     tok = dataset_tokenizer(src.manifest, tokenizer, docs)
     convert = _Converter(tok, options)
     skipped: dict[str, int] = {}
+    failures: list[dict[str, Any]] = []
     written = 0
     parent = os.path.dirname(os.path.abspath(output))
     os.makedirs(parent, exist_ok=True)
@@ -264,10 +324,13 @@ def export_lwm_jsonl(
                 try:
                     line = convert(rec)
                 except ExportError as e:
-                    where = f"{docs}: record {i} (doc {rec['doc_id']}, {rec['source_file']}:{rec['source_line']})"
+                    source = f"{rec['source_file']}:{rec['source_line']}"
+                    where = f"{docs}: record {i} (doc {rec['doc_id']}, {source})"
                     if options.strict:
-                        raise ExportError(f"{where}: {e.reason}: {e}", e.reason) from e
+                        raise ExportError(f"{where}: {e.reason}: {e} ({_SKIP_HINT})", e.reason) from e
                     skipped[e.reason] = skipped.get(e.reason, 0) + 1
+                    failures.append({"stage": "export", "record": i, "doc_id": int(rec["doc_id"]),
+                                     "source": source, "reason": e.reason, "detail": str(e)})
                     continue
                 f.write(json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n")
                 written += 1
@@ -281,6 +344,7 @@ def export_lwm_jsonl(
         "records": len(src),
         "written": written,
         "skipped_by_reason": dict(sorted(skipped.items())),
+        "failures": failures,
         "text_parts_retokenized_differently": convert.retokenized,
         "loss_weights_binarized": convert.binarized,
         "loss_tokens_differing": convert.loss_differs,
@@ -293,6 +357,9 @@ def describe(summary: dict[str, Any]) -> str:
     """One line for the command line: what was written, skipped and not reproduced exactly."""
     skipped = ", ".join(f"{k} x{v}" for k, v in summary["skipped_by_reason"].items()) or "none skipped"
     notes = [f"wrote {summary['written']} of {summary['records']} records to {summary['output']} ({skipped})"]
+    if summary.get("failures"):
+        first = summary["failures"][0]
+        notes.append(f"first skipped: record {first['record']} ({first['source']}): {first['reason']}: {first['detail']}")
     if summary["loss_tokens_differing"]:
         notes.append(
             f"{summary['loss_tokens_differing']} tokens in {summary['records_with_loss_differences']} records get "
@@ -305,12 +372,14 @@ def describe(summary: dict[str, Any]) -> str:
     return "; ".join(notes)
 
 
-def run_export(format: str, directory: str, output: str, tokenizer: str | None = None) -> dict[str, Any]:
-    """Exports `directory` in the named format (see `FORMATS`).
+def run_export(
+    format: str, directory: str, output: str, tokenizer: str | None = None, strict: bool = True
+) -> dict[str, Any]:
+    """Exports `directory` in the named format (see `FORMATS`); `strict=False` skips and counts bad records.
 
     Raises:
       ValueError: for an unknown format, listing the valid ones.
     """
     if format == "lwm-jsonl":
-        return export_lwm_jsonl(directory, output, tokenizer)
+        return export_lwm_jsonl(directory, output, tokenizer, ExportOptions(strict=strict))
     raise ValueError(f"unknown export format {format!r}; valid: {', '.join(FORMATS)}")

@@ -152,6 +152,7 @@ def inspect(
     """
     problems: list[str] = []
     dirs = _dataset_dirs(directory)
+    failures: list[str] = []  # every dataset of a job repeats the job's failures: print each once
     for d in dirs:
         m = load_manifest(d)
         found = verify_directory(d, checksums=checksums)
@@ -162,7 +163,12 @@ def inspect(
             f"{m['documents']} documents, {m['tokens']['total']} tokens{fill}, {len(m['shards'])} shards\n"
         )
         if m.get("failures", {}).get("total"):
-            out.write(f"  failures: {m['failures']['by_reason']}\n")
+            by_reason = ", ".join(f"{k} x{v}" for k, v in sorted(m["failures"]["by_reason"].items()))
+            line = f"failures: {m['failures']['total']} dropped records ({by_reason})"
+            if line not in failures:
+                failures.append(line)
+    for line in failures:
+        out.write(f"{line}\n")
     for p in problems:
         out.write(f"  problem: {p}\n")
     if record is not None and dirs:

@@ -56,6 +56,7 @@ table{border-collapse:collapse;margin:8px 0 14px}th,td{border:1px solid #ddd;pad
 th{background:#f4f4f4;white-space:nowrap}td.num{text-align:right;font-variant-numeric:tabular-nums}
 td table{margin:0}code{font-family:"DejaVu Sans Mono",Menlo,monospace;font-size:13px;overflow-wrap:anywhere}
 img{max-width:100%;height:auto;display:block;margin:8px 0}.note{color:#555;font-style:italic}.sub{color:#666}
+.warning{color:#a40000;font-weight:bold}
 """
 
 
@@ -63,12 +64,21 @@ def _kv(rows: Sequence[tuple[str, str]]) -> str:
     return "<table>" + "".join(f"<tr><th>{esc(k)}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
 
 
-def _stage_cell(key: str, value: Any) -> str:
+def _stage_cell(key: str, value: Any, stage: dict[str, Any]) -> str:
+    """One cell of the stage table; a dict (e.g. tokens by modality) becomes one "key value" line each."""
     if key == "fill":
-        return fmt_pct(value)
+        return fmt_pct(value, stage.get("records"))
+    if isinstance(value, dict):
+        return "<br>".join(f"{esc(k)} {_stage_cell(k, v, stage)}" for k, v in value.items())
     if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
         return fmt_int(value)
     return esc(value)
+
+
+def _warnings(root: dict[str, Any], datasets: Sequence[ReportDataset]) -> str:
+    """Every warning the manifests record (e.g. a randomly initialised VQGAN), each once."""
+    found = [str(w) for m in [root, *(d.manifest for d in datasets)] for w in m.get("warnings") or []]
+    return "<br>".join(f"<span class=warning>{esc(w)}</span>" for w in dict.fromkeys(found)) or "none"
 
 
 def _summary(directory: str, root: dict[str, Any], datasets: Sequence[ReportDataset], stages) -> str:
@@ -78,7 +88,7 @@ def _summary(directory: str, root: dict[str, Any], datasets: Sequence[ReportData
         f'<tr data-dataset="{esc(d.name)}"><td>{esc(d.name)}</td><td>{esc(d.kind)}</td>'
         f"<td class=num>{fmt_int(m.get('seq_len'))}</td><td class=num>{fmt_int(m.get('documents'))}</td>"
         f"<td class=num>{fmt_int(fmt_tokens(m, 'total'))}</td><td class=num>{fmt_int(fmt_tokens(m, 'vision'))}</td>"
-        f"<td class=num>{fmt_int(m.get('records'))}</td><td class=num>{fmt_pct(m.get('fill'))}</td>"
+        f"<td class=num>{fmt_int(m.get('records'))}</td><td class=num>{fmt_pct(m.get('fill'), m.get('records'))}</td>"
         f"<td class=num>{fmt_int(m.get('segments'))}</td></tr>"
         for d in datasets for m in [d.manifest]
     )
@@ -87,7 +97,7 @@ def _summary(directory: str, root: dict[str, Any], datasets: Sequence[ReportData
         keys = ("seq_len", "records", "tokens", "fill", "rope_theta", "documents_long_enough", "min_doc_tokens")
         out += "<h3>Context stages</h3><table class=stages><tr><th>stage</th>" + "".join(f"<th>{k}</th>" for k in keys) + "</tr>"
         out += "".join(
-            f"<tr><td>{i + 1}</td>" + "".join(f"<td class=num>{_stage_cell(k, s.get(k))}</td>" for k in keys) + "</tr>"
+            f"<tr><td>{i + 1}</td>" + "".join(f"<td class=num>{_stage_cell(k, s.get(k), s)}</td>" for k in keys) + "</tr>"
             for i, s in enumerate(stages)
         )
         out += "</table>"
@@ -97,6 +107,7 @@ def _summary(directory: str, root: dict[str, Any], datasets: Sequence[ReportData
     shown = "<br>".join(f"<code>{esc(f)}</code>" for f in files[:20]) + (f"<br>… and {len(files) - 20:,} more" if len(files) > 20 else "")
     failures = root.get("failures") or {}
     rows = [
+        ("warnings", _warnings(root, datasets)),
         ("directory", f"<code>{esc(os.path.abspath(directory))}</code>"),
         ("kind", esc(root.get("kind", "–"))),
         ("documents", fmt_int(root.get("documents"))),

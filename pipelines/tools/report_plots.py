@@ -64,8 +64,16 @@ def fmt_int(value: Any) -> str:
     return f"{int(value):,}"
 
 
-def fmt_pct(fill: float | None) -> str:
+def fmt_pct(fill: float | None, records: Any = None) -> str:
+    """A fill as a percentage; "no records" when `records` is 0 (an empty dataset has no fill)."""
+    if records == 0:
+        return "no records"
     return "–" if fill is None else f"{100 * fill:.2f}%"
+
+
+def by_seq_len(item: dict[str, Any]) -> tuple[bool, int]:
+    """Sort key: no seq_len (documents) first, then seq_len as a number (32768 before 1048576)."""
+    return item.get("seq_len") is not None, int(item.get("seq_len") or 0)
 
 
 def _short(x: float, _pos: Any = None) -> str:
@@ -82,8 +90,9 @@ def _short(x: float, _pos: Any = None) -> str:
 
 
 def read_datasets(directory: str, root: dict[str, Any]) -> list[ReportDataset]:
-    if isinstance(root.get("datasets"), dict):
-        return [ReportDataset(n, os.path.join(directory, n), load_manifest(os.path.join(directory, n))) for n in root["datasets"]]
+    if isinstance(root.get("datasets"), dict):  # JSON keys sort as strings: order by seq_len instead
+        found = [ReportDataset(n, os.path.join(directory, n), load_manifest(os.path.join(directory, n))) for n in root["datasets"]]
+        return sorted(found, key=lambda d: by_seq_len(d.manifest))
     return [ReportDataset(os.path.basename(os.path.normpath(directory)), directory, root)]
 
 
@@ -92,7 +101,7 @@ def context_stages(root: dict[str, Any]) -> list[dict[str, Any]]:
     # pipeline's per-stage counts instead (every manifest has those).
     for key in ("stages", "stages_schedule"):
         if isinstance(root.get(key), list):
-            return [s for s in root[key] if isinstance(s, dict)]
+            return sorted((s for s in root[key] if isinstance(s, dict)), key=by_seq_len)
     return []
 
 
@@ -102,12 +111,14 @@ def packed_datasets(datasets: Sequence[ReportDataset]) -> list[ReportDataset]:
 
 def _document_lengths(datasets: Sequence[ReportDataset]) -> tuple[np.ndarray, str] | None:
     ordered = [d for d in datasets if d.kind == "document"] + packed_datasets(datasets)
-    for d in ordered:
+    for d in ordered:  # the first that lists documents: an empty stage's table has no rows
         path = os.path.join(d.path, "documents.parquet")
         if os.path.exists(path):
             import pyarrow.parquet as pq
 
-            return np.asarray(pq.read_table(path, columns=["tokens"]).column("tokens").to_numpy()), d.name
+            tokens = np.asarray(pq.read_table(path, columns=["tokens"]).column("tokens").to_numpy())
+            if len(tokens):
+                return tokens, d.name
     return None
 
 
@@ -202,18 +213,19 @@ def plot_lengths(datasets, seq_lens) -> Plot:
 
 def plot_fill(datasets, stages) -> Plot:
     if stages:
-        items = [(f"stage {i + 1}\n{int(s['seq_len']):,}", s.get("fill")) for i, s in enumerate(stages)]
+        items = [(f"stage {i + 1}\n{int(s['seq_len']):,}", s.get("fill"), s.get("records")) for i, s in enumerate(stages)]
         what, xlabel = "context stage", "context stage and seq_len (tokens per record)"
     else:
-        items = [(f"{d.name}\n{int(d.manifest['seq_len']):,}", d.manifest.get("fill")) for d in packed_datasets(datasets)]
+        items = [(f"{d.name}\n{int(d.manifest['seq_len']):,}", d.manifest.get("fill"), d.manifest.get("records"))
+                 for d in packed_datasets(datasets)]
         what, xlabel = "packed dataset", "packed dataset and seq_len (tokens per record)"
-    items = [(label, float(f)) for label, f in items if f is not None]
+    items = [(label, 0.0 if n == 0 else float(f), fmt_pct(f, n)) for label, f, n in items if f is not None or n == 0]
     if not items:
         return Plot(None, "", "No packed dataset or stage records a fill: nothing to plot.")
     fig = _figure(max(7.0, min(10.5, 2 + 1.4 * len(items))), 4.2)
     ax = fig.add_subplot()
-    bars = ax.bar([x for x, _ in items], [100 * f for _, f in items], color=_TEXT, width=0.6)
-    _label_bars(ax, bars, [f"{100 * f:.2f}%" for _, f in items])
+    bars = ax.bar([x for x, _, _ in items], [100 * f for _, f, _ in items], color=_TEXT, width=0.6)
+    _label_bars(ax, bars, [text for _, _, text in items])
     ax.set_ylim(0, 112)
     ax.set_yticks(range(0, 101, 20))
     ax.set_title(f"Fill per {what}")

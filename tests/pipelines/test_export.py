@@ -11,7 +11,13 @@ import pytest
 from lwmkit.packing.records import encode_document
 from lwmkit.packing.shards import write_json_atomic
 from lwmkit.pipelines.cli import main
-from lwmkit.pipelines.tools.export import ExportError, ExportOptions, export_lwm_jsonl, run_export
+from lwmkit.pipelines.tools.export import (
+    ExportError,
+    ExportOptions,
+    export_lwm_jsonl,
+    lwm_loader_encode,
+    run_export,
+)
 from lwmkit.tokenizers.text import SentencePieceTokenizer
 from lwmkit.tokenizers.vision import vision_field
 
@@ -19,15 +25,41 @@ from ..packing.helpers import write_dataset, write_packed_dir
 
 
 class _LWMTokenizer:
-    """The three things lwm/data.py uses of its Hugging Face LLaMA tokenizer (encode adds no BOS)."""
+    """The three things lwm/data.py uses of its Hugging Face LLaMA tokenizer.
 
-    def __init__(self, tok: SentencePieceTokenizer):
+    `encode` follows Hugging Face's documented LlamaTokenizer behaviour: the special tokens' texts
+    (`<unk>`, `<s>`, `</s>`) found in raw text are split out as their special ids before SentencePiece
+    sees the rest (split_special_tokens=False, the default); BOS is prepended when `add_bos_token`
+    (transformers' default True; the export's instructions say False) and EOS appended when
+    `add_eos_token`.
+    """
+
+    SPECIALS = ("<unk>", "<s>", "</s>")
+
+    def __init__(self, tok: SentencePieceTokenizer, add_bos_token: bool = False, add_eos_token: bool = False):
         self._tok = tok
         self.bos_token_id = tok.bos_id
         self.eos_token_id = tok.eos_id
+        self.add_bos_token, self.add_eos_token = add_bos_token, add_eos_token
+        self._ids = {"<unk>": tok.unk_id, "<s>": tok.bos_id, "</s>": tok.eos_id}
+
+    def _split(self, text: str) -> list[str]:
+        """Cuts `text` around every special token's text, scanning left to right."""
+        out, start, i = [], 0, 0
+        while i < len(text):
+            hit = next((s for s in sorted(self.SPECIALS, key=len, reverse=True) if text.startswith(s, i)), None)
+            if hit is None:
+                i += 1
+                continue
+            out += [text[start:i], hit] if i > start else [hit]
+            i = start = i + len(hit)
+        return out + ([text[start:]] if start < len(text) else [])
 
     def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text)
+        ids = [self.bos_token_id] if self.add_bos_token else []
+        for chunk in self._split(text) or [""]:
+            ids += [self._ids[chunk]] if chunk in self._ids else self._tok.encode(chunk)
+        return ids + ([self.eos_token_id] if self.add_eos_token else [])
 
 
 def lwm_vision_text_processor(example: dict, index: int, tokenizer, max_n_frames: int = -1):
@@ -202,8 +234,9 @@ def test_a_job_directory_exports_its_documents(tmp_path, docs, tok, tiny_tokeniz
 
 
 def test_image_text_job_layout_exports_with_counted_loss_differences(tmp_path, docs, tok, tiny_tokenizer):
-    # lwmkit's image-text job trains a generation example on the vision-mask tokens only: tags and
-    # EOS weigh 0. LWM's `[caption],vision` trains tags and EOS too; those tokens are counted.
+    # A generation example trained on the vision-mask tokens only (tags and EOS weigh 0; lwmkit's own
+    # image-text job weighs them 1, as LWM does). LWM's `[caption],vision` trains tags and EOS too;
+    # those tokens are counted.
     gen = dict(docs[1], loss_weights=docs[1]["vision_mask"].astype(np.float32))
     d = write_docs(tmp_path / "documents", [docs[0], gen], tiny_tokenizer, tok)
     summary = export_lwm_jsonl(d, str(tmp_path / "x.jsonl"))
@@ -277,3 +310,55 @@ def test_cli_export(tmp_path, docs, tok, tiny_tokenizer, capsys):
     bad = write_docs(tmp_path / "bad", _bad_docs(tok, docs), tiny_tokenizer, tok)
     assert main(["export", bad, "--output", str(tmp_path / "b.jsonl")]) == 1
     assert capsys.readouterr().err.startswith("lwm-pack export: error:")
+
+
+_SPECIAL_TEXTS = ["Close the tag with </s> and go on.", "A <s> in the middle.", "An <unk> word.", "x</s>"]
+
+
+def test_text_that_parses_to_special_ids_is_never_exported(tmp_path, docs, tok, tiny_tokenizer):
+    # lwmkit tokenizes "</s>" in a document as ordinary pieces; LWM's Hugging Face tokenizer would
+    # read the exported text as EOS (id 2) in mid-document. Such records are refused, never written.
+    specials = [document(tok, [("text", text, True)], 10 + k) for k, text in enumerate(_SPECIAL_TEXTS)]
+    d = write_docs(tmp_path / "documents", [docs[0], *specials, docs[3]], tiny_tokenizer, tok)
+    out = tmp_path / "lwm.jsonl"
+    with pytest.raises(ExportError, match=r"record 1 \(doc 5010, pairs.jsonl:11\): special_token_text: "
+                                          r"text part 1 holds '</s>', which LWM's tokenizer reads as id 2 "
+                                          r"\(--skip-unexportable"):
+        export_lwm_jsonl(d, str(out))
+    summary = run_export("lwm-jsonl", d, str(out), strict=False)
+    assert summary["written"] == 2 and summary["skipped_by_reason"] == {"special_token_text": len(_SPECIAL_TEXTS)}
+    assert [(f["doc_id"], f["reason"]) for f in summary["failures"]] == [
+        (5010 + k, "special_token_text") for k in range(len(_SPECIAL_TEXTS))
+    ]
+    assert "'<unk>', which LWM's tokenizer reads as id 0" in summary["failures"][2]["detail"]
+    lwm = _LWMTokenizer(tok)
+    for index, line in enumerate(json.loads(x) for x in out.read_text().splitlines()):
+        tokens, _, _ = lwm_vision_text_processor(line, index, lwm)
+        assert tokens.count(tok.eos_id) == 1 and tokens[-1] == tok.eos_id  # EOS only at the end
+        assert tokens.count(tok.bos_id) == 1 and tokens[0] == tok.bos_id
+
+
+@pytest.mark.parametrize("text", [*_SPECIAL_TEXTS, "plain text", "", "<s</s>>", "<<unk>>", "</s></s>"])
+def test_lwm_loader_encode_follows_hugging_face_parsing(tok, text):
+    assert lwm_loader_encode(tok, text) == _LWMTokenizer(tok).encode(text)
+
+
+def test_transformers_default_bos_would_add_stray_ids(tmp_path, docs, tok, tiny_tokenizer):
+    # Why the help and README say add_bos_token=False: with transformers' default every text field
+    # (and each "<vision>"/"</vision>" tag) starts with a BOS that the record does not have.
+    d = write_docs(tmp_path / "documents", docs[:1], tiny_tokenizer, tok)
+    export_lwm_jsonl(d, str(tmp_path / "x.jsonl"))
+    line = json.loads((tmp_path / "x.jsonl").read_text())
+    right, _, _ = lwm_vision_text_processor(line, 0, _LWMTokenizer(tok))
+    wrong, _, _ = lwm_vision_text_processor(line, 0, _LWMTokenizer(tok, add_bos_token=True))
+    np.testing.assert_array_equal(right, docs[0]["tokens"])
+    assert wrong.count(tok.bos_id) == 4  # its own, one per tag, one for the caption
+
+
+def test_export_help_states_the_tokenizer_settings(capsys):
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for phrase in ("add_bos_token=False", "add_eos_token=False", "split_special_tokens=True",
+                   "special_token_text", "--skip-unexportable"):
+        assert phrase in help_text

@@ -151,7 +151,8 @@ def test_page_has_every_section_and_valid_inline_pngs(built):
 def test_summary_numbers_come_from_the_manifests(built):
     page = _Page(_read(write_report(built)))
     job = _manifest(built)
-    assert list(page.rows) == list(job["datasets"])
+    assert list(page.rows) == ["documents", "packed-512", "packed-2048"]  # by seq_len, not as strings
+    assert sorted(page.rows) == sorted(job["datasets"])
     for name in job["datasets"]:
         m = _manifest(os.path.join(built, name))
         row = page.rows[name]
@@ -248,3 +249,37 @@ def test_a_single_dataset_directory(built, tmp_path, name, plots):
     assert list(page.rows) == [name]
     assert len(_pngs(page)) == plots  # documents/: lengths and failures; no packing to plot
     assert len(page.skipped) == 6 - plots
+
+
+def test_warnings_order_empty_stages_and_dict_cells(copy):
+    import pyarrow.parquet as pq
+
+    warning = "the VQGAN is randomly initialised <seed 0>: its codes mean nothing"
+    _edit(copy, lambda m: m.update(warnings=[warning]))
+    _edit(os.path.join(copy, "packed-2048"), lambda m: m.update(warnings=[warning, "a dataset warning"]))
+    # An empty smallest stage: its documents.parquet has no rows, its fill is 0 for no records.
+    table = pq.read_table(os.path.join(copy, "packed-512", "documents.parquet"))
+    pq.write_table(table.slice(0, 0), os.path.join(copy, "packed-512", "documents.parquet"))
+    _edit(os.path.join(copy, "packed-512"), lambda m: m.update(records=0, fill=0.0))
+    os.remove(os.path.join(copy, "documents", "documents.parquet"))
+
+    def stages(m):
+        m["kind"] = "stages"
+        m["stages_schedule"] = [  # as JSON's sorted keys or a caller might list them: not by length
+            {"seq_len": n, "records": r, "tokens": {"total": t, "text": t, "vision": 0}, "fill": f}
+            for n, r, t, f in [(1048576, 3, 3_000_000, 0.95), (512, 0, 0, 0.0), (32768, 7, 200_000, 0.875)]
+        ]
+
+    _edit(copy, stages)
+    text = _read(write_report(copy))
+    page = _Page(text)
+    assert f"<span class=warning>{html.escape(warning)}</span>" in text and text.count(html.escape(warning)) == 1
+    assert "a dataset warning" in text
+    assert list(page.rows) == ["documents", "packed-512", "packed-2048"]
+    assert page.rows["packed-512"][7] == "no records" and "0.00%" not in text
+    stage_table = text[text.index("<table class=stages>"):]
+    stage_table = stage_table[: stage_table.index("</table>")]
+    assert stage_table.index("512") < stage_table.index("32,768") < stage_table.index("1,048,576")
+    assert "{" not in stage_table and "total 3,000,000<br>text 3,000,000<br>vision 0" in stage_table
+    assert "no records" in stage_table
+    assert "From <code>packed-2048/documents.parquet</code>" in text  # not the empty stage's table

@@ -243,7 +243,9 @@ def option_warnings(options: Any, beam_options) -> list[str]:
             "(docs/running-at-scale.md, Dataflow)"
         )
     paths = [("--input", p) for p in getattr(options, "inputs", None) or ()]
-    paths += [("--output", options.output), ("--tokenizer", options.tokenizer)]
+    # Not --tokenizer: the launcher reads it (engine.inputs.read_tokenizer) and its bytes travel
+    # inside the pickled stages (SentencePieceTokenizer keeps its model proto), so workers never open it.
+    paths += [("--output", options.output)]
     paths += [
         (f"--{k}", getattr(options, k)) for k in ("vqgan", "documents") if getattr(options, k, None)
     ]
