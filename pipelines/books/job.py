@@ -43,6 +43,7 @@ from lwmkit.pipelines.engine.inputs import read_tokenizer
 from lwmkit.pipelines.engine.job_options import check_packing_fields, recorded_options
 from lwmkit.pipelines.engine.lifecycle import PreparedJob, job_record, launch
 from lwmkit.pipelines.engine.normalize import normalize_text
+from lwmkit.pipelines.engine.progress import progress_folder
 from lwmkit.pipelines.engine.resume import skip_stored, stored_documents
 from lwmkit.pipelines.engine.stages import Dropped, DropRecord, StageList
 from lwmkit.pipelines.engine.work_store import DEFAULT_UNIT_BYTES, SpillDoFn
@@ -249,7 +250,7 @@ def build_pipeline(
     retried: Sequence[dict] | None = None,
 ):
     """Adds the books job's stages to pipeline `p`."""
-    progress = options.progress
+    progress = progress_folder(options)
     stage = StageList(progress)
     failures, counts = stage.failures, stage.counts
 

@@ -13,6 +13,7 @@
     work_store.py      tokenized documents kept on disk between stages: the unit of resume
     outputs.py         atomic writes and reads on local disk or any Beam filesystem
     output_lock.py     one job per output folder (owner, start time, heartbeat)
+    progress.py        live stage counts: workers report to a folder, the launcher shows the sums
     exact_dedup.py     exact deduplication by content hash (`KeepFirst`)
     normalize.py       text normalization before hashing and tokenization
     vqgan.py           the VQGAN step the image and video jobs share

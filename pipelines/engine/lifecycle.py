@@ -35,6 +35,7 @@ from lwmkit.pipelines.engine.outputs import (
     read_output_bytes,
     write_output_bytes,
 )
+from lwmkit.pipelines.engine.progress import ProgressWatch, progress_folder
 from lwmkit.pipelines.engine.resume import previous_failures
 from lwmkit.pipelines.engine.work_store import receipt_paths
 
@@ -153,6 +154,8 @@ def run_job(
     keep_work: bool = False,
     rerun: bool = False,
     num_workers: int = 0,
+    progress: str | None = None,
+    stages: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Runs a job unless its output is already complete; returns the job manifest.
 
@@ -166,20 +169,22 @@ def run_job(
     temporary files of earlier, killed runs. The work store's identity includes each input's
     size and modification time (`inputs.input_stats`), so changed inputs never meet stale units.
     `num_workers`: the size of the local cluster a Dask run without a scheduler address starts
-    (`runner.running`).
+    (`runner.running`). `progress`: the job's progress folder (`progress.progress_folder`), whose
+    counts are shown in the order of `stages` while the pipeline runs (`progress.ProgressWatch`).
     """
     lock = OutputLock(output)
     if took_over := lock.acquire():
         log(took_over)
     try:
         return _run_locked(build, output=output, job=job, force=force, log=log, pipeline_options=pipeline_options,
-                           identity=identity, keep_work=keep_work, rerun=rerun, lock=lock, num_workers=num_workers)
+                           identity=identity, keep_work=keep_work, rerun=rerun, lock=lock, num_workers=num_workers,
+                           progress=progress, stages=stages)
     finally:
         lock.release()
 
 
 def _run_locked(
-    build, *, output, job, force, log, pipeline_options, identity, keep_work, rerun, lock, num_workers
+    build, *, output, job, force, log, pipeline_options, identity, keep_work, rerun, lock, num_workers, progress, stages
 ) -> dict[str, Any]:
     stats = input_stats(job["input_files"])
     if not force and not rerun and (done := complete_output(output, job, stats)):
@@ -192,7 +197,11 @@ def _run_locked(
         log(f"resuming from {kept} work units of an earlier run in {work_store.work_dir(output)}")
     delete_outputs(list_outputs(join(output, "*", "manifest.json")) + [join(output, "manifest.json")])
     start = time.monotonic()
-    with runner_lib.running(pipeline_options, num_workers), beam.Pipeline(options=pipeline_options) as p:
+    with (
+        runner_lib.running(pipeline_options, num_workers),
+        ProgressWatch(progress, stages),  # leaves after the pipeline, with its last counts
+        beam.Pipeline(options=pipeline_options) as p,
+    ):
         build(p)
     log(f"finished in {time.monotonic() - start:.1f}s")
     lock.check()
@@ -261,6 +270,8 @@ def launch(
         keep_work=options.keep_work,
         rerun=options.retry_failures,
         num_workers=options.direct_num_workers,
+        progress=progress_folder(options),
+        stages=prepared.stages,
     )
     for line in stage_count_lines(manifest.get("stages") or {}, prepared.stages):
         log(line)  # the final counts, as the manifest records them

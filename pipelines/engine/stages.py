@@ -32,13 +32,13 @@ Example, a stage that drops empty texts:
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
+from lwmkit.pipelines.engine import progress as progress_lib
 
 MAIN = "main"
 FAILURES = "failures"
@@ -78,10 +78,11 @@ class StageDoFn(beam.DoFn):
     Args:
       stage: the stage name used in metrics, counts and failure rows.
       fn: element -> iterable of outputs and `Dropped`; may raise `DropRecord`.
-      progress: print a progress line to stderr at most every 2 seconds.
+      progress: the job's progress folder (`progress.progress_folder`), where this process's running
+        counts go for the launcher's display; None: no live counts.
     """
 
-    def __init__(self, stage: str, fn: Callable[[Any], Iterable[Any]], progress: bool = False, attempts: int = 3,
+    def __init__(self, stage: str, fn: Callable[[Any], Iterable[Any]], progress: str | None = None, attempts: int = 3,
                  retry_pause_s: float = 0.1):
         self.stage = stage
         self.fn = fn
@@ -94,9 +95,7 @@ class StageDoFn(beam.DoFn):
             k: beam.metrics.Metrics.counter("lwmkit", f"{self.stage}.{k}")
             for k in ("seen", "kept", "dropped", "retried")
         }
-        self._last_print = time.monotonic()  # first line after 2 s: short jobs stay quiet
         self._failing_in_a_row = 0  # records that failed every attempt, since the last success
-        self._total = [0, 0, 0]
 
     def start_bundle(self):
         self._counts = [0, 0, 0]  # seen, kept, dropped
@@ -150,19 +149,21 @@ class StageDoFn(beam.DoFn):
                 yield FAILURES, failure_row(self.stage, file, line, "stage_error", detail)
                 break
         if self.progress:
-            now = time.monotonic()
-            if now - self._last_print > 2.0:
-                self._last_print = now
-                s, k, d = (t + c for t, c in zip(self._total, self._counts, strict=True))
-                print(f"[lwm-pack] {self.stage}: {s} in, {k} out, {d} dropped (this worker)", file=sys.stderr, flush=True)
+            progress_lib.count(self.progress, self.stage, 1, kept, dropped)
+            progress_lib.flush(self.progress)
         yield COUNTS, (self.stage, (1, kept, dropped))
 
     def finish_bundle(self):
-        """Only metrics and the progress totals: an output here would be lost on the Dask runner."""
+        """Only metrics and the progress file: an output here would be lost on the Dask runner."""
         for name, value in zip(("seen", "kept", "dropped"), self._counts, strict=True):
             if value:
                 self._metric[name].inc(value)
-        self._total = [t + c for t, c in zip(self._total, self._counts, strict=True)]
+        if self.progress:
+            progress_lib.flush(self.progress, force=True)  # a finished bundle's counts are in the file
+
+    def teardown(self):
+        if self.progress:
+            progress_lib.flush(self.progress, force=True)
 
 
 def tagged_values(element: tuple[str, Any], tag: str) -> Iterable[Any]:
@@ -188,8 +189,8 @@ def add_counts(rows: Iterable[tuple[int, int, int]]) -> tuple[int, int, int]:
     return seen, kept, dropped
 
 
-def run_stage(pcoll, stage: str, fn: Callable[[Any], Iterable[Any]], progress: bool = False):
-    """Applies `StageDoFn(stage, fn)`; returns (main output, failures, counts) PCollections.
+def run_stage(pcoll, stage: str, fn: Callable[[Any], Iterable[Any]], progress: str | None = None):
+    """Applies `StageDoFn(stage, fn, progress)`; returns (main output, failures, counts) PCollections.
 
     The counts output holds `(stage, (seen, kept, dropped))`, one row per stage (none when the
     stage saw nothing), as `writing.finalize` reconciles them.
@@ -205,13 +206,13 @@ class StageList:
     and counts outputs are kept for the job's last step (`write_datasets`).
 
     Example:
-        stage = StageList(progress=True)
+        stage = StageList(progress=progress_folder(options))
         docs = stage(paths, "read", ReadFile("text"))
         docs = stage(docs, "normalize", normalize)
         write_datasets(p, docs, stage.failures, stage.counts, ...)
     """
 
-    def __init__(self, progress: bool = False):
+    def __init__(self, progress: str | None = None):
         self.progress = progress
         self.failures: list = []
         self.counts: list = []

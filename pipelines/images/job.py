@@ -53,6 +53,7 @@ from lwmkit.pipelines.engine import runner as runner_lib
 from lwmkit.pipelines.engine.dataflow import register_dry_run
 from lwmkit.pipelines.engine.job_options import check_packing_fields, recorded_options
 from lwmkit.pipelines.engine.lifecycle import PreparedJob, launch
+from lwmkit.pipelines.engine.progress import progress_folder
 from lwmkit.pipelines.engine.resume import skip_stored, stored_documents
 from lwmkit.pipelines.engine.stages import StageList
 from lwmkit.pipelines.engine.vqgan import (
@@ -200,7 +201,7 @@ def build_pipeline(
     retried: Sequence[dict] | None = None,
 ):
     """Adds the image job's stages to pipeline `p`; pairs already in the work store are skipped."""
-    progress = options.progress
+    progress = progress_folder(options)
     stage = StageList(progress)
     failures, counts = stage.failures, stage.counts
 

@@ -31,6 +31,7 @@ from lwmkit.packing.shards import read_shard
 from lwmkit.pipelines.engine import runner as runner_lib
 from lwmkit.pipelines.engine.lifecycle import job_record, progress_log, run_job
 from lwmkit.pipelines.engine.outputs import is_local, join, read_output_bytes
+from lwmkit.pipelines.engine.progress import progress_folder
 from lwmkit.pipelines.engine.stages import Dropped, run_stage
 from lwmkit.pipelines.writing.finalize import StageChain
 from lwmkit.pipelines.writing.payload import compact_payload
@@ -165,7 +166,7 @@ def run_stages(options: StagesOptions) -> dict[str, Any]:
 
     def build(p: beam.Pipeline):
         paths = p | "document shards" >> beam.Create(shards) | "spread shards" >> beam.Reshuffle()
-        docs, failures, counts = run_stage(paths, "read_documents", ReadDocumentShard(), options.progress)
+        docs, failures, counts = run_stage(paths, "read_documents", ReadDocumentShard(), progress_folder(options))
         return write_datasets(
             p,
             docs,
@@ -191,4 +192,6 @@ def run_stages(options: StagesOptions) -> dict[str, Any]:
         pipeline_options=runner_lib.pipeline_options(
             options.runner, options.direct_running_mode, options.direct_num_workers, options.beam_args
         ),
+        progress=progress_folder(options),
+        stages=CHAIN.stages,
     )

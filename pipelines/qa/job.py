@@ -60,6 +60,7 @@ from lwmkit.pipelines.engine.outputs import (
     read_output_bytes,
     write_output_bytes,
 )
+from lwmkit.pipelines.engine.progress import progress_folder
 from lwmkit.pipelines.engine.resume import previous_failures
 from lwmkit.pipelines.engine.stages import StageList
 from lwmkit.pipelines.qa.accounting import retry_entry, stage_counts
@@ -229,7 +230,7 @@ def build_pipeline(
     retried: Sequence[dict] | None = None,
 ):
     """Adds the QA job's stages to pipeline `p`."""
-    progress = options.progress
+    progress = progress_folder(options)
     stage = StageList(progress)
     failures, counts = stage.failures, stage.counts
 
@@ -387,6 +388,8 @@ def run_qa(options: QAOptions) -> dict[str, Any]:
         log=log,
         pipeline_options=beam_options,
         rerun=options.retry_failures,
+        progress=progress_folder(options),
+        stages=prepared.stages,
     )
     if "qa" not in manifest:
         manifest = _add_qa_section(options.output, options.context.seq_len, retried)

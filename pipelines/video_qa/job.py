@@ -40,6 +40,7 @@ from lwmkit.pipelines.engine.outputs import (
     read_output_bytes,
     write_output_bytes,
 )
+from lwmkit.pipelines.engine.progress import progress_folder
 from lwmkit.pipelines.engine.stages import StageList
 from lwmkit.pipelines.engine.vqgan import (
     LoadEncoder,
@@ -182,7 +183,8 @@ def make_qa(options: ChatQAOptions | OfflineOptions):
 def build_pipeline(p: beam.Pipeline, options: VideoQAOptions, files: list[str], tokenizer, vqgan_sha256: str,
                    job: dict, receipts: Sequence[str] = (), retried: Sequence[dict] | None = None):
     """Adds the video-QA job's stages to pipeline `p`."""
-    stage = StageList(options.progress)
+    progress = progress_folder(options)
+    stage = StageList(progress)
     failures, counts = stage.failures, stage.counts
     paths = p | "inputs" >> beam.Create(files) | "spread files" >> beam.Reshuffle()
     videos = stage(paths, "read", read_video)
@@ -200,7 +202,7 @@ def build_pipeline(p: beam.Pipeline, options: VideoQAOptions, files: list[str], 
         | "sum stats" >> beam.CombineGlobally(QAStatsFn())
         | "write stats" >> beam.Map(lambda s: write_output_bytes(stats_path, json.dumps(s, sort_keys=True).encode()))
     )
-    decoded, frames, f, c = run_decode(videos, options.decode, options.progress)
+    decoded, frames, f, c = run_decode(videos, options.decode, progress)
     failures.append(f)
     counts.append(c)
     load = LoadEncoder(options.vqgan, options.vqgan_preset, options.vqgan_seed, options.vqgan_dtype, vqgan_sha256)

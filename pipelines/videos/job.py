@@ -72,6 +72,7 @@ from lwmkit.pipelines.engine.dataflow import register_dry_run
 from lwmkit.pipelines.engine.job_options import check_packing_fields, recorded_options
 from lwmkit.pipelines.engine.lifecycle import PreparedJob, launch
 from lwmkit.pipelines.engine.outputs import join
+from lwmkit.pipelines.engine.progress import progress_folder
 from lwmkit.pipelines.engine.resume import skip_stored, stored_documents
 from lwmkit.pipelines.engine.stages import StageList
 from lwmkit.pipelines.engine.vqgan import (
@@ -236,7 +237,7 @@ def build_pipeline(
     retried: Sequence[dict] | None = None,
 ):
     """Adds the video job's stages to pipeline `p`; videos already in the work store are skipped."""
-    progress = options.progress
+    progress = progress_folder(options)
     stage = StageList(progress)
     failures, counts = stage.failures, stage.counts
 

@@ -22,9 +22,7 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import tempfile
-import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -33,6 +31,7 @@ import numpy as np
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
+from lwmkit.pipelines.engine import progress as progress_lib
 from lwmkit.pipelines.engine.exact_dedup import KeepFirst
 from lwmkit.pipelines.engine.normalize import normalize_text
 from lwmkit.pipelines.engine.outputs import is_local
@@ -120,11 +119,11 @@ class DecodeVideos(beam.DoFn):
 
     Args:
       options: sampling and worker settings.
-      progress: print a progress line to stderr at most every 2 seconds.
+      progress: the job's progress folder (`engine.progress`) for the launcher's live counts, or None.
       task, python_path: what the decode workers run (see `video_workers.DecoderPool`).
     """
 
-    def __init__(self, options: DecodeOptions, progress: bool = False, task: str = DEFAULT_TASK,
+    def __init__(self, options: DecodeOptions, progress: str | None = None, task: str = DEFAULT_TASK,
                  python_path: tuple[str, ...] = ()):
         self.options = options
         self.progress = progress
@@ -138,17 +137,19 @@ class DecodeVideos(beam.DoFn):
             (s, k): beam.metrics.Metrics.counter("lwmkit", f"{s}.{k}")
             for s in ("decode", "frames") for k in ("seen", "kept", "dropped")
         }
-        self._last_print = time.monotonic()
-        self._total = {"decode": [0, 0, 0], "frames": [0, 0, 0]}
 
     def start_bundle(self):
         self._counts = {"decode": [0, 0, 0], "frames": [0, 0, 0]}  # seen, kept, dropped
 
-    def _drop(self, video: dict, reason: str, detail: str):
-        self._counts["decode"][2] += 1
-        return beam.pvalue.TaggedOutput(FAILURES, failure_row("decode", video["file"], video["line"], reason, detail))
-
     def process(self, video: dict):
+        before = {s: list(c) for s, c in self._counts.items()}
+        yield from self._decode(video)
+        if self.progress:  # this video's share of the bundle's counts
+            for s, c in self._counts.items():
+                progress_lib.count(self.progress, s, *(n - b for n, b in zip(c, before[s], strict=True)))
+            progress_lib.flush(self.progress)
+
+    def _decode(self, video: dict):
         counts = self._counts
         counts["decode"][0] += 1
         meta, sent = None, 0
@@ -179,29 +180,25 @@ class DecodeVideos(beam.DoFn):
             return
         counts["decode"][1] += 1
         yield {**video, "decode": meta}
-        self._maybe_print()
 
-    def _maybe_print(self):
-        if self.progress and time.monotonic() - self._last_print > 2.0:
-            self._last_print = time.monotonic()
-            d = [t + c for t, c in zip(self._total["decode"], self._counts["decode"], strict=True)]
-            f = self._total["frames"][1] + self._counts["frames"][1]
-            print(f"[lwm-pack] decode: {d[0]} videos in, {d[1]} out, {d[2]} dropped; {f} frames (this worker)",
-                  file=sys.stderr, flush=True)
+    def _drop(self, video: dict, reason: str, detail: str):
+        self._counts["decode"][2] += 1
+        return beam.pvalue.TaggedOutput(FAILURES, failure_row("decode", video["file"], video["line"], reason, detail))
 
     def finish_bundle(self):
+        if self.progress:
+            progress_lib.flush(self.progress, force=True)
         for stage, values in self._counts.items():
             for name, value in zip(("seen", "kept", "dropped"), values, strict=True):
                 if value:
                     self._metric[(stage, name)].inc(value)
-            self._total[stage] = [t + c for t, c in zip(self._total[stage], values, strict=True)]
             if any(values):
                 yield beam.pvalue.TaggedOutput(
                     COUNTS, WindowedValue((stage, tuple(values)), MIN_TIMESTAMP, [GlobalWindow()])
                 )
 
 
-def run_decode(videos, options: DecodeOptions, progress: bool, task: str = DEFAULT_TASK, python_path=()):
+def run_decode(videos, options: DecodeOptions, progress: str | None, task: str = DEFAULT_TASK, python_path=()):
     """Applies `DecodeVideos`; returns (videos, frames, failures, counts) PCollections."""
     out = videos | "decode" >> beam.ParDo(DecodeVideos(options, progress, task, python_path)).with_outputs(
         FRAMES, FAILURES, COUNTS, main="main"
