@@ -18,11 +18,12 @@ Every command is a thin layer over the library (`build_cases`, `build_video_case
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from lwmkit.eval.input_files import check_input_files
@@ -41,6 +42,29 @@ def _floats(s: str) -> tuple[float, ...]:
 def _grid(args: argparse.Namespace, default: str) -> Grid:
     base = grid_preset(args.grid or default)
     return Grid(args.lengths or base.lengths, args.depths or base.depths)
+
+
+@contextlib.contextmanager
+def _progress_bar(description: str, total: int, enabled: bool) -> Iterator[Callable[[Any], None]]:
+    """Yields `advance(_)`: a rich bar (count, time left) on stderr when it is a terminal and
+    `enabled`, cleared when done; otherwise nothing is drawn."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    console = Console(file=sys.stderr)
+    if not enabled or not console.is_terminal:
+        yield lambda _: None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True, redirect_stdout=False) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda _: bar.advance(task)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True, help="cases JSONL")
     b.add_argument("--records", help="also write the cases as lwmkit document records here")
     b.add_argument("--no-prompt", action="store_true", help="store recipes only (rebuilt when run)")
+    b.add_argument("--quiet", action="store_true", help="no progress bar (there is none when stderr is not a terminal)")
     b.add_argument("--allow-repeat", action="store_true",
                    help="read a haystack smaller than a context more than once (each case records its "
                         "repeated share); without it such a length is an error")  # fmt: skip
@@ -146,8 +171,11 @@ def _build(args: argparse.Namespace) -> None:
     spec = HaystackSpec(tuple(args.haystack), seed=args.haystack_seed, text_field=args.text_field)
     hay = Haystack.load(spec, tok)
     t0 = time.perf_counter()
-    cases = list(build_cases(hay, tok, task, _grid(args, "quick"), rounds=args.rounds, seed=args.seed,
-                             include_prompt=not args.no_prompt, allow_repeat=args.allow_repeat))  # fmt: skip
+    grid = _grid(args, "quick")
+    total = len(grid.lengths) * len(grid.depths) * args.rounds
+    with _progress_bar("building cases", total, not args.quiet) as advance:
+        cases = list(build_cases(hay, tok, task, grid, rounds=args.rounds, seed=args.seed, progress=advance,
+                                 include_prompt=not args.no_prompt, allow_repeat=args.allow_repeat))  # fmt: skip
     n = write_cases(cases, args.out)
     calls = sum(c["build"]["tokenizer_calls"] for c in cases)
     print(f"wrote {n} {task.name} cases to {args.out} in {time.perf_counter() - t0:.1f}s "

@@ -32,11 +32,13 @@ def add_parser(sub) -> None:
         action="store_true",
         help="skip and count records LWM cannot read back exactly (default: the first one stops the export)",
     )
+    exp.add_argument("--quiet", action="store_true", help="no progress bar (there is none when stderr is not a terminal)")
 
 
 def run(args, beam_args: list[str]) -> None:
     """Exports and prints what was written."""
     from lwmkit.pipelines.tools.export import describe, run_export
 
-    summary = run_export(args.format, args.directory, args.output, args.tokenizer, strict=not args.skip_unexportable)
+    summary = run_export(args.format, args.directory, args.output, args.tokenizer, strict=not args.skip_unexportable,
+                         progress=not args.quiet)
     print(describe(summary))

@@ -15,6 +15,7 @@ def add_parser(sub) -> None:
     ins.add_argument("--max-tokens", type=int, default=200, help="tokens shown per segment")
     ins.add_argument("--render", metavar="OUT_DIR", help="also decode the record's vision frames to PNGs in OUT_DIR")
     ins.add_argument("--vqgan", metavar="WEIGHTS", help="VQGAN weights for --render (default: the manifest's)")
+    ins.add_argument("--quiet", action="store_true", help="no progress bar for --render (none when stderr is not a terminal)")
 
 
 def run(args, beam_args: list[str]) -> None:
@@ -30,4 +31,5 @@ def run(args, beam_args: list[str]) -> None:
         max_tokens=args.max_tokens,
         render=args.render,
         vqgan=args.vqgan,
+        progress=not args.quiet,
     )

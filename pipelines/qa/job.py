@@ -230,8 +230,7 @@ def build_pipeline(
     retried: Sequence[dict] | None = None,
 ):
     """Adds the QA job's stages to pipeline `p`."""
-    progress = progress_folder(options)
-    stage = StageList(progress)
+    stage = StageList(progress_folder(options))
     failures, counts = stage.failures, stage.counts
 
     paths = p | "inputs" >> beam.Create(files) | "spread files" >> beam.Reshuffle()
@@ -388,8 +387,7 @@ def run_qa(options: QAOptions) -> dict[str, Any]:
         log=log,
         pipeline_options=beam_options,
         rerun=options.retry_failures,
-        progress=progress_folder(options),
-        stages=prepared.stages,
+        progress=progress_folder(options), stages=prepared.stages,
     )
     if "qa" not in manifest:
         manifest = _add_qa_section(options.output, options.context.seq_len, retried)

@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 from lwmkit.packing.manifest import load_manifest
 from lwmkit.packing.source import ShardDataSource
+from lwmkit.pipelines.tools.progress_bar import progress_bar
 from lwmkit.tokenizers.text import SentencePieceTokenizer
 from lwmkit.tokenizers.vision import VisionFieldError, run_frames, vision_runs, vision_tags
 
@@ -285,6 +286,7 @@ def export_lwm_jsonl(
     tokenizer: str | None = None,
     options: ExportOptions = ExportOptions(),
     log: Callable[[str], None] = lambda message: None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Writes every document record of `directory` as one LWM `json_vision` line, atomically.
 
@@ -294,6 +296,7 @@ def export_lwm_jsonl(
       tokenizer: the SentencePiece model to decode text with (default: the manifest's).
       options: key names and strictness.
       log: receives progress lines.
+      progress: show a bar of records written on stderr when it is a terminal (`progress_bar`).
 
     Returns:
       A summary: output, records, written, skipped_by_reason, failures (one dict per skipped record:
@@ -318,8 +321,9 @@ def export_lwm_jsonl(
     os.makedirs(parent, exist_ok=True)
     tmp = f"{output}.tmp-{os.getpid()}"
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
+        with open(tmp, "w", encoding="utf-8") as f, progress_bar("exporting records", len(src), progress) as advance:
             for i in range(len(src)):
+                advance()
                 rec = src[i]
                 try:
                     line = convert(rec)
@@ -373,13 +377,15 @@ def describe(summary: dict[str, Any]) -> str:
 
 
 def run_export(
-    format: str, directory: str, output: str, tokenizer: str | None = None, strict: bool = True
+    format: str, directory: str, output: str, tokenizer: str | None = None, strict: bool = True,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    """Exports `directory` in the named format (see `FORMATS`); `strict=False` skips and counts bad records.
+    """Exports `directory` in the named format (see `FORMATS`); `strict=False` skips and counts bad records;
+    `progress` shows a bar on a terminal.
 
     Raises:
       ValueError: for an unknown format, listing the valid ones.
     """
     if format == "lwm-jsonl":
-        return export_lwm_jsonl(directory, output, tokenizer, ExportOptions(strict=strict))
+        return export_lwm_jsonl(directory, output, tokenizer, ExportOptions(strict=strict), progress=progress)
     raise ValueError(f"unknown export format {format!r}; valid: {', '.join(FORMATS)}")

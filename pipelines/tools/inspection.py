@@ -24,6 +24,7 @@ from typing import Any, TextIO
 import numpy as np
 from lwmkit.packing.manifest import load_manifest, verify_directory
 from lwmkit.packing.source import ShardDataSource
+from lwmkit.pipelines.tools.progress_bar import progress_bar
 from lwmkit.tokenizers.text import SentencePieceTokenizer
 from lwmkit.tokenizers.vision import VisionFieldError, run_frames, vision_runs
 
@@ -138,6 +139,7 @@ def inspect(
     max_tokens: int = 200,
     render: str | None = None,
     vqgan: str | None = None,
+    progress: bool = False,
 ) -> None:
     """Checks every dataset under `directory`, prints a summary, then shows one record.
 
@@ -145,6 +147,7 @@ def inspect(
       render: a folder to decode the shown record's vision frames into, one PNG each (see
         `render_record`); their paths are printed.
       vqgan: weights for `render`, overriding the manifest's VQGAN.
+      progress: show a bar of frames rendered on stderr when it is a terminal.
 
     Raises:
       InspectError: listing every problem found, after printing the summary; or if `render` is
@@ -177,7 +180,7 @@ def inspect(
         out.write("\n")
         show_record(target, record, out, tokenizer, max_tokens)
         if render is not None:
-            for path in render_record(target, record, render, out, vqgan):
+            for path in render_record(target, record, render, out, vqgan, progress=progress):
                 out.write(f"{path}\n")
     if problems:
         raise InspectError(f"{directory}: {len(problems)} problems found")
@@ -253,6 +256,7 @@ def render_record(
     out: TextIO,
     vqgan: str | None = None,
     image_tokenizer: Any = None,
+    progress: bool = False,
 ) -> list[str]:
     """Decodes every frame of every vision field of record `index` into PNGs in `out_dir`.
 
@@ -262,6 +266,7 @@ def render_record(
     Args:
       vqgan: weights to decode with instead of the manifest's (see `load_vqgan`).
       image_tokenizer: an already loaded VQGAN (anything with `decode`), used as given.
+      progress: show a bar of frames rendered on stderr when it is a terminal (`progress_bar`).
 
     Returns:
       The paths written, in token order.
@@ -286,12 +291,14 @@ def render_record(
         out.write(f"record {index} has no vision tokens; nothing to render\n")
         return []
     tok = image_tokenizer if image_tokenizer is not None else load_vqgan(recorded_vqgan(directory), vqgan, out)
-    pixels = tok.decode(np.concatenate(frames))  # uint8 [F_total, 256, 256, 3], one batched call
     os.makedirs(out_dir, exist_ok=True)
     paths = []
-    for name, image in zip(names, pixels, strict=True):
-        path = os.path.join(out_dir, name)
-        Image.fromarray(image).save(path, format="PNG")
-        paths.append(path)
+    with progress_bar(f"rendering {len(names)} frames", len(names), progress) as advance:
+        pixels = tok.decode(np.concatenate(frames))  # uint8 [F_total, 256, 256, 3], one batched call
+        for name, image in zip(names, pixels, strict=True):
+            path = os.path.join(out_dir, name)
+            Image.fromarray(image).save(path, format="PNG")
+            paths.append(path)
+            advance()
     out.write(f"rendered {len(paths)} frames with VQGAN {getattr(tok, 'source', tok)}\n")
     return paths

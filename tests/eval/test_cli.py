@@ -124,3 +124,17 @@ def test_errors_are_reported_not_raised(tmp_path, haystack_paths, bpe_model, cap
              "--answer", "a", "--lengths", "4", "--out", str(tmp_path / "v.jsonl")]  # fmt: skip
     assert main([*video, "--needle-image", str(tmp_path / "cat.png")]) == 1
     assert f"--needle-image {tmp_path / 'cat.png'}: no such file" in capsys.readouterr().err
+
+
+def test_build_shows_a_bar_of_cases_on_a_terminal_only(tmp_path, haystack_paths, bpe_model, capsys, monkeypatch):
+    args = ["build", "--haystack", haystack_paths[1], "--tokenizer", bpe_model, "--lengths", "300,400", "--depths", "50"]
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")
+    assert main([*args, "--out", str(tmp_path / "a.jsonl")]) == 0
+    err = capsys.readouterr().err
+    assert "building cases" in err and "2/2" in err
+    assert main([*args, "--out", str(tmp_path / "b.jsonl"), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("TTY_COMPATIBLE", "0")
+    assert main([*args, "--out", str(tmp_path / "c.jsonl")]) == 0
+    assert capsys.readouterr().err == ""

@@ -362,3 +362,17 @@ def test_export_help_states_the_tokenizer_settings(capsys):
     for phrase in ("add_bos_token=False", "add_eos_token=False", "split_special_tokens=True",
                    "special_token_text", "--skip-unexportable"):
         assert phrase in help_text
+
+
+def test_cli_export_shows_a_bar_on_a_terminal_only(tmp_path, docs, tok, tiny_tokenizer, capsys, monkeypatch):
+    d = write_docs(tmp_path / "documents", docs, tiny_tokenizer, tok)
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich takes stderr for a terminal
+    assert main(["export", d, "--output", str(tmp_path / "a.jsonl")]) == 0
+    err = capsys.readouterr().err
+    assert "exporting records" in err and f"{len(docs)}/{len(docs)}" in err and "\x1b[" in err
+    assert main(["export", d, "--output", str(tmp_path / "b.jsonl"), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("TTY_COMPATIBLE", "0")  # not a terminal
+    assert main(["export", d, "--output", str(tmp_path / "c.jsonl")]) == 0
+    assert capsys.readouterr().err == ""

@@ -162,3 +162,17 @@ def test_render_refuses_malformed_vision_runs(tmp_path, tok, vq, tiny_tokenizer)
     write_dataset(str(d), [encode_document(**bad)], kind="document", seq_len=None, num_shards=1, documents=1)
     with pytest.raises(InspectError, match="record 0, segment 1: .*not a code in 0..8191"):
         render_record(str(d), 0, str(tmp_path / "f"), io.StringIO(), image_tokenizer=vq)
+
+
+def test_render_shows_a_bar_of_frames_on_a_terminal_only(tmp_path, tok, vq, tiny_tokenizer, capsys, monkeypatch):
+    job, _ = build_job(tmp_path, tok, tiny_tokenizer, vq.fingerprint())
+    docs = os.path.join(job, "documents")
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")
+    render_record(docs, 1, str(tmp_path / "f"), io.StringIO(), image_tokenizer=vq, progress=True)
+    err = capsys.readouterr().err
+    assert "rendering 3 frames" in err and "3/3" in err
+    render_record(docs, 1, str(tmp_path / "g"), io.StringIO(), image_tokenizer=vq)  # progress off (--quiet)
+    monkeypatch.setenv("TTY_COMPATIBLE", "0")
+    render_record(docs, 1, str(tmp_path / "h"), io.StringIO(), image_tokenizer=vq, progress=True)
+    assert capsys.readouterr().err == ""
