@@ -8,13 +8,16 @@
 - Anything else goes to yt-dlp inside `engine.web.url_guard.guarded`: every connection yt-dlp (or
   urllib3 under it) makes in this thread is checked on the address it connects to (redirects,
   DNS answers that change, proxies and a plain-http proxy's target included), and the whole run
-  is under one wall-clock deadline enforced on its sockets.
+  is under one wall-clock deadline enforced on its sockets. yt-dlp builds its own TLS contexts
+  (certifi's roots when certifi is installed, which ignores `$SSL_CERT_FILE`); inside the block
+  each one also trusts `ca_bundle` or `$SSL_CERT_FILE`, as lwmkit's own client does.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import urllib.parse
 from collections.abc import Iterator
 
@@ -28,6 +31,29 @@ from lwmkit.pipelines.engine.web.url_guard import (
 )
 
 MEDIA_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".m4v", ".avi", ".flv", ".ts", ".mpg", ".mpeg", ".ogv")
+
+
+_EXTRA_CA = threading.local()  # the CA bundle yt-dlp's TLS contexts trust in this thread, inside the block
+_PATCH = threading.Lock()
+
+
+def _trust_extra_ca() -> None:
+    """Wraps yt-dlp's certificate loading once: a context made while a bundle is set also trusts it."""
+    from yt_dlp.networking import _helper
+
+    with _PATCH:
+        if getattr(_helper.ssl_load_certs, "lwmkit_extra_ca", False):
+            return
+        original = _helper.ssl_load_certs
+
+        def ssl_load_certs(context, *args, **kwargs):
+            original(context, *args, **kwargs)
+            bundle = getattr(_EXTRA_CA, "path", None)
+            if bundle:
+                context.load_verify_locations(cafile=bundle)
+
+        ssl_load_certs.lwmkit_extra_ca = True
+        _helper.ssl_load_certs = ssl_load_certs
 
 
 def net_options(options) -> DownloadOptions:
@@ -65,6 +91,9 @@ def guarded_ytdlp(options) -> Iterator[Guard]:
     """The guard yt-dlp runs in; a refusal or the deadline becomes the attempt's DownloadError."""
     net = net_options(options)
     deadline = Deadline(net.total_timeout_s)
+    _trust_extra_ca()
+    outer_ca = getattr(_EXTRA_CA, "path", None)
+    _EXTRA_CA.path = net.ca_bundle or os.environ.get("SSL_CERT_FILE") or None
     try:
         with guarded(net, deadline) as guard:
             try:
@@ -81,4 +110,5 @@ def guarded_ytdlp(options) -> Iterator[Guard]:
                 raise DownloadError(guard.refused.reason, guard.refused.detail)
             deadline.check("download")
     finally:
+        _EXTRA_CA.path = outer_ca
         deadline.cancel()

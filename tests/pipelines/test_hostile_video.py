@@ -37,6 +37,18 @@ def test_a_direct_https_video_is_one_get(tls, ca_pem, tmp_path):
     assert tls.gets("/f/v.mp4") == 1
 
 
+def test_ytdlp_over_https_trusts_the_ca_bundle_and_nothing_less(tls, ca_pem, tmp_path, monkeypatch):
+    # yt-dlp builds its own TLS contexts (certifi's roots when certifi is installed, ignoring
+    # $SSL_CERT_FILE); --ca-bundle must reach them as it reaches lwmkit's own client.
+    tls.files["v"] = VIDEO
+    assert reason(tls.url("/m/v"), vopts(tmp_path / "none")) != "ok"  # the test CA is not trusted by default
+    path, _ = fetch_video(tls.url("/m/v"), "k", vopts(tmp_path / "bundle", ca_bundle=ca_pem))
+    assert open(path, "rb").read() == VIDEO
+    monkeypatch.setenv("SSL_CERT_FILE", ca_pem)
+    path, _ = fetch_video(tls.url("/m/v"), "k", vopts(tmp_path / "env"))
+    assert open(path, "rb").read() == VIDEO
+
+
 def test_ytdlp_downloads_through_the_guard(plain, tmp_path):
     plain.files["v"] = VIDEO
     path, _ = fetch_video(plain.url("/m/v"), "k", vopts(tmp_path))
