@@ -46,7 +46,7 @@ from lwmkit.pipelines.engine.normalize import normalize_text
 from lwmkit.pipelines.engine.progress import progress_folder
 from lwmkit.pipelines.engine.resume import skip_stored, stored_documents
 from lwmkit.pipelines.engine.stages import Dropped, DropRecord, StageList
-from lwmkit.pipelines.engine.work_store import DEFAULT_UNIT_BYTES, SpillDoFn
+from lwmkit.pipelines.engine.work_store import DEFAULT_UNIT_BYTES, spill
 from lwmkit.pipelines.writing.finalize import StageChain
 from lwmkit.pipelines.writing.plan import PackOptions
 from lwmkit.pipelines.writing.tail import write_job_datasets
@@ -264,7 +264,7 @@ def build_pipeline(
     near = options.near()
     tokenize = Tokenize(tokenizer)
     tokenized = stage(docs, "tokenize", tokenize if near is None else WithSketch(tokenize, near))
-    spilled = tokenized | "spill" >> beam.ParDo(SpillDoFn(options.output, options.unit_bytes))
+    spilled = spill(tokenized, options.output, options.unit_bytes)
     refs = (spilled, stored) | "new and stored" >> beam.Flatten()
     groups = refs | "group by content" >> beam.GroupByKey()
     kept = stage(groups, "dedup", keep_first_reference)

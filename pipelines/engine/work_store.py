@@ -111,6 +111,21 @@ def _sha(data: bytes) -> str:
 # --- writing units --------------------------------------------------------------------------------
 
 
+def spill(tokenized, output: str, unit_bytes: int = DEFAULT_UNIT_BYTES, label: str = "spill"):
+    """Applies `SpillDoFn` to `tokenized` (a PCollection of `(doc_id, payload)`); returns the references.
+
+    On a runner that drops what `finish_bundle` emits (Beam 2.77's Dask runner, see
+    `engine.runner.finish_bundle_outputs_kept`) every document is flushed as its own unit, in
+    `process`: with `unit_bytes` units the references of a bundle's last unit would be lost, and
+    no document would reach the plan. Units are bookkeeping; the shards are the same either way.
+    """
+    from lwmkit.pipelines.engine.runner import finish_bundle_outputs_kept
+
+    if not finish_bundle_outputs_kept(tokenized.pipeline.options):
+        unit_bytes = 0
+    return tokenized | label >> beam.ParDo(SpillDoFn(output, unit_bytes))
+
+
 class SpillDoFn(beam.DoFn):
     """Writes tokenized documents to units and yields small references in their place.
 
@@ -118,7 +133,8 @@ class SpillDoFn(beam.DoFn):
     `writing.payload.doc_arrays`). Output: `(doc_id, ref)`; `ref` keeps the payload's file, line,
     chars, meta and atomic spans, and adds `num_tokens`, `at` (unit name, offset, length) and
     `sha` (of the record). A unit is flushed once it holds `unit_bytes` bytes, and at the end of
-    every bundle.
+    every bundle (from `finish_bundle`; apply it with `spill`, which flushes every document in
+    `process` on a runner that drops `finish_bundle` outputs).
 
     Args:
       output: the job's output directory; units go to `<output>/.work/units/`.

@@ -11,8 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import apache_beam as beam
-from lwmkit.pipelines.engine.runner import finish_bundle_outputs_kept
-from lwmkit.pipelines.engine.work_store import DEFAULT_UNIT_BYTES, SpillDoFn
+from lwmkit.pipelines.engine.work_store import DEFAULT_UNIT_BYTES, spill
 from lwmkit.pipelines.writing.finalize import FinalizeDoFn, StageChain
 from lwmkit.pipelines.writing.plan import (
     PackOptions,
@@ -62,16 +61,14 @@ def write_datasets(
     """Adds the spill, planning, writing and finalize stages; returns the finalize output.
 
     `tokenized` holds `(doc_id, payload)`, or with `spilled` already `(doc_id, reference)` from
-    the work store (see `work_store.SpillDoFn`). `stored`: references of the documents an earlier
+    the work store (see `work_store.spill`). `stored`: references of the documents an earlier
     run already put in the work store (`work_store.stored_documents`), merged in after the spill.
     `retried`: the earlier run's failure rows that this run processed again (the job manifest
     then says how many were recovered). `manifest_entries`: PCollections of `(key, value)` the job
     manifest adds (e.g. near-dedup's parameters and histogram).
     """
     if not spilled:
-        # A runner that drops what finish_bundle emits (Dask) gets one work unit per document.
-        unit_bytes = unit_bytes if finish_bundle_outputs_kept(p.options) else 0
-        tokenized = tokenized | "spill" >> beam.ParDo(SpillDoFn(output, unit_bytes))
+        tokenized = spill(tokenized, output, unit_bytes)  # on Dask, one work unit per document
     if stored is not None:  # documents already in the work store, from an earlier run
         tokenized = (tokenized, stored) | "new and stored" >> beam.Flatten()
     plan = (
