@@ -157,6 +157,16 @@ def map_shard(path: str) -> tuple[mmap.mmap, np.ndarray, ShardIndex]:
         raise
 
 
+def close_map(mm: mmap.mmap) -> None:
+    """Closes a shard's map; while an exception is on its way out, a traceback may still hold views
+    of the map (closing raises BufferError then), and the map is left to the garbage collector
+    instead of hiding that exception behind a BufferError."""
+    try:
+        mm.close()
+    except BufferError:
+        pass
+
+
 def file_checksums(path: str, range_bytes: int = RANGE_BYTES) -> ShardChecksums:
     """The checksum table of the shard file at `path` (see `map_shard` for what it raises)."""
     mm, data, index = map_shard(path)
@@ -164,7 +174,7 @@ def file_checksums(path: str, range_bytes: int = RANGE_BYTES) -> ShardChecksums:
         return compute_checksums(data, index, range_bytes)
     finally:
         del data
-        mm.close()
+        close_map(mm)
 
 
 class RangeChecker:

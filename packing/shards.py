@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lwmkit.packing.integrity import FIELD as CHECKSUMS_FIELD
-from lwmkit.packing.integrity import compute_checksums, map_shard
+from lwmkit.packing.integrity import close_map, compute_checksums, map_shard
 
 SPLIT = "train"
 # Uncompressed, one record per chunk: random access to any record, and reading a record costs a
@@ -91,7 +91,7 @@ def describe_shard(path: str, name: str | None = None) -> ShardInfo:
         )
     finally:
         del data
-        mm.close()
+        close_map(mm)
 
 
 def file_sha256(path: str, chunk: int = 1 << 22) -> str:

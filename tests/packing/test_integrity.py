@@ -278,3 +278,18 @@ def test_the_table_is_what_docs_format_md_describes(documents):
         assert entry["crc32c"] == expected
         shapes.append((len(crcs), n))
     assert all(r < n for r, n in shapes) and max(r for r, _ in shapes) > 1  # shared, and several
+
+
+def test_an_error_while_a_shard_is_mapped_is_not_hidden_by_closing_the_map(packed, monkeypatch):
+    # While an exception leaves describe_shard, its traceback still holds views of the map, and
+    # mmap.close() raises BufferError: that must never replace the error that happened.
+    import lwmkit.packing.shards as shards
+
+    def fail(data, index, *args):
+        view = data[:8]  # a view of the map, alive in this frame's traceback
+        raise RuntimeError(f"checksum failed at {view[:1]}")
+
+    monkeypatch.setattr(shards, "compute_checksums", fail)
+    path = next(p for p in sorted(os.listdir(packed)) if ".array_record-" in p)
+    with pytest.raises(RuntimeError, match="checksum failed"):
+        shards.describe_shard(os.path.join(packed, path))
