@@ -73,8 +73,31 @@ def _rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # peak, where /proc is missing
 
 
+def process_peak_rss_mb(pid: int | str = "self") -> float | None:
+    """Peak resident memory of process `pid` in MiB since it started its program (`VmHWM`), or None.
+
+    Not `getrusage(...).ru_maxrss`: Linux carries that across `execve`, so a worker started by an
+    800 MiB Beam process reports 800 MiB before it has decoded anything (and so does the parent's
+    `RUSAGE_CHILDREN` once the worker is reaped).
+    """
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return _vm_hwm_mb(f.read())
+    except OSError:
+        return None
+
+
+def _vm_hwm_mb(status: str) -> float | None:
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # kB
+    return None
+
+
 def _stats() -> dict[str, float]:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = process_peak_rss_mb()
+    if peak is None:  # no /proc: the rusage peak, which may include the parent's at the worker's start
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"rss_mb": round(_rss_mb(), 1), "peak_rss_mb": round(peak, 1)}
 
 
@@ -206,7 +229,8 @@ class DecoderPool:
         self._busy = threading.Semaphore(workers)
         self._lock = threading.Lock()
         self.started = 0  # workers ever started (tests and metrics read it)
-        self.last_stats: dict[str, float] | None = None  # the worker's memory after the last video it finished
+        # the worker's memory after the last video it finished: rss_mb now, peak_rss_mb its own peak
+        self.last_stats: dict[str, float] | None = None
         self.recycled = 0
         self.killed = 0
 

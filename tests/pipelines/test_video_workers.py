@@ -105,6 +105,21 @@ def test_a_leaking_worker_is_replaced(clips):
         pool.close()
 
 
+def test_a_workers_peak_memory_is_its_own_not_its_parents(monkeypatch):
+    """`peak_rss_mb` is the process's VmHWM: Linux carries ru_maxrss across execve, so a worker
+    started by an 800 MiB Beam process would report 800 MiB before decoding anything."""
+    from lwmkit.pipelines.videos import workers
+
+    status = "Name:\tpython\nVmPeak:\t  999999 kB\nVmHWM:\t   11264 kB\nVmRSS:\t    9216 kB\n"
+    assert workers._vm_hwm_mb(status) == 11.0 and workers._vm_hwm_mb("Name:\tpython\n") is None
+    assert workers.process_peak_rss_mb(os.getpid()) is not None  # this test runs on Linux
+    assert workers.process_peak_rss_mb(2**22 + 12345) is None  # no such process
+    monkeypatch.setattr(workers, "process_peak_rss_mb", lambda pid="self": 12.5)
+    assert workers._stats()["peak_rss_mb"] == 12.5
+    monkeypatch.setattr(workers, "process_peak_rss_mb", lambda pid="self": None)  # no /proc: rusage's peak
+    assert workers._stats()["peak_rss_mb"] > 0
+
+
 def test_an_abandoned_stream_kills_its_worker(clips):
     pool = DecoderPool()
     try:
