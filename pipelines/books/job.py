@@ -26,33 +26,29 @@ Run it (the exact command for the demo corpus):
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
 from lwmkit.packing.records import document_id
+from lwmkit.pipelines.books.options import STAGES, BooksOptions, books_job, books_summary
 from lwmkit.pipelines.books.sources import input_kind, read_documents
 from lwmkit.pipelines.dedup.entry import NearDedupOptions
 from lwmkit.pipelines.dedup.stored import SKETCH_FIELD, CarrySketch, StoredSketch, near_dedup_elements
 from lwmkit.pipelines.dedup.text import MinHashConfig
 from lwmkit.pipelines.engine import inputs
-from lwmkit.pipelines.engine import runner as runner_lib
 from lwmkit.pipelines.engine.dataflow import register_dry_run
 from lwmkit.pipelines.engine.exact_dedup import KeepFirst
 from lwmkit.pipelines.engine.inputs import read_tokenizer
-from lwmkit.pipelines.engine.job_options import check_packing_fields, recorded_options
-from lwmkit.pipelines.engine.lifecycle import PreparedJob, job_record, launch
+from lwmkit.pipelines.engine.lifecycle import PreparedJob, launch
 from lwmkit.pipelines.engine.normalize import normalize_text
 from lwmkit.pipelines.engine.progress import progress_folder
 from lwmkit.pipelines.engine.resume import skip_stored, stored_documents
 from lwmkit.pipelines.engine.stages import Dropped, DropRecord, StageList
-from lwmkit.pipelines.engine.work_store import DEFAULT_UNIT_BYTES, spill
+from lwmkit.pipelines.engine.work_store import spill
 from lwmkit.pipelines.writing.finalize import StageChain
-from lwmkit.pipelines.writing.plan import PackOptions
 from lwmkit.pipelines.writing.tail import write_job_datasets
 from lwmkit.tokenizers.text import SentencePieceTokenizer
 
-STAGES = ("read", "normalize", "filter", "tokenize", "dedup")
 CHAIN = StageChain(
     stages=STAGES,
     links=(("normalize", "read"), ("filter", "normalize"), ("tokenize", "filter"), ("dedup", "tokenize")),
@@ -71,63 +67,6 @@ SKIPPED_WHEN_DONE = ("normalize", "filter", "tokenize")
 
 class NoValidDocumentsError(ValueError):
     """The job read its inputs but none of them gave a document."""
-
-
-@dataclass(frozen=True)
-class BooksOptions(runner_lib.ResumeOptions):
-    """Options of the books job.
-
-    Attributes:
-      inputs: file globs (local or any Beam filesystem), `.jsonl.zst`, `.jsonl`, `.txt`, `.parquet`.
-      output: output directory.
-      tokenizer: path of a SentencePiece `.model` file.
-      seq_lens: packed record lengths to produce, e.g. (32768, 131072).
-      text_key: JSON key / parquet column of the text.
-      min_chars, max_chars: keep documents whose normalized length lies in [min_chars, max_chars].
-      shard_tokens: target tokens per shard file.
-      pack: how documents are cut, packed and weighted (policy, positions, loss, window, seed).
-      runner, direct_running_mode, direct_num_workers, progress, beam_args, force,
-        retry_failures, keep_work: how the job runs (`engine.runner.ResumeOptions`).
-      unit_bytes: size of a work-store unit (memory per worker grows with it).
-      near_dedup: remove near-copies after exact dedup (MinHash LSH over word 5-grams; off by
-        default, see docs/near-dedup.md); near_threshold: the estimated Jaccard similarity at or
-        above which two documents are near-copies.
-    """
-
-    inputs: tuple[str, ...]
-    output: str
-    tokenizer: str
-    seq_lens: tuple[int, ...] = (32768,)
-    text_key: str = "text"
-    min_chars: int = 1
-    max_chars: int | None = None
-    shard_tokens: int = 1 << 24
-    pack: PackOptions = field(default_factory=PackOptions)
-    unit_bytes: int = DEFAULT_UNIT_BYTES
-    near_dedup: bool = False
-    near_threshold: float = 0.8
-
-    def __post_init__(self):
-        if not 0.0 < self.near_threshold < 1.0:
-            raise ValueError(f"near_threshold: {self.near_threshold} must be in (0, 1)")
-        if self.unit_bytes < 1:
-            raise ValueError(f"unit_bytes: {self.unit_bytes} must be >= 1")
-        if not self.inputs:
-            raise ValueError("inputs: give at least one file or glob")
-        check_packing_fields(self.seq_lens, self.shard_tokens)
-        if self.min_chars < 0:
-            raise ValueError(f"min_chars: {self.min_chars} must be >= 0")
-        if self.max_chars is not None and self.max_chars < max(self.min_chars, 1):
-            raise ValueError(f"max_chars: {self.max_chars} must be >= min_chars ({self.min_chars}) and >= 1")
-        super().__post_init__()
-
-    def recorded(self) -> dict[str, Any]:
-        """The options as the manifest records them (everything that shapes the output)."""
-        return recorded_options(self, not_recorded=("unit_bytes",))
-
-    def near(self) -> NearDedupOptions | None:
-        """The near-dedup stage's options, or None when it is off."""
-        return NearDedupOptions("text", MinHashConfig(threshold=self.near_threshold)) if self.near_dedup else None
 
 
 # --- stage functions (small, picklable, per record) ---------------------------------------------
@@ -300,19 +239,13 @@ def prepare_books(options: BooksOptions) -> PreparedJob:
     """
     files = match_inputs(options.inputs)
     tokenizer = read_tokenizer(options.tokenizer)
-    job = job_record(
-        options.recorded(),
-        files,
-        {**tokenizer.fingerprint(), "path": options.tokenizer},
-        runner_lib.describe(options.runner, options.direct_running_mode),
-    )
+    job = books_job(options, files, tokenizer)
     return PreparedJob(
         files=files,
         job=job,
         build=lambda p, receipts=(), retried=None: build_pipeline(p, options, files, tokenizer, job, receipts, retried),
         stages=STAGES,
-        summary=f"{len(files)} input files; tokenizer {tokenizer.name} ({tokenizer.vocab_size} pieces); "
-        f"runner {job['runner']}",
+        summary=books_summary(files, tokenizer, job),
     )
 
 

@@ -41,9 +41,12 @@ def add_parser(sub) -> None:
 
 
 def run(args, beam_args: list[str]) -> None:
-    """Runs the books job (or its Dataflow dry run) and prints a summary line."""
+    """Runs the books job (or its Dataflow dry run) and prints a summary line.
+
+    A rerun over a complete local output is answered before Beam loads (`books.options.complete_books`).
+    """
     check_local_inputs(split_inputs(args.input), args.tokenizer)  # before Beam loads
-    from lwmkit.pipelines.books.job import BooksOptions, run_books
+    from lwmkit.pipelines.books.options import BooksOptions, complete_books
     from lwmkit.pipelines.engine.dataflow import dry_run_instead
 
     options = BooksOptions(
@@ -64,7 +67,10 @@ def run(args, beam_args: list[str]) -> None:
     )
     if dry_run_instead(options):
         return
-    manifest = run_books(options)
+    if (manifest := complete_books(options)) is None:
+        from lwmkit.pipelines.books.job import run_books
+
+        manifest = run_books(options)
     summary = ", ".join(f"{k}: {v['records']} records" for k, v in manifest["datasets"].items())
     print(f"{manifest['documents']} documents -> {summary}; {manifest['failures']['total']} failures")
     print_retry(manifest)

@@ -63,7 +63,7 @@ def job_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def print_retry(manifest: dict) -> None:
-    from lwmkit.pipelines.engine.resume import retry_summary
+    from lwmkit.pipelines.engine.lifecycle import retry_summary  # no Beam (no-op reruns)
 
     if line := retry_summary(manifest):
         print(line)

@@ -51,6 +51,44 @@ def match_inputs(
     return sorted(files)
 
 
+def local_matches(patterns: Sequence[str]) -> list[str] | None:
+    """What Beam's `FileSystems.match` finds for local `patterns` (sorted, deduplicated), without
+    Beam; None when it cannot say for sure (a remote pattern, a `[...]` class, a missing file).
+
+    It follows Beam's local match step by step: a pattern ending in `/` gets `*`; a pattern with no
+    `*` or `?` is itself if it is a file; otherwise the folder before the first glob character is
+    walked (`os.walk`, files only, hidden ones too) and each path is matched with `*` as
+    `[^/\\]*`, `**` as `.*` and `?` as any character (`FileSystem.translate_pattern`).
+
+    Example:
+        local_matches(["books/*.jsonl"])   # -> ["books/a.jsonl", "books/b.jsonl"]
+    """
+    import re
+
+    found: set[str] = set()
+    for pattern in patterns:
+        if not is_local(pattern) or "[" in pattern:
+            return None
+        if pattern.endswith(("/", "\\")):
+            pattern += "*"
+        prefix = re.match(r"^[^[*?]*", pattern).group(0)
+        if prefix == pattern:
+            if not os.path.isfile(pattern):
+                return None
+            found.add(pattern)
+            continue
+        regex = "".join(
+            ".*" if part == "**" else r"[^/\\]*" if part == "*" else "." if part == "?" else re.escape(part)
+            for part in re.findall(r"\*\*|\*|\?|[^*?]+", pattern)
+        )
+        match = re.compile(r"(?ms)" + regex + r"\Z").match
+        root = os.path.dirname(prefix)
+        if not os.path.exists(root):
+            continue
+        found.update(p for d, _, names in os.walk(root) for n in names if match(p := os.path.join(d, n)))
+    return sorted(found)
+
+
 def input_stats(files: Sequence[str]) -> list[list]:
     """`[path, size, modified]` per input: what says an input is still the one work was made from.
 

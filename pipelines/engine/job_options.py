@@ -20,6 +20,8 @@ RUN_FIELDS = (
     "retry_failures", "keep_work",
 )
 MAX_SEQ_LEN = 1 << 24
+# Default size of a work-store unit (`work_store.py`; memory per worker grows with it).
+DEFAULT_UNIT_BYTES = 64 << 20
 
 
 def check_packing_fields(seq_lens: Sequence[int], shard_tokens: int) -> None:

@@ -9,6 +9,9 @@ Dataflow dry run (`dataflow/dry_run.py`) builds the same graph from the same `Pr
 cannot drift apart. A rerun whose output is already complete for the same inputs and options
 (`complete_output`) returns at once.
 
+This module imports Beam only when a pipeline runs, so a command can answer a no-op rerun of a
+local output (`complete_output`, `answer_complete`) before Beam loads (`books/options.py`).
+
 Example (what `run_books` is):
     launch(options, prepare_books, NoValidDocumentsError, "no valid documents in")
 """
@@ -16,28 +19,28 @@ Example (what `run_books` is):
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import apache_beam as beam
-from lwmkit.pipelines.engine import runner as runner_lib
 from lwmkit.packing.shards import dumps_json
-from lwmkit.pipelines.engine import work_store
-from lwmkit.pipelines.engine.inputs import input_stats
-from lwmkit.pipelines.engine.output_lock import LOCK_DIR, OutputLock, remove_stale_temps
+from lwmkit.pipelines.engine import runner as runner_lib
+from lwmkit.pipelines.engine.inputs import input_stats, local_matches
+from lwmkit.pipelines.engine.output_lock import LOCK_DIR, OutputLock, lock_path, remove_stale_temps
 from lwmkit.pipelines.engine.outputs import (
     delete_outputs,
+    is_local,
     join,
     list_outputs,
     read_output_bytes,
     write_output_bytes,
 )
 from lwmkit.pipelines.engine.progress import ProgressWatch, progress_folder
-from lwmkit.pipelines.engine.resume import previous_failures
-from lwmkit.pipelines.engine.work_store import receipt_paths
+
+COMPLETE = "{output} is already complete for these inputs and options; nothing to do (--force rebuilds)"
 
 
 def progress_log(enabled: bool) -> Callable[[str], None]:
@@ -109,6 +112,8 @@ def _shards_missing(directory: str, manifest: dict[str, Any]) -> list[str]:
 
 
 def _sizes(pattern: str) -> list[tuple[str, int]]:
+    if (paths := local_matches([pattern])) is not None:  # what Beam's local match finds, without Beam
+        return [(path, os.path.getsize(path)) for path in paths]
     from apache_beam.io.filesystems import FileSystems
 
     return [(m.path, m.size_in_bytes) for r in FileSystems.match([pattern]) for m in r.metadata_list]
@@ -142,8 +147,39 @@ def work_identity(job: dict[str, Any]) -> dict[str, Any]:
     return identity
 
 
+def retry_summary(manifest: dict[str, Any]) -> str | None:
+    """The line a command prints after --retry-failures, from the job manifest's `retry` entry."""
+    r = manifest.get("retry")
+    if r is None:
+        return None
+    return f"retried {r['rows']} failed rows: {r['recovered']} recovered, {r['still_failing']} still failing"
+
+
+def answer_complete(options: Any, job: dict[str, Any], summary: str, stages: Sequence[str]) -> dict[str, Any] | None:
+    """The no-op answer of a rerun over a complete local output, before Beam loads, or None.
+
+    Returns the job manifest, having logged what `launch` logs for it (the job's `summary`, the
+    complete line, the stage counts), when `complete_output(options.output, job, ...)` holds, no
+    job holds the output's lock, and neither `force` nor `retry_failures` is set. None, and
+    nothing logged, for anything else, an object-store output included: the caller then runs
+    `launch`, which checks again under the lock (it never answers differently for a complete output).
+    `job` must be the record the job's `prepare` builds (e.g. `books.options.books_job`).
+    """
+    output = options.output
+    if options.force or options.retry_failures or not is_local(output) or os.path.exists(lock_path(output)):
+        return None
+    done = complete_output(output, job, input_stats(job["input_files"]))
+    if done:
+        log = progress_log(options.progress)
+        log(summary)
+        log(COMPLETE.format(output=output))
+        for line in stage_count_lines(done.get("stages") or {}, stages):
+            log(line)
+    return done or None
+
+
 def run_job(
-    build: Callable[[beam.Pipeline], Any],
+    build: Callable[..., Any],
     *,
     output: str,
     job: dict[str, Any],
@@ -186,9 +222,12 @@ def run_job(
 def _run_locked(
     build, *, output, job, force, log, pipeline_options, identity, keep_work, rerun, lock, num_workers, progress, stages
 ) -> dict[str, Any]:
+    import apache_beam as beam
+    from lwmkit.pipelines.engine import work_store
+
     stats = input_stats(job["input_files"])
     if not force and not rerun and (done := complete_output(output, job, stats)):
-        log(f"{output} is already complete for these inputs and options; nothing to do (--force rebuilds)")
+        log(COMPLETE.format(output=output))
         return done
     if stale := remove_stale_temps(output):
         log(f"removed {len(stale)} temporary files of an earlier, interrupted run")
@@ -250,6 +289,9 @@ def launch(
       What `prepare` raises (missing inputs, tokenizer or VQGAN), FileNotFoundError for
       `retry_failures` without an earlier run, `error`, and CountMismatchError via the runner.
     """
+    from lwmkit.pipelines.engine.resume import previous_failures
+    from lwmkit.pipelines.engine.work_store import receipt_paths
+
     log = progress_log(options.progress)
     beam_options = runner_lib.pipeline_options(  # first: storage flags apply to matching inputs too
         options.runner, options.direct_running_mode, options.direct_num_workers, options.beam_args

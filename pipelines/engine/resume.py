@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import apache_beam as beam
+from lwmkit.pipelines.engine.lifecycle import retry_summary  # noqa: F401  (kept importable from here)
 from lwmkit.pipelines.engine.outputs import join, read_output_bytes
 from lwmkit.pipelines.engine.stages import COUNTS, MAIN, add_counts, split_tagged
 from lwmkit.pipelines.engine.work_store import ReadReceipt
@@ -109,12 +110,3 @@ def previous_failures(output: str) -> list[dict[str, Any]]:
         raise FileNotFoundError(f"--retry-failures: {join(output, 'failures.jsonl')} does not exist; run the job first")
     rows = [json.loads(line) for line in raw.decode("utf-8").splitlines() if line.strip()]
     return [r for r in rows if not r["stage"].startswith("pack-")]
-
-
-
-def retry_summary(manifest: dict[str, Any]) -> str | None:
-    """The line a command prints after --retry-failures, from the job manifest's `retry` entry."""
-    r = manifest.get("retry")
-    if r is None:
-        return None
-    return f"retried {r['rows']} failed rows: {r['recovered']} recovered, {r['still_failing']} still failing"

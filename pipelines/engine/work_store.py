@@ -43,6 +43,7 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 from lwmkit.packing.shards import dumps_json
 from lwmkit.packing.wire import WireError, decode_example, encode_example
+from lwmkit.pipelines.engine.job_options import DEFAULT_UNIT_BYTES
 from lwmkit.pipelines.engine.outputs import (
     delete_outputs,
     is_local,
@@ -54,7 +55,6 @@ from lwmkit.pipelines.engine.outputs import (
 )
 
 WORK_DIR = ".work"
-DEFAULT_UNIT_BYTES = 64 << 20
 _REF_KEYS = ("file", "line", "chars", "meta", "atomic_spans", "near_sketch")  # near_sketch: see dedup/stored.py
 
 
