@@ -20,6 +20,14 @@ that missing piece and nothing model-specific: give it a `load()` that returns
 
 JAX is imported inside `load_model` / `run_inference` only, so `lwmkit.pipelines` imports without it.
 
+Beam's warning "Resource module is not available for current platform, memory usage cannot be
+fetched" does not apply here: `apache_beam.ml.inference.base` imports the standard `resource`
+module and its torch-only `ModelManager` in one `try`, so without torch it sets `resource = None`
+and warns at every model load (twice: the memory before and after it), recording a model size
+of 0 (`load_model_byte_size`). Importing this module gives Beam its `resource` back on POSIX
+systems (`restore_beam_resource`), in the launcher and in every worker that unpickles a handler:
+no warning, and the model's real memory size.
+
 `load` is pickled with the pipeline and called on the workers: make it a top-level function (or a
 `functools.partial` of one) or an instance of a top-level class with `__call__`, and let it read
 its weights itself (a path, not the arrays, travels with the pipeline). Lambdas and closures may
@@ -45,6 +53,7 @@ Before/after for one short batch (batch_size=4, 3 examples, apply = x -> 2x):
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -52,7 +61,22 @@ from typing import Any
 
 import numpy as np
 from apache_beam.metrics.metric import Metrics
+from apache_beam.ml.inference import base as _beam_inference
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
+
+def restore_beam_resource() -> bool:
+    """Gives `apache_beam.ml.inference.base` the `resource` module its torch-bound import lost (see
+    the module docstring); says whether it had to. Windows has no `resource`: nothing changes there."""
+    if _beam_inference.resource is not None or sys.platform == "win32":
+        return False
+    import resource
+
+    _beam_inference.resource = resource
+    return True
+
+
+restore_beam_resource()
 
 DEVICE_KINDS = ("cpu", "gpu", "tpu")
 

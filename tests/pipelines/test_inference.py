@@ -300,3 +300,18 @@ def test_jit_false_runs_the_loaded_function_as_it_is():
     assert np.array_equal(out[0].inference, np.full(3, 2.0)) and calls  # called eagerly, not traced
     wrapped = JaxModelHandler(lambda: (compiled, 2.0), batch_size=2, example_shape=(3,), example_dtype=np.float32)
     assert wrapped.load_model().apply is not compiled and isinstance(jax.jit(compiled), type(wrapped.load_model().apply))
+
+
+def test_beam_reads_model_memory_without_torch_and_without_warning(caplog):
+    """Beam loses `resource` when torch is missing and warns at each model load (twice per video
+    job); importing the handler's module gives it back (`restore_beam_resource`)."""
+    import logging
+
+    from apache_beam.ml.inference import base
+    from lwmkit.pipelines.engine import inference
+
+    assert base.resource is not None
+    assert inference.restore_beam_resource() is False  # already done when the module loaded
+    with caplog.at_level(logging.WARNING):
+        assert base._get_current_process_memory_in_bytes() > 0
+    assert "Resource module is not available" not in caplog.text
