@@ -19,6 +19,7 @@ Setup, not timed: the built-in sample books and a 1,000-piece tokenizer, one `lw
 
 Run (the command recorded in docs/benchmarks.md):
     python bench/startup.py --repeats 3
+    python bench/startup.py --repeats 3 --lwm-pack ../before/venv/bin/lwm-pack   # another checkout
 """
 
 from __future__ import annotations
@@ -68,10 +69,14 @@ def setup(work: str, env: dict[str, str]) -> tuple[list[str], str]:
 
 
 def main() -> None:
+    global LWM_PACK
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3, help="runs per row; the median is shown")
     parser.add_argument("--work", help="working folder (default: a temporary one)")
+    parser.add_argument("--lwm-pack", default=LWM_PACK,
+                        help="the lwm-pack to time, e.g. another checkout's venv/bin/lwm-pack (default: this venv's)")
     args = parser.parse_args()
+    LWM_PACK = args.lwm_pack
     work = args.work or tempfile.mkdtemp(prefix="lwm-startup-")
     caches = os.path.join(work, "jax-caches")
     env = {**os.environ, "LWMKIT_JAX_CACHE": os.path.join(caches, "setup")}
@@ -95,14 +100,15 @@ def main() -> None:
         row("lwm-pack inspect --render, 1st (empty JAX cache)", [*render, png + "a"], cache=f"fresh-{r}")
         row("lwm-pack inspect --render, 2nd (cache from the 1st)", [*render, png + "b"], cache=f"fresh-{r}")
     print(f"lwm-pack startup, median of {args.repeats} runs each (python {sys.version.split()[0]}, "
-          f"{os.cpu_count()} CPUs); work folder {work}")
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}); {LWM_PACK}; work folder {work}")
     print(f"| {'command':52} | {'wall s':>7} | {'CPU s':>7} |")
     print(f"|{'-' * 54}|{'-' * 9}|{'-' * 9}|")
     for name, runs in rows.items():
         wall = statistics.median(w for w, _ in runs)
         cpu = statistics.median(c for _, c in runs)
         print(f"| {name:52} | {wall:>7.2f} | {cpu:>7.2f} |")
-    kept = [len(os.listdir(os.path.join(caches, f"fresh-{r}"))) for r in range(args.repeats)]
+    kept = [len(os.listdir(d)) if os.path.isdir(d := os.path.join(caches, f"fresh-{r}")) else 0
+            for r in range(args.repeats)]  # no folder: an lwm-pack without the compile cache (LWMKIT_JAX_CACHE)
     print(f"JAX compile cache after the two inspect runs: {min(kept)}-{max(kept)} entries per fresh folder "
           "(0 means the 2nd run compiled again: is filelock installed?)")
 
