@@ -89,6 +89,20 @@ class LoadedJaxModel:
     params: Any
     device: Any
 
+    def __reduce__(self):
+        """Pickles as `None`: a loaded model is runtime state of one worker process, never data.
+
+        RunInference's DoFn keeps the loaded model after `setup` (`_model`); a runner that pickles
+        the DoFn again after that (Beam 2.77's Dask runner does, for a side input computed inside a
+        worker) would otherwise try to pickle a JAX `Device`, jitted code and device arrays. The
+        copy's `setup` loads the model again (from the process's shared cache when it is there).
+        """
+        return _not_loaded, ()
+
+
+def _not_loaded() -> None:
+    return None
+
 
 class JaxModelHandler(ModelHandler[np.ndarray, PredictionResult, LoadedJaxModel]):
     """RunInference handler for a JAX/Flax model; see the module docstring.

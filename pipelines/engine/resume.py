@@ -24,11 +24,11 @@ from typing import Any
 import apache_beam as beam
 from lwmkit.pipelines.engine.lifecycle import retry_summary  # noqa: F401  (kept importable from here)
 from lwmkit.pipelines.engine.outputs import join, read_output_bytes
-from lwmkit.pipelines.engine.stages import COUNTS, MAIN, add_counts, split_tagged
+from lwmkit.pipelines.engine.stages import COUNTS, MAIN, RuntimeState, add_counts, split_tagged
 from lwmkit.pipelines.engine.work_store import ReadReceipt
 
 
-class SkipDone(beam.DoFn):
+class SkipDone(RuntimeState, beam.DoFn):
     """Passes on source records whose document is not in the work store yet.
 
     A record that is already there (from an interrupted run, or a finished one being retried)
@@ -42,6 +42,8 @@ class SkipDone(beam.DoFn):
 
     def __init__(self, stages: tuple[str, ...]):
         self.stages = stages
+
+    RUNTIME_ATTRS = ("_done_id", "_done")
 
     def setup(self):
         self._done_id = None

@@ -7,13 +7,16 @@ elements on this project's machines, and lwmkit reconciles every count anyway.
 `DaskRunner` is accepted as a short name for Beam's `apache_beam.runners.dask.dask_runner.DaskRunner`
 (Beam knows it only by its full path). Its scheduler is Beam's `--dask_client_address`; without one,
 `running` starts a `distributed.LocalCluster` on 127.0.0.1 (`num_workers` processes, default 2, one
-thread each) for the run and stops it afterwards, together with the client Beam opened.
+thread each) for the run and stops it afterwards, together with the client Beam opened. While a
+Dask run is built and runs, `fresh_receivers` gives each of its bundles its own output receiver
+and keeps what `finish_bundle` emits (Beam 2.77 does neither; see the section below).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import typing as t
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -64,20 +67,31 @@ def is_dask(options) -> bool:
 def finish_bundle_outputs_kept(options) -> bool:
     """False for Beam 2.77's Dask runner, which collects a bundle's outputs before it calls the
     DoFn's `finish_bundle` (`apache_beam.runners.dask.transform_evaluator.apply_dofn_to_bundle`),
-    so whatever `finish_bundle` emits is lost; a DoFn that buffers must then flush per element."""
+    so whatever `finish_bundle` emits is lost; a DoFn that buffers must then flush per element.
+
+    Still False under `running`, whose `fresh_receivers` keeps those outputs: lwmkit's own DoFns
+    do not depend on the fix, which a Dask pipeline run outside `running` lacks."""
     return not is_dask(options)
 
 
 @contextlib.contextmanager
 def running(options, num_workers: int = 0) -> Iterator[None]:
-    """Around a pipeline run: for the Dask runner without a scheduler address, a local cluster.
+    """Around a pipeline run: for the Dask runner, its compatibility fix and, without a scheduler
+    address, a local cluster.
 
-    The cluster (processes on 127.0.0.1, no dashboard) serves this run only; on the way out the
-    Dask clients this process opened are closed, then the cluster.
+    The fix (`fresh_receivers`) gives every partition of a ParDo its own output receiver and keeps
+    what `finish_bundle` emits; Beam 2.77 shares one receiver (partitions then repeat earlier
+    partitions' outputs) and drops those outputs. The cluster (processes on 127.0.0.1, no dashboard) serves this run only; on the way out the Dask
+    clients this process opened are closed, then the cluster.
     """
     if not is_dask(options):
         yield
         return
+    with fresh_receivers():
+        yield from _dask_cluster(options, num_workers)
+
+
+def _dask_cluster(options, num_workers: int) -> Iterator[None]:
     from apache_beam.runners.dask.dask_runner import DaskOptions
     from distributed import Client, LocalCluster
 
@@ -96,6 +110,97 @@ def running(options, num_workers: int = 0) -> Iterator[None]:
             with contextlib.suppress(ValueError):
                 while (client := Client.current(allow_global=True)) is not None:
                     client.close()
+
+
+# -- Beam 2.77's Dask runner: a compatibility fix ---------------------------------------------
+#
+# Beam's `apache_beam.runners.dask.transform_evaluator.ParDo.apply` builds ONE `OneReceiver` (a
+# list of outputs) per ParDo when the graph is built and hands it, with an `_OutputHandler` that
+# appends to it, to `apply_dofn_to_bundle` for every partition. That function never empties the
+# list, so every partition that runs against the same deserialized receiver (a worker computing a
+# side input's bag inside another task does) returns the outputs of the partitions before it
+# again: records repeat. It also takes a bundle's outputs before it calls `finish_bundle`, so what
+# that emits is lost: `BatchElements` (inside RunInference) flushes its last, short batch there.
+#
+# `fresh_receivers()` swaps the runner's ParDo translation for `FreshReceiverParDo`, which builds
+# the same graph except that each partition calls `apply_dofn_to_fresh_bundle`: Beam's
+# `apply_dofn_to_bundle` with a new receiver and output handler per call, and the outputs taken
+# after `finish_bundle`. Nothing inside Beam is patched; a Dask worker imports
+# `apply_dofn_to_fresh_bundle` from this module by reference, so the fix reaches every worker with
+# nothing installed there. Only the Dask runner's translation table changes, and only while
+# `running` runs a Dask job; other runners never read it. Remove this section when Beam's Dask
+# runner makes its receiver per bundle and keeps `finish_bundle`'s outputs
+# (tests/pipelines/test_dask_receivers.py then fails).
+
+
+def apply_dofn_to_fresh_bundle(items, signature, window_fn, do_fn_invoker_kwargs):
+    """Beam's `apply_dofn_to_bundle` over one partition, with a receiver of its own, returning
+    what `finish_bundle` emitted too."""
+    from apache_beam.runners.common import DoFnInvoker, _OutputHandler
+    from apache_beam.runners.dask.transform_evaluator import OneReceiver
+
+    receivers = OneReceiver()
+    handler = _OutputHandler(
+        window_fn=window_fn,
+        main_receivers=receivers[None],
+        tagged_receivers=receivers,
+        per_element_output_counter=None,
+        output_batch_converter=None,
+        process_yields_batches=False,
+        process_batch_yields_elements=False,
+    )
+    invoker = DoFnInvoker.create_invoker(signature, handler, **do_fn_invoker_kwargs)
+    invoker.invoke_setup()
+    invoker.invoke_start_bundle()
+    for item in items:
+        invoker.invoke_process(item)
+    invoker.invoke_finish_bundle()  # Beam takes the outputs before this call, losing what it emits
+    results = [v.value for v in receivers.values]
+    invoker.invoke_teardown()
+    return results
+
+
+def _fresh_receiver_pardo():
+    import apache_beam
+    from apache_beam import DoFn
+    from apache_beam.runners.common import DoFnContext, DoFnSignature
+    from apache_beam.runners.dask.transform_evaluator import ParDo, get_windowed_value
+
+    class FreshReceiverParDo(ParDo):
+        """Beam 2.77's Dask `ParDo` translation, less its one receiver shared by all partitions."""
+
+        def apply(self, input_bag, side_inputs=None):
+            transform = t.cast(apache_beam.ParDo, self.transform)
+            args, kwargs = transform.raw_side_inputs
+            main_input = next(iter(self.applied.main_inputs.values()))
+            window_fn = main_input.windowing.windowfn if hasattr(main_input, "windowing") else None
+            do_fn_invoker_kwargs = dict(
+                context=DoFnContext(transform.label, state=None),
+                side_inputs=side_inputs,
+                input_args=list(args),
+                input_kwargs=kwargs,
+                user_state_context=None,
+                bundle_finalizer_param=DoFn.BundleFinalizerParam(),
+            )
+            return input_bag.map(get_windowed_value, window_fn).map_partitions(
+                apply_dofn_to_fresh_bundle, DoFnSignature(transform.fn), window_fn, do_fn_invoker_kwargs
+            )
+
+    return FreshReceiverParDo
+
+
+@contextlib.contextmanager
+def fresh_receivers() -> Iterator[None]:
+    """While inside: the Dask runner translates a ParDo with `FreshReceiverParDo`."""
+    import apache_beam
+    from apache_beam.runners.dask.transform_evaluator import TRANSLATIONS
+
+    before = TRANSLATIONS[apache_beam.ParDo]
+    TRANSLATIONS[apache_beam.ParDo] = _fresh_receiver_pardo()
+    try:
+        yield
+    finally:
+        TRANSLATIONS[apache_beam.ParDo] = before
 
 
 @dataclass(frozen=True, kw_only=True)

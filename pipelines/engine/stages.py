@@ -72,6 +72,21 @@ def failure_sort_key(row: dict[str, Any]) -> tuple:
     return (row["file"], row["line"], row["stage"], row["reason"], row["detail"])
 
 
+class RuntimeState:
+    """Mixin for a DoFn whose `setup` builds runtime-only state: it pickles without that state.
+
+    `RUNTIME_ATTRS` names the attributes `setup` sets (open files, process pools, indexes of a
+    side input, loaded models); `__getstate__` leaves them out, and the copy's `setup`, which
+    Beam calls before any `process`, builds them again. A runner may pickle a DoFn after its
+    `setup` ran (Beam 2.77's Dask runner does, for a side input computed inside a worker).
+    """
+
+    RUNTIME_ATTRS: tuple[str, ...] = ()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in self.RUNTIME_ATTRS}
+
+
 class StageDoFn(beam.DoFn):
     """Runs `fn` as the named stage; see the module docstring.
 

@@ -35,7 +35,14 @@ from lwmkit.pipelines.engine import progress as progress_lib
 from lwmkit.pipelines.engine.exact_dedup import KeepFirst
 from lwmkit.pipelines.engine.normalize import normalize_text
 from lwmkit.pipelines.engine.outputs import is_local
-from lwmkit.pipelines.engine.stages import COUNTS, FAILURES, Dropped, DropRecord, failure_row
+from lwmkit.pipelines.engine.stages import (
+    COUNTS,
+    FAILURES,
+    Dropped,
+    DropRecord,
+    RuntimeState,
+    failure_row,
+)
 from lwmkit.pipelines.images.stages import check_caption
 from lwmkit.pipelines.videos.examples import VideoExampleBuilder, video_kind
 from lwmkit.pipelines.videos.frames import DecodeOptions
@@ -110,7 +117,7 @@ def decode_job(video: dict, options: DecodeOptions) -> dict[str, Any]:
     return {"path": video["video_path"], "name": name, "clip": clip, "options": raw}
 
 
-class DecodeVideos(beam.DoFn):
+class DecodeVideos(RuntimeState, beam.DoFn):
     """The decode stage; see the module docstring.
 
     Outputs: main (one summary per decoded video), FRAMES, FAILURES, and COUNTS for the stages
@@ -129,6 +136,8 @@ class DecodeVideos(beam.DoFn):
         self.progress = progress
         self.task = task
         self.python_path = tuple(python_path)
+
+    RUNTIME_ATTRS = ("_pool",)  # the process's decoder pool
 
     def setup(self):
         o = self.options

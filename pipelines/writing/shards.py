@@ -29,6 +29,7 @@ from lwmkit.pipelines.engine.outputs import (
     write_output_bytes,
     write_output_shard,
 )
+from lwmkit.pipelines.engine.stages import RuntimeState
 from lwmkit.pipelines.engine.work_store import UnitReader, work_dir
 from lwmkit.pipelines.writing.payload import doc_arrays, piece
 from lwmkit.pipelines.writing.plan import (
@@ -40,7 +41,7 @@ from lwmkit.pipelines.writing.plan import (
 )
 
 
-class RouteDoFn(beam.DoFn):
+class RouteDoFn(RuntimeState, beam.DoFn):
     """Sends each document's pieces, as references into the work store, to the shards the plan names.
 
     The plan's placements are indexed by document id once per worker and reused.
@@ -48,6 +49,8 @@ class RouteDoFn(beam.DoFn):
     Raises:
       RuntimeError: if a document has no placement (the plan and the data disagree).
     """
+
+    RUNTIME_ATTRS = ("_plan_id", "_index")
 
     def setup(self):
         self._plan_id = None
@@ -102,7 +105,7 @@ def shard_key(dataset: str, shard: int, count: int, pieces: list[tuple], pack: P
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-class WriteShardDoFn(beam.DoFn):
+class WriteShardDoFn(RuntimeState, beam.DoFn):
     """Writes one shard from its grouped pieces and yields a summary of what it wrote.
 
     A shard whose receipt in the work store names the same pieces, and whose file on disk still
@@ -116,6 +119,8 @@ class WriteShardDoFn(beam.DoFn):
     def __init__(self, output: str, pack: PackOptions):
         self.output = output
         self.pack = pack
+
+    RUNTIME_ATTRS = ("_units",)  # open work units
 
     def setup(self):
         self._units = UnitReader(self.output)

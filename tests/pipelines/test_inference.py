@@ -7,6 +7,7 @@ import os
 import pickle
 import subprocess
 import sys
+import time
 import uuid
 
 import apache_beam as beam
@@ -315,3 +316,26 @@ def test_beam_reads_model_memory_without_torch_and_without_warning(caplog):
     with caplog.at_level(logging.WARNING):
         assert base._get_current_process_memory_in_bytes() > 0
     assert "Resource module is not available" not in caplog.text
+
+
+def test_run_inference_dofn_pickles_after_setup_and_works_after_unpickling(tmp_path):
+    """A runner may pickle a DoFn after its setup (Beam 2.77's Dask runner does, for a side input
+    computed in a worker): the loaded model (JAX device, jitted apply, device arrays) stays behind,
+    and the copy's setup loads it again."""
+    import cloudpickle
+    from apache_beam.ml.inference.base import _RunInferenceDoFn
+
+    handler = JaxModelHandler(CountingLoad(str(tmp_path / "l.txt")), 2, (FEATURES,), np.float32, name="p")
+    dofn = _RunInferenceDoFn(handler, clock=time, metrics_namespace=None)
+    x = _inputs(2)
+    batch = [v for _, v in x]
+    dofn.setup()
+    before = [r.inference for r in dofn.process(batch, None, None)]
+    assert dofn._model is not None
+    blob = cloudpickle.dumps(dofn)  # raised "cannot pickle 'Device' object" before
+    assert b"Device" not in blob
+    again = cloudpickle.loads(blob)
+    again.setup()
+    after = [r.inference for r in again.process(batch, None, None)]
+    np.testing.assert_array_equal(np.stack(after), np.stack(before))
+    np.testing.assert_allclose(np.stack(after), _direct(_dense_params(), np.stack(batch)), rtol=1e-5, atol=1e-5)

@@ -121,16 +121,7 @@ def _outputs(root: Path, job: str) -> dict[str, bytes]:
     return out
 
 
-DASK_LOSES_DOCUMENTS = pytest.mark.xfail(
-    strict=True, reason="open, Beam 2.77's Dask runner (docs/running-at-scale.md, Other runners): "
-    "apache_beam/runners/dask/transform_evaluator.py apply_dofn_to_bundle never empties the ParDo's one "
-    "OneReceiver.values list, so a partition run against the same receiver re-emits earlier partitions' "
-    "outputs (books: CountMismatchError, shards hold documents several times); images: a side input's "
-    "bag is re-pickled in a worker after DoFn.setup (cannot pickle a JAX Device). The finish_bundle loss "
-    "(bench/dask_finish_bundle.py) is worked around by work_store.spill")
-
-
-@pytest.mark.parametrize("runner", [pytest.param("dask", marks=DASK_LOSES_DOCUMENTS), "portable"])
+@pytest.mark.parametrize("runner", ["dask", "portable"])
 @pytest.mark.parametrize("job", ["books", "images"])
 def test_engines_with_separate_workers_write_the_direct_runners_shards(job, runner, shared_dir, monkeypatch,
                                                                         portable_args):
