@@ -35,7 +35,7 @@ from lwmkit.pipelines.dedup.sketch import Duplicate, Sketch
 from lwmkit.pipelines.dedup.text import MinHashConfig, TextMatcher, text_sketch
 from lwmkit.pipelines.dedup.transforms import NAMESPACE, NearDuplicates
 from lwmkit.pipelines.dedup.videos import VideoHashConfig, VideoMatcher, video_sketch
-from lwmkit.pipelines.engine.stages import failure_row
+from lwmkit.pipelines.engine.stages import failure_row, split_tagged
 
 REASON = "dedup:near_duplicate"
 KINDS = ("text", "image", "video")
@@ -140,17 +140,18 @@ class NearDedupResult(NamedTuple):
 
 
 def _split(element: tuple[str, dict], stage: str, where: Callable[[str, Any], tuple[str, int]]):
+    """Tagged records `(tag, value)` for `split_tagged`: "survivors" (key, example), "failures" rows."""
     key, joined = element
     dups = sorted(joined["dup"], key=lambda d: d.kept)
     for example in joined["example"]:
         if not dups:
-            yield key, example
+            yield "survivors", (key, example)
             continue
         d = dups[0]
         file, line = where(key, example)
         row = failure_row(stage, file, line, REASON, d.detail())
         row.update(kept=d.kept, similarity=round(d.similarity, 6))
-        yield beam.pvalue.TaggedOutput("failures", row)
+        yield "failures", row
 
 
 def _count(stage: str):
@@ -188,15 +189,16 @@ class NearDedup(beam.PTransform):
             content = self.content
             texts = examples | "texts" >> beam.MapTuple(lambda k, ex: (k, content(ex)))
         dups = sketches | "near duplicates" >> NearDuplicates(matcher, texts=texts)
-        split = ({"dup": dups | "key dups" >> beam.Map(lambda d: (d.key, d)), "example": examples}
-                 | "join examples" >> beam.CoGroupByKey()
-                 | "split" >> beam.FlatMap(_split, o.stage, self.where).with_outputs("failures", main="survivors"))
+        tagged = ({"dup": dups | "key dups" >> beam.Map(lambda d: (d.key, d)), "example": examples}
+                  | "join examples" >> beam.CoGroupByKey()
+                  | "split" >> beam.FlatMap(_split, o.stage, self.where))
+        split = split_tagged(tagged, "split", ("survivors", "failures"))
         seen = examples | "count seen" >> beam.combiners.Count.Globally()
         dropped = dups | "count dropped" >> beam.combiners.Count.Globally()
         counts = (seen
                   | "with dropped" >> beam.Map(lambda s, d: (s, d), beam.pvalue.AsSingleton(dropped))
                   | "count row" >> beam.Map(_count(o.stage)))
-        return NearDedupResult(split.survivors, split.failures, counts, dups)
+        return NearDedupResult(split["survivors"], split["failures"], counts, dups)
 
 
 def duplicate_summary(duplicates: Iterable[Duplicate], bins: int = 10, low: float = 0.5) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from apache_beam.metrics import Metrics
 from lwmkit.pipelines.dedup.clusters import ComponentsFn
 from lwmkit.pipelines.dedup.sketch import Duplicate, Sketch
 from lwmkit.pipelines.dedup.text import MinHashConfig, exact_jaccard, shingle_hashes, text_sketch
+from lwmkit.pipelines.engine.stages import split_tagged
 
 NAMESPACE = "near_dedup"
 
@@ -60,8 +61,9 @@ def _unique_members(sketches: Iterable[Sketch]) -> list[Sketch]:
 
 
 class _BucketPairs(beam.DoFn):
-    """One bucket -> its verified pairs ((a, b), (similarity, size a, size b)) and, tagged
-    "members", (key, sketch) of every document in a pair (for the similarity join)."""
+    """One bucket -> tagged records `(tag, value)` (split with `split_tagged`): "edges", its
+    verified pairs ((a, b), (similarity, size a, size b)), and "members", (key, sketch) of every
+    document in a pair (for the similarity join)."""
 
     def __init__(self, matcher: Matcher):
         self.matcher = matcher
@@ -77,11 +79,11 @@ class _BucketPairs(beam.DoFn):
             a, b = members[i], members[j]
             paired.update((i, j))
             self.edges.inc()
-            yield (a.key, b.key), (sim, a.size, b.size)
+            yield "edges", ((a.key, b.key), (sim, a.size, b.size))
         if paired:
             self.buckets.inc()
         for i in sorted(paired):
-            yield beam.pvalue.TaggedOutput("members", (members[i].key, members[i]))
+            yield "members", (members[i].key, members[i])
 
 
 def _first_sketch(element: tuple[str, Iterable[Sketch]]) -> tuple[str, Sketch]:
@@ -141,11 +143,12 @@ class NearDuplicates(beam.PTransform):
         buckets = (sketches
                    | "band keys" >> beam.FlatMap(_band_entries, m)
                    | "group bands" >> beam.GroupByKey())
-        pairs = buckets | "verify buckets" >> beam.ParDo(_BucketPairs(m)).with_outputs("members", main="edges")
-        edges = pairs.edges | "one edge per pair" >> beam.CombinePerKey(max)
+        tagged = buckets | "verify buckets" >> beam.ParDo(_BucketPairs(m))
+        pairs = split_tagged(tagged, "verify buckets", ("edges", "members"))
+        edges = pairs["edges"] | "one edge per pair" >> beam.CombinePerKey(max)
         if self.exact:
             edges = edges | "exact jaccard" >> ExactJaccard(self.texts, m.config)
-        members = (pairs.members
+        members = (pairs["members"]
                    | "group members" >> beam.GroupByKey()
                    | "one sketch per member" >> beam.Map(_first_sketch))
         removed = (edges

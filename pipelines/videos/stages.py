@@ -38,10 +38,12 @@ from lwmkit.pipelines.engine.outputs import is_local
 from lwmkit.pipelines.engine.stages import (
     COUNTS,
     FAILURES,
+    MAIN,
     Dropped,
     DropRecord,
     RuntimeState,
     failure_row,
+    split_tagged,
 )
 from lwmkit.pipelines.images.stages import check_caption
 from lwmkit.pipelines.videos.examples import VideoExampleBuilder, video_kind
@@ -120,9 +122,10 @@ def decode_job(video: dict, options: DecodeOptions) -> dict[str, Any]:
 class DecodeVideos(RuntimeState, beam.DoFn):
     """The decode stage; see the module docstring.
 
-    Outputs: main (one summary per decoded video), FRAMES, FAILURES, and COUNTS for the stages
-    'decode' (videos) and 'frames' (frames sent on, including those of a video that failed
-    part-way: `gather_codes` leaves those out).
+    Outputs tagged records `(tag, value)` (`run_decode` splits them with `split_tagged`): MAIN
+    (one summary per decoded video), FRAMES, FAILURES, and COUNTS for the stages 'decode'
+    (videos) and 'frames' (frames sent on, including those of a video that failed part-way:
+    `gather_codes` leaves those out).
 
     Args:
       options: sampling and worker settings.
@@ -173,7 +176,7 @@ class DecodeVideos(RuntimeState, beam.DoFn):
                     for j in range(len(chunk)):
                         key = {"file": video["file"], "line": video["line"], "doc_id": video["doc_id"],
                                "pos": start + j}
-                        yield beam.pvalue.TaggedOutput(FRAMES, (key, chunk[j].copy()))  # copies free the chunk
+                        yield FRAMES, (key, chunk[j].copy())  # copies free the chunk
                     sent += len(chunk)
                     counts["frames"][0] += len(chunk)
                     counts["frames"][1] += len(chunk)
@@ -188,11 +191,11 @@ class DecodeVideos(RuntimeState, beam.DoFn):
             yield self._drop(video, "decode_error", f"the decoder sent {sent} frames, announced {announced}")
             return
         counts["decode"][1] += 1
-        yield {**video, "decode": meta}
+        yield MAIN, {**video, "decode": meta}
 
     def _drop(self, video: dict, reason: str, detail: str):
         self._counts["decode"][2] += 1
-        return beam.pvalue.TaggedOutput(FAILURES, failure_row("decode", video["file"], video["line"], reason, detail))
+        return FAILURES, failure_row("decode", video["file"], video["line"], reason, detail)
 
     def finish_bundle(self):
         if self.progress:
@@ -202,17 +205,14 @@ class DecodeVideos(RuntimeState, beam.DoFn):
                 if value:
                     self._metric[(stage, name)].inc(value)
             if any(values):
-                yield beam.pvalue.TaggedOutput(
-                    COUNTS, WindowedValue((stage, tuple(values)), MIN_TIMESTAMP, [GlobalWindow()])
-                )
+                yield WindowedValue((COUNTS, (stage, tuple(values))), MIN_TIMESTAMP, [GlobalWindow()])
 
 
 def run_decode(videos, options: DecodeOptions, progress: str | None, task: str = DEFAULT_TASK, python_path=()):
     """Applies `DecodeVideos`; returns (videos, frames, failures, counts) PCollections."""
-    out = videos | "decode" >> beam.ParDo(DecodeVideos(options, progress, task, python_path)).with_outputs(
-        FRAMES, FAILURES, COUNTS, main="main"
-    )
-    return out.main, out[FRAMES], out[FAILURES], out[COUNTS]
+    tagged = videos | "decode" >> beam.ParDo(DecodeVideos(options, progress, task, python_path))
+    out = split_tagged(tagged, "decode", (MAIN, FRAMES, FAILURES, COUNTS))
+    return out[MAIN], out[FRAMES], out[FAILURES], out[COUNTS]
 
 
 def keyed_codes(frame: dict) -> tuple[int, tuple[int, np.ndarray]]:

@@ -1,4 +1,5 @@
-"""The books and images jobs on engines with separate workers write the DirectRunner's shards.
+"""The books and images jobs (and videos, on Dask) on engines with separate workers write the
+DirectRunner's shards.
 
 Each job runs three times on the same inputs (`golden.py`'s): on the DirectRunner, on Beam's Dask
 runner over a 2-worker `distributed.LocalCluster` the job starts on 127.0.0.1 (`--runner
@@ -103,6 +104,16 @@ def _images(out: str, runner: list[str]) -> None:
                 "--output", out, *runner)
 
 
+def _videos(out: str, runner: list[str]) -> None:
+    tok = "tokenizer.model" if Path("tokenizer.model").exists() else golden._tokenizer(Path("tokenizer.model"))
+    videos = golden._video_inputs(Path("in") / "videos")
+    # Decode workers are shared per settings in a process and resolve relative paths against the
+    # folder they started in: --videos-per-worker of its own gives this test workers started here.
+    golden._run("videos", "--input", videos, "--tokenizer", tok, "--vqgan-preset", "tiny", "--vqgan-seed", "7",
+                "--num-frames", "3", "--chunk-frames", "2", "--seq-len", "2000,800", "--seed", "5",
+                "--videos-per-worker", "31", "--output", out, *runner)
+
+
 def _outputs(root: Path, job: str) -> dict[str, bytes]:
     """Every shard, index, metadata and failures file of `out/<job>`; manifests without the runner."""
     out = {}
@@ -138,3 +149,19 @@ def test_engines_with_separate_workers_write_the_direct_runners_shards(job, runn
     assert sorted(other) == sorted(direct), f"{runner} wrote other files than the DirectRunner"
     differ = [p for p in direct if other[p] != direct[p]]
     assert differ == [], f"{runner}: {differ} differ from the DirectRunner's"
+
+
+def test_videos_on_dask_write_the_direct_runners_shards(shared_dir, monkeypatch):
+    """The videos job's decode stage (tagged records, no multi-output ParDo) on the Dask runner."""
+    for k in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.chdir(shared_dir)
+    _videos("out/videos-direct-for-dask", RUNNERS["direct"](None))
+    direct = _outputs(shared_dir, "videos-direct-for-dask")
+    _videos("out/videos-dask", RUNNERS["dask"](None))
+    other = _outputs(shared_dir, "videos-dask")
+    assert any(".array_record-" in p for p in direct), "the DirectRunner wrote no shard"
+    assert any(p.endswith("failures.jsonl") for p in direct)
+    assert sorted(other) == sorted(direct), "dask wrote other files than the DirectRunner"
+    differ = [p for p in direct if other[p] != direct[p]]
+    assert differ == [], f"dask: {differ} differ from the DirectRunner's"
