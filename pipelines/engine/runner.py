@@ -79,9 +79,10 @@ def running(options, num_workers: int = 0) -> Iterator[None]:
     """Around a pipeline run: for the Dask runner, its compatibility fix and, without a scheduler
     address, a local cluster.
 
-    The fix (`fresh_receivers`) gives every partition of a ParDo its own output receiver and keeps
-    what `finish_bundle` emits; Beam 2.77 shares one receiver (partitions then repeat earlier
-    partitions' outputs) and drops those outputs. The cluster (processes on 127.0.0.1, no dashboard) serves this run only; on the way out the Dask
+    The fix (`fresh_receivers`) gives every partition of a ParDo its own output receiver, keeps
+    what `finish_bundle` emits and runs every branch of the graph; Beam 2.77 shares one receiver
+    (partitions then repeat earlier partitions' outputs), drops those outputs and computes only
+    the last branch. The cluster (processes on 127.0.0.1, no dashboard) serves this run only; on the way out the Dask
     clients this process opened are closed, then the cluster.
     """
     if not is_dask(options):
@@ -189,18 +190,50 @@ def _fresh_receiver_pardo():
     return FreshReceiverParDo
 
 
+def leaf_bags(bags: dict) -> list:
+    """The bags of the transforms whose outputs nothing consumes (main or side input): every branch
+    of the graph ends in one of them."""
+    consumed = set()
+    for node in bags:
+        for pcoll in [*node.inputs, *(si.pvalue for si in node.side_inputs)]:
+            consumed.add(id(getattr(pcoll, "producer", None)))
+    return [bag for node, bag in bags.items() if id(node) not in consumed]
+
+
+def _run_every_branch(self, pipeline, options):
+    """Beam 2.77's `DaskRunner.run_pipeline`, computing every leaf bag instead of the last one only
+    (it computes "just the last value", so a branch that ends elsewhere never runs)."""
+    import dask
+    import dask.distributed as ddist
+    from apache_beam.runners.dask.dask_runner import DaskOptions, DaskRunnerResult
+    from apache_beam.runners.dask.overrides import dask_overrides
+
+    dask_options = options.view_as(DaskOptions).get_all_options(drop_default=True, current_only=True)
+    bag_kwargs = DaskOptions._extract_bag_kwargs(dask_options)
+    client = ddist.Client(**dask_options)
+    pipeline.replace_all(dask_overrides())
+    visitor = self.to_dask_bag_visitor(bag_kwargs)
+    pipeline.visit(visitor)
+    futures = client.compute(list(dask.optimize(*leaf_bags(visitor.bags))))
+    return DaskRunnerResult(client, futures)
+
+
 @contextlib.contextmanager
 def fresh_receivers() -> Iterator[None]:
-    """While inside: the Dask runner translates a ParDo with `FreshReceiverParDo`."""
+    """While inside: the Dask runner translates a ParDo with `FreshReceiverParDo` and runs every
+    branch of the graph (`_run_every_branch`)."""
     import apache_beam
+    from apache_beam.runners.dask.dask_runner import DaskRunner
     from apache_beam.runners.dask.transform_evaluator import TRANSLATIONS
 
-    before = TRANSLATIONS[apache_beam.ParDo]
+    before, run_before = TRANSLATIONS[apache_beam.ParDo], DaskRunner.run_pipeline
     TRANSLATIONS[apache_beam.ParDo] = _fresh_receiver_pardo()
+    DaskRunner.run_pipeline = _run_every_branch
     try:
         yield
     finally:
         TRANSLATIONS[apache_beam.ParDo] = before
+        DaskRunner.run_pipeline = run_before
 
 
 @dataclass(frozen=True, kw_only=True)

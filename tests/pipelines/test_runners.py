@@ -165,3 +165,35 @@ def test_videos_on_dask_write_the_direct_runners_shards(shared_dir, monkeypatch)
     assert sorted(other) == sorted(direct), "dask wrote other files than the DirectRunner"
     differ = [p for p in direct if other[p] != direct[p]]
     assert differ == [], f"dask: {differ} differ from the DirectRunner's"
+
+
+def _qa(out: str, runner: list[str]) -> None:
+    tok = "tokenizer.model" if Path("tokenizer.model").exists() else golden._tokenizer(Path("tokenizer.model"))
+    golden._run("qa", "--input", golden._qa_inputs(Path("in") / "qa"), "--tokenizer", tok, "--preset", "tiny",
+                "--generator", "extractive", "--seed", "2", "--output", out, *runner)
+
+
+def _pack(out: str, runner: list[str]) -> None:
+    tok = "tokenizer.model" if Path("tokenizer.model").exists() else golden._tokenizer(Path("tokenizer.model"))
+    if not Path("out/books-for-pack/manifest.json").exists():
+        books = golden._book_inputs(Path("in") / "books")
+        golden._run("books", *[a for p in books for a in ("--input", p)], "--tokenizer", tok, "--seq-len", "512",
+                    "--output", "out/books-for-pack")
+    golden._run("pack", "--documents", "out/books-for-pack/documents", "--schedule", "256,1024,4096",
+                "--min-doc-tokens", "0,300,0", "--output", out, "--long-document-policy", "drop", *runner)
+
+
+@pytest.mark.parametrize("job", ["qa", "pack"])
+def test_qa_and_pack_on_dask_write_the_direct_runners_shards(job, shared_dir, monkeypatch):
+    """The QA job ends a branch in its statistics, which Beam 2.77's Dask runner never ran (it computed
+    only the last bag); `engine.runner` runs every branch. The pack job reads document shards."""
+    monkeypatch.chdir(shared_dir)
+    run = {"qa": _qa, "pack": _pack}[job]
+    run(f"out/{job}-direct-for-dask", RUNNERS["direct"](None))
+    direct = _outputs(shared_dir, f"{job}-direct-for-dask")
+    run(f"out/{job}-dask", RUNNERS["dask"](None))
+    other = _outputs(shared_dir, f"{job}-dask")
+    assert any(".array_record-" in p for p in direct), "the DirectRunner wrote no shard"
+    assert sorted(other) == sorted(direct), "dask wrote other files than the DirectRunner"
+    differ = [p for p in direct if other[p] != direct[p]]
+    assert differ == [], f"dask: {differ} differ from the DirectRunner's"
