@@ -53,3 +53,28 @@ def book(seed: int, paragraphs: int = 6) -> str:
     from lwmkit.pipelines.tools.sample_corpus import sample_book
 
     return sample_book(random.Random(seed), paragraphs)
+
+
+def write_small_raw_books(d: str | os.PathLike) -> str:
+    """A folder of raw books the CLI tests read: four books in a .jsonl.zst (and one broken line
+    after them) and a .txt book; returns the folder."""
+    d = Path(d)
+    write_jsonl_zst(d / "books.jsonl.zst", [record(book(i, 6 + 4 * i), {"n": i}) for i in range(4)] + [b"{bad"])
+    (d / "extra.txt").write_text(book(9, 8), encoding="utf-8")
+    return str(d)
+
+
+def count_sketch_calls(monkeypatch, name: str) -> list:
+    """Wraps `lwmkit.pipelines.dedup.entry.<name>` (a sketch function `(key, content, config)`) so
+    that every key it sketches is appended to the returned list."""
+    from lwmkit.pipelines.dedup import entry
+
+    calls: list = []
+    real = getattr(entry, name)
+
+    def counting(key, content, config):
+        calls.append(key)
+        return real(key, content, config)
+
+    monkeypatch.setattr(entry, name, counting)
+    return calls

@@ -18,7 +18,7 @@ from lwmkit.pipelines.books.job import STAGES as BOOK_STAGES
 from lwmkit.pipelines.cli import main
 from lwmkit.tokenizers import SentencePieceTokenizer
 
-from .helpers import book, record, write_jsonl, write_jsonl_zst
+from .helpers import write_jsonl, write_small_raw_books
 
 SUBCOMMANDS = ("demo", "books", "images", "videos", "qa", "pack", "report", "inspect", "export", "train-tokenizer")
 # `demo_mod` is imported here, at collection, on purpose: `run_demo(out=sys.stdout)` binds the stdout
@@ -28,10 +28,7 @@ SUBCOMMANDS = ("demo", "books", "images", "videos", "qa", "pack", "report", "ins
 
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory) -> str:
-    d = tmp_path_factory.mktemp("cli-raw")
-    write_jsonl_zst(d / "books.jsonl.zst", [record(book(i, 6 + 4 * i), {"n": i}) for i in range(4)] + [b"{bad"])
-    (d / "extra.txt").write_text(book(9, 8), encoding="utf-8")
-    return str(d)
+    return write_small_raw_books(tmp_path_factory.mktemp("cli-raw"))
 
 
 @pytest.fixture(scope="module")

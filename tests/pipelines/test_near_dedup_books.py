@@ -12,10 +12,9 @@ import pytest
 from lwmkit.packing import verify_directory
 from lwmkit.pipelines import BooksOptions, run_books
 from lwmkit.pipelines.cli import main
-from lwmkit.pipelines.dedup import entry as entry_lib
 from lwmkit.pipelines.dedup.planted import change_words, chunked_books, reflow, shorten
 
-from .helpers import SHARED_DATA, record, write_jsonl
+from .helpers import SHARED_DATA, count_sketch_calls, record, write_jsonl
 
 CHAPTERS = 6
 
@@ -88,14 +87,7 @@ def test_near_dedup_is_off_by_default_and_the_threshold_is_an_option(planted, tm
 
 def test_a_rerun_reads_the_stored_sketches(planted, tmp_path, bpe_model, monkeypatch):
     d, *_ = planted
-    calls = []
-    real = entry_lib.text_sketch
-
-    def counting(key, text, config):
-        calls.append(key)
-        return real(key, text, config)
-
-    monkeypatch.setattr(entry_lib, "text_sketch", counting)
+    calls = count_sketch_calls(monkeypatch, "text_sketch")
     out = tmp_path / "out"
 
     def options(seq_lens):

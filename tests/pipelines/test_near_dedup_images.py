@@ -9,11 +9,11 @@ import json
 
 import pytest
 from lwmkit.pipelines.cli import main
-from lwmkit.pipelines.dedup import entry as entry_lib
 from lwmkit.pipelines.images.job import ImagesOptions, run_images
 from PIL import Image
 
 from .dedup.test_images import crop, drawn_scene, jpeg
+from .helpers import count_sketch_calls
 from .image_inputs import encode, write_tar
 from .test_image_text import PROXY_VARS
 
@@ -116,14 +116,7 @@ def test_without_the_flag_every_copy_is_kept(planted, tmp_path, bpe_model):
 
 def test_a_rerun_reads_the_stored_sketches(planted, tmp_path, bpe_model, monkeypatch):
     tar, copies, keep = planted
-    calls = []
-    real = entry_lib.image_sketch
-
-    def counting(key, image, config):
-        calls.append(key)
-        return real(key, image, config)
-
-    monkeypatch.setattr(entry_lib, "image_sketch", counting)
+    calls = count_sketch_calls(monkeypatch, "image_sketch")
     out = tmp_path / "out"
 
     def options(seq_lens):

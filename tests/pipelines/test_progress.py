@@ -17,15 +17,12 @@ from lwmkit.pipelines.cli import main
 from lwmkit.pipelines.engine import progress
 from lwmkit.pipelines.engine.progress import ProgressWatch, count_lines, read_totals
 
-from .helpers import book, record, write_jsonl_zst
+from .helpers import write_small_raw_books
 
 
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory) -> str:
-    d = tmp_path_factory.mktemp("progress-raw")
-    write_jsonl_zst(d / "books.jsonl.zst", [record(book(i, 6 + 4 * i), {"n": i}) for i in range(4)] + [b"{bad"])
-    (d / "extra.txt").write_text(book(9, 8), encoding="utf-8")
-    return str(d)
+    return write_small_raw_books(tmp_path_factory.mktemp("progress-raw"))
 
 
 @pytest.fixture
