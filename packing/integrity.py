@@ -153,14 +153,14 @@ def map_shard(path: str) -> tuple[mmap.mmap, np.ndarray, ShardIndex]:
     try:
         return mm, np.frombuffer(mm, dtype=np.uint8), index_shard(mm)
     except BaseException:
-        mm.close()
+        close_map(mm)
         raise
 
 
 def close_map(mm: mmap.mmap) -> None:
-    """Closes a shard's map; while an exception is on its way out, a traceback may still hold views
-    of the map (closing raises BufferError then), and the map is left to the garbage collector
-    instead of hiding that exception behind a BufferError."""
+    """Closes a shard's map unless views of it are still alive (a record handed out as a view, or a
+    traceback on its way out holding one): closing would raise BufferError then, hiding any error in
+    flight, so the map is left to the garbage collector, which unmaps it with the last view."""
     try:
         mm.close()
     except BufferError:

@@ -48,7 +48,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from lwmkit.packing.integrity import RangeChecker, ShardChecksums
+from lwmkit.packing.integrity import RangeChecker, ShardChecksums, close_map
 from lwmkit.packing.record_buffers import RecordBuffers
 from lwmkit.packing.records import RecordError
 from lwmkit.packing.shard_layout import (
@@ -89,10 +89,7 @@ class _Mapped:
         # Records handed out as views keep the map alive; it is unmapped when the last one goes.
         self.view.release()
         self.view = self.bytes = self.words = None
-        try:
-            self.mm.close()
-        except BufferError:
-            pass
+        close_map(self.mm)
 
     def read(self, i: int, buffers: RecordBuffers) -> memoryview:
         if self.checker is not None:  # before any byte of the record leaves
