@@ -22,7 +22,7 @@ from lwmkit.pipelines.engine.job_options import (
     check_packing_fields,
     recorded_options,
 )
-from lwmkit.pipelines.engine.lifecycle import answer_complete, job_record
+from lwmkit.pipelines.engine.lifecycle import answer_complete, job_record, may_answer_complete
 from lwmkit.pipelines.writing.plan import PackOptions
 
 if TYPE_CHECKING:
@@ -116,8 +116,8 @@ def complete_books(options: BooksOptions) -> dict[str, Any] | None:
     `run_books`, which checks again) for object-store paths, `[...]` globs, a missing input or
     tokenizer, or anything else it cannot be sure of.
     """
-    if options.retry_failures or options.force or "://" in options.tokenizer:
-        return None
+    if not may_answer_complete(options) or "://" in options.tokenizer:
+        return None  # first: a first run lists no inputs and reads no tokenizer twice
     files = local_matches(options.inputs)
     if not files:
         return None

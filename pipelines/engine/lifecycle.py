@@ -155,6 +155,15 @@ def retry_summary(manifest: dict[str, Any]) -> str | None:
     return f"retried {r['rows']} failed rows: {r['recovered']} recovered, {r['still_failing']} still failing"
 
 
+def may_answer_complete(options: Any) -> bool:
+    """Whether `answer_complete` could answer for `options` at all: a local output holding a job
+    manifest and no lock, without `force` or `retry_failures`. Cheap (no input listing, no
+    tokenizer), so a first run pays nothing for the no-op check."""
+    output = options.output
+    return not (options.force or options.retry_failures or not is_local(output)
+                or os.path.exists(lock_path(output)) or not os.path.isfile(join(output, "manifest.json")))
+
+
 def answer_complete(options: Any, job: dict[str, Any], summary: str, stages: Sequence[str]) -> dict[str, Any] | None:
     """The no-op answer of a rerun over a complete local output, before Beam loads, or None.
 
@@ -165,9 +174,9 @@ def answer_complete(options: Any, job: dict[str, Any], summary: str, stages: Seq
     `launch`, which checks again under the lock (it never answers differently for a complete output).
     `job` must be the record the job's `prepare` builds (e.g. `books.options.books_job`).
     """
-    output = options.output
-    if options.force or options.retry_failures or not is_local(output) or os.path.exists(lock_path(output)):
+    if not may_answer_complete(options):
         return None
+    output = options.output
     done = complete_output(output, job, input_stats(job["input_files"]))
     if done:
         log = progress_log(options.progress)
