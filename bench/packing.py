@@ -9,6 +9,13 @@ Side by side in one run, on the same documents in the same (seeded, shuffled) or
     mixture, the fewest records that keep every frame whole (seq_len // 257 frames per record).
 Every packer gets tokens, vision_mask and loss_weights and must output all three packed.
 
+A second table (`--tables policies`) packs each mixture with lwmkit's `pack_records` under each
+long-example policy (`split`, the default `by_kind`, `by_kind:understanding=drop`, `drop`) and counts
+from the records: segments that train nothing, generation pieces whose frames have no caption before
+them, frames dropped by keep_tail, condition tokens repeated, examples dropped, fill and speed.
+Mixture documents carry LWM's loss layouts (generation: the vision field trained; understanding: the
+caption) and their kind, prefix and per-frame spans with the tags on the first and last frame.
+
 Grain's packers raise on an element longer than seq_len ("must be truncated to max length"), so
 documents longer than seq_len reach them pre-cut into seq_len chunks (`--grain-long chunk`, every
 token kept, frames cut wherever a chunk boundary falls) or truncated to seq_len (`truncate`).
@@ -141,6 +148,7 @@ class MixtureDoc:
     vision_mask: np.ndarray  # [n] bool
     field: tuple[int, int]  # the vision field [start, end)
     frames: np.ndarray  # [k, 2] frame ranges
+    kind: str  # generation (caption first, the field trained) or understanding (the caption trained)
 
 
 def mixture_documents(images: int, video_share: float, seed: int, max_frames: int = 64) -> list[MixtureDoc]:
@@ -162,7 +170,8 @@ def mixture_documents(images: int, video_share: float, seed: int, max_frames: in
         mask = np.zeros(len(tokens), bool)
         mask[start + OPEN_TAG : start + OPEN_TAG + k * FRAME] = True
         first = start + OPEN_TAG + FRAME * np.arange(k, dtype=np.int64)
-        out.append(MixtureDoc(tokens, mask, (start, start + len(field)), np.stack([first, first + FRAME], axis=1)))
+        out.append(MixtureDoc(tokens, mask, (start, start + len(field)), np.stack([first, first + FRAME], axis=1),
+                              "generation" if caption_first else "understanding"))
     return out
 
 
@@ -171,10 +180,17 @@ def mixture_corpus(docs: list[MixtureDoc], seq_len: int, name: str) -> Corpus:
     for i, d in enumerate(docs):
         a, b = d.field
         s = [(a, b)] if b - a <= seq_len else [tuple(map(int, f)) for f in d.frames]  # frame by frame
+        if len(s) > 1:  # the tags travel with the first and last frames, as the videos job lays them out
+            s[0], s[-1] = (a, s[0][1]), (s[-1][0], b)
         spans.append(s)
-        records.append({"tokens": d.tokens, "vision_mask": d.vision_mask,
-                        "loss_weights": np.ones(len(d.tokens), np.float32), "doc_id": i,
-                        "atomic_spans": np.array(s, np.int64).reshape(-1, 2)})
+        weights = np.zeros(len(d.tokens), np.float32)  # LWM's layouts: the field or the caption trained
+        if d.kind == "generation":
+            weights[a:b] = 1.0
+        else:
+            weights[b:] = 1.0
+        records.append({"tokens": d.tokens, "vision_mask": d.vision_mask, "loss_weights": weights, "doc_id": i,
+                        "atomic_spans": np.array(s, np.int64).reshape(-1, 2), "example_kind": d.kind,
+                        "prefix_length": a + OPEN_TAG})
     return Corpus(name, seq_len, records, [len(d.tokens) for d in docs], spans, [d.frames for d in docs])
 
 
@@ -436,6 +452,52 @@ def print_targets(rows: Sequence[Row]) -> None:
               f"{len(c.docs) / r.cold:,.0f} vs {len(c.docs) / cold:,.0f}, {cold / r.cold:.2f}x.")
 
 
+POLICIES = (
+    ("split", "split (pre-v2: plain pieces)"),
+    ("by_kind", "by_kind (default)"),
+    ("by_kind:understanding=drop", "by_kind, understanding=drop"),
+    ("drop", "drop every long example"),
+)
+
+
+def policy_rows(c: Corpus, min_cpu: float) -> list[tuple]:
+    """pack_records under each long-example policy on one mixture, counted from the records it returns."""
+    from lwmkit.packing.online import pack_records
+    from lwmkit.packing.records import zero_loss_segments
+
+    rows = []
+    for spec, label in POLICIES:
+        records, wall, cpu, passes, _ = measure(functools.partial(pack_records, c.docs, c.seq_len, policy=spec), min_cpu)
+        used = sum(int(r["segment_lengths"].sum()) for r in records)
+        zero = sum(zero_loss_segments(r) for r in records)
+        unconditioned = repeated = tail_frames = 0
+        placed = set()
+        for r in records:
+            for doc, off, n, pre in zip(r["segment_doc_ids"].tolist(), r["segment_offsets"].tolist(),
+                                        r["segment_lengths"].tolist(), r["segment_prefix_lengths"].tolist(), strict=True):
+                placed.add(doc)
+                d = c.docs[doc]
+                if d["example_kind"] == "generation":
+                    unconditioned += off > 0 and pre == 0  # generated frames with no caption before them
+                    repeated += pre
+                elif pre:
+                    tail_frames += int(np.count_nonzero(c.frames[doc][:, 1] <= off))
+        rows.append((label, c, len(records), used / (len(records) * c.seq_len), zero, unconditioned, tail_frames,
+                     repeated, len(c.docs) - len(placed), len(c.docs) / cpu, wall, cpu))
+    return rows
+
+
+def print_policy_table(rows: Sequence[tuple]) -> None:
+    print("\nLong examples (lwmkit pack_records by --long-document-policy; counted from the records):")
+    head = ("policy", "distribution", "seq_len", "records", "fill %", "zero-loss segments", "gen. pieces w/o caption",
+            "frames dropped", "condition tokens repeated", "examples dropped", "examples per CPU-s", "wall s", "CPU s")
+    print("| " + " | ".join(head) + " |")
+    print("|" + "|".join("---" for _ in head) + "|")
+    for label, c, n, fill, zero, unc, frames, rep, dropped, eps, wall, cpu in rows:
+        print(f"| {label} | {c.name} | {c.seq_len:,} | {n:,} | {100 * fill:.2f} | {zero:,} | {unc:,} | {frames:,} | "
+              f"{rep:,} | {dropped:,} | {eps:,.0f} | {wall:.3f} | {cpu:.3f} |")
+
+
 def print_notes(corpora: Sequence[Corpus], rows: Sequence[Row], grain_long: str) -> None:
     print("\nNotes:")
     for c in corpora:
@@ -477,6 +539,8 @@ def main() -> None:
                     help="what Grain's bin packers get for a document longer than seq_len")
     ap.add_argument("--min-cpu", type=float, default=0.5, help="CPU-seconds to spend per row at least (more passes)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tables", default="packers,policies",
+                    help="which tables: packers (vs Grain), policies (long examples), or both")
     ap.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "lwmkit-bench-packing"),
                     help="work directory (caches the tokenizer)")
     args = ap.parse_args()
@@ -496,13 +560,18 @@ def main() -> None:
     corpora = [text_corpus(ids, int(n), text_order) for n in args.text_seq_lens.split(",")]
     corpora += [mixture_corpus(docs, int(n), name) for name, docs in mixes.items() for n in args.mixture_seq_lens.split(",")]
 
-    rows = []
-    for c in corpora:
-        rows += bench_corpus(c, args.min_cpu, args.grain_long)
-    print_table(rows)
-    print_targets(rows)
-
-    print_notes(corpora, rows, args.grain_long)
+    tables = set(args.tables.split(","))
+    if "packers" in tables:
+        rows = []
+        for c in corpora:
+            rows += bench_corpus(c, args.min_cpu, args.grain_long)
+        print_table(rows)
+        print_targets(rows)
+        print_notes(corpora, rows, args.grain_long)
+    if "policies" in tables:
+        print_policy_table([r for c in corpora if c.name != "text" for r in policy_rows(c, args.min_cpu)])
+        print("- 'gen. pieces w/o caption': segments of a generation example that continue its vision field "
+              "with no caption before them (they train unconditional generation); 'zero-loss segments' train nothing.")
 
 
 if __name__ == "__main__":

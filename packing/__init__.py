@@ -7,6 +7,7 @@ JAX, so it is loaded only when first used.
 from lwmkit.packing.assemble import Segment, assemble_packed
 from lwmkit.packing.batches import TrainingBatch, shift_targets
 from lwmkit.packing.bins import PackPlan, Piece, best_fit_decreasing, cut_documents, plan_packing
+from lwmkit.packing.cuts import ExampleShape, LongDocumentPolicy
 from lwmkit.packing.integrity import ShardChecksums
 from lwmkit.packing.loss import LossPolicy
 from lwmkit.packing.manifest import ManifestError, add_checksums, load_manifest, verify_directory
@@ -21,6 +22,7 @@ from lwmkit.packing.records import (
     encode_document,
     encode_packed,
     tfds_features_json,
+    zero_loss_segments,
 )
 from lwmkit.packing.shard_reader import ShardFile, ShardFileError, ShardReader
 from lwmkit.packing.shards import ShardInfo, read_shard, shard_name, write_shard
@@ -28,7 +30,9 @@ from lwmkit.packing.source import ShardDataSource
 
 __all__ = [
     "DOCUMENT_FORMAT",
+    "ExampleShape",
     "FORMAT_VERSION",
+    "LongDocumentPolicy",
     "LossPolicy",
     "PACKED_FORMAT",
     "ManifestError",
@@ -61,6 +65,7 @@ __all__ = [
     "tfds_features_json",
     "verify_directory",
     "write_shard",
+    "zero_loss_segments",
 ]
 
 

@@ -5,6 +5,10 @@ Example, seq_len 6, pieces [1, 5, 2] (doc a) and [1, 9] (doc b, loss weights [0,
     tokens_segment_ids [1, 1, 1, 2, 2, 0]
     tokens_positions   [0, 1, 2, 0, 1, 0]
     loss_weights       [0, 1, 1, 0, 1, 0]
+
+A segment with a prefix (a generation example's repeated condition, or the kept start of an example
+whose leading frames were dropped) gets weight 0 on its prefix tokens; with "continue" positions
+the prefix counts from 0 and the rest from its offset in the document.
 """
 
 from __future__ import annotations
@@ -20,13 +24,14 @@ PAD_ID = 0
 
 @dataclass(frozen=True)
 class Segment:
-    """One piece's data: tokens[offset:offset+len] of document `doc_id`."""
+    """One piece's data: tokens[:prefix] + tokens[offset:offset + n - prefix] of document `doc_id`."""
 
     doc_id: int
     offset: int
     tokens: np.ndarray  # [n] int32
     vision_mask: np.ndarray  # [n] bool
     loss_weights: np.ndarray  # [n] float32
+    prefix: int = 0
 
 
 PIECE_POSITIONS = ("restart", "continue")
@@ -72,9 +77,11 @@ def assemble_packed(
         tokens[start:end] = s.tokens
         vision[start:end] = s.vision_mask
         weights[start:end] = s.loss_weights
+        weights[start : start + s.prefix] = 0.0  # a repeated condition or kept start is context only
         seg_ids[start:end] = i + 1
-        first = s.offset if piece_positions == "continue" else 0
-        positions[start:end] = np.arange(first, first + n, dtype=np.int32)
+        positions[start:end] = np.arange(n, dtype=np.int32)
+        if piece_positions == "continue":
+            positions[start + s.prefix : end] += s.offset - s.prefix
         start = end
     if loss_policy is not None and loss_policy.steps:
         weights = loss_policy.apply(weights, vision, seg_ids)
@@ -87,4 +94,5 @@ def assemble_packed(
         "segment_doc_ids": np.array([s.doc_id for s in segments], dtype=np.int64),
         "segment_offsets": np.array([s.offset for s in segments], dtype=np.int64),
         "segment_lengths": lengths,
+        "segment_prefix_lengths": np.array([s.prefix for s in segments], dtype=np.int32),
     }

@@ -1,13 +1,12 @@
 """Bin packing of documents into fixed-length records: cutting at allowed points, then best fit.
 
-Cutting. A document may declare *atomic spans*, `[start, end)` token ranges that must never be cut
-(a `<vision>...</vision>` field, a frame, a QA turn). A document longer than `seq_len` is handled by
-its long-document policy:
-    split     cut into pieces of at most seq_len, each cut at the last allowed point;
-    truncate  keep only the first such piece, drop the rest of the document;
-    drop      drop the whole document.
-A document with an atomic span longer than seq_len cannot be placed and is dropped under every
-policy. Every cut, truncation and drop is counted in the plan.
+Cutting (`cuts.py`). A document may declare *atomic spans*, `[start, end)` token ranges that must
+never be cut (a `<vision>...</vision>` field, a frame, a QA turn). A document longer than `seq_len`
+is handled by its long-document policy, per example kind: text is split, an understanding example
+keeps its tail, a generation example repeats its condition, a chat example is dropped (`by_kind`,
+the default), or one of split, truncate, drop for every kind. A document with an atomic span longer
+than seq_len cannot be placed and is dropped under every policy. Every cut, truncation, repeat and
+drop is counted in the plan.
 
 Packing. Pieces are placed largest first, each into the open record with the least room that still
 fits it (best-fit decreasing), with ties broken by input order. Best fit leaves up to one piece's
@@ -29,48 +28,19 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
-
-LONG_DOCUMENT_POLICIES = ("split", "truncate", "drop")
-Span = tuple[int, int]
-
-
-@dataclass(frozen=True, order=True)
-class Piece:
-    """A contiguous run of one document's tokens: `tokens[offset:offset + length]` of doc `doc`."""
-
-    doc: int
-    offset: int
-    length: int
-
-
-@dataclass
-class CutStats:
-    """What cutting did to documents longer than seq_len (or with unplaceable spans)."""
-
-    documents_split: int = 0
-    documents_truncated: int = 0
-    documents_dropped: int = 0
-    tokens_dropped: int = 0
-    dropped: list[tuple[int, str, str]] = field(default_factory=list)  # (doc, reason, detail)
-
-    def merge(self, other: CutStats) -> None:
-        self.documents_split += other.documents_split
-        self.documents_truncated += other.documents_truncated
-        self.documents_dropped += other.documents_dropped
-        self.tokens_dropped += other.tokens_dropped
-        self.dropped += other.dropped
-
-    def to_json(self) -> dict[str, int]:
-        return {
-            "documents_split": self.documents_split,
-            "documents_truncated": self.documents_truncated,
-            "documents_dropped": self.documents_dropped,
-            "tokens_dropped": self.tokens_dropped,
-        }
-
+from lwmkit.packing.cuts import (  # noqa: F401 - re-exported: bins is where packing's names were
+    LONG_DOCUMENT_POLICIES,
+    TEXT,
+    CutStats,
+    ExampleShape,
+    LongDocumentPolicy,
+    Piece,
+    Span,
+    cut_document,
+)
 
 @dataclass(frozen=True)
 class PackPlan:
@@ -94,68 +64,12 @@ class PackPlan:
         return self.tokens / (len(self.bins) * self.seq_len) if self.bins else 0.0
 
 
-def _check_spans(doc: int, n: int, spans: Sequence[Span]) -> None:
-    prev = 0
-    for a, b in spans:
-        if not (prev <= a < b <= n):
-            raise ValueError(f"document {doc}: atomic spans must be sorted, disjoint, non-empty and in [0, {n}]; got {list(spans)}")
-        prev = b
-
-
-def cut_document(doc: int, n: int, seq_len: int, spans: Sequence[Span] = (), policy: str = "split") -> tuple[list[Piece], CutStats]:
-    """Cuts one document of n tokens into pieces of at most seq_len, never inside an atomic span.
-
-    Returns:
-      (pieces in order, what was cut, truncated or dropped).
-
-    Raises:
-      ValueError: for an unknown policy or malformed spans.
-    """
-    if policy not in LONG_DOCUMENT_POLICIES:
-        raise ValueError(f"policy must be one of {list(LONG_DOCUMENT_POLICIES)}, got {policy!r}")
-    if seq_len < 1:
-        raise ValueError(f"seq_len must be >= 1, got {seq_len}")
-    if n < 0:
-        raise ValueError(f"document {doc} has negative length {n}")
-    stats = CutStats()
-    _check_spans(doc, n, spans)
-    too_long = [(a, b) for a, b in spans if b - a > seq_len]
-    if too_long:
-        stats.documents_dropped = 1
-        stats.tokens_dropped = n
-        stats.dropped.append(
-            (doc, "atomic_span_too_long", f"an atomic span of {too_long[0][1] - too_long[0][0]} tokens exceeds seq_len {seq_len}")
-        )
-        return [], stats
-    if n <= seq_len:
-        return ([Piece(doc, 0, n)] if n else []), stats
-    if policy == "drop":
-        stats.documents_dropped = 1
-        stats.tokens_dropped = n
-        stats.dropped.append((doc, "too_long", f"{n} tokens exceed seq_len {seq_len} (policy drop)"))
-        return [], stats
-    starts = [a for a, _ in spans]
-    pieces: list[Piece] = []
-    offset = 0
-    while offset < n:
-        cut = min(n, offset + seq_len)
-        j = bisect.bisect_left(starts, cut) - 1  # the last span starting before `cut`
-        if j >= 0 and starts[j] < cut < spans[j][1]:
-            cut = starts[j]  # cut before the span; it fits in the next piece (checked above)
-        pieces.append(Piece(doc, offset, cut - offset))
-        offset = cut
-        if policy == "truncate":
-            break
-    if policy == "truncate":
-        stats.documents_truncated = 1
-        stats.tokens_dropped = n - pieces[0].length
-    else:
-        stats.documents_split = 1
-    return pieces, stats
-
-
 def cut_documents(
-    lengths: Sequence[int], seq_len: int, spans: Sequence[Sequence[Span]] | None = None, policy: str = "split"
+    lengths: Sequence[int],
+    seq_len: int,
+    spans: Sequence[Sequence[Span]] | None = None,
+    policy: str | LongDocumentPolicy = "by_kind",
+    shapes: Sequence[ExampleShape] | None = None,
 ) -> tuple[list[Piece], CutStats]:
     """Cuts every document (see `cut_document`); returns pieces in document order and the totals.
 
@@ -167,7 +81,8 @@ def cut_documents(
     pieces: list[Piece] = []
     total = CutStats()
     for doc, n in enumerate(lengths):
-        p, s = cut_document(doc, int(n), seq_len, spans[doc] if spans is not None else (), policy)
+        p, s = cut_document(doc, int(n), seq_len, spans[doc] if spans is not None else (), policy,
+                            shapes[doc] if shapes is not None else TEXT)
         pieces += p
         total.merge(s)
     return pieces, total
@@ -297,15 +212,18 @@ def pack_documents(
     docs: Sequence[int],
     lengths: Sequence[int] | Mapping[int, int],
     seq_len: int,
-    policy: str = "split",
+    policy: str | LongDocumentPolicy = "by_kind",
     spans: Sequence[Sequence[Span]] | Mapping[int, Sequence[Span]] | None = None,
+    shapes: Sequence[ExampleShape] | Mapping[int, ExampleShape] | None = None,
 ) -> tuple[list[list[Piece]], CutStats]:
-    """Cuts the given documents (keys into lengths/spans) and packs them as one window."""
+    """Cuts the given documents (keys into lengths/spans/shapes) and packs them as one window."""
+    policy = LongDocumentPolicy.parse(policy)
     total = CutStats()
     pieces: list[Piece] = []
     for d in docs:
         d = int(d)
-        p, s = cut_document(d, int(lengths[d]), seq_len, spans[d] if spans is not None else (), policy)
+        p, s = cut_document(d, int(lengths[d]), seq_len, spans[d] if spans is not None else (), policy,
+                            shapes[d] if shapes is not None else TEXT)
         pieces += p
         total.merge(s)
     return pack_window(pieces, seq_len), total
@@ -321,9 +239,10 @@ def top_up(bins: Sequence[Sequence[Piece]], seq_len: int, below: float = 0.99) -
 def plan_packing(
     lengths: Sequence[int],
     seq_len: int,
-    policy: str = "split",
+    policy: str | LongDocumentPolicy = "by_kind",
     *,
     spans: Sequence[Sequence[Span]] | None = None,
+    shapes: Sequence[ExampleShape] | None = None,
     window: int | None = None,
     top_up_below: float | None = None,
     seed: int | None = None,
@@ -335,6 +254,7 @@ def plan_packing(
       seq_len: tokens per record.
       policy: long-document policy, one of LONG_DOCUMENT_POLICIES.
       spans: per document, sorted disjoint atomic spans `(start, end)` that must not be cut.
+      shapes: per document, its kind, prefix and frames (None: every document is text).
       window: documents packed together (None: all at once).
       top_up_below: after packing the windows, re-pack together the pieces of every record filled
         below this share (None: no top-up pass).
@@ -346,7 +266,7 @@ def plan_packing(
     total = CutStats()
     bins: list[list[Piece]] = []
     for docs in window_groups(len(lengths), window, seed):
-        b, cuts = pack_documents(docs, lengths, seq_len, policy, spans)
+        b, cuts = pack_documents(docs, lengths, seq_len, policy, spans, shapes)
         bins += b
         total.merge(cuts)
     if top_up_below is not None:

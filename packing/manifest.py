@@ -19,7 +19,7 @@ from typing import Any
 from lwmkit.packing.integrity import FIELD as CHECKSUMS_FIELD
 from lwmkit.packing.integrity import ShardChecksums, file_checksums
 from lwmkit.packing.json_input import parse_json, read_json
-from lwmkit.packing.records import FORMAT_VERSION
+from lwmkit.packing.records import READABLE_VERSIONS
 from lwmkit.packing.shard_layout import CorruptShard, UnsupportedLayout
 from lwmkit.packing.shards import count_records, describe_shard, file_sha256, write_json_atomic
 
@@ -72,8 +72,8 @@ def check_manifest(manifest: Any, path: str) -> dict[str, Any]:
     if not isinstance(manifest, dict):
         raise ManifestError(f"{path}: a manifest is a JSON object, not a {type(manifest).__name__}")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ManifestError(f"{path}: format_version {version!r}, this lwmkit reads {FORMAT_VERSION}")
+    if version not in READABLE_VERSIONS:
+        raise ManifestError(f"{path}: format_version {version!r}, this lwmkit reads {list(READABLE_VERSIONS)}")
     if "kind" in manifest and not isinstance(manifest["kind"], str):
         raise ManifestError(f"{path}: kind {manifest['kind']!r} is not a string")
     seq_len = manifest.get("seq_len")

@@ -23,6 +23,7 @@ import grain
 import numpy as np
 from lwmkit.packing.assemble import Segment, assemble_packed
 from lwmkit.packing.bins import document_order, pack_documents
+from lwmkit.packing.cuts import infer_shape
 from lwmkit.packing.loss import LossPolicy
 from lwmkit.packing.records import spans_array
 from lwmkit.packing.source import ShardDataSource
@@ -32,23 +33,31 @@ def pack_records(
     docs: Sequence[dict[str, Any]],
     seq_len: int,
     *,
-    policy: str = "split",
+    policy: str = "by_kind",
     piece_positions: str = "restart",
     loss_policy: LossPolicy | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """Packs one window of decoded document records into packed records (in bin order)."""
     lengths = [int(d["tokens"].shape[0]) for d in docs]
     spans = [[tuple(map(int, s)) for s in spans_array(d.get("atomic_spans"))] for d in docs]
-    bins, _ = pack_documents(range(len(docs)), lengths, seq_len, policy, spans)
+    shapes = [
+        infer_shape(d["vision_mask"], d["loss_weights"], s, d.get("example_kind"), d.get("prefix_length"))
+        for d, s in zip(docs, spans, strict=True)
+    ]
+    bins, _ = pack_documents(range(len(docs)), lengths, seq_len, policy, spans, shapes)
     out = []
     for bin_ in bins:
         segments = []
         for p in bin_:
             d = docs[p.doc]
-            end = p.offset + p.length
+            end = p.offset + p.length - p.prefix
+
+            def take(a: np.ndarray, p=p, end=end) -> np.ndarray:
+                return np.concatenate([a[: p.prefix], a[p.offset : end]]) if p.prefix else a[p.offset : end]
+
             segments.append(
-                Segment(int(d["doc_id"]), p.offset, d["tokens"][p.offset : end], d["vision_mask"][p.offset : end],
-                        d["loss_weights"][p.offset : end])
+                Segment(int(d["doc_id"]), p.offset, take(d["tokens"]), take(d["vision_mask"]), take(d["loss_weights"]),
+                        prefix=p.prefix)
             )
         out.append(assemble_packed(segments, seq_len, piece_positions=piece_positions, loss_policy=loss_policy))
     return out
@@ -113,7 +122,7 @@ class OnlinePackIterDataset(grain.IterDataset):
         seq_len: int,
         *,
         window: int,
-        policy: str = "split",
+        policy: str = "by_kind",
         piece_positions: str = "restart",
         loss_policy: str = "as_is",
     ):
@@ -155,7 +164,7 @@ def online_packed_dataset(
     *,
     window: int = 1024,
     seed: int | None = None,
-    policy: str = "split",
+    policy: str = "by_kind",
     piece_positions: str = "restart",
     loss_policy: str = "as_is",
     verify_checksums: bool = True,

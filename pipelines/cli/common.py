@@ -72,8 +72,11 @@ def print_retry(manifest: dict) -> None:
 def pack_arguments(parser: argparse.ArgumentParser) -> None:
     """The packing group: long documents, piece positions, loss policy, windows, seed."""
     g = parser.add_argument_group("packing")
-    g.add_argument("--long-document-policy", default="split", choices=["split", "truncate", "drop"],
-                   help="documents longer than seq_len: split between atomic spans, keep the first piece, or drop")
+    g.add_argument("--long-document-policy", default="by_kind",
+                   help="examples longer than seq_len. by_kind: text is split, an understanding example keeps its "
+                        "tail (whole leading frames dropped), a generation example repeats its caption before each "
+                        "continuation, a chat example is dropped; override per kind with by_kind:chat=keep_tail,...; "
+                        "or split, truncate, drop for every kind")
     g.add_argument("--piece-positions", default="restart", choices=["restart", "continue"],
                    help="positions of a split document's later pieces")
     g.add_argument("--loss-policy", default="as_is",

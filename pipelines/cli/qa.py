@@ -51,6 +51,8 @@ def add_parser(sub) -> None:
     c.add_argument("--first-turn", help="template with {context}{question}{answer} (default: LWM's chat layout)")
     c.add_argument("--next-turn", help="template with {question}{answer}")
     c.add_argument("--question-order", default="shuffle", choices=list(ORDERS))
+    c.add_argument("--no-final-eos-loss", dest="final_eos_loss", action="store_false",
+                   help="weight 0 on the EOS after the last answer (default: trained, as LWM's TextProcessor)")
     c.add_argument("--seed", type=int, default=0, help="seeds the turn order and the extractive generator")
     g = qa.add_argument_group("generator")
     g.add_argument(
@@ -145,7 +147,8 @@ def run(args: argparse.Namespace, beam_args: list[str]) -> None:
     from lwmkit.pipelines.qa.assembly import ContextOptions
     from lwmkit.pipelines.qa.job import QAOptions, run_qa
 
-    overrides: dict[str, Any] = {"min_fill": args.min_fill, "order": args.question_order, "seed": args.seed}
+    overrides: dict[str, Any] = {"min_fill": args.min_fill, "order": args.question_order, "seed": args.seed,
+                                 "final_eos_loss": args.final_eos_loss}
     for key, value in (
         ("seq_len", args.seq_len),
         ("chunk_tokens", args.chunk_tokens),

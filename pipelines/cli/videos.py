@@ -55,6 +55,8 @@ def add_parser(sub) -> None:
     e.add_argument("--generation-fraction", type=float, default=0.5, help="share of captioned videos made generation")
     e.add_argument("--seed", type=int, default=0, help="seed of the per-video understanding/generation choice")
     e.add_argument("--templates", default="lwm", choices=["lwm", "lwm_chat"], help="template preset (default lwm)")
+    e.add_argument("--no-final-eos-loss", dest="final_eos_loss", action="store_false",
+                   help="chat examples: weight 0 on the EOS after the last answer (default: trained, as LWM)")
     e.add_argument("--url-column", help="column of the video URL (default: url, contentUrl, ...)")
     e.add_argument("--path-column", help="column of the video path (default: path, video_path, ...)")
     e.add_argument("--caption-column", help="column of the caption (default: caption, text, name)")
@@ -127,7 +129,7 @@ def run(args: argparse.Namespace, beam_args: list[str]) -> None:
         seq_lens=args.seq_len,
         generation_fraction=args.generation_fraction,
         seed=args.seed,
-        templates=VideoTemplates.preset(args.templates),
+        templates=VideoTemplates.preset(args.templates, args.final_eos_loss),
         sources=VideoSourceOptions(args.url_column, args.path_column, args.caption_column, args.allow_file_urls),
         download=download,
         decode=decode,

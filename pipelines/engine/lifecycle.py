@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from lwmkit.packing.records import FORMAT_VERSION
 from lwmkit.packing.shards import dumps_json
 from lwmkit.pipelines.engine import runner as runner_lib
 from lwmkit.pipelines.engine.inputs import input_stats, local_matches
@@ -139,11 +140,12 @@ def require_documents(manifest: dict[str, Any], error: type[Exception], lead: st
 
 
 def work_identity(job: dict[str, Any]) -> dict[str, Any]:
-    """What the work store's units depend on: the job's inputs, tokenizer, version and options,
-    except the packing options (documents do not depend on them, so packing an output again to
-    other lengths reuses its units)."""
+    """What the work store's units depend on: the job's inputs, tokenizer, version, the record
+    format and the options, except the packing options (documents do not depend on them, so packing
+    an output again to other lengths reuses its units)."""
     identity = {k: job[k] for k in ("lwmkit_version", "options", "input_files", "tokenizer")}
     identity["options"] = {k: v for k, v in job["options"].items() if k not in PACKING_OPTIONS}
+    identity["format_version"] = FORMAT_VERSION  # units of another format lack fields (a v1 unit: no kind)
     return identity
 
 

@@ -55,7 +55,7 @@ from lwmkit.pipelines.engine.outputs import (
 )
 
 WORK_DIR = ".work"
-_REF_KEYS = ("file", "line", "chars", "meta", "atomic_spans", "near_sketch")  # near_sketch: see dedup/stored.py
+_REF_KEYS = ("file", "line", "chars", "meta", "atomic_spans", "shape", "near_sketch")  # near_sketch: see dedup/stored.py
 
 
 class WorkStoreError(RuntimeError):

@@ -96,5 +96,5 @@ class MakeExample:
         meta = {**json.loads(pair["meta"]), "kind": kind}
         yield pair["doc_id"], example_payload(
             pair, len(pair["caption"]), meta, ex.tokens, self.token_dtype, ex.vision_mask, ex.loss_weights,
-            ex.atomic_spans,
+            ex.atomic_spans, kind=kind,
         )

@@ -9,7 +9,10 @@ configurable; each part is tokenized on its own, so write no spaces around place
 The first turn comes from `first_turn` (holding `{context}`, `{question}`, `{answer}` in that
 order), later ones from `next_turn` (`{question}`, `{answer}`). The pairs are those of every chunk
 inside the context, in chunk order or shuffled (seeded per context). Loss weight is 1 on answer
-tokens and 0 everywhere else (BOS, template text, context, questions, EOS). Each QA turn, from the
+tokens and on the final EOS (as LWM's TextProcessor trains it, so a chat model learns to stop after
+its answer; `final_eos_loss=False` gives it 0), and 0 everywhere else (BOS, template text, context,
+questions). The example's prefix for packing (`packing.cuts`) is BOS and the first turn's text
+before the context. Each QA turn, from the
 end of the context (first turn) or the turn's start up to the end of its answer and any text
 after it, is an atomic span, so repacking never cuts a turn.
 
@@ -94,6 +97,7 @@ class ContextOptions:
       first_turn, next_turn: chat templates (see the module docstring).
       order: order of the QA turns: `shuffle` (seeded per context) or `chunk`.
       seed: seeds the shuffle.
+      final_eos_loss: train the EOS after the last answer (LWM's layout), or give it weight 0.
     """
 
     seq_len: int = 32768
@@ -103,6 +107,7 @@ class ContextOptions:
     next_turn: str = NEXT_TURN
     order: str = "shuffle"
     seed: int = 0
+    final_eos_loss: bool = True
 
     def __post_init__(self):
         if not 64 <= self.seq_len <= 1 << 24:
@@ -138,6 +143,7 @@ class Context:
     tokens: np.ndarray = field(repr=False)  # int32 [n]
     loss_weights: np.ndarray = field(repr=False)  # float32 [n]
     atomic_spans: tuple[tuple[int, int], ...]
+    prefix: int  # BOS and the template text before the context
     turns: tuple[dict[str, Any], ...]
 
 
@@ -283,6 +289,7 @@ class ContextBuilder:
         weights = np.zeros(len(ids), np.float32)
         for a, b in weights_on:
             weights[a:b] = 1.0
+        weights[-1] = 1.0 if o.final_eos_loss else 0.0
         return Context(
             doc_id=document_id(key),
             index=index,
@@ -290,5 +297,6 @@ class ContextBuilder:
             tokens=np.asarray(ids, np.int32),
             loss_weights=weights,
             atomic_spans=tuple(spans),
+            prefix=1 + len(first[0]),
             turns=tuple(turns),
         )

@@ -157,7 +157,8 @@ class AssembleBook:
             }
             chars = sum(len(by_id[i].text) for i in ctx.chunk_ids)
             yield ctx.doc_id, example_payload(
-                book, chars, meta, ctx.tokens, self.token_dtype, None, ctx.loss_weights, ctx.atomic_spans
+                book, chars, meta, ctx.tokens, self.token_dtype, None, ctx.loss_weights, ctx.atomic_spans,
+                kind="chat", prefix=ctx.prefix,
             )
 
 

@@ -10,7 +10,8 @@ rebuilds the record's own tokens and vision mask exactly, and its loss layout (w
 as nearly as LWM's spec can say it: a vision field takes the loss of its codes, so "<vision>" and
 "</vision>" tag tokens weighted otherwise differ (lwmkit's image-text and video jobs weight the tags
 as LWM does: 1 in a generation example, 0 where the field is not trained), and so does an EOS of
-weight 0 (LWM always trains EOS). Such tokens are counted in the summary; with `exact_loss=True` a
+weight 0 (LWM always trains EOS; lwmkit's jobs train it too, chat examples included, unless made
+with `--no-final-eos-loss`). Such tokens are counted in the summary; with `exact_loss=True` a
 record with any of them is refused instead.
 
 Example, an understanding record (image, then a caption trained on):

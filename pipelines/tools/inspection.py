@@ -116,18 +116,32 @@ def show_record(directory: str, index: int, out: TextIO, tokenizer: str | None =
     used = int(lengths.sum())
     out.write(f"record {index} (seq_len {seq_len}, {len(lengths)} segments, {seq_len - used} padding)\n")
     start = 0
-    for j, (doc, offset, n) in enumerate(zip(rec["segment_doc_ids"], rec["segment_offsets"], lengths, strict=True)):
-        n = int(n)
+    prefixes = rec["segment_prefix_lengths"]
+    for j, (doc, offset, n, pre) in enumerate(zip(rec["segment_doc_ids"], rec["segment_offsets"], lengths, prefixes,
+                                                  strict=True)):
+        n, pre = int(n), int(pre)
         pos = rec["tokens_positions"][start : start + n]
+        where = f"tokens [0, {pre}) + [{int(offset)}, {int(offset) + n - pre})" if pre else f"tokens [{int(offset)}, {int(offset) + n})"
+        loss = float(rec["loss_weights"][start : start + n].sum())
         out.write(
-            f"── segment {j + 1}: doc {int(doc)} {sources.get(int(doc), '')}, tokens [{int(offset)}, "
-            f"{int(offset) + n}), positions {int(pos[0])}..{int(pos[-1])}\n"
+            f"── segment {j + 1}: doc {int(doc)} {sources.get(int(doc), '')}, {where}, positions "
+            f"{int(pos[0])}..{int(pos[-1])}, loss weight {loss:g}{' (trains nothing)' if loss == 0 else ''}\n"
         )
         part = slice(start, start + n)
         out.write(_text(tok, rec["tokens"][part], max_tokens, rec["vision_mask"][part]) + "\n")
         start += n
     if used < seq_len:
         out.write(f"── padding: {seq_len - used} tokens\n")
+
+
+def cut_summary(m: dict[str, Any]) -> str:
+    """One line of what packing did to long examples and how many segments train nothing."""
+    c, z = m.get("cuts") or {}, m.get("zero_loss") or {}
+    parts = [f"{k.replace('_', ' ')} {c[k]}" for k in ("documents_split", "documents_tail_kept", "frames_dropped",
+             "documents_condition_repeated", "condition_tokens_repeated", "documents_truncated", "documents_dropped")
+             if c.get(k)]
+    zero = f"zero-loss segments {z.get('segments', 0)}, records {z.get('records', 0)}" if z else "zero-loss: not counted (older manifest)"
+    return f"packing {(m.get('packing') or {}).get('policy', '?')}: {', '.join(parts) or 'nothing cut'}; {zero}"
 
 
 def inspect(
@@ -165,6 +179,8 @@ def inspect(
             f"{os.path.basename(os.path.normpath(d))}: {'OK' if not found else 'PROBLEMS'}, {m['records']} records, "
             f"{m['documents']} documents, {m['tokens']['total']} tokens{fill}, {len(m['shards'])} shards\n"
         )
+        if m.get("kind") == "packed":
+            out.write(f"  {cut_summary(m)}\n")
         if m.get("failures", {}).get("total"):
             by_reason = ", ".join(f"{k} x{v}" for k, v in sorted(m["failures"]["by_reason"].items()))
             line = f"failures: {m['failures']['total']} dropped records ({by_reason})"

@@ -143,7 +143,8 @@ def _segment_counts(d: ReportDataset) -> tuple[dict[int, int], str]:
 def _cuts(d: ReportDataset) -> tuple[dict[str, int], bool]:
     cuts = d.manifest.get("cuts")
     if isinstance(cuts, dict):
-        return {k: int(v) for k, v in cuts.items()}, True
+        zero = d.manifest.get("zero_loss") or {}
+        return {**{k: int(v) for k, v in cuts.items()}, **{f"zero_loss_{k}": int(v) for k, v in zero.items()}}, True
     split = d.manifest.get("packing", {}).get("documents_split")
     return ({"documents_split": int(split)} if split is not None else {}), False
 
@@ -324,7 +325,10 @@ def plot_segments(datasets) -> Plot:
                  details="<br>".join(lines))
 
 
-_CUT_KEYS = ("documents_split", "documents_truncated", "documents_dropped")
+_CUT_KEYS = ("documents_split", "documents_tail_kept", "documents_condition_repeated", "documents_truncated",
+             "documents_dropped")
+_CUT_COLUMNS = (*_CUT_KEYS, "frames_dropped", "condition_tokens_repeated", "tokens_dropped", "zero_loss_segments",
+                "zero_loss_records")
 
 
 def _cut_bars(left, cuts) -> None:
@@ -371,10 +375,10 @@ def plot_cuts(datasets, root) -> Plot:
     right.set_title("Dropped input records")
     right.set_xlabel("records (count)")
     right.set_ylabel("stage:reason")
-    head = "<tr><th>dataset</th>" + "".join(f"<th>{esc(k.replace('_', ' '))}</th>" for k in (*_CUT_KEYS, "tokens_dropped")) + "</tr>"
+    head = "<tr><th>dataset</th>" + "".join(f"<th>{esc(k.replace('_', ' '))}</th>" for k in _CUT_COLUMNS) + "</tr>"
     body = "".join(
         f"<tr><td>{esc(d.name)}{'' if exact else ' (from packing.documents_split)'}</td>"
-        + "".join(f"<td class=num>{fmt_int(c.get(k))}</td>" for k in (*_CUT_KEYS, "tokens_dropped")) + "</tr>"
+        + "".join(f"<td class=num>{fmt_int(c.get(k))}</td>" for k in _CUT_COLUMNS) + "</tr>"
         for d, c, exact in cuts
     )
     failures_file = (root.get("failures") or {}).get("file")

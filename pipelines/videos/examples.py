@@ -5,8 +5,9 @@ generation by `image_examples.choose_kind`, a stable hash of (seed, key)):
 
     understanding  video then caption; loss on the caption and EOS (as image_examples)
     generation     caption then video; loss on the whole vision field (tags, codes, <eof>s, <eov>) and EOS
-    chat           video, then the turns; loss on answer tokens only (BOS, template text, the video,
-                   questions and EOS get 0, as the long-context QA job lays out its turns)
+    chat           video, then the turns; loss on answer tokens and the final EOS, as LWM's processors
+                   train it (BOS, template text, the video and questions get 0; the template's
+                   `final_eos_loss=False` gives the EOS 0 too)
 
 Understanding and generation are exactly the image job's examples with F frames in the vision
 field (`image_examples.ExampleBuilder`), so `lwm-pack export` writes them as LWM lines. Chat turns
@@ -62,6 +63,7 @@ class VideoTemplates:
     generation: str = VIDEO_TEMPLATE_PRESETS["lwm"][1]
     first_turn: str = FIRST_TURN
     next_turn: str = NEXT_TURN
+    final_eos_loss: bool = True  # chat: train the EOS after the last answer, as LWM does
 
     def __post_init__(self):
         self.caption_templates()  # raises ValueError naming the template
@@ -69,7 +71,7 @@ class VideoTemplates:
         parse_turn(self.next_turn, "next_turn", ("question", "answer"))
 
     @classmethod
-    def preset(cls, name: str) -> VideoTemplates:
+    def preset(cls, name: str, final_eos_loss: bool = True) -> VideoTemplates:
         """A named preset ('lwm' or 'lwm_chat').
 
         Raises:
@@ -77,7 +79,7 @@ class VideoTemplates:
         """
         if name not in VIDEO_TEMPLATE_PRESETS:
             raise ValueError(f"templates: {name!r} is not one of {list(VIDEO_TEMPLATE_PRESETS)}")
-        return cls(*VIDEO_TEMPLATE_PRESETS[name])
+        return cls(*VIDEO_TEMPLATE_PRESETS[name], final_eos_loss=final_eos_loss)
 
     def caption_templates(self) -> Templates:
         return Templates(self.understanding, self.generation)
@@ -194,4 +196,5 @@ class VideoExampleBuilder:
         weights = np.zeros(len(tokens), np.float32)
         for a, b in answers:
             weights[a:b] = 1.0
+        weights[-1] = 1.0 if self.templates.final_eos_loss else 0.0
         return Example(tokens, mask, weights, tuple(spans))

@@ -269,5 +269,5 @@ class MakeVideoExample:
             meta["turns"] = len(turns)
         chars = len(video.get("caption") or "") if not turns else sum(len(q) + len(a) for q, a in turns)
         yield video["doc_id"], example_payload(
-            video, chars, meta, ex.tokens, self.token_dtype, ex.vision_mask, ex.loss_weights, ex.atomic_spans
+            video, chars, meta, ex.tokens, self.token_dtype, ex.vision_mask, ex.loss_weights, ex.atomic_spans, kind=kind
         )

@@ -114,7 +114,8 @@ def reconcile(stages: dict[str, dict[str, int]], chain: StageChain, plan: dict, 
         agg = by_dataset.get(packed_dir(seq_len), {"records": 0, "tokens": 0})
         if agg["records"] != len(p["bins"]):
             problems.append(f"{packed_dir(seq_len)} holds {agg['records']} records, the plan has {len(p['bins'])}")
-        expected = sum(plan["docs"][i]["tokens"] for i in p["eligible"]) - p["cuts"]["tokens_dropped"]
+        expected = (sum(plan["docs"][i]["tokens"] for i in p["eligible"]) - p["cuts"]["tokens_dropped"]
+                    + p["cuts"].get("condition_tokens_repeated", 0))
         if agg["tokens"] != expected:
             problems.append(f"{packed_dir(seq_len)} holds {agg['tokens']} tokens, expected {expected}")
     return problems
@@ -144,15 +145,16 @@ def _documents_table(plan: dict, seq_len: int | None):
         pieces: list[list[dict]] = [[] for _ in docs]
         for r, bin_ in enumerate(p["bins"]):
             shard, local = record_location(p["shard_starts"], r)
-            for j, (doc, offset, length) in enumerate(bin_):
+            for j, (doc, offset, length, *prefix) in enumerate(bin_):
                 pieces[doc].append(
-                    {"shard": shard, "record": local, "index": r, "segment": j, "offset": offset, "length": length}
+                    {"shard": shard, "record": local, "index": r, "segment": j, "offset": offset, "length": length,
+                     "prefix": prefix[0] if prefix else 0}
                 )
         for lst in pieces:
             lst.sort(key=lambda x: x["offset"])
         piece_type = pa.struct(
             [("shard", pa.int32()), ("record", pa.int64()), ("index", pa.int64()), ("segment", pa.int32()),
-             ("offset", pa.int64()), ("length", pa.int64())]
+             ("offset", pa.int64()), ("length", pa.int64()), ("prefix", pa.int64())]
         )
         cols["pieces"] = pa.array(pieces, pa.list_(piece_type))
     return pa.table(cols)
@@ -289,6 +291,10 @@ class FinalizeDoFn(beam.DoFn):
                     fill=round(tokens / (records * seq_len), 6) if records else 0.0,
                     segments=sum(s["segments"] for s in mine),
                     segments_per_record=dict(sorted(hist.items(), key=lambda kv: int(kv[0]))),
+                    zero_loss={
+                        "segments": sum(s.get("segments_zero_loss", 0) for s in mine),
+                        "records": sum(s.get("records_zero_loss", 0) for s in mine),
+                    },
                     loss_weight_sum=round(w_text + w_vision, 3),
                     loss_weight_by_modality={"text": round(w_text, 3), "vision": round(w_vision, 3)},
                     packing={**self.pack.to_json(), "documents_split": p["cuts"]["documents_split"]},

@@ -15,6 +15,7 @@ import json
 from typing import Any
 
 import numpy as np
+from lwmkit.packing.cuts import infer_shape
 
 NEAR_SKETCH = "near_sketch"  # the field `dedup.stored.SKETCH_FIELD` names (writing does not import dedup)
 
@@ -51,11 +52,14 @@ def example_payload(
     vision_mask: np.ndarray | None,
     loss_weights: np.ndarray,
     atomic_spans,
+    kind: str | None = None,
+    prefix: int | None = None,
 ) -> dict[str, Any]:
     """The compact payload `doc_arrays` reads back, from a built example's arrays.
 
     `source` gives the example's `file` and `line` (and its near-dedup sketch, `near_sketch`, when
-    it has one); `vision_mask` None means no vision tokens.
+    it has one); `vision_mask` None means no vision tokens. `kind` and `prefix` (see
+    `packing.cuts.ExampleShape`) decide how packing cuts the example; None derives them.
     Example: tokens [1, 5, 9] as "<u2" -> {"tokens": b"\\x01\\x00\\x05\\x00\\t\\x00", "token_dtype": "<u2", ...}
     """
     payload = {
@@ -68,20 +72,30 @@ def example_payload(
         "vision_mask": None if vision_mask is None else vision_mask.astype("|b1").tobytes(),
         "loss_weights": loss_weights.astype("<f4").tobytes(),
         "atomic_spans": [list(s) for s in atomic_spans],
+        "shape": infer_shape(
+            np.zeros(len(tokens), bool) if vision_mask is None else vision_mask, loss_weights, atomic_spans, kind, prefix
+        ).to_list(),
     }
     if source.get(NEAR_SKETCH) is not None:  # near-dedup's sketch rests in the work store's receipts
         payload[NEAR_SKETCH] = source[NEAR_SKETCH]
     return payload
 
 
-def piece(doc: dict[str, Any], offset: int, length: int) -> dict[str, Any]:
-    """The payload of tokens [offset, offset + length) of a document payload, still compact."""
+def piece(doc: dict[str, Any], offset: int, length: int, prefix: int = 0) -> dict[str, Any]:
+    """The payload of a piece, still compact: tokens [0, prefix) then [offset, offset + length - prefix)."""
     size = np.dtype(doc["token_dtype"]).itemsize
+
+    def cut(data, item: int):
+        if data is None:
+            return None
+        body = data[offset * item : (offset + length - prefix) * item]
+        return data[: prefix * item] + body if prefix else body
+
     return {
-        "tokens": doc["tokens"][offset * size : (offset + length) * size],
+        "tokens": cut(doc["tokens"], size),
         "token_dtype": doc["token_dtype"],
-        "vision_mask": None if doc["vision_mask"] is None else doc["vision_mask"][offset : offset + length],
-        "loss_weights": None if doc["loss_weights"] is None else doc["loss_weights"][4 * offset : 4 * (offset + length)],
+        "vision_mask": cut(doc["vision_mask"], 1),
+        "loss_weights": cut(doc["loss_weights"], 4),
     }
 
 
@@ -105,4 +119,5 @@ def compact_payload(rec: dict[str, Any]) -> dict[str, Any]:
         "vision_mask": None if not vision.any() else vision.tobytes(),
         "loss_weights": None if np.array_equal(weights, default_weights) else weights.tobytes(),
         "atomic_spans": [tuple(map(int, s)) for s in spans] or None,
+        "shape": infer_shape(vision, weights, spans, rec["example_kind"], rec["prefix_length"]).to_list(),
     }

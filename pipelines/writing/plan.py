@@ -26,8 +26,10 @@ from typing import Any
 
 from lwmkit.packing.assemble import PIECE_POSITIONS
 from lwmkit.packing.bins import (
-    LONG_DOCUMENT_POLICIES,
     CutStats,
+    ExampleShape,
+    LongDocumentPolicy,
+    Piece,
     pack_documents,
     top_up,
     window_groups,
@@ -42,7 +44,9 @@ class PackOptions:
     """How documents are cut, packed and weighted; recorded in every packed manifest.
 
     Attributes:
-      policy: long-document policy: split, truncate or drop.
+      policy: long-document policy: by_kind (the default: text split, understanding keep_tail,
+        generation repeat_condition, chat drop), by_kind with overrides, or split, truncate, drop
+        for every kind (see `lwmkit.packing.cuts`).
       piece_positions: positions of a cut document's later pieces: restart at 0, or continue.
       loss_policy: loss-weight policy name (see `lwmkit.packing.loss`).
       window: documents packed together (None: all at once, in one worker).
@@ -50,7 +54,7 @@ class PackOptions:
       seed: shuffle the document order before packing (None: source order).
     """
 
-    policy: str = "split"
+    policy: str = "by_kind"
     piece_positions: str = "restart"
     loss_policy: str = "as_is"
     window: int | None = None
@@ -58,8 +62,10 @@ class PackOptions:
     seed: int | None = None
 
     def __post_init__(self):
-        if self.policy not in LONG_DOCUMENT_POLICIES:
-            raise ValueError(f"policy: {self.policy!r} is not one of {list(LONG_DOCUMENT_POLICIES)}")
+        try:
+            LongDocumentPolicy.parse(self.policy)
+        except ValueError as e:
+            raise ValueError(f"policy: {e}") from e
         if self.piece_positions not in PIECE_POSITIONS:
             raise ValueError(f"piece_positions: {self.piece_positions!r} is not one of {list(PIECE_POSITIONS)}")
         LossPolicy.parse(self.loss_policy)  # raises ValueError naming the bad part
@@ -71,6 +77,7 @@ class PackOptions:
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["loss_policy"] = LossPolicy.parse(self.loss_policy).spec
+        d["policy"] = LongDocumentPolicy.parse(self.policy).spec
         d["algorithm"] = "best_fit_decreasing+subset_sum_repair"
         if self.window is None:
             d["top_up_below"] = None  # one global pass has nothing to top up
@@ -120,6 +127,14 @@ def _spans(docs: Sequence[dict]) -> list[list[tuple[int, int]]]:
     return [[tuple(s) for s in d.get("spans") or ()] for d in docs]
 
 
+def _shapes(docs: Sequence[dict]) -> list[ExampleShape]:
+    return [ExampleShape.from_list(d.get("shape")) for d in docs]
+
+
+def _bins_json(bins: Sequence[Sequence[Piece]]) -> list[list[list[int]]]:
+    return [[p.to_list() for p in b] for b in bins]
+
+
 def packing_windows(plan: dict[str, Any], pack: PackOptions) -> Iterator[tuple[int, tuple[int, list[int]]]]:
     """Yields (seq_len, (window index, document indices)) for the distributed packing form."""
     for seq_len, entry in plan["packed"].items():
@@ -134,11 +149,12 @@ def pack_window_of(item: tuple[int, tuple[int, list[int]]], plan: dict[str, Any]
     # Only this window's documents: each worker does O(window) work, not O(corpus).
     lengths = {d: plan["docs"][d]["tokens"] for d in docs}
     spans = {d: [tuple(s) for s in plan["docs"][d].get("spans") or ()] for d in docs}
-    bins, cuts = pack_documents(docs, lengths, seq_len, pack.policy, spans)
-    return seq_len, (w, [[(p.doc, p.offset, p.length) for p in b] for b in bins], cuts)
+    shapes = {d: ExampleShape.from_list(plan["docs"][d].get("shape")) for d in docs}
+    bins, cuts = pack_documents(docs, lengths, seq_len, pack.policy, spans, shapes)
+    return seq_len, (w, _bins_json(bins), cuts)
 
 
-def _finish_packed(entry: dict[str, Any], bins: list[list[tuple[int, int, int]]], cuts: CutStats, seq_len: int, shard_tokens: int):
+def _finish_packed(entry: dict[str, Any], bins: list[list[list[int]]], cuts: CutStats, seq_len: int, shard_tokens: int):
     n = len(bins)
     shards = min(n, max(1, math.ceil(n * seq_len / shard_tokens)))  # never an empty shard
     entry.update(
@@ -152,8 +168,6 @@ def _finish_packed(entry: dict[str, Any], bins: list[list[tuple[int, int, int]]]
 
 def merge_windows(plan: dict[str, Any], packed: dict[int, list], pack: PackOptions, shard_tokens: int) -> dict[str, Any]:
     """Completes the plan from every window's bins: window order, then the top-up pass."""
-    from lwmkit.packing.bins import Piece
-
     out = {**plan, "packed": {k: dict(v) for k, v in plan["packed"].items()}}
     for seq_len, entry in out["packed"].items():
         results = sorted(packed.get(seq_len, []), key=lambda r: r[0])
@@ -164,7 +178,7 @@ def merge_windows(plan: dict[str, Any], packed: dict[int, list], pack: PackOptio
             cuts.merge(window_cuts)
         if pack.top_up_below is not None:
             bins = top_up(bins, seq_len, pack.top_up_below)
-        _finish_packed(entry, [[(p.doc, p.offset, p.length) for p in b] for b in bins], cuts, seq_len, shard_tokens)
+        _finish_packed(entry, _bins_json(bins), cuts, seq_len, shard_tokens)
     return out
 
 
@@ -210,8 +224,8 @@ def make_plan(
         }
         plan["packed"][seq_len] = entry
         if pack.window is None:
-            bins, cuts = pack_documents(entry["eligible"], lengths, seq_len, pack.policy, _spans(docs))
-            _finish_packed(entry, [[(p.doc, p.offset, p.length) for p in b] for b in bins], cuts, seq_len, shard_tokens)
+            bins, cuts = pack_documents(entry["eligible"], lengths, seq_len, pack.policy, _spans(docs), _shapes(docs))
+            _finish_packed(entry, _bins_json(bins), cuts, seq_len, shard_tokens)
     return plan
 
 
@@ -224,15 +238,17 @@ def record_location(shard_starts: Sequence[int], record: int) -> tuple[int, int]
 def iter_placements(plan: dict[str, Any]) -> Iterator[tuple[int, tuple]]:
     """Yields (doc_id, placement) for every place a document's tokens go.
 
-    Placements: `(seq_len, shard, shard_count, record_in_shard, segment, offset, length)`, seq_len
-    None for the document dataset; a document record has segment 0, offset 0 and its full length.
+    Placements: `(seq_len, shard, shard_count, record_in_shard, segment, offset, length, prefix)`,
+    seq_len None for the document dataset; a document record has segment 0, offset 0, its full
+    length and no prefix.
     """
     docs = plan["docs"]
     if plan["write_documents"]:
         for i, d in enumerate(docs):
-            yield d["doc_id"], (None, plan["doc_shard"][i], plan["doc_shard_count"], plan["doc_local"][i], 0, 0, d["tokens"])
+            yield d["doc_id"], (None, plan["doc_shard"][i], plan["doc_shard_count"], plan["doc_local"][i], 0, 0, d["tokens"], 0)
     for seq_len, p in plan["packed"].items():
         for r, pieces in enumerate(p["bins"]):
             shard, local = record_location(p["shard_starts"], r)
-            for j, (doc, offset, length) in enumerate(pieces):
-                yield docs[doc]["doc_id"], (seq_len, shard, p["num_shards"], local, j, offset, length)
+            for j, piece in enumerate(pieces):
+                doc, offset, length, *prefix = piece
+                yield docs[doc]["doc_id"], (seq_len, shard, p["num_shards"], local, j, offset, length, prefix[0] if prefix else 0)

@@ -19,8 +19,9 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 from lwmkit.packing.assemble import Segment, assemble_packed
+from lwmkit.packing.cuts import ExampleShape
 from lwmkit.packing.loss import LossPolicy
-from lwmkit.packing.records import FORMAT_VERSION, encode_document, encode_packed, spans_array
+from lwmkit.packing.records import FORMAT_VERSION, encode_document, encode_packed, spans_array, zero_loss_segments
 from lwmkit.packing.shards import dumps_json, shard_name
 from lwmkit.pipelines.engine.outputs import (
     is_local,
@@ -44,10 +45,12 @@ from lwmkit.pipelines.writing.plan import (
 class RouteDoFn(RuntimeState, beam.DoFn):
     """Sends each document's pieces, as references into the work store, to the shards the plan names.
 
-    The plan's placements are indexed by document id once per worker and reused.
+    The plan's placements are indexed by document id once per worker and reused. A document the
+    plan knows may have no placement: without a documents dataset, one that every packed dataset
+    dropped (a long-document policy) or left out (`min_doc_tokens`) goes nowhere.
 
     Raises:
-      RuntimeError: if a document has no placement (the plan and the data disagree).
+      RuntimeError: if a document is not in the plan at all (the plan and the data disagree).
     """
 
     RUNTIME_ATTRS = ("_plan_id", "_index")
@@ -58,21 +61,21 @@ class RouteDoFn(RuntimeState, beam.DoFn):
 
     def process(self, element: tuple[int, dict[str, Any]], plan: dict[str, Any]) -> Iterator[tuple[tuple, tuple]]:
         if self._plan_id != id(plan):
-            self._index = {}
+            self._index = {d["doc_id"]: [] for d in plan["docs"]}
             for doc_id, place in iter_placements(plan):
-                self._index.setdefault(doc_id, []).append(place)
+                self._index[doc_id].append(place)
             self._plan_id = id(plan)
         doc_id, ref = element
         places = self._index.get(doc_id)
-        if not places:
+        if places is None:
             raise RuntimeError(f"document {doc_id} ({ref['file']}:{ref['line']}) has no place in the plan")
         where = {"at": ref["at"], "sha": ref["sha"]}
-        for seq_len, shard, count, record, segment, offset, length in places:
+        for seq_len, shard, count, record, segment, offset, length, prefix in places:
             key = (seq_len, shard, count)
             if seq_len is None:
                 yield key, (record, 0, (doc_id, ref))
             else:
-                yield key, (record, segment, (doc_id, offset, length, where))
+                yield key, (record, segment, (doc_id, offset, length, where, prefix))
 
 
 def _packed_records(
@@ -86,9 +89,9 @@ def _packed_records(
             raise RuntimeError(f"{where}: record {record} has no pieces")
         segs: list[Segment] = []
         while i < len(pieces) and pieces[i][0] == record:
-            doc_id, offset, length, ref = pieces[i][2]
-            part = piece(units.load(doc_id, ref), offset, length)
-            segs.append(Segment(doc_id, offset, *doc_arrays(part, offset)))
+            doc_id, offset, length, ref, prefix = pieces[i][2]
+            part = piece(units.load(doc_id, ref), offset, length, prefix)
+            segs.append(Segment(doc_id, offset, *doc_arrays(part, offset), prefix=prefix))
             i += 1
         fields = assemble_packed(segs, seq_len, piece_positions=pack.piece_positions, loss_policy=loss_policy)
         yield encode_packed(fields, seq_len), fields
@@ -98,9 +101,10 @@ def _packed_records(
 def shard_key(dataset: str, shard: int, count: int, pieces: list[tuple], pack: PackOptions) -> str:
     """What decides a shard's bytes: its pieces (by record content hash) and the layout options."""
     if dataset == DOCUMENTS:
-        parts = [(r, s, d, ref["sha"], ref["file"], ref["line"], ref.get("atomic_spans")) for r, s, (d, ref) in pieces]
+        parts = [(r, s, d, ref["sha"], ref["file"], ref["line"], ref.get("atomic_spans"), ref.get("shape"))
+                 for r, s, (d, ref) in pieces]
     else:
-        parts = [(r, s, d, off, n, ref["sha"]) for r, s, (d, off, n, ref) in pieces]
+        parts = [(r, s, d, off, n, ref["sha"], pre) for r, s, (d, off, n, ref, pre) in pieces]
     blob = json.dumps([FORMAT_VERSION, dataset, shard, count, pack.to_json(), parts], sort_keys=True, default=list)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -145,7 +149,7 @@ class WriteShardDoFn(RuntimeState, beam.DoFn):
             return
         stats: dict[str, Any] = {
             "tokens": 0, "vision_tokens": 0, "loss_weight_text": 0.0, "loss_weight_vision": 0.0,
-            "segments": 0, "padding": 0, "segments_per_record": {},
+            "segments": 0, "padding": 0, "segments_per_record": {}, "segments_zero_loss": 0, "records_zero_loss": 0,
         }
 
         if seq_len is None:
@@ -155,6 +159,7 @@ class WriteShardDoFn(RuntimeState, beam.DoFn):
             def records() -> Iterator[bytes]:
                 for _, _, (doc_id, ref) in pieces:
                     tokens, vision, weights = doc_arrays(self._units.load(doc_id, ref))
+                    shape = ExampleShape.from_list(ref.get("shape"))
                     stats["tokens"] += int(tokens.shape[0])
                     stats["vision_tokens"] += int(np.count_nonzero(vision))
                     stats["loss_weight_text"] += float(weights[~vision].sum(dtype=np.float64))
@@ -167,6 +172,8 @@ class WriteShardDoFn(RuntimeState, beam.DoFn):
                         vision_mask=vision,
                         loss_weights=weights,
                         atomic_spans=spans_array(ref.get("atomic_spans")),
+                        example_kind=shape.kind,
+                        prefix_length=shape.prefix,
                     )
 
         else:
@@ -184,6 +191,9 @@ class WriteShardDoFn(RuntimeState, beam.DoFn):
                     stats["loss_weight_text"] += float(weights[~vision].sum(dtype=np.float64))
                     stats["loss_weight_vision"] += float(weights[vision].sum(dtype=np.float64))
                     stats["segments"] += k
+                    zero = zero_loss_segments(fields)
+                    stats["segments_zero_loss"] += zero
+                    stats["records_zero_loss"] += int(zero == k)
                     hist = stats["segments_per_record"]
                     hist[str(k)] = hist.get(str(k), 0) + 1
                     yield data

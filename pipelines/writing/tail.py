@@ -34,6 +34,7 @@ def index_entry(item: tuple[int, dict]) -> dict[str, Any]:
         "tokens": ref["num_tokens"],
         "meta": ref["meta"],
         "spans": ref.get("atomic_spans"),
+        "shape": ref.get("shape"),
     }
 
 

@@ -45,6 +45,7 @@ def test_dtypes_and_shapes():
         "segment_doc_ids": np.int64,
         "segment_offsets": np.int64,
         "segment_lengths": np.int32,
+        "segment_prefix_lengths": np.int32,
     }
     assert set(out) == set(expected)
     for name, dtype in expected.items():

@@ -173,7 +173,7 @@ def test_negative_length_raises():
 
 
 def test_unknown_policy_raises():
-    with pytest.raises(ValueError, match="policy must be one of"):
+    with pytest.raises(ValueError, match="long-document policy .shorten. is not one of"):
         plan_packing([3], 8, policy="shorten")
 
 

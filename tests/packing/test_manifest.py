@@ -122,7 +122,7 @@ def test_unreadable_manifest_names_the_path(tmp_path):
     assert str(tmp_path / "manifest.json") in str(e.value)
 
 
-@pytest.mark.parametrize("content", [{"format_version": 2}, {"kind": "packed"}])
+@pytest.mark.parametrize("content", [{"format_version": 3}, {"kind": "packed"}])
 def test_wrong_version_names_the_path(tmp_path, content):
     (tmp_path / "manifest.json").write_text(json.dumps(content))
     with pytest.raises(ManifestError, match="format_version") as e:

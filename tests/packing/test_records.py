@@ -36,6 +36,7 @@ def _docstring_packed() -> dict[str, np.ndarray]:
         "segment_doc_ids": np.array([DOC_ID_MASK, 17]),
         "segment_offsets": np.array([0, 4096]),
         "segment_lengths": np.array([4, 3]),
+        "segment_prefix_lengths": np.array([0, 0]),
     }
 
 
@@ -65,7 +66,7 @@ def test_document_round_trip():
     assert rec["doc_id"] == DOC_ID_MASK
     assert rec["source_file"] == "books/ünïcode.jsonl"
     assert rec["source_line"] == 12
-    assert set(rec) == {"format", "doc_id", "source_file", "source_line", "atomic_spans", *TOKEN_FIELDS}
+    assert set(rec) == {"format", "doc_id", "source_file", "source_line", "atomic_spans", "example_kind", "prefix_length", *TOKEN_FIELDS}
     for name, (dtype, _, _) in TOKEN_FIELDS.items():
         assert rec[name].dtype == np.dtype(dtype)
         assert not rec[name].flags.writeable
@@ -162,8 +163,8 @@ def test_decode_is_zero_copy_for_a_million_tokens():
 
 
 def test_decode_rejects_unknown_format():
-    with pytest.raises(RecordError, match="unknown record format 'lwmkit.packed.v2'"):
-        decode_record(encode_example({"format": [b"lwmkit.packed.v2"]}))
+    with pytest.raises(RecordError, match="unknown record format 'lwmkit.packed.v3'"):
+        decode_record(encode_example({"format": [b"lwmkit.packed.v3"]}))
 
 
 def test_decode_rejects_a_record_without_format():
@@ -215,6 +216,8 @@ def test_decode_rejects_document_fields_of_different_lengths():
             "vision_mask": [b"\x00\x00"],
             "loss_weights": [np.ones(3, "<f4").tobytes()],
             "atomic_spans": [b""],
+            "example_kind": [b"text"],
+            "prefix_length": [0],
         }
     )
     with pytest.raises(RecordError, match="per-token fields disagree"):
@@ -368,6 +371,8 @@ def _tfds_features(kind: str, seq_len: int | None, with_docs: bool) -> tfds.feat
         feats["source_line"] = tfds.features.Tensor(
             shape=(), dtype=np.int64, doc=doc("source_line")
         )
+        feats["example_kind"] = tfds.features.Text(doc=doc("example_kind"))
+        feats["prefix_length"] = tfds.features.Tensor(shape=(), dtype=np.int64, doc=doc("prefix_length"))
     return tfds.features.FeaturesDict(feats)
 
 

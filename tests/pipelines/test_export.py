@@ -376,3 +376,21 @@ def test_cli_export_shows_a_bar_on_a_terminal_only(tmp_path, docs, tok, tiny_tok
     monkeypatch.setenv("TTY_COMPATIBLE", "0")  # not a terminal
     assert main(["export", d, "--output", str(tmp_path / "c.jsonl")]) == 0
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("final_eos_loss, differing", [(True, 0), (False, 1)])
+def test_chat_examples_round_trip_with_lwms_loss_on_the_final_eos(tmp_path, tok, tiny_tokenizer, final_eos_loss,
+                                                                  differing):
+    from lwmkit.pipelines.videos.examples import VideoExampleBuilder, VideoTemplates
+
+    builder = VideoExampleBuilder(tok, VideoTemplates(final_eos_loss=final_eos_loss))
+    ex = builder.build("chat", codes(2, 7), turns=[["What moves?", "A red bus."], ["Where?", "On a bridge."]])
+    doc = {"doc_id": 9, "source_file": "chat.jsonl", "source_line": 1, "tokens": ex.tokens,
+           "vision_mask": ex.vision_mask, "loss_weights": ex.loss_weights, "example_kind": "chat"}
+    d = write_docs(tmp_path / "documents", [doc], tiny_tokenizer, tok)
+    summary = export_lwm_jsonl(d, str(tmp_path / "x.jsonl"))
+    assert summary["written"] == 1 and summary["loss_tokens_differing"] == differing
+    line = json.loads((tmp_path / "x.jsonl").read_text())
+    got, loss, _ = lwm_vision_text_processor(line, 0, _LWMTokenizer(tok))
+    np.testing.assert_array_equal(got, ex.tokens)
+    assert int((np.asarray(loss) != (ex.loss_weights > 0)).sum()) == differing  # LWM always trains the EOS

@@ -198,8 +198,16 @@ def _documents(out: Path) -> dict[tuple[str, int], dict]:
 def test_failures_and_counts(built):
     corpus, _, manifest, out = built
     rows = [json.loads(x) for x in (out / "failures.jsonl").read_text().splitlines()]
-    assert sorted((r["stage"], r["file"], r["line"], r["reason"]) for r in rows) == sorted(corpus.failures)
+    inputs = [r for r in rows if not r["stage"].startswith("pack-")]
+    assert sorted((r["stage"], r["file"], r["line"], r["reason"]) for r in inputs) == sorted(corpus.failures)
     assert all(r["detail"] for r in rows)
+    # An example longer than a record is dropped from that record length, never cut from its image.
+    docs = _documents(out)
+    too_long = sorted(
+        (f"pack-{n}", *w, "frame_too_long" if d["meta"]["kind"] == "generation" else "tail_too_long")
+        for w, d in docs.items() for n in SEQ_LENS if len(d["tokens"]) > n
+    )
+    assert too_long and sorted((r["stage"], r["file"], r["line"], r["reason"]) for r in rows if r not in inputs) == too_long
     assert manifest["documents"] == len(corpus.good)
     stages = manifest["stages"]
     assert set(stages) == set(CHAIN.stages)
@@ -264,10 +272,12 @@ def test_every_example_rebuilt_independently(built, bpe_model):
 def test_packed_records_never_cut_an_image(built):
     _, _, manifest, out = built
     docs = {d["doc_id"]: d for d in _documents(out).values()}
-    split = json.loads((out / "packed-320" / "manifest.json").read_text())["cuts"]["documents_split"]
-    assert split >= 1  # the long caption's example is longer than 320 tokens
+    cuts = json.loads((out / "packed-320" / "manifest.json").read_text())["cuts"]
+    # the long captions' examples are longer than 320 tokens: dropped there, not cut from their images
+    assert cuts["documents_split"] == 0 and cuts["documents_dropped"] >= 1
     for seq_len in SEQ_LENS:
         src = ShardDataSource(str(out / f"packed-{seq_len}"))
+        dropped = json.loads((out / f"packed-{seq_len}" / "manifest.json").read_text())["cuts"]["documents_dropped"]
         images_seen = 0
         for rec in (src[i] for i in range(len(src))):
             assert check_packed(rec, seq_len) == []
@@ -284,7 +294,8 @@ def test_packed_records_never_cut_an_image(built):
             for a, b in vision_runs(rec["vision_mask"]):
                 assert b - a == 257 and rec["tokens"][b - 1] == EOV_ID
                 images_seen += 1
-        assert images_seen == manifest["documents"]
+            assert not rec["segment_prefix_lengths"].any()
+        assert images_seen == manifest["documents"] - dropped
 
 
 def test_one_grain_batch(built):

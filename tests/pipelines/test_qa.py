@@ -179,6 +179,8 @@ def test_contexts_hit_their_length_and_hold_their_evidence(served, tok):
             assert tokens[a0:a1].tolist() == tok.encode(ok_pair(source.text)["answer"])  # the server's answer
             assert t["question"] >= t["evidence"][1] and t["distance"] == t["question"] - t["evidence"][1]
         assert {t["chunk_id"] for t in meta["turns"]} == set(ids) - failed  # every good chunk asks once
+        assert tokens[n - 1] == tok.eos_id
+        on[n - 1] = True  # and on the EOS after the last answer, as LWM's TextProcessor trains it
         np.testing.assert_array_equal(weights > 0, on)  # loss on answer tokens and nowhere else
         assert set(np.unique(weights).tolist()) <= {0.0, 1.0}
         turns_seen += len(meta["turns"])

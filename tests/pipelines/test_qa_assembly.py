@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from lwmkit.pipelines.qa.assembly import CONTEXT_PRESETS, ContextBuilder, ContextOptions, parse_turn
@@ -77,7 +79,9 @@ def test_the_docstring_example():
         ]
     )
     assert ctx.tokens.tolist() == [1] + [v[w] for w in words] + [2]
-    assert np.flatnonzero(ctx.loss_weights).tolist() == [40, 41, 51, 52]  # x y, z w
+    assert np.flatnonzero(ctx.loss_weights).tolist() == [40, 41, 51, 52, 55]  # x y, z w, EOS
+    quiet = ContextBuilder(tok, dataclasses.replace(opts, final_eos_loss=False)).build(9, chunks, pairs).contexts[0]
+    assert np.flatnonzero(quiet.loss_weights).tolist() == [40, 41, 51, 52]  # the older layout, on request
     assert ctx.atomic_spans == ((33, 44), (44, 55))
     assert [(t["chunk_id"], t["evidence"], t["question"], t["answer"], t["distance"]) for t in ctx.turns] == [
         ("b-00000", [3, 17], 35, [40, 42], 18),
@@ -125,7 +129,9 @@ def check_context(ctx, chunks, pairs, tok, opts):
         expected_weights[a0:a1] = 1.0
         assert s <= turn["question"] < a0 < a1 <= e and ev1 <= s
         assert turn["distance"] == turn["question"] - ev1 >= 0
-    np.testing.assert_array_equal(ctx.loss_weights, expected_weights)  # loss on answers, nowhere else
+    expected_weights[-1] = 1.0  # the EOS after the last answer, as LWM trains it
+    np.testing.assert_array_equal(ctx.loss_weights, expected_weights)  # loss on answers and EOS, nowhere else
+    assert ctx.prefix == 1 + len(prefix)  # BOS and the template text before the context
     spans = list(ctx.atomic_spans)
     assert spans == sorted(spans) and all(a < b <= c for (a, b), (c, _) in zip(spans, spans[1:], strict=False))
     last_chunk_end = max(turn["evidence"][1] for turn in ctx.turns)

@@ -50,7 +50,7 @@ def test_understanding_and_generation_are_the_image_layout_with_frame_spans(tok)
     assert [c.tolist() for c in frame_codes(g.tokens, g.vision_mask)] == [c.tolist() for c in codes]
 
 
-def test_chat_puts_loss_on_answers_only(tok):
+def test_chat_puts_loss_on_answers_and_the_final_eos(tok):
     b = VideoExampleBuilder(tok, VideoTemplates())
     codes = _codes(2, seed=1)
     turns = [["What moves?", "A red bus."], ["Where?", "On a bridge."]]
@@ -64,7 +64,9 @@ def test_chat_puts_loss_on_answers_only(tok):
     after = len(expected) - 1 - len(pre) - len(field)
     assert ex.vision_mask.tolist() == [False] * (1 + len(pre)) + mask.tolist() + [False] * after
     weighted = [int(t) for t, w in zip(ex.tokens, ex.loss_weights, strict=True) if w]
-    assert weighted == [*a1, *a2] and set(ex.loss_weights.tolist()) == {0.0, 1.0}
+    assert weighted == [*a1, *a2, tok.eos_id] and set(ex.loss_weights.tolist()) == {0.0, 1.0}  # as LWM trains it
+    untrained = VideoExampleBuilder(tok, VideoTemplates(final_eos_loss=False)).build("chat", codes, turns=turns)
+    assert untrained.loss_weights[-1] == 0 and np.array_equal(untrained.loss_weights[:-1], ex.loss_weights[:-1])
     v0 = 1 + len(pre)
     v1 = v0 + len(field)
     turn1 = v1 + len(q1) + len(asst) + len(a1)

@@ -188,8 +188,13 @@ def _documents(out: Path) -> dict[tuple[str, int], dict]:
 def test_failures_and_counts(built):
     corpus, _, manifest, out = built
     rows = [json.loads(x) for x in (out / "failures.jsonl").read_text().splitlines()]
-    assert sorted((r["stage"], r["file"], r["line"], r["reason"]) for r in rows) == sorted(corpus.failures)
+    inputs = [r for r in rows if not r["stage"].startswith("pack-")]
+    assert sorted((r["stage"], r["file"], r["line"], r["reason"]) for r in inputs) == sorted(corpus.failures)
     assert all(r["detail"] for r in rows)
+    # chat examples longer than a record are dropped from it (a tail could lose the answers' evidence)
+    too_long = sorted((f"pack-{n}", *w, "too_long") for w, d in _documents(out).items() for n in SEQ_LENS
+                      if d["meta"]["kind"] == "chat" and len(d["tokens"]) > n)
+    assert too_long and sorted((r["stage"], r["file"], r["line"], r["reason"]) for r in rows if r not in inputs) == too_long
     assert "SIGABRT" in next(r["detail"] for r in rows if r["reason"] == "decoder_crashed")
     assert "after 2 attempts" in next(r["detail"] for r in rows if r["reason"] == "timeout")
     s = manifest["stages"]
@@ -263,20 +268,26 @@ def test_every_example_rebuilt(built, bpe_model):
 def test_packing_cuts_videos_only_between_frames(built):
     _, _, manifest, out = built
     docs = {d["doc_id"]: d for d in _documents(out).values()}
-    assert json.loads((out / "packed-600" / "manifest.json").read_text())["cuts"]["documents_split"] == len(docs)
+    cuts = json.loads((out / "packed-600" / "manifest.json").read_text())["cuts"]
+    # every video is longer than 600 tokens: generation is split with its caption repeated,
+    # understanding keeps its tail, chat is dropped
+    assert cuts["documents_split"] + cuts["documents_tail_kept"] + cuts["documents_dropped"] == len(docs)
+    assert cuts["documents_split"] == cuts["documents_condition_repeated"] >= 1 and cuts["documents_tail_kept"] >= 1
     for seq_len in SEQ_LENS:
         src = ShardDataSource(str(out / f"packed-{seq_len}"))
         for rec in (src[i] for i in range(len(src))):
             assert check_packed(rec, seq_len) == []
             start = 0
-            for doc_id, offset, length in zip(rec["segment_doc_ids"], rec["segment_offsets"], rec["segment_lengths"],
-                                              strict=True):
+            for doc_id, offset, length, prefix in zip(rec["segment_doc_ids"], rec["segment_offsets"],
+                                                      rec["segment_lengths"], rec["segment_prefix_lengths"], strict=True):
                 d = docs[int(doc_id)]
                 spans = d["atomic_spans"].reshape(-1, 2)
                 bounds = {0, len(d["tokens"])} | set(spans[:, 0].tolist()) | set(spans[:, 1].tolist())
-                assert offset in bounds and offset + length in bounds
-                got, want = rec["tokens"][start : start + length], d["tokens"][offset : offset + length]
+                assert offset in bounds and offset + length - prefix in bounds
+                got = rec["tokens"][start : start + length]
+                want = np.concatenate([d["tokens"][:prefix], d["tokens"][offset : offset + length - prefix]])
                 np.testing.assert_array_equal(got, want)
+                assert rec["loss_weights"][start : start + length].sum() > 0
                 piece = slice(start, start + length)
                 vision = np.flatnonzero(rec["vision_mask"][piece])
                 if vision.size:  # whole frames only: every 257th vision token closes a frame
