@@ -26,7 +26,7 @@ from typing import Any
 
 import apache_beam as beam
 from lwmkit.packing.manifest import load_manifest
-from lwmkit.packing.records import DOCUMENT_FORMAT, RecordError, decode_record
+from lwmkit.packing.records import KINDS, RecordError, decode_record
 from lwmkit.packing.shards import read_shard
 from lwmkit.pipelines.engine import runner as runner_lib
 from lwmkit.pipelines.engine.lifecycle import job_record, progress_log, run_job
@@ -127,7 +127,7 @@ def read_document_records(path: str) -> Iterator[dict[str, Any] | Dropped]:
             except RecordError as e:
                 yield Dropped("bad_record", str(e), path, i + 1)
                 continue
-            if rec["format"] != DOCUMENT_FORMAT:
+            if KINDS[rec["format"]] != "document":  # v1 documents too: their kind is derived
                 yield Dropped("not_a_document", rec["format"], path, i + 1)
                 continue
             yield rec

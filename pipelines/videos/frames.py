@@ -60,6 +60,10 @@ class DecodeOptions:
       videos_per_worker: a decode process is replaced after this many videos (leaky decoders).
       max_worker_rss_mb: ... or as soon as its resident memory exceeds this.
       decoder_threads: decoding threads inside one decode process.
+      pyav_from_s: videos (or clips) at least this long decode with PyAV first, decord after it:
+        decord's decoding thread reads ahead into memory while the worker waits for the VQGAN, so a
+        worker's memory grows with the video's length (dmlc/decord#208), where PyAV's stays flat.
+        Shorter videos keep decord's faster seeking.
     """
 
     sampling: FrameSampling = FrameSampling()
@@ -72,6 +76,7 @@ class DecodeOptions:
     videos_per_worker: int = 32
     max_worker_rss_mb: int = 4096
     decoder_threads: int = 1
+    pyav_from_s: float = 300.0
 
     def __post_init__(self):
         known = all(d in DECODERS for d in self.decoders)
@@ -93,6 +98,8 @@ class DecodeOptions:
             raise ValueError(f"max_worker_rss_mb: {self.max_worker_rss_mb} is outside 64..{1 << 20}")
         if not 1 <= self.decoder_threads <= 64:
             raise ValueError(f"decoder_threads: {self.decoder_threads} is outside 1..64")
+        if not 0.0 <= self.pyav_from_s <= 1e9:
+            raise ValueError(f"pyav_from_s: {self.pyav_from_s} is outside 0..1e9")
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -202,6 +209,9 @@ def decode_video(job: dict[str, Any]) -> Iterator[tuple]:
     positions = sample_frames(index.times, options.sampling, clip, index.end)
     image_options = ImageOptions(min_side=options.min_side, max_pixels=max(options.max_pixels, options.min_side**2))
     decoders = [d for d in options.decoders if not (d == "decord" and index.rotation)] or ["pyav"]
+    start, stop = clip[0] or 0.0, index.end if clip[1] is None else min(clip[1], index.end)
+    if "pyav" in decoders and stop - start >= options.pyav_from_s:  # flat memory for long videos
+        decoders = ["pyav"] + [d for d in decoders if d != "pyav"]
     tried: list[str] = []
     for n, decoder in enumerate(decoders):
         chunks = _DECODE[decoder](path, index, positions, options.chunk_frames, options.decoder_threads)

@@ -379,7 +379,7 @@ def test_packed_records_segments_and_indexes(built):
 def test_manifest_records_the_job(built, corpus, bpe_model):
     out, manifest = built
     tok = SentencePieceTokenizer.from_file(bpe_model)
-    assert manifest["kind"] == "job" and manifest["format_version"] == 1
+    assert manifest["kind"] == "job" and manifest["format_version"] == 2
     assert manifest["tokenizer"] == {**tok.fingerprint(), "path": bpe_model}
     assert manifest["runner"] == "DirectRunner (in_memory)"
     assert manifest["options"]["seq_lens"] == list(SEQ_LENS)

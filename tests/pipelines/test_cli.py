@@ -332,7 +332,7 @@ def test_books_help_shows_every_default(capsys):
     for shown in ("--seq-len SEQ_LEN packed lengths, e.g. 32768,131072 (default: 32768)",
                   "--text-key TEXT_KEY JSON key / parquet column of the text (default: text)",
                   "--min-chars MIN_CHARS drop documents with fewer characters (default: 1)",
-                  "(default: no limit)", "(default: 16777216)", "(default: split)", "(default: as_is)"):
+                  "(default: no limit)", "(default: 16777216)", "(default: by_kind)", "(default: as_is)"):
         assert shown in text
 
 

@@ -241,3 +241,36 @@ def test_inspect_and_report_show_what_packing_did(built, tmp_path):
     page = write_report(str(out), str(tmp_path / "report"))
     html = Path(page).read_text()
     assert "frames dropped" in html and "condition tokens repeated" in html and "zero loss segments" in html
+
+
+def test_v1_documents_written_before_kinds_existed_are_cut_by_their_derived_kind(built, tmp_path):
+    """A documents/ directory of format v1 (no example_kind, no prefix_length) still packs by kind."""
+    from lwmkit.packing.records import DOCUMENT_FORMAT_V1
+    from lwmkit.packing.shards import write_json_atomic
+    from lwmkit.packing.wire import encode_example
+
+    from ..packing.helpers import write_dataset
+
+    out, _, bpe_model = built
+    docs = _documents(out)
+    blobs = [encode_example({
+        "format": [DOCUMENT_FORMAT_V1.encode()], "doc_id": [d["doc_id"]], "source_file": [d["source_file"].encode()],
+        "source_line": [d["source_line"]], "tokens": [d["tokens"].tobytes()], "vision_mask": [d["vision_mask"].tobytes()],
+        "loss_weights": [d["loss_weights"].tobytes()], "atomic_spans": [d["atomic_spans"].tobytes()],
+    }) for d in docs.values()]
+    v1 = tmp_path / "v1-documents"
+    manifest = write_dataset(str(v1), blobs, kind="document", seq_len=None, documents=len(blobs))
+    manifest.update(format_version=1, record_format=DOCUMENT_FORMAT_V1,
+                    tokenizer=json.loads((out / "documents" / "manifest.json").read_text())["tokenizer"])
+    write_json_atomic(str(v1 / "manifest.json"), manifest)
+    stages = tmp_path / "from-v1"
+    run_stages(StagesOptions(documents=str(v1), output=str(stages), schedule=(2048,)))
+    records = _records(stages / "packed-2048")
+    kinds = {d["doc_id"]: d["shape"].kind for d in docs.values()}
+    prefixed = {kinds[int(i)] for r in records for i, p in zip(r["segment_doc_ids"], r["segment_prefix_lengths"],
+                                                               strict=True) if p}
+    # tails kept and conditions repeated, from v1 records (a v1 chat example reads as understanding)
+    assert {"understanding", "generation"} <= prefixed
+    assert all(zero_loss_segments(r) == 0 for r in records)
+    m = json.loads((stages / "packed-2048" / "manifest.json").read_text())
+    assert m["zero_loss"] == {"segments": 0, "records": 0} and m["record_format"] == "lwmkit.packed.v2"

@@ -130,6 +130,19 @@ def test_decoded_frames_are_the_sampled_ones(clips, kind, decoders):
     assert [read_index(f) for f in frames] == meta["frame_indices"]
 
 
+def test_long_videos_decode_with_pyav_first(clips):
+    """decord's read-ahead makes a worker's memory grow with the video's length; PyAV's stays flat."""
+    sampling = FrameSampling("count", num_frames=4)
+    short, _ = _decode(clips["h264"], sampling, pyav_from_s=60.0)  # a 3-second clip
+    assert short["decoder"] == "decord"
+    long, frames = _decode(clips["h264"], sampling, pyav_from_s=2.0)
+    assert long["decoder"] == "pyav" and long["frame_indices"] == short["frame_indices"] and len(frames) == 4
+    clipped, _ = _decode(clips["h264"], sampling, clip=(0.0, 1.5), pyav_from_s=2.0)  # the clip is what counts
+    assert clipped["decoder"] == "decord"
+    only, _ = _decode(clips["h264"], sampling, decoders=("decord",), pyav_from_s=0.0)  # never added
+    assert only["decoder"] == "decord"
+
+
 def test_decord_and_pyav_agree(clips):
     _, a = _decode(clips["h264"], FrameSampling("fps", fps=3.0), decoders=("decord",))
     _, b = _decode(clips["h264"], FrameSampling("fps", fps=3.0), decoders=("pyav",))
