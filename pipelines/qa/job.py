@@ -62,7 +62,7 @@ from lwmkit.pipelines.engine.outputs import (
 )
 from lwmkit.pipelines.engine.progress import progress_folder
 from lwmkit.pipelines.engine.resume import previous_failures
-from lwmkit.pipelines.engine.stages import StageList
+from lwmkit.pipelines.engine.stages import StageList, stage_links
 from lwmkit.pipelines.qa.accounting import retry_entry, stage_counts
 from lwmkit.pipelines.qa.assembly import ContextOptions
 from lwmkit.pipelines.qa.extractive import ExtractiveGenerator, ExtractiveOptions
@@ -84,20 +84,8 @@ from lwmkit.pipelines.writing.tail import write_datasets
 from lwmkit.tokenizers.text import SentencePieceTokenizer
 
 STAGES = ("read", "normalize", "filter", "dedup", "chunk", "generate", "validate", "assemble")
-CHAIN = StageChain(
-    stages=STAGES,
-    links=(
-        ("normalize", "read"),
-        ("filter", "normalize"),
-        ("dedup", "filter"),
-        ("chunk", "dedup"),
-        ("generate", "chunk"),
-        ("validate", "generate"),
-        ("assemble", "validate"),
-    ),
-    last="assemble",
-    grouped=("dedup", "generate"),  # generate receives batches of books and yields one per book
-)
+# generate receives batches of books and yields one per book
+CHAIN = StageChain(STAGES, stage_links(STAGES), last="assemble", grouped=("dedup", "generate"))
 STATS_FILE = "qa_stats.json"
 GeneratorOptions = ExtractiveOptions | ChatGeneratorOptions
 
@@ -230,22 +218,16 @@ def build_pipeline(
     retried: Sequence[dict] | None = None,
 ):
     """Adds the QA job's stages to pipeline `p`."""
-    stage = StageList(progress_folder(options))
-    failures, counts = stage.failures, stage.counts
-
-    paths = p | "inputs" >> beam.Create(files) | "spread files" >> beam.Reshuffle()
-    reader = ReadDocumentTexts(tokenizer) if options.documents else ReadFile(options.text_key)
-    docs = stage(paths, "read", reader)
+    stage = StageList.for_job(options)
+    docs = stage.read(p, files, ReadDocumentTexts(tokenizer) if options.documents else ReadFile(options.text_key))
     docs = stage(docs, "normalize", normalize)
     docs = stage(docs, "filter", LengthFilter(options.min_chars, options.max_chars))
     groups = docs | "key by content" >> beam.Map(lambda d: (d["doc_id"], d)) | "group by content" >> beam.GroupByKey()
     docs = stage(groups, "dedup", keep_first)
-    entries, near = [], options.near_dedup
+    near = options.near_dedup
     if near:
         docs, near_failures, near_counts, entry = books_job.near_dedup_texts(docs, options.near_threshold)
-        failures.append(near_failures)
-        counts.append(near_counts)
-        entries.append(entry)
+        stage.add(near_failures, near_counts, entry=entry)
     books = stage(docs, "chunk", ChunkBook(tokenizer, options.context))
     batches = (
         books
@@ -271,8 +253,8 @@ def build_pipeline(
     return write_datasets(
         p,
         contexts,
-        failures,
-        counts,
+        stage.failures,
+        stage.counts,
         output=options.output,
         seq_lens=(options.context.seq_len,),
         shard_tokens=options.shard_tokens,
@@ -280,7 +262,7 @@ def build_pipeline(
         job=job,
         chain=CHAIN.with_stage("near_dedup", after="dedup") if near else CHAIN,
         retried=retried,
-        manifest_entries=entries,
+        manifest_entries=stage.entries,
     )
 
 

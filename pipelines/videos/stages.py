@@ -42,9 +42,11 @@ from lwmkit.pipelines.engine.stages import (
     Dropped,
     DropRecord,
     RuntimeState,
+    StageList,
     failure_row,
     split_tagged,
 )
+from lwmkit.pipelines.engine.vqgan import VQGANOptions, encode_stage, token_dtype
 from lwmkit.pipelines.images.stages import check_caption
 from lwmkit.pipelines.videos.examples import VideoExampleBuilder, video_kind
 from lwmkit.pipelines.videos.frames import DecodeOptions
@@ -271,3 +273,24 @@ class MakeVideoExample:
         yield video["doc_id"], example_payload(
             video, chars, meta, ex.tokens, self.token_dtype, ex.vision_mask, ex.loss_weights, ex.atomic_spans
         )
+
+
+def decode_to_examples(stage: StageList, videos, options: VQGANOptions, tokenizer, vqgan_sha256: str, seed: int,
+                       generation_fraction: float, task: str = DEFAULT_TASK, python_path=()):
+    """The stages decode -> [frames] -> encode -> gather -> example of a job that makes video examples
+    (videos, video-QA), added to its `stage` list; `options` also carries `decode` and `templates`.
+
+    Returns:
+      The example stage's output, (doc_id, payload) pairs.
+    """
+    decoded, frames, failures, counts = run_decode(videos, options.decode, stage.progress, task, python_path)
+    stage.add(failures, counts)
+    encoded = encode_stage(stage, frames, options, vqgan_sha256)
+    joined = {
+        "video": decoded | "key videos" >> beam.Map(lambda v: (v["doc_id"], v)),
+        "codes": encoded | "key codes" >> beam.Map(keyed_codes),
+    } | "join codes" >> beam.CoGroupByKey()
+    videos = stage(joined, "gather", gather_codes)
+    builder = VideoExampleBuilder(tokenizer, options.templates)
+    return stage(videos, "example",
+                 MakeVideoExample(builder, seed, generation_fraction, token_dtype(tokenizer.vocab_size)))
