@@ -78,3 +78,15 @@ def count_sketch_calls(monkeypatch, name: str) -> list:
 
     monkeypatch.setattr(entry, name, counting)
     return calls
+
+
+def read_json(path):
+    """The JSON value of a file (a manifest)."""
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def read_failures(out) -> list[dict]:
+    """The rows of a job output's failures.jsonl."""
+    with open(os.path.join(out, "failures.jsonl"), encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
