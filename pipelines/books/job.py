@@ -71,14 +71,6 @@ class NoValidDocumentsError(ValueError):
 # --- stage functions (small, picklable, per record) ---------------------------------------------
 
 
-class ReadFile:
-    def __init__(self, text_key: str):
-        self.text_key = text_key
-
-    def __call__(self, path: str) -> Iterator[dict | Dropped]:
-        yield from read_documents(path, self.text_key)
-
-
 def normalize(doc: dict) -> Iterator[dict]:
     text = normalize_text(doc["text"])
     yield {**doc, "text": text, "chars": len(text), "doc_id": document_id(text)}
@@ -190,7 +182,7 @@ def build_pipeline(
     """Adds the books job's stages to pipeline `p`."""
     stage = StageList.for_job(options)
     stored, done = stored_documents(p, receipts)
-    docs = stage.read(p, files, ReadFile(options.text_key))
+    docs = stage.read(p, files, read_documents, options.text_key)
     docs, skipped = skip_stored(docs, done, SKIPPED_WHEN_DONE)
     stage.counts.append(skipped)
     docs = stage(docs, "normalize", normalize)

@@ -33,7 +33,7 @@ Example, a stage that drops empty texts:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -216,13 +216,25 @@ def run_stage(pcoll, stage: str, fn: Callable[[Any], Iterable[Any]], progress: s
     return out[MAIN], out[FAILURES], counts
 
 
+class ReadInput:
+    """A read stage function: `read(path, *args)`, the records of one input file (a class, so the
+    stage pickles with its arguments)."""
+
+    def __init__(self, read: Callable[..., Iterable[Any]], *args: Any):
+        self.read = read
+        self.args = args
+
+    def __call__(self, path: str) -> Iterator[Any]:
+        yield from self.read(path, *self.args)
+
+
 class StageList:
     """A job's stages as its pipeline adds them: each is `run_stage`, and every stage's failures,
     counts and manifest entries are kept for the job's last step (`write_datasets`).
 
     Example:
         stage = StageList.for_job(options)           # progress to `progress_folder(options)`
-        docs = stage.read(p, files, ReadFile("text"))
+        docs = stage.read(p, files, read_documents, "text")
         docs = stage(docs, "normalize", normalize)
         write_datasets(p, docs, stage.failures, stage.counts, ..., manifest_entries=stage.entries)
     """
@@ -245,10 +257,11 @@ class StageList:
         self.counts.append(counts)
         return out
 
-    def read(self, p, files: Sequence[str], fn: Callable[[str], Iterable[Any]]):
-        """The job's first stage, "read": `fn` over the input `files`, spread over the workers first."""
+    def read(self, p, files: Sequence[str], read: Callable[..., Iterable[Any]], *args: Any):
+        """The job's first stage, "read": `read(path, *args)` over the input `files`, spread over the
+        workers first."""
         paths = p | "inputs" >> beam.Create(files) | "spread files" >> beam.Reshuffle()
-        return self(paths, "read", fn)
+        return self(paths, "read", ReadInput(read, *args))
 
     def add(self, failures, *counts, entry: dict | None = None) -> None:
         """Keeps the outputs of a step that is not one stage function (decode, near dedup): its

@@ -57,11 +57,10 @@ from lwmkit.pipelines.engine.stages import StageList, stage_links
 from lwmkit.pipelines.engine.vqgan import VQGANOptions, encode_stage, prepare_vqgan_job, token_dtype
 from lwmkit.pipelines.examples.vision_text import ExampleBuilder, Templates
 from lwmkit.pipelines.images.download import Download, DownloadOptions
-from lwmkit.pipelines.images.sources import SourceOptions, expand_input, source_kind
+from lwmkit.pipelines.images.sources import SourceOptions, expand_input, read_pairs, source_kind
 from lwmkit.pipelines.images.stages import (
     Decode,
     MakeExample,
-    ReadPairs,
     check_caption,
     content_id,
     keep_first,
@@ -167,7 +166,7 @@ def build_pipeline(
     stage = StageList.for_job(options)
     near = options.near()
     stored, done = stored_documents(p, receipts)
-    pairs = stage.read(p, files, ReadPairs(options.sources))
+    pairs = stage.read(p, files, read_pairs, options.sources)
     pairs, skipped = skip_stored(pairs, done, STAGES[1:] if near is None else BEFORE_NEAR)
     stage.counts.append(skipped)
     pairs = pairs | "spread pairs" >> beam.Reshuffle()  # one file's downloads and decodes run in parallel

@@ -43,7 +43,8 @@ from typing import Any
 import apache_beam as beam
 from lwmkit.packing.shards import dumps_json
 from lwmkit.pipelines.books import job as books_job
-from lwmkit.pipelines.books.job import LengthFilter, ReadFile, keep_first, match_inputs, normalize
+from lwmkit.pipelines.books.job import LengthFilter, keep_first, match_inputs, normalize
+from lwmkit.pipelines.books.sources import read_documents
 from lwmkit.pipelines.engine import runner as runner_lib
 from lwmkit.pipelines.engine.dataflow import register_dry_run
 from lwmkit.pipelines.engine.inputs import read_tokenizer
@@ -219,7 +220,10 @@ def build_pipeline(
 ):
     """Adds the QA job's stages to pipeline `p`."""
     stage = StageList.for_job(options)
-    docs = stage.read(p, files, ReadDocumentTexts(tokenizer) if options.documents else ReadFile(options.text_key))
+    if options.documents:
+        docs = stage.read(p, files, ReadDocumentTexts(tokenizer))
+    else:
+        docs = stage.read(p, files, read_documents, options.text_key)
     docs = stage(docs, "normalize", normalize)
     docs = stage(docs, "filter", LengthFilter(options.min_chars, options.max_chars))
     groups = docs | "key by content" >> beam.Map(lambda d: (d["doc_id"], d)) | "group by content" >> beam.GroupByKey()

@@ -77,9 +77,8 @@ from lwmkit.pipelines.engine.vqgan import VQGANOptions, prepare_vqgan_job
 from lwmkit.pipelines.videos.download import DownloadVideo, VideoDownloadOptions
 from lwmkit.pipelines.videos.examples import VideoTemplates
 from lwmkit.pipelines.videos.frames import DecodeOptions
-from lwmkit.pipelines.videos.sources import VideoSourceOptions, source_kind
+from lwmkit.pipelines.videos.sources import VideoSourceOptions, read_videos, source_kind
 from lwmkit.pipelines.videos.stages import (
-    ReadVideos,
     check_text,
     content_id,
     decode_to_examples,
@@ -204,7 +203,7 @@ def build_pipeline(
     stage = StageList.for_job(options)
     near = options.near()
     stored, done = stored_documents(p, receipts, frames_of)
-    videos = stage.read(p, files, ReadVideos(options.sources))
+    videos = stage.read(p, files, read_videos, options.sources)
     videos, skipped = skip_stored(videos, done, STAGES[1:] if near is None else BEFORE_NEAR)
     stage.counts.append(skipped)
     videos = videos | "spread videos" >> beam.Reshuffle()

@@ -47,23 +47,14 @@ from lwmkit.pipelines.engine.stages import (
     split_tagged,
 )
 from lwmkit.pipelines.engine.vqgan import VQGANOptions, encode_stage, token_dtype
-from lwmkit.pipelines.images.stages import check_caption
+from lwmkit.pipelines.images.stages import ExampleStage, check_caption
 from lwmkit.pipelines.videos.examples import VideoExampleBuilder, video_kind
 from lwmkit.pipelines.videos.frames import DecodeOptions
 from lwmkit.pipelines.videos.index import VideoError
-from lwmkit.pipelines.videos.sources import VideoSourceOptions, read_videos
 from lwmkit.pipelines.videos.workers import DEFAULT_TASK, shared_pool
 from lwmkit.pipelines.writing.payload import example_payload
 
 FRAMES = "frames"
-
-
-class ReadVideos:
-    def __init__(self, sources: VideoSourceOptions):
-        self.sources = sources
-
-    def __call__(self, path: str) -> Iterator[dict | Dropped]:
-        yield from read_videos(path, self.sources)
 
 
 def check_text(video: dict) -> Iterator[dict]:
@@ -246,14 +237,10 @@ def gather_codes(element: tuple[int, dict[str, Iterable]]) -> Iterator[dict | Dr
     yield {**video, "codes": np.stack([got[i] for i in range(n)]).astype(np.int32)}  # [F, 16, 16]
 
 
-class MakeVideoExample:
+class MakeVideoExample(ExampleStage):
     """The example stage: (doc_id, payload) as `writing.payload.doc_arrays` reads it."""
 
-    def __init__(self, builder: VideoExampleBuilder, seed: int, generation_fraction: float, token_dtype: str):
-        self.builder = builder
-        self.seed = seed
-        self.generation_fraction = generation_fraction
-        self.token_dtype = token_dtype
+    builder: VideoExampleBuilder
 
     def __call__(self, video: dict) -> Iterator[tuple[int, dict]]:
         turns = video.get("turns")
