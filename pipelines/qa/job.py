@@ -44,6 +44,7 @@ import apache_beam as beam
 from lwmkit.packing.shards import dumps_json
 from lwmkit.pipelines.books import job as books_job
 from lwmkit.pipelines.books.job import LengthFilter, keep_first, match_inputs, normalize
+from lwmkit.pipelines.books.options import DocumentOptions
 from lwmkit.pipelines.books.sources import read_documents
 from lwmkit.pipelines.engine import runner as runner_lib
 from lwmkit.pipelines.engine.dataflow import register_dry_run
@@ -108,7 +109,7 @@ def make_generator(options: GeneratorOptions) -> QAGenerator:
 
 
 @dataclass(frozen=True)
-class QAOptions(runner_lib.RunOptions):
+class QAOptions(DocumentOptions, runner_lib.RunOptions):
     """Options of the QA job.
 
     Attributes:
@@ -121,9 +122,9 @@ class QAOptions(runner_lib.RunOptions):
       max_attempts: replies parsed per chunk (a reply failing validation costs an attempt).
       cache_dir: the reply cache (default `<output>/generator-cache`).
       books_per_batch: books whose chunks share one pool of `concurrency` requests in flight.
-      text_key, min_chars, max_chars, shard_tokens, pack, runner, direct_running_mode,
-      direct_num_workers, progress, beam_args, force, near_dedup, near_threshold: as for the books
-        job (near_dedup's options are recorded only when it is on).
+      text_key, min_chars, max_chars, near_dedup, near_threshold (`books.options.DocumentOptions`),
+      shard_tokens, pack, runner, direct_running_mode, direct_num_workers, progress, beam_args,
+        force: as for the books job (near_dedup's options are recorded only when it is on).
     """
 
     output: str
@@ -135,18 +136,12 @@ class QAOptions(runner_lib.RunOptions):
     max_attempts: int = 3
     cache_dir: str | None = None
     books_per_batch: int = 4
-    text_key: str = "text"
-    min_chars: int = 1
-    max_chars: int | None = None
     shard_tokens: int = 1 << 24
     pack: PackOptions = field(default_factory=PackOptions)
     retry_failures: bool = False
-    near_dedup: bool = False
-    near_threshold: float = 0.8
 
     def __post_init__(self):
-        if not 0.0 < self.near_threshold < 1.0:
-            raise ValueError(f"near_threshold: {self.near_threshold} must be in (0, 1)")
+        self.check_near_threshold()
         if bool(self.inputs) == bool(self.documents):
             raise ValueError("inputs/documents: give raw inputs or a documents/ directory, exactly one of them")
         if not isinstance(self.generator, ExtractiveOptions | ChatGeneratorOptions):
@@ -157,10 +152,7 @@ class QAOptions(runner_lib.RunOptions):
             raise ValueError(f"max_attempts: {self.max_attempts} is outside 1..20")
         if not 1 <= self.books_per_batch <= 4096:
             raise ValueError(f"books_per_batch: {self.books_per_batch} is outside 1..4096")
-        if self.min_chars < 0:
-            raise ValueError(f"min_chars: {self.min_chars} must be >= 0")
-        if self.max_chars is not None and self.max_chars < max(self.min_chars, 1):
-            raise ValueError(f"max_chars: {self.max_chars} must be >= min_chars ({self.min_chars}) and >= 1")
+        self.check_char_range()
         if self.shard_tokens < 1:
             raise ValueError(f"shard_tokens: {self.shard_tokens} must be >= 1")
         super().__post_init__()
