@@ -171,6 +171,7 @@ class LWMConfig:
         return cls(**values)
 
 
+_SIZE_FIELDS = ("hidden_size", "intermediate_size", "num_layers", "num_heads")
 # name -> fields over the defaults (LLaMA-2 7B with LWM's vision extension).
 PRESETS: dict[str, dict[str, Any]] = {
     # For tests and CPU runs: grouped-query attention, and LWM's vision vocabulary (8192 VQGAN codes,
@@ -185,30 +186,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         num_kv_heads=2,
         max_sequence_length=2048,
     ),
-    "debug": dict(
-        hidden_size=256, intermediate_size=256, num_layers=2, num_heads=2, max_sequence_length=2048
-    ),
-    "200m": dict(
-        hidden_size=1024,
-        intermediate_size=2048,
-        num_layers=14,
-        num_heads=8,
-        max_sequence_length=2048,
-    ),
-    "1b": dict(
-        hidden_size=2048,
-        intermediate_size=5504,
-        num_layers=22,
-        num_heads=16,
-        max_sequence_length=2048,
-    ),
-    "3b": dict(
-        hidden_size=3200,
-        intermediate_size=8640,
-        num_layers=26,
-        num_heads=32,
-        max_sequence_length=2048,
-    ),
+    # The small sizes: (hidden_size, intermediate_size, num_layers, num_heads), 2048 positions.
+    **{
+        name: dict(zip(_SIZE_FIELDS, size, strict=True), max_sequence_length=2048)
+        for name, size in (
+            ("debug", (256, 256, 2, 2)),
+            ("200m", (1024, 2048, 14, 8)),
+            ("1b", (2048, 5504, 22, 16)),
+            ("3b", (3200, 8640, 26, 32)),
+        )
+    },
     "7b": dict(),
 }
 

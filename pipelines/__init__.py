@@ -45,7 +45,20 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"lwmkit.pipelines.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'lwmkit.pipelines' has no attribute {name!r}")
+def lazy_exports(package: str, exports: dict[str, str]):
+    """The module `__getattr__` of a package whose public names load on first use: `exports` maps
+    each name to the module under `package` that defines it (also used by `pipelines.dedup`).
+
+    Example:
+        __getattr__ = lazy_exports(__name__, {"run_books": "books.job"})
+    """
+
+    def __getattr__(name: str):
+        if name in exports:
+            return getattr(importlib.import_module(f"{package}.{exports[name]}"), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__
+
+
+__getattr__ = lazy_exports(__name__, _EXPORTS)

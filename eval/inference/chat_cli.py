@@ -334,38 +334,48 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `lwm-chat`: prints the answer as it is generated; 0 on success, 1 on an error."""
-    args = _parser().parse_args(argv)
+def run_command(prog: str, body: Callable[[Callable[[str], None]], int]) -> int:
+    """Runs a model command's `body(log)` (`log` prints "<prog>: message" to stderr); an error the
+    user can act on (a model, media, tokenizer, weights or value error) is logged and returns 1."""
 
     def log(msg: str) -> None:
-        print(f"lwm-chat: {msg}", file=sys.stderr)
+        print(f"{prog}: {msg}", file=sys.stderr)
 
     try:
-        if args.media and args.text_file:
-            raise ValueError("give --media or --text-file, not both")
-        check_input_files([*model_input_files(args), ("--media", args.media, "file"),
-                           ("--text-file", args.text_file, "file")])  # before JAX and the model load
-        enable_compile_cache(args.jax_cache, export=True)
-        import jax
-        from lwmkit.lwm_model.generate import SamplingConfig
-
-        tokenizer, image_tokenizer = load_tokenizers(args, bool(args.media), log)
-        model, params = load_model(model_spec(args), tokenizer, image_tokenizer, log)
-        prompt = chat_prompt(tokenizer, args.question, media=args.media, text_file=args.text_file,
-                             image_tokenizer=image_tokenizer, max_frames=args.max_frames)  # fmt: skip
-        log(f"prompt: {len(prompt)} tokens ({int(prompt.vision_mask.sum())} vision)")
-        settings = SamplingConfig(args.max_new_tokens, "text", args.temperature, args.top_k, args.top_p,
-                                  int(tokenizer.eos_id), int(tokenizer.eos_id))  # fmt: skip
-
-        def write(text: str) -> None:
-            sys.stdout.write(text)
-            sys.stdout.flush()
-
-        chat(model, params, tokenizer, prompt, settings=settings, rng=jax.random.key(args.seed), write=write,
-             chunk=args.chunk)  # fmt: skip
-        write("\n")
-        return 0
+        return body(log)
     except (ModelLoadError, MediaError, TokenizerError, WeightsError, ValueError) as e:
         log(f"error: {e}")
         return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `lwm-chat`: prints the answer as it is generated; 0 on success, 1 on an error."""
+    args = _parser().parse_args(argv)
+    return run_command("lwm-chat", lambda log: _chat(args, log))
+
+
+def _chat(args: argparse.Namespace, log: Callable[[str], None]) -> int:
+    if args.media and args.text_file:
+        raise ValueError("give --media or --text-file, not both")
+    check_input_files([*model_input_files(args), ("--media", args.media, "file"),
+                       ("--text-file", args.text_file, "file")])  # before JAX and the model load
+    enable_compile_cache(args.jax_cache, export=True)
+    import jax
+    from lwmkit.lwm_model.generate import SamplingConfig
+
+    tokenizer, image_tokenizer = load_tokenizers(args, bool(args.media), log)
+    model, params = load_model(model_spec(args), tokenizer, image_tokenizer, log)
+    prompt = chat_prompt(tokenizer, args.question, media=args.media, text_file=args.text_file,
+                         image_tokenizer=image_tokenizer, max_frames=args.max_frames)  # fmt: skip
+    log(f"prompt: {len(prompt)} tokens ({int(prompt.vision_mask.sum())} vision)")
+    settings = SamplingConfig(args.max_new_tokens, "text", args.temperature, args.top_k, args.top_p,
+                              int(tokenizer.eos_id), int(tokenizer.eos_id))  # fmt: skip
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    chat(model, params, tokenizer, prompt, settings=settings, rng=jax.random.key(args.seed), write=write,
+         chunk=args.chunk)  # fmt: skip
+    write("\n")
+    return 0

@@ -17,24 +17,21 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 from lwmkit.eval.inference.chat_cli import (
-    ModelLoadError,
     add_model_arguments,
     load_model,
     load_tokenizers,
     model_input_files,
     model_spec,
+    run_command,
 )
 from lwmkit.eval.inference.media import MediaError, write_png, write_video
 from lwmkit.eval.input_files import check_input_files, check_output_folder
 from lwmkit.packing.compile_cache import enable_compile_cache
-from lwmkit.tokenizers.text import TokenizerError
-from lwmkit.tokenizers.vqgan import WeightsError
 
 IMAGE_OUTPUTS = (".png", ".jpg", ".jpeg")
 VIDEO_OUTPUTS = (".mp4",)
@@ -106,27 +103,23 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `lwm-generate`: writes --output; 0 on success, 1 on an error."""
     args = _parser().parse_args(argv)
+    return run_command("lwm-generate", lambda log: _generate(args, log))
 
-    def log(msg: str) -> None:
-        print(f"lwm-generate: {msg}", file=sys.stderr)
 
-    try:
-        output_kind(args.output, args.frames)
-        check_input_files(model_input_files(args))  # before JAX and the model load
-        check_output_folder("--output", args.output)
-        enable_compile_cache(args.jax_cache, export=True)
-        import jax
-        from lwmkit.lwm_model.vision_generate import GuidanceConfig
+def _generate(args: argparse.Namespace, log: Callable[[str], None]) -> int:
+    output_kind(args.output, args.frames)
+    check_input_files(model_input_files(args))  # before JAX and the model load
+    check_output_folder("--output", args.output)
+    enable_compile_cache(args.jax_cache, export=True)
+    import jax
+    from lwmkit.lwm_model.vision_generate import GuidanceConfig
 
-        image = GuidanceConfig(args.cfg_scale_image, args.temperature_image, args.top_k_image)
-        video = GuidanceConfig(args.cfg_scale_video, args.temperature_video, args.top_k_video)
-        tokenizer, image_tokenizer = load_tokenizers(args, True, log)
-        model, params = load_model(model_spec(args), tokenizer, image_tokenizer, log)
-        pixels = generate_media(model, params, tokenizer, image_tokenizer, args.prompt, args.frames,
-                                image=image, video=video, rng=jax.random.key(args.seed))  # fmt: skip
-        write_media(args.output, pixels, args.fps)
-        print(f"wrote {args.output}: {len(pixels)} frame(s) of {pixels.shape[2]}x{pixels.shape[1]}")
-        return 0
-    except (ModelLoadError, MediaError, TokenizerError, WeightsError, ValueError) as e:
-        log(f"error: {e}")
-        return 1
+    image = GuidanceConfig(args.cfg_scale_image, args.temperature_image, args.top_k_image)
+    video = GuidanceConfig(args.cfg_scale_video, args.temperature_video, args.top_k_video)
+    tokenizer, image_tokenizer = load_tokenizers(args, True, log)
+    model, params = load_model(model_spec(args), tokenizer, image_tokenizer, log)
+    pixels = generate_media(model, params, tokenizer, image_tokenizer, args.prompt, args.frames,
+                            image=image, video=video, rng=jax.random.key(args.seed))  # fmt: skip
+    write_media(args.output, pixels, args.fps)
+    print(f"wrote {args.output}: {len(pixels)} frame(s) of {pixels.shape[2]}x{pixels.shape[1]}")
+    return 0

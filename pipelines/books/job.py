@@ -33,7 +33,12 @@ from lwmkit.packing.records import document_id
 from lwmkit.pipelines.books.options import STAGES, BooksOptions, books_job, books_summary
 from lwmkit.pipelines.books.sources import input_kind, read_documents
 from lwmkit.pipelines.dedup.entry import NearDedupOptions
-from lwmkit.pipelines.dedup.stored import SKETCH_FIELD, CarrySketch, StoredSketch, near_dedup_elements
+from lwmkit.pipelines.dedup.stored import (
+    SKETCH_FIELD,
+    CarrySketch,
+    StoredSketch,
+    near_dedup_elements,
+)
 from lwmkit.pipelines.dedup.text import MinHashConfig
 from lwmkit.pipelines.engine import inputs
 from lwmkit.pipelines.engine.dataflow import register_dry_run
@@ -41,20 +46,14 @@ from lwmkit.pipelines.engine.exact_dedup import KeepFirst
 from lwmkit.pipelines.engine.inputs import read_tokenizer
 from lwmkit.pipelines.engine.lifecycle import PreparedJob, launch
 from lwmkit.pipelines.engine.normalize import normalize_text
-from lwmkit.pipelines.engine.progress import progress_folder
 from lwmkit.pipelines.engine.resume import skip_stored, stored_documents
-from lwmkit.pipelines.engine.stages import Dropped, DropRecord, StageList
+from lwmkit.pipelines.engine.stages import Dropped, DropRecord, StageList, stage_links
 from lwmkit.pipelines.engine.work_store import spill
 from lwmkit.pipelines.writing.finalize import StageChain
 from lwmkit.pipelines.writing.tail import write_job_datasets
 from lwmkit.tokenizers.text import SentencePieceTokenizer
 
-CHAIN = StageChain(
-    stages=STAGES,
-    links=(("normalize", "read"), ("filter", "normalize"), ("tokenize", "filter"), ("dedup", "tokenize")),
-    last="dedup",
-    grouped=("dedup",),
-)
+CHAIN = StageChain(STAGES, stage_links(STAGES), last="dedup", grouped=("dedup",))
 NEAR_CHAIN = StageChain(
     stages=(*STAGES, "near_dedup"),
     links=(*CHAIN.links, ("near_dedup", "dedup")),
@@ -70,14 +69,6 @@ class NoValidDocumentsError(ValueError):
 
 
 # --- stage functions (small, picklable, per record) ---------------------------------------------
-
-
-class ReadFile:
-    def __init__(self, text_key: str):
-        self.text_key = text_key
-
-    def __call__(self, path: str) -> Iterator[dict | Dropped]:
-        yield from read_documents(path, self.text_key)
 
 
 def normalize(doc: dict) -> Iterator[dict]:
@@ -189,15 +180,11 @@ def build_pipeline(
     retried: Sequence[dict] | None = None,
 ):
     """Adds the books job's stages to pipeline `p`."""
-    progress = progress_folder(options)
-    stage = StageList(progress)
-    failures, counts = stage.failures, stage.counts
-
+    stage = StageList.for_job(options)
     stored, done = stored_documents(p, receipts)
-    paths = p | "inputs" >> beam.Create(files) | "spread files" >> beam.Reshuffle()
-    docs = stage(paths, "read", ReadFile(options.text_key))
+    docs = stage.read(p, files, read_documents, options.text_key)
     docs, skipped = skip_stored(docs, done, SKIPPED_WHEN_DONE)
-    counts.append(skipped)
+    stage.counts.append(skipped)
     docs = stage(docs, "normalize", normalize)
     docs = stage(docs, "filter", LengthFilter(options.min_chars, options.max_chars))
     near = options.near()
@@ -207,27 +194,14 @@ def build_pipeline(
     refs = (spilled, stored) | "new and stored" >> beam.Flatten()
     groups = refs | "group by content" >> beam.GroupByKey()
     kept = stage(groups, "dedup", keep_first_reference)
-    entries = []
     if near is not None:
         kept, near_failures, near_counts, entry = near_dedup_elements(
             kept, near, key_of=lambda item: reference_key(item[1]), content=reference_sketch(near),
             where=lambda item: reference_where(item[1]))
-        failures.append(near_failures)
-        counts.append(near_counts)
-        entries.append(entry)
-
-    return write_job_datasets(
-        p,
-        kept,
-        failures,
-        counts,
-        options,
-        job=job,
-        chain=NEAR_CHAIN if near is not None else CHAIN,
-        spilled=True,
-        retried=retried,
-        manifest_entries=entries,
-    )
+        stage.add(near_failures, near_counts, entry=entry)
+    return write_job_datasets(p, kept, stage.failures, stage.counts, options, job=job, spilled=True,
+                              chain=NEAR_CHAIN if near is not None else CHAIN, retried=retried,
+                              manifest_entries=stage.entries)
 
 
 def prepare_books(options: BooksOptions) -> PreparedJob:

@@ -32,8 +32,39 @@ if TYPE_CHECKING:
 STAGES = ("read", "normalize", "filter", "tokenize", "dedup")
 
 
+@dataclass(frozen=True, kw_only=True)
+class DocumentOptions:
+    """The fields of a job that reads raw book files (books, QA): which documents it keeps and
+    whether it removes near-copies. The job's `__post_init__` calls the two checks where its
+    messages come (`check_near_threshold` first).
+
+    Attributes:
+      text_key: JSON key / parquet column of the text.
+      min_chars, max_chars: keep documents whose normalized length lies in [min_chars, max_chars].
+      near_dedup: remove near-copies after exact dedup (MinHash LSH over word 5-grams; off by
+        default, see docs/near-dedup.md); near_threshold: the estimated Jaccard similarity at or
+        above which two documents are near-copies.
+    """
+
+    text_key: str = "text"
+    min_chars: int = 1
+    max_chars: int | None = None
+    near_dedup: bool = False
+    near_threshold: float = 0.8
+
+    def check_near_threshold(self) -> None:
+        if not 0.0 < self.near_threshold < 1.0:
+            raise ValueError(f"near_threshold: {self.near_threshold} must be in (0, 1)")
+
+    def check_char_range(self) -> None:
+        if self.min_chars < 0:
+            raise ValueError(f"min_chars: {self.min_chars} must be >= 0")
+        if self.max_chars is not None and self.max_chars < max(self.min_chars, 1):
+            raise ValueError(f"max_chars: {self.max_chars} must be >= min_chars ({self.min_chars}) and >= 1")
+
+
 @dataclass(frozen=True)
-class BooksOptions(runner_lib.ResumeOptions):
+class BooksOptions(DocumentOptions, runner_lib.ResumeOptions):
     """Options of the books job.
 
     Attributes:
@@ -41,43 +72,31 @@ class BooksOptions(runner_lib.ResumeOptions):
       output: output directory.
       tokenizer: path of a SentencePiece `.model` file.
       seq_lens: packed record lengths to produce, e.g. (32768, 131072).
-      text_key: JSON key / parquet column of the text.
-      min_chars, max_chars: keep documents whose normalized length lies in [min_chars, max_chars].
+      text_key, min_chars, max_chars, near_dedup, near_threshold: which documents are kept
+        (`DocumentOptions`).
       shard_tokens: target tokens per shard file.
       pack: how documents are cut, packed and weighted (policy, positions, loss, window, seed).
       runner, direct_running_mode, direct_num_workers, progress, beam_args, force,
         retry_failures, keep_work: how the job runs (`engine.runner.ResumeOptions`).
       unit_bytes: size of a work-store unit (memory per worker grows with it).
-      near_dedup: remove near-copies after exact dedup (MinHash LSH over word 5-grams; off by
-        default, see docs/near-dedup.md); near_threshold: the estimated Jaccard similarity at or
-        above which two documents are near-copies.
     """
 
     inputs: tuple[str, ...]
     output: str
     tokenizer: str
     seq_lens: tuple[int, ...] = (32768,)
-    text_key: str = "text"
-    min_chars: int = 1
-    max_chars: int | None = None
     shard_tokens: int = 1 << 24
     pack: PackOptions = field(default_factory=PackOptions)
     unit_bytes: int = DEFAULT_UNIT_BYTES
-    near_dedup: bool = False
-    near_threshold: float = 0.8
 
     def __post_init__(self):
-        if not 0.0 < self.near_threshold < 1.0:
-            raise ValueError(f"near_threshold: {self.near_threshold} must be in (0, 1)")
+        self.check_near_threshold()
         if self.unit_bytes < 1:
             raise ValueError(f"unit_bytes: {self.unit_bytes} must be >= 1")
         if not self.inputs:
             raise ValueError("inputs: give at least one file or glob")
         check_packing_fields(self.seq_lens, self.shard_tokens)
-        if self.min_chars < 0:
-            raise ValueError(f"min_chars: {self.min_chars} must be >= 0")
-        if self.max_chars is not None and self.max_chars < max(self.min_chars, 1):
-            raise ValueError(f"max_chars: {self.max_chars} must be >= min_chars ({self.min_chars}) and >= 1")
+        self.check_char_range()
         super().__post_init__()
 
     def recorded(self) -> dict[str, Any]:

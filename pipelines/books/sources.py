@@ -26,12 +26,14 @@ import re
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
-from lwmkit.pipelines.engine.jsonl import count_empty, file_chunks, guard_record, parse_line, split_lines, too_long
-from lwmkit.pipelines.engine.outputs import open_input
+from lwmkit.pipelines.engine.jsonl import file_chunks, guard_record, parquet_file, parse_object, read_records, split_lines, too_long, utf8_text
+from lwmkit.pipelines.engine.inputs import kind_by_suffix
 from lwmkit.pipelines.engine.stages import Dropped
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 SUFFIXES = (".jsonl.zst", ".jsonl.zstd", ".jsonl", ".json.zst", ".txt", ".parquet")
+_KINDS = (((".jsonl.zst", ".jsonl.zstd", ".json.zst"), "jsonl.zst"), (".jsonl", "jsonl"), (".txt", "txt"),
+          (".parquet", "parquet"))
 
 
 def input_kind(path: str) -> str:
@@ -40,16 +42,7 @@ def input_kind(path: str) -> str:
     Raises:
       ValueError: listing the supported suffixes.
     """
-    lower = path.lower()
-    if lower.endswith((".jsonl.zst", ".jsonl.zstd", ".json.zst")):
-        return "jsonl.zst"
-    if lower.endswith(".jsonl"):
-        return "jsonl"
-    if lower.endswith(".txt"):
-        return "txt"
-    if lower.endswith(".parquet"):
-        return "parquet"
-    raise ValueError(f"{path}: unsupported input type; expected one of {list(SUFFIXES)}")
+    return kind_by_suffix(path, _KINDS, f"unsupported input type; expected one of {list(SUFFIXES)}")
 
 
 def _meta_json(meta: Any) -> str | None:
@@ -60,11 +53,9 @@ def _meta_json(meta: Any) -> str | None:
 
 
 def _jsonl_record(path: str, line_no: int, raw: bytes, text_key: str) -> dict | Dropped:
-    obj = parse_line(raw, path, line_no)
+    obj = parse_object(raw, path, line_no)
     if isinstance(obj, Dropped):
         return obj
-    if not isinstance(obj, dict):
-        return Dropped("not_an_object", f"a JSON {type(obj).__name__}, expected an object", path, line_no)
     if text_key not in obj or obj[text_key] is None:
         return Dropped("missing_text", f"no {text_key!r} field", path, line_no)
     text = obj[text_key]
@@ -151,14 +142,10 @@ def _read_txt(path: str, f: BinaryIO) -> Iterator[dict | Dropped]:
 
 
 def _read_parquet(path: str, f: BinaryIO, text_key: str) -> Iterator[dict | Dropped]:
-    import pyarrow.parquet as pq
-
-    try:
-        pf = pq.ParquetFile(f)
-        names = pf.schema_arrow.names
-    except Exception as e:  # pyarrow raises several types for a bad file
-        yield Dropped("parquet_error", str(e), path, 0)
+    pf = yield from parquet_file(path, f)
+    if pf is None:
         return
+    names = pf.schema_arrow.names
     if text_key not in names:
         yield Dropped("missing_text", f"no {text_key!r} column (columns: {names})", path, 0)
         return
@@ -170,15 +157,12 @@ def _read_parquet(path: str, f: BinaryIO, text_key: str) -> Iterator[dict | Drop
             metas = batch.column(1).to_pylist() if len(columns) > 1 else [None] * len(texts)
             for text, meta in zip(texts, metas, strict=True):
                 row += 1
+                if isinstance(text, bytes):
+                    text = utf8_text(text, path, row)
                 if text is None:
                     yield Dropped("missing_text", f"{text_key!r} is null", path, row)
-                elif isinstance(text, bytes):
-                    try:
-                        text = text.decode("utf-8")
-                    except UnicodeDecodeError as e:
-                        yield Dropped("invalid_utf8", f"byte {e.start}: {e.reason}", path, row)
-                        continue
-                    yield {"file": path, "line": row, "text": text, "meta": _meta_json(meta)}
+                elif isinstance(text, Dropped):
+                    yield text
                 elif isinstance(text, str):
                     yield {"file": path, "line": row, "text": text, "meta": _meta_json(meta)}
                 else:
@@ -195,21 +179,17 @@ def read_documents(path: str, text_key: str = "text") -> Iterator[dict | Dropped
       text_key: the JSON key or parquet column holding the text.
     """
     kind = input_kind(path)
-    try:
-        f = open_input(path)
-    except Exception as e:  # missing file, permission, remote error
-        yield Dropped("unreadable_file", str(e), path, 0)
-        return
-    with f:
+
+    def read(f):
         if kind == "jsonl.zst":
-            items = _read_jsonl_zst(path, f, text_key)
-        elif kind == "jsonl":
-            items = _lines_of(path, file_chunks(f), text_key, (OSError,), "unreadable_file")
-        elif kind == "txt":
-            items = _read_txt(path, f)
-        else:
-            items = _read_parquet(path, f, text_key)
-        yield from count_empty(path, items)
+            return _read_jsonl_zst(path, f, text_key)
+        if kind == "jsonl":
+            return _lines_of(path, file_chunks(f), text_key, (OSError,), "unreadable_file")
+        if kind == "txt":
+            return _read_txt(path, f)
+        return _read_parquet(path, f, text_key)
+
+    yield from read_records(path, read)
 
 
 def iter_texts(path: str, text_key: str = "text") -> Iterator[str]:

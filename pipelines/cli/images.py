@@ -2,38 +2,18 @@
 
 from __future__ import annotations
 
-from lwmkit.pipelines.cli.common import (
-    int_list,
-    job_arguments,
-    near_dedup_arguments,
-    near_dedup_options,
-    pack_arguments,
-    pack_options,
-    print_retry,
-    run_options,
-    split_inputs,
-    work_options,
-)
-from lwmkit.pipelines.cli.vqgan import add_vqgan_arguments, vqgan_option_values
+from lwmkit.pipelines.cli import common, job_command, vqgan
 
 
 def add_parser(sub) -> None:
     """Adds the command to the subparsers `sub`."""
-    im = sub.add_parser(
-        "images",
-        help="image-text pairs (webdataset tars, parquet, folders, URL lists) -> vision-text token shards (Beam job)",
-        epilog="Unknown options are passed to Beam. Without --vqgan the VQGAN is randomly initialised (tests only).",
-    )
-    im.add_argument("--input", action="append", required=True,
-                    help="file glob or folder (.tar/.tar.gz webdataset, .parquet, captions .jsonl); repeatable")
-    im.add_argument("--tokenizer", required=True, help="SentencePiece .model (e.g. LLaMA-2's tokenizer.model)")
-    im.add_argument("--output", required=True, help="output directory (local or any Beam filesystem)")
-    im.add_argument("--seq-len", type=int_list, default=(8192,), help="packed lengths, e.g. 8192,32768")
-    add_vqgan_arguments(im, "images")
-    e = im.add_argument_group("examples")
-    e.add_argument("--generation-fraction", type=float, default=0.5, help="share of generation examples (default 0.5)")
-    e.add_argument("--seed", type=int, default=0, help="seed of the per-pair understanding/generation choice")
-    e.add_argument("--templates", default="lwm", choices=["lwm", "lwm_chat"], help="template preset (default lwm)")
+    im = job_command.add_job_parser(
+        sub, "images", "image-text pairs (webdataset tars, parquet, folders, URL lists) -> vision-text token shards (Beam job)")
+    job_command.add_io_arguments(
+        im, "file glob or folder (.tar/.tar.gz webdataset, .parquet, captions .jsonl); repeatable", (8192,),
+        "packed lengths, e.g. 8192,32768")
+    vqgan.add_vqgan_arguments(im, "images")
+    e = job_command.add_example_arguments(im, "share of generation examples (default 0.5)", "pair")
     e.add_argument("--understanding-template", help="overrides the preset, e.g. '{vision}{caption}'")
     e.add_argument("--generation-template", help="overrides the preset, e.g. '{caption}{vision}'")
     s = im.add_argument_group("inputs and images")
@@ -51,17 +31,11 @@ def add_parser(sub) -> None:
                    help="seconds per connect/read (at most --download-timeout)")
     s.add_argument("--download-retries", type=int, default=2)
     s.add_argument("--download-backoff", type=float, default=1.0, help="seconds before the first retry (doubles)")
-    s.add_argument("--allow-file-urls", action="store_true", help="also fetch file:// URLs")
-    s.add_argument("--allow-host", action="append", default=[], metavar="HOST",
-                   help="fetch from this host or IP even if it is private/loopback (repeatable)")
-    s.add_argument("--allow-private-addresses", action="store_true",
-                   help="fetch from any private, loopback or link-local address")
-    s.add_argument("--ca-bundle", metavar="PEM", help="CA certificates trusted besides the system store "
-                   "(default: $SSL_CERT_FILE); TLS verification cannot be turned off")
-    near_dedup_arguments(im, "Hamming distance of two images' 64-bit pHash (bits) at or below which they are "
-                         "near-copies; removed before the VQGAN runs", 12, int)
-    job_arguments(im)
-    pack_arguments(im)
+    job_command.add_access_arguments(s, "fetch", "also fetch file:// URLs")
+    common.near_dedup_arguments(im, "Hamming distance of two images' 64-bit pHash (bits) at or below which they are "
+                                "near-copies; removed before the VQGAN runs", 12, int)
+    common.job_arguments(im)
+    common.pack_arguments(im)
 
 
 def run(args, beam_args: list[str]) -> None:
@@ -75,12 +49,8 @@ def run(args, beam_args: list[str]) -> None:
 
     preset = Templates.preset(args.templates)
     options = ImagesOptions(
-        inputs=split_inputs(args.input),
-        output=args.output,
-        tokenizer=args.tokenizer,
-        seq_lens=args.seq_len,
-        generation_fraction=args.generation_fraction,
-        seed=args.seed,
+        **job_command.io_option_values(args),
+        **job_command.arg_values(args, "generation_fraction", "seed"),
         templates=Templates(
             args.understanding_template or preset.understanding, args.generation_template or preset.generation
         ),
@@ -88,24 +58,17 @@ def run(args, beam_args: list[str]) -> None:
         images=ImageOptions(args.small_images, args.max_pixels, args.animated, args.min_side),
         download=DownloadOptions(
             timeout_s=min(args.download_read_timeout, args.download_timeout),
-            total_timeout_s=args.download_timeout,
-            retries=args.download_retries,
-            backoff_s=args.download_backoff,
-            max_bytes=args.max_image_bytes,
-            allow_file=args.allow_file_urls,
-            allow_private=args.allow_private_addresses,
-            allowed_hosts=tuple(args.allow_host),
-            ca_bundle=args.ca_bundle,
+            **job_command.arg_values(args, total_timeout_s="download_timeout", max_bytes="max_image_bytes",
+                                     **job_command.DOWNLOAD_ARGS),
+            **job_command.access_values(args),
         ),
-        **vqgan_option_values(args),
-        pack=pack_options(args),
-        **near_dedup_options(args),
-        **work_options(args),
-        **run_options(args, beam_args),
+        **vqgan.vqgan_option_values(args),
+        pack=common.pack_options(args),
+        **common.near_dedup_options(args),
+        **common.work_options(args),
+        **common.run_options(args, beam_args),
     )
     if dry_run_instead(options):
         return
     manifest = run_images(options)
-    summary = ", ".join(f"{k}: {v['records']} records" for k, v in manifest["datasets"].items())
-    print(f"{manifest['documents']} image-text examples -> {summary}; {manifest['failures']['total']} failures")
-    print_retry(manifest)
+    job_command.print_datasets(manifest, "image-text examples")

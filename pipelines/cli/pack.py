@@ -2,31 +2,23 @@
 
 from __future__ import annotations
 
-from lwmkit.pipelines.cli.common import (
-    int_list,
-    pack_arguments,
-    pack_options,
-    run_arguments,
-    run_options,
-)
+from lwmkit.pipelines.cli import common, job_command
 
 
 def add_parser(sub) -> None:
     """Adds the command to the subparsers `sub`."""
-    pack = sub.add_parser(
-        "pack",
-        help="pack a documents/ directory into every stage of a progressive context schedule (Beam job)",
-        epilog="Unknown options are passed to Beam.",
-    )
+    pack = job_command.add_job_parser(
+        sub, "pack", "pack a documents/ directory into every stage of a progressive context schedule (Beam job)",
+        job_command.BEAM_EPILOG)
     pack.add_argument("--documents", required=True, help="a documents/ directory written by `lwm-pack books`")
     pack.add_argument(
         "--schedule", required=True,
         help="stage lengths, e.g. 32768,131072, or a named schedule: lwm-text (32K..1M), lwm-vision (1K..1M)",
     )
-    pack.add_argument("--min-doc-tokens", type=int_list, default=(), help="per stage, the shortest document kept")
+    pack.add_argument("--min-doc-tokens", type=common.int_list, default=(), help="per stage, the shortest document kept")
     pack.add_argument("--output", required=True)
-    run_arguments(pack)
-    pack_arguments(pack)
+    common.run_arguments(pack)
+    common.pack_arguments(pack)
 
 
 def run(args, beam_args: list[str]) -> None:
@@ -39,8 +31,8 @@ def run(args, beam_args: list[str]) -> None:
             output=args.output,
             schedule=parse_schedule(args.schedule),
             min_doc_tokens=args.min_doc_tokens,
-            pack=pack_options(args),
-            **run_options(args, beam_args),
+            pack=common.pack_options(args),
+            **common.run_options(args, beam_args),
         )
     )
     for stage in manifest.get("stages_schedule", []):

@@ -13,14 +13,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from lwmkit.pipelines.cli.common import (
-    near_dedup_arguments,
-    near_dedup_options,
-    pack_arguments,
-    pack_options,
-    run_arguments,
-    run_options,
-)
+from lwmkit.pipelines.cli import common, job_command
+from lwmkit.pipelines.cli.books import text_option_values
 
 GENERATORS = ("extractive", "openai")
 
@@ -31,15 +25,13 @@ def add_parser(sub) -> None:
     from lwmkit.pipelines.qa.extractive import FORMS
     from lwmkit.pipelines.qa.generators import SUPPORT_MODES
 
-    qa = sub.add_parser(
-        "qa",
-        help="books -> long-context QA chat examples, pairs from a model server or extractive (Beam job)",
-        epilog="Unknown options are passed to Beam. The API key is read from the variable --api-key-env names.",
-    )
+    qa = job_command.add_job_parser(
+        sub, "qa", "books -> long-context QA chat examples, pairs from a model server or extractive (Beam job)",
+        "Unknown options are passed to Beam. The API key is read from the variable --api-key-env names.")
     qa.add_argument("--input", action="append", help="raw book file glob, as for `books`; repeatable")
     qa.add_argument("--documents", help="a documents/ directory written by `lwm-pack books` (instead of --input)")
     qa.add_argument("--tokenizer", required=True, help="SentencePiece .model (for --documents: the one that made them)")
-    qa.add_argument("--output", required=True, help="output directory (local or any Beam filesystem)")
+    qa.add_argument("--output", required=True, help=job_command.OUTPUT_HELP)
     qa.add_argument("--text-key", default="text")
     qa.add_argument("--min-chars", type=int, default=1)
     qa.add_argument("--max-chars", type=int, default=None)
@@ -86,14 +78,14 @@ def add_parser(sub) -> None:
     m.add_argument("--retries", type=int, default=5, help="retries of 429/5xx/timeouts")
     m.add_argument("--backoff", type=float, default=1.0, help="seconds before the first retry (doubles)")
     m.add_argument("--max-backoff", type=float, default=60.0)
-    run_arguments(qa)
+    common.run_arguments(qa)
     qa.add_argument("--retry-failures", action="store_true",
                     help="run again over a finished output: every failed chunk gets --max-attempts new attempts "
                          "(replies that failed validation are not replayed from the cache); chunks that "
                          "succeeded are answered by the cache, so only the failed ones cost calls")
-    near_dedup_arguments(qa, "estimated Jaccard similarity of word 5-grams at or above which two books are "
-                         "near-copies; removed before chunking", 0.8)
-    pack_arguments(qa)
+    common.near_dedup_arguments(qa, "estimated Jaccard similarity of word 5-grams at or above which two books are "
+                                "near-copies; removed before chunking", 0.8)
+    common.pack_arguments(qa)
 
 
 def _generator(args):
@@ -114,26 +106,14 @@ def _generator(args):
     if args.prompt_file:
         with open(args.prompt_file, encoding="utf-8") as f:
             prompt = f.read()
-    client = ClientOptions(
-        base_url=args.base_url,
-        model=args.model,
-        api_key_env=args.api_key_env,
-        timeout_s=args.timeout,
-        retries=args.retries,
-        backoff_s=args.backoff,
-        max_backoff_s=args.max_backoff,
-        concurrency=args.concurrency,
-    )
+    client = ClientOptions(**job_command.arg_values(args, "base_url", "model", backoff_s="backoff",
+                                                    max_backoff_s="max_backoff", **job_command.CLIENT_ARGS))
     return ChatGeneratorOptions(
         client=client,
         system_prompt=DEFAULT_SYSTEM_PROMPT if args.system_prompt is None else args.system_prompt,
         prompt=prompt,
-        temperature=args.temperature,
-        max_tokens=args.max_tokens,
-        seed=args.request_seed,
-        pairs_per_chunk=args.pairs_per_chunk,
-        support=args.support,
-        min_support=args.min_support,
+        **job_command.arg_values(args, "temperature", "max_tokens", "pairs_per_chunk", "support", "min_support",
+                                 seed="request_seed"),
     )
 
 
@@ -168,13 +148,11 @@ def run(args: argparse.Namespace, beam_args: list[str]) -> None:
         max_attempts=args.max_attempts,
         cache_dir=args.cache_dir,
         books_per_batch=args.books_per_batch,
-        text_key=args.text_key,
-        min_chars=args.min_chars,
-        max_chars=args.max_chars,
-        pack=pack_options(args),
+        **text_option_values(args),
+        pack=common.pack_options(args),
         retry_failures=args.retry_failures,
-        **near_dedup_options(args),
-        **run_options(args, beam_args),
+        **common.near_dedup_options(args),
+        **common.run_options(args, beam_args),
     )
     if dry_run_instead(options):
         return

@@ -11,30 +11,17 @@ from __future__ import annotations
 
 import argparse
 
-from lwmkit.pipelines.cli.common import (
-    int_list,
-    job_arguments,
-    pack_arguments,
-    pack_options,
-    run_options,
-    work_options,
-)
-from lwmkit.pipelines.cli.vqgan import add_vqgan_arguments, vqgan_option_values
+from lwmkit.pipelines.cli import common, job_command, vqgan
 
 
 def add_parser(sub) -> None:
     """Adds `video-qa` to the subparsers `sub`."""
-    v = sub.add_parser(
-        "video-qa",
-        help="long videos -> clip captions and QA over the whole video -> LWM video chat shards (Beam job)",
-        epilog="Unknown options are passed to Beam. Without --vqgan the VQGAN is randomly initialised (tests only).",
-    )
-    v.add_argument("--input", action="append", required=True, help="video file glob (.mp4, .mkv, .webm, ...)")
-    v.add_argument("--tokenizer", required=True, help="SentencePiece .model")
-    v.add_argument("--output", required=True, help="output directory (local or any Beam filesystem)")
-    v.add_argument("--seq-len", type=int_list, default=(32768,), help="packed lengths; frames fill the smallest")
+    v = job_command.add_job_parser(
+        sub, "video-qa", "long videos -> clip captions and QA over the whole video -> LWM video chat shards (Beam job)")
+    job_command.add_io_arguments(v, "video file glob (.mp4, .mkv, .webm, ...)", (32768,),
+                                 "packed lengths; frames fill the smallest", tokenizer_help="SentencePiece .model")
     v.add_argument("--max-frames", type=int, default=4096, help="most frames of one video in its example")
-    add_vqgan_arguments(v, "frames")
+    vqgan.add_vqgan_arguments(v, "frames")
     c = v.add_argument_group("clips")
     c.add_argument("--clips", default="scenes", choices=["scenes", "stride"], help="shot boundaries or fixed pieces")
     c.add_argument("--threshold", type=float, default=27.0, help="PySceneDetect content detector threshold")
@@ -55,8 +42,8 @@ def add_parser(sub) -> None:
     m.add_argument("--concurrency", type=int, default=8, help="requests in flight (per Beam worker)")
     m.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     m.add_argument("--retries", type=int, default=5, help="retries of 429/5xx/timeouts")
-    job_arguments(v)
-    pack_arguments(v)
+    common.job_arguments(v)
+    common.pack_arguments(v)
 
 
 def run(args: argparse.Namespace, beam_args: list[str]) -> None:
@@ -74,8 +61,7 @@ def run(args: argparse.Namespace, beam_args: list[str]) -> None:
             raise ValueError("--model: give the vision-language model's name with --base-url")
 
         def client(url, model):
-            return ClientOptions(base_url=url, model=model, api_key_env=args.api_key_env, timeout_s=args.timeout,
-                                 retries=args.retries, concurrency=args.concurrency)
+            return ClientOptions(base_url=url, model=model, **job_command.arg_values(args, **job_command.CLIENT_ARGS))
 
         captioner = ChatCaptionerOptions(client(args.base_url, args.model))
         questions = ChatQAOptions(client(args.qa_base_url or args.base_url, args.qa_model or args.model),
@@ -83,20 +69,17 @@ def run(args: argparse.Namespace, beam_args: list[str]) -> None:
     clips = ClipOptions(method=args.clips, threshold=args.threshold, min_clip_s=args.min_clip,
                         max_clip_s=args.max_clip, stride_s=args.stride, caption_frames=args.caption_frames)
     options = VideoQAOptions(
-        inputs=tuple(p for x in args.input for p in x.split(",") if p),
-        output=args.output,
-        tokenizer=args.tokenizer,
-        seq_lens=args.seq_len,
+        **job_command.io_option_values(args),
         clips=clips,
         captioner=captioner,
         questions=questions,
         max_attempts=args.max_attempts,
         cache_dir=args.cache_dir,
         max_frames=args.max_frames,
-        **vqgan_option_values(args),
-        pack=pack_options(args),
-        **run_options(args, beam_args),
-        **work_options(args),
+        **vqgan.vqgan_option_values(args),
+        pack=common.pack_options(args),
+        **common.run_options(args, beam_args),
+        **common.work_options(args),
     )
     if dry_run_instead(options):
         return

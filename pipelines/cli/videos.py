@@ -13,32 +13,16 @@ from __future__ import annotations
 
 import argparse
 
-from lwmkit.pipelines.cli.common import (
-    int_list,
-    job_arguments,
-    near_dedup_arguments,
-    near_dedup_options,
-    pack_arguments,
-    pack_options,
-    run_options,
-    work_options,
-)
-from lwmkit.pipelines.cli.vqgan import add_vqgan_arguments, vqgan_option_values
+from lwmkit.pipelines.cli import common, job_command, vqgan
 
 
 def add_parser(sub) -> None:
     """Adds `videos` to the subparsers `sub`."""
-    v = sub.add_parser(
-        "videos",
-        help="videos (URLs or files) with captions or chat turns -> video-text token shards (Beam job)",
-        epilog="Unknown options are passed to Beam. Without --vqgan the VQGAN is randomly initialised (tests only).",
-    )
-    v.add_argument("--input", action="append", required=True,
-                   help="video list glob (.parquet, .csv, .jsonl); repeatable")
-    v.add_argument("--tokenizer", required=True, help="SentencePiece .model (e.g. LLaMA-2's tokenizer.model)")
-    v.add_argument("--output", required=True, help="output directory (local or any Beam filesystem)")
-    v.add_argument("--seq-len", type=int_list, default=(32768,), help="packed lengths, e.g. 32768,131072")
-    add_vqgan_arguments(v, "frames")
+    v = job_command.add_job_parser(
+        sub, "videos", "videos (URLs or files) with captions or chat turns -> video-text token shards (Beam job)")
+    job_command.add_io_arguments(v, "video list glob (.parquet, .csv, .jsonl); repeatable", (32768,),
+                                 "packed lengths, e.g. 32768,131072")
+    vqgan.add_vqgan_arguments(v, "frames")
     s = v.add_argument_group("frames")
     s.add_argument("--sampling", default="count", choices=["count", "fps"], help="by frame count (LWM) or by rate")
     s.add_argument("--num-frames", type=int, default=32, help="frames per video in count mode (default 32)")
@@ -51,10 +35,7 @@ def add_parser(sub) -> None:
     s.add_argument("--decode-budget", type=float, default=600.0, help="seconds a video may wait on its decoder")
     s.add_argument("--videos-per-worker", type=int, default=32, help="decode processes are replaced after this many")
     s.add_argument("--chunk-frames", type=int, default=16, help="frames per message from a decode process")
-    e = v.add_argument_group("examples")
-    e.add_argument("--generation-fraction", type=float, default=0.5, help="share of captioned videos made generation")
-    e.add_argument("--seed", type=int, default=0, help="seed of the per-video understanding/generation choice")
-    e.add_argument("--templates", default="lwm", choices=["lwm", "lwm_chat"], help="template preset (default lwm)")
+    e = job_command.add_example_arguments(v, "share of captioned videos made generation", "video")
     e.add_argument("--no-final-eos-loss", dest="final_eos_loss", action="store_false",
                    help="chat examples: weight 0 on the EOS after the last answer (default: trained, as LWM)")
     e.add_argument("--url-column", help="column of the video URL (default: url, contentUrl, ...)")
@@ -70,17 +51,11 @@ def add_parser(sub) -> None:
     d.add_argument("--max-video-bytes", type=int, default=1 << 31, help="larger downloads are dropped")
     d.add_argument("--host-interval", type=float, default=0.0, help="least seconds between requests to one host")
     d.add_argument("--time-ranges", action="store_true", help="download only each row's clip range (needs ffmpeg)")
-    d.add_argument("--allow-file-urls", action="store_true", help="also read file:// URLs and absolute paths")
-    d.add_argument("--allow-host", action="append", default=[], metavar="HOST",
-                   help="download from this host or IP even if it is private/loopback (repeatable)")
-    d.add_argument("--allow-private-addresses", action="store_true",
-                   help="download from any private, loopback or link-local address")
-    d.add_argument("--ca-bundle", metavar="PEM", help="CA certificates trusted besides the system store "
-                   "(default: $SSL_CERT_FILE); TLS verification cannot be turned off")
-    near_dedup_arguments(v, "share of aligned frames (a pHash every 0.5 s, within 12 bits) at or above which two "
-                         "clips are near-copies; removed after the download, before decoding", 0.8)
-    job_arguments(v)
-    pack_arguments(v)
+    job_command.add_access_arguments(d, "download", "also read file:// URLs and absolute paths")
+    common.near_dedup_arguments(v, "share of aligned frames (a pHash every 0.5 s, within 12 bits) at or above which two "
+                                "clips are near-copies; removed after the download, before decoding", 0.8)
+    common.job_arguments(v)
+    common.pack_arguments(v)
 
 
 def run(args: argparse.Namespace, beam_args: list[str]) -> None:
@@ -89,7 +64,6 @@ def run(args: argparse.Namespace, beam_args: list[str]) -> None:
     With Beam's `--dry_run=True` it builds and checks the Dataflow job instead (`engine/dataflow`).
     """
     from lwmkit.pipelines.engine.dataflow import dry_run_instead
-    from lwmkit.pipelines.engine.resume import retry_summary
     from lwmkit.pipelines.videos.download import VideoDownloadOptions
     from lwmkit.pipelines.videos.examples import VideoTemplates
     from lwmkit.pipelines.videos.frames import DecodeOptions, FrameSampling
@@ -99,52 +73,30 @@ def run(args: argparse.Namespace, beam_args: list[str]) -> None:
     decode = DecodeOptions(
         sampling=FrameSampling(args.sampling, args.num_frames, args.fps, args.max_frames),
         decoders=tuple(x.strip() for x in args.decoders.split(",") if x.strip()),
-        min_side=args.min_side,
-        max_pixels=args.max_pixels,
-        chunk_frames=args.chunk_frames,
-        time_budget_s=args.decode_budget,
-        workers=args.decode_workers,
-        videos_per_worker=args.videos_per_worker,
+        **job_command.arg_values(args, "min_side", "max_pixels", "chunk_frames", "videos_per_worker",
+                                 time_budget_s="decode_budget", workers="decode_workers"),
     )
     download = VideoDownloadOptions(
-        work_dir=args.work_dir,
-        max_height=args.max_height,
-        timeout_s=args.download_timeout,
         total_timeout_s=max(args.download_total_timeout, args.download_timeout),
-        retries=args.download_retries,
-        backoff_s=args.download_backoff,
-        max_bytes=args.max_video_bytes,
-        host_interval_s=args.host_interval,
-        allow_file=args.allow_file_urls,
-        allow_private=args.allow_private_addresses,
-        allowed_hosts=tuple(args.allow_host),
-        time_ranges=args.time_ranges,
-        ca_bundle=args.ca_bundle,
+        **job_command.arg_values(args, "work_dir", "max_height", "time_ranges", timeout_s="download_timeout",
+                                 max_bytes="max_video_bytes", host_interval_s="host_interval",
+                                 **job_command.DOWNLOAD_ARGS),
+        **job_command.access_values(args),
     )
-    inputs = tuple(p for x in args.input for p in x.split(",") if p)
     options = VideosOptions(
-        inputs=inputs,
-        output=args.output,
-        tokenizer=args.tokenizer,
-        seq_lens=args.seq_len,
-        generation_fraction=args.generation_fraction,
-        seed=args.seed,
+        **job_command.io_option_values(args),
+        **job_command.arg_values(args, "generation_fraction", "seed"),
         templates=VideoTemplates.preset(args.templates, args.final_eos_loss),
         sources=VideoSourceOptions(args.url_column, args.path_column, args.caption_column, args.allow_file_urls),
         download=download,
         decode=decode,
-        **vqgan_option_values(args),
-        pack=pack_options(args),
-        **near_dedup_options(args),
-        **run_options(args, beam_args),
-        **work_options(args),
+        **vqgan.vqgan_option_values(args),
+        pack=common.pack_options(args),
+        **common.near_dedup_options(args),
+        **common.run_options(args, beam_args),
+        **common.work_options(args),
     )
     if dry_run_instead(options):
         return
     manifest = run_videos(options)
-    summary = ", ".join(f"{k}: {v['records']} records" for k, v in manifest["datasets"].items())
-    frames = manifest["stages"]["frames"]["kept"]
-    print(f"{manifest['documents']} video examples ({frames} frames) -> {summary}; "
-          f"{manifest['failures']['total']} failures")
-    if line := retry_summary(manifest):
-        print(line)
+    job_command.print_datasets(manifest, f"video examples ({manifest['stages']['frames']['kept']} frames)")

@@ -24,7 +24,7 @@ Example, books, the stages one by one:
 Public names load on first use; nothing here imports JAX.
 """
 
-import importlib
+from lwmkit.pipelines import lazy_exports
 
 _EXPORTS = {
     "Sketch": "sketch",
@@ -65,9 +65,4 @@ _EXPORTS = {
     "SKETCH_FIELD": "stored",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"lwmkit.pipelines.dedup.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'lwmkit.pipelines.dedup' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -31,7 +31,7 @@ from typing import Any
 import apache_beam as beam
 from lwmkit.pipelines.dedup.entry import NearDedup, NearDedupOptions, duplicate_summary, sketch_of
 from lwmkit.pipelines.dedup.sketch import Sketch, decode_sketch, encode_sketch
-from lwmkit.pipelines.engine.stages import add_counts
+from lwmkit.pipelines.engine.stages import StageList, add_counts
 
 SKETCH_FIELD = "near_sketch"
 MANIFEST_KEY = "near_dedup"
@@ -185,3 +185,26 @@ def near_dedup_new_and_stored(
                     | f"{label}: stored later counts" >> beam.FlatMap(_later_counts, tuple(later), weigh)
                     | f"{label}: sum stored later counts" >> beam.CombinePerKey(add_counts))
     return new_kept, stored_kept, failures, [counts, later_counts], entry
+
+
+def near_dedup_stage(
+    stage: StageList,
+    new: beam.PCollection,
+    stored: beam.PCollection,
+    options: NearDedupOptions | None,
+    content: Callable[[dict], Any],
+    later: tuple[str, ...] = (),
+    weigh: Callable[[dict], dict] | None = None,
+):
+    """`near_dedup_new_and_stored` as a stage of a job's `StageList`, which keeps its failures, counts
+    and manifest entry; with `options` None (near dedup off) it returns `(new, stored)` unchanged.
+
+    Returns:
+      (new survivors, stored survivors).
+    """
+    if options is None:
+        return new, stored
+    new, stored, failures, counts, entry = near_dedup_new_and_stored(
+        new, stored, options, content=content, later=later, weigh=weigh)
+    stage.add(failures, *counts, entry=entry)
+    return new, stored

@@ -5,8 +5,11 @@ knows) and checks each matched file with its own kind function, so a wrong suffi
 the launcher, before anything runs; and every job reads its SentencePiece model from a local path
 or any Beam filesystem.
 
+The kind functions are `kind_by_suffix` over each job's table of suffixes.
+
 Example:
     match_inputs(["books/*.jsonl.zst"], input_kind)   # -> sorted paths; ValueError on a .csv
+    kind_by_suffix("a.CSV", ((".parquet", "parquet"), (".csv", "csv")), "expected .parquet or .csv")  # "csv"
     read_tokenizer("gs://bucket/tokenizer.model")
 """
 
@@ -18,6 +21,19 @@ from typing import Any
 
 from lwmkit.pipelines.engine.outputs import is_local, read_output_bytes
 from lwmkit.tokenizers.text import SentencePieceTokenizer
+
+
+def kind_by_suffix(path: str, kinds: Sequence[tuple[str | tuple[str, ...], str]], expected: str) -> str:
+    """The kind of the first (suffixes, kind) of `kinds` whose suffix ends `path` (any case).
+
+    Raises:
+      ValueError: "<path>: <expected>" when none does.
+    """
+    lower = path.lower()
+    for suffixes, kind in kinds:
+        if lower.endswith(suffixes):
+            return kind
+    raise ValueError(f"{path}: {expected}")
 
 
 def match_inputs(

@@ -19,6 +19,8 @@ RUN_FIELDS = (
     "output", "progress", "force", "direct_num_workers", "direct_running_mode", "runner", "beam_args",
     "retry_failures", "keep_work",
 )
+# The near-dedup fields of the jobs that have a near-dedup stage.
+NEAR_FIELDS = ("near_dedup", "near_threshold")
 MAX_SEQ_LEN = 1 << 24
 # Default size of a work-store unit (`work_store.py`; memory per worker grows with it).
 DEFAULT_UNIT_BYTES = 64 << 20
@@ -37,11 +39,14 @@ def check_packing_fields(seq_lens: Sequence[int], shard_tokens: int) -> None:
         raise ValueError(f"shard_tokens: {shard_tokens} must be >= 1")
 
 
-def recorded_options(options: Any, not_recorded: Sequence[str] = ()) -> dict[str, Any]:
+def recorded_options(options: Any, not_recorded: Sequence[str] = (), near_when_on: bool = False) -> dict[str, Any]:
     """The options as the manifest records them: every field but `RUN_FIELDS` and `not_recorded`,
-    with `inputs` and `seq_lens` as lists and `pack` in its recorded form."""
+    with `inputs` and `seq_lens` as lists and `pack` in its recorded form. With `near_when_on`,
+    `NEAR_FIELDS` only when `options.near_dedup` is on (outputs made without near dedup record what
+    they recorded before it existed)."""
     d = dataclasses.asdict(options)
-    for k in (*RUN_FIELDS, *not_recorded):
+    unrecorded_near = NEAR_FIELDS if near_when_on and not options.near_dedup else ()
+    for k in (*RUN_FIELDS, *not_recorded, *unrecorded_near):
         d.pop(k)
     d["inputs"] = list(options.inputs)
     d["seq_lens"] = list(options.seq_lens)

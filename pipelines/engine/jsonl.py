@@ -8,10 +8,12 @@ through the one guarded parser (`packing.json_input.parse_json`: bad UTF-8, bad 
 nested too deeply to parse are that line's `Dropped`); `guard_record` makes any other exception
 while turning a line or row into a record that record's `Dropped` (`bad_record`), and
 `count_empty` gives a file that holds no record one `empty_file` row, so an empty input is
-counted rather than silently missing.
+counted rather than silently missing. `read_records` opens one input file of any kind for its
+reader and does both ends: a file that cannot be opened is one `unreadable_file` row;
+`parquet_file` opens a parquet input the same way (a bad one is one `parquet_error` row).
 
-Reasons: `invalid_utf8`, `invalid_json` (including too deeply nested), `line_too_long`,
-`bad_record`, `empty_file`.
+Reasons: `invalid_utf8`, `invalid_json` (including too deeply nested), `not_an_object`, `line_too_long`,
+`bad_record`, `empty_file`, `unreadable_file`.
 
 Example:
     for line_no, raw in split_lines(chunks, 256 << 20):
@@ -24,6 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO
 
 from lwmkit.packing.json_input import parse_json
+from lwmkit.pipelines.engine.outputs import open_input
 from lwmkit.pipelines.engine.stages import Dropped
 
 
@@ -92,6 +95,27 @@ def parse_line(raw: bytes, path: str, line_no: int) -> Any:
         return Dropped("invalid_json", str(e), path, line_no)
 
 
+def utf8_text(value: bytes, path: str, row: int, where: str = "") -> str | Dropped:
+    """`value` decoded as UTF-8, or its `invalid_utf8` row (`where` starts the detail, e.g. "'caption': ")."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return Dropped("invalid_utf8", f"{where}byte {e.start}: {e.reason}", path, row)
+
+
+def parse_object(raw: bytes, path: str, line_no: int) -> dict | Dropped:
+    """`parse_line` of a line that must hold a JSON object; any other value is `not_an_object`."""
+    obj = parse_line(raw, path, line_no)
+    if isinstance(obj, Dropped | dict):
+        return obj
+    return not_an_object(obj, path, line_no)
+
+
+def not_an_object(value: Any, path: str, line_no: int) -> Dropped:
+    """The `not_an_object` row of a record that is a JSON `value` other than an object."""
+    return Dropped("not_an_object", f"a JSON {type(value).__name__}, expected an object", path, line_no)
+
+
 def too_long(path: str, line_no: int, length: int, max_line_bytes: int) -> Dropped:
     """The `line_too_long` row of a line `split_lines` measured."""
     return Dropped("line_too_long", f"{length:,} bytes, maximum {max_line_bytes:,}", path, line_no)
@@ -113,3 +137,35 @@ def count_empty(path: str, items: Iterable[Any]) -> Iterator[Any]:
         yield item
     if not seen:
         yield Dropped("empty_file", "the file holds no record", path, 0)
+
+
+def read_records(path: str, read: Callable[[BinaryIO], Iterable[Any]]) -> Iterator[Any]:
+    """The records `read(f)` yields from the opened input file `path`, through `count_empty`; a
+    file that cannot be opened (missing, no permission, a remote error) is one `unreadable_file`
+    Dropped instead."""
+    try:
+        f = open_input(path)
+    except Exception as e:  # missing file, permission, remote error
+        yield Dropped("unreadable_file", str(e), path, 0)
+        return
+    with f:
+        yield from count_empty(path, read(f))
+
+
+def parquet_file(path: str, f: BinaryIO):
+    """Opens the parquet file `f` (of input `path`) and reads its schema; used as
+    `pf = yield from parquet_file(path, f)` in a reader, it yields the `parquet_error` Dropped of
+    a file that is not one and returns None.
+
+    Returns:
+      The `pyarrow.parquet.ParquetFile`, or None.
+    """
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(f)
+        pf.schema_arrow.names  # noqa: B018 - a schema pyarrow cannot read is this file's error
+    except Exception as e:  # pyarrow raises several types for a bad file
+        yield Dropped("parquet_error", str(e), path, 0)
+        return None
+    return pf

@@ -33,7 +33,7 @@ Example, a stage that drops empty texts:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -216,21 +216,39 @@ def run_stage(pcoll, stage: str, fn: Callable[[Any], Iterable[Any]], progress: s
     return out[MAIN], out[FAILURES], counts
 
 
+class ReadInput:
+    """A read stage function: `read(path, *args)`, the records of one input file (a class, so the
+    stage pickles with its arguments)."""
+
+    def __init__(self, read: Callable[..., Iterable[Any]], *args: Any):
+        self.read = read
+        self.args = args
+
+    def __call__(self, path: str) -> Iterator[Any]:
+        yield from self.read(path, *self.args)
+
+
 class StageList:
-    """A job's stages as its pipeline adds them: each is `run_stage`, and every stage's failures
-    and counts outputs are kept for the job's last step (`write_datasets`).
+    """A job's stages as its pipeline adds them: each is `run_stage`, and every stage's failures,
+    counts and manifest entries are kept for the job's last step (`write_datasets`).
 
     Example:
-        stage = StageList(progress=progress_folder(options))
-        docs = stage(paths, "read", ReadFile("text"))
+        stage = StageList.for_job(options)           # progress to `progress_folder(options)`
+        docs = stage.read(p, files, read_documents, "text")
         docs = stage(docs, "normalize", normalize)
-        write_datasets(p, docs, stage.failures, stage.counts, ...)
+        write_datasets(p, docs, stage.failures, stage.counts, ..., manifest_entries=stage.entries)
     """
 
     def __init__(self, progress: str | None = None):
         self.progress = progress
         self.failures: list = []
         self.counts: list = []
+        self.entries: list = []
+
+    @classmethod
+    def for_job(cls, options: Any) -> StageList:
+        """The stage list of the job `options`, reporting progress where `progress_folder` says."""
+        return cls(progress_lib.progress_folder(options))
 
     def __call__(self, pcoll, name: str, fn: Callable[[Any], Iterable[Any]]):
         """Applies `fn` as the stage `name`; returns its main output."""
@@ -238,3 +256,32 @@ class StageList:
         self.failures.append(failures)
         self.counts.append(counts)
         return out
+
+    def read(self, p, files: Sequence[str], read: Callable[..., Iterable[Any]], *args: Any):
+        """The job's first stage, "read": `read(path, *args)` over the input `files`, spread over the
+        workers first."""
+        paths = p | "inputs" >> beam.Create(files) | "spread files" >> beam.Reshuffle()
+        return self(paths, "read", ReadInput(read, *args))
+
+    def add(self, failures, *counts, entry: dict | None = None) -> None:
+        """Keeps the outputs of a step that is not one stage function (decode, near dedup): its
+        failure rows, its counts PCollections and, when it has one, its manifest entry."""
+        self.failures.append(failures)
+        self.counts.extend(counts)
+        if entry is not None:
+            self.entries.append(entry)
+
+
+def stage_links(stages: Sequence[str], sources: Sequence[str] = ("read",),
+                inputs: dict[str, str] | None = None) -> tuple[tuple[str, str], ...]:
+    """The (stage, previous stage) links of a job's stage chain (`writing.finalize.StageChain`).
+
+    Every stage but the `sources` takes what the stage before it in `stages` kept, unless `inputs`
+    names another one.
+
+    Example:
+        stage_links(("read", "decode", "frames", "encode", "gather"), ("read", "frames"), {"gather": "decode"})
+        -> (("decode", "read"), ("encode", "frames"), ("gather", "decode"))
+    """
+    inputs = inputs or {}
+    return tuple((s, inputs.get(s, stages[i - 1])) for i, s in enumerate(stages) if s not in sources)

@@ -3,26 +3,27 @@
 The VQGAN runs in Beam RunInference with `inference.JaxModelHandler`; `LoadEncoder` builds it in
 the worker (JAX imported only there) and checks it is the one the driver fingerprinted. `join_codes`
 turns RunInference's results back into records with checked codes. Around the step:
-`check_vqgan_fields` (the options both jobs share), `token_dtype`, and `prepare_vqgan_job`, which
+`VQGANOptions` (the options every such job shares, checked by `check_vqgan_fields`), `token_dtype`, and `prepare_vqgan_job`, which
 reads the tokenizer, fingerprints the VQGAN into the job record (`vqgan_job`) and binds a job's
 `build_pipeline`.
 
-Example (inside a job's build_pipeline):
-    load = LoadEncoder(options.vqgan, options.vqgan_preset, options.vqgan_seed, options.vqgan_dtype, sha256)
-    encoded = stage(encode_images(decoded, load, options.batch_size), "encode", join_codes)
+Example (inside a job's build_pipeline, `options` a `VQGANOptions`):
+    encoded = encode_stage(stage, decoded, options, vqgan_sha256)
+    # = stage(encode_images(decoded, options.load_encoder(sha256), options.batch_size), "encode", join_codes)
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from lwmkit.pipelines.engine import runner as runner_lib
 from lwmkit.pipelines.engine.inputs import read_tokenizer
 from lwmkit.pipelines.engine.lifecycle import PreparedJob, job_record
-from lwmkit.pipelines.engine.stages import Dropped
+from lwmkit.pipelines.engine.stages import Dropped, StageList
 from lwmkit.tokenizers import vqgan_config
 from lwmkit.tokenizers.text import SentencePieceTokenizer
 from lwmkit.tokenizers.vision import CODE_GRID, IMAGE_SIZE, NUM_CODES, VISION_VOCAB_SIZE
@@ -42,6 +43,38 @@ def check_vqgan_fields(options: Any) -> None:
         raise ValueError(f"generation_fraction: {options.generation_fraction} is outside [0, 1]")
     if not 1 <= options.batch_size <= 4096:
         raise ValueError(f"batch_size: {options.batch_size} is outside 1..4096")
+
+
+@dataclass(frozen=True, kw_only=True)
+class VQGANOptions(runner_lib.ResumeOptions):
+    """`ResumeOptions` of a job that runs the VQGAN (images, videos, video-QA), with the VQGAN's fields.
+
+    A job's options class derives from it (keyword-only fields, after the job's own) and calls
+    `super().__post_init__()`, which runs `check_vqgan_fields`.
+
+    Attributes:
+      vqgan: VQGAN weights (`ImageTokenizer.from_weights`: lwmkit safetensors, LWM's pickle or a
+        diffusers VQModel); None initialises `vqgan_preset` randomly (tests, benchmarks; the
+        manifest says so).
+      vqgan_preset: the VQGAN's shape, 'lwm' or 'tiny'.
+      vqgan_seed: seed of the random initialisation when `vqgan` is None.
+      vqgan_dtype: the VQGAN's compute dtype, 'float32' or 'bfloat16' (accelerators).
+      batch_size: images (or frames) per VQGAN call (RunInference batch).
+    """
+
+    vqgan: str | None = None
+    vqgan_preset: str = "lwm"
+    vqgan_seed: int = 0
+    vqgan_dtype: str = "float32"
+    batch_size: int = 16
+
+    def __post_init__(self):
+        check_vqgan_fields(self)
+        super().__post_init__()
+
+    def load_encoder(self, sha256: str) -> LoadEncoder:
+        """RunInference's `load()` of this VQGAN, checked against the driver's fingerprint `sha256`."""
+        return LoadEncoder(self.vqgan, self.vqgan_preset, self.vqgan_seed, self.vqgan_dtype, sha256)
 
 
 def token_dtype(text_vocab_size: int) -> str:
@@ -164,6 +197,11 @@ def encode_images(pairs, load: LoadEncoder, batch_size: int):
     )
     return pairs | "vqgan" >> RunInference(KeyedModelHandler(handler))
 
+
+def encode_stage(stage: StageList, images, options: VQGANOptions, sha256: str):
+    """The stage "encode": the VQGAN over (record, uint8 pixels) in batches (`encode_images`), its
+    results checked and joined back to their records (`join_codes`)."""
+    return stage(encode_images(images, options.load_encoder(sha256), options.batch_size), "encode", join_codes)
 
 
 def join_codes(element: tuple[dict, Any]) -> Iterator[dict | Dropped]:

@@ -47,30 +47,20 @@ from typing import Any
 import apache_beam as beam
 from lwmkit.pipelines.dedup.entry import NearDedupOptions
 from lwmkit.pipelines.dedup.images import ImageHashConfig
-from lwmkit.pipelines.dedup.stored import near_dedup_new_and_stored
+from lwmkit.pipelines.dedup.stored import near_dedup_stage
 from lwmkit.pipelines.engine import inputs
-from lwmkit.pipelines.engine import runner as runner_lib
 from lwmkit.pipelines.engine.dataflow import register_dry_run
 from lwmkit.pipelines.engine.job_options import check_packing_fields, recorded_options
 from lwmkit.pipelines.engine.lifecycle import PreparedJob, launch
-from lwmkit.pipelines.engine.progress import progress_folder
 from lwmkit.pipelines.engine.resume import skip_stored, stored_documents
-from lwmkit.pipelines.engine.stages import StageList
-from lwmkit.pipelines.engine.vqgan import (
-    LoadEncoder,
-    check_vqgan_fields,
-    encode_images,
-    join_codes,
-    prepare_vqgan_job,
-    token_dtype,
-)
+from lwmkit.pipelines.engine.stages import StageList, stage_links
+from lwmkit.pipelines.engine.vqgan import VQGANOptions, encode_stage, prepare_vqgan_job, token_dtype
 from lwmkit.pipelines.examples.vision_text import ExampleBuilder, Templates
 from lwmkit.pipelines.images.download import Download, DownloadOptions
-from lwmkit.pipelines.images.sources import SourceOptions, expand_input, source_kind
+from lwmkit.pipelines.images.sources import SourceOptions, expand_input, read_pairs, source_kind
 from lwmkit.pipelines.images.stages import (
     Decode,
     MakeExample,
-    ReadPairs,
     check_caption,
     content_id,
     keep_first,
@@ -81,19 +71,7 @@ from lwmkit.pipelines.writing.tail import write_job_datasets
 from lwmkit.tokenizers.vision import ImageOptions
 
 STAGES = ("read", "caption", "download", "dedup", "decode", "encode", "example")
-CHAIN = StageChain(
-    stages=STAGES,
-    links=(
-        ("caption", "read"),
-        ("download", "caption"),
-        ("dedup", "download"),
-        ("decode", "dedup"),
-        ("encode", "decode"),
-        ("example", "encode"),
-    ),
-    last="example",
-    grouped=("dedup",),
-)
+CHAIN = StageChain(STAGES, stage_links(STAGES), last="example", grouped=("dedup",))
 NEAR_CHAIN = CHAIN.with_stage("near_dedup", after="dedup")
 # Stages a stored pair skips before near dedup (it takes part there with its stored sketch) and after.
 BEFORE_NEAR, AFTER_NEAR = STAGES[1:4], STAGES[4:]
@@ -104,7 +82,7 @@ class NoValidPairsError(ValueError):
 
 
 @dataclass(frozen=True)
-class ImagesOptions(runner_lib.ResumeOptions):
+class ImagesOptions(VQGANOptions):
     """Options of the image-text job.
 
     Attributes:
@@ -112,12 +90,8 @@ class ImagesOptions(runner_lib.ResumeOptions):
         `.parquet` (image bytes or URLs with captions), captions `.jsonl` files or their folders.
       output: output directory.
       tokenizer: path of a SentencePiece `.model` file (the text tokenizer).
-      vqgan: VQGAN weights (`ImageTokenizer.from_weights`: lwmkit safetensors, LWM's pickle or a
-        diffusers VQModel); None initialises `vqgan_preset` randomly (tests, benchmarks; the
-        manifest says so).
-      vqgan_preset: the VQGAN's shape, 'lwm' or 'tiny'.
-      vqgan_seed: seed of the random initialisation when `vqgan` is None.
-      vqgan_dtype: the VQGAN's compute dtype, 'float32' or 'bfloat16' (accelerators).
+      vqgan, vqgan_preset, vqgan_seed, vqgan_dtype, batch_size: the VQGAN (`engine.vqgan.VQGANOptions`;
+        batch_size: images per VQGAN call).
       seq_lens: packed record lengths to produce.
       generation_fraction: share of pairs made generation examples (the rest: understanding).
       seed: seed of the per-pair understanding/generation choice.
@@ -125,7 +99,6 @@ class ImagesOptions(runner_lib.ResumeOptions):
       sources: column names of parquet / jsonl inputs and the image size cap.
       images: how `load_image` treats small, huge, animated images.
       download: timeouts, retries and size cap of URL inputs.
-      batch_size: images per VQGAN call (RunInference batch).
       shard_tokens, pack, runner, direct_running_mode, direct_num_workers, progress, beam_args,
         force, retry_failures, keep_work: as in `BooksOptions` (with `retry_failures`, only the
         pairs of the earlier run's failures.jsonl are read, downloaded and encoded again; a retried
@@ -139,10 +112,6 @@ class ImagesOptions(runner_lib.ResumeOptions):
     inputs: tuple[str, ...]
     output: str
     tokenizer: str
-    vqgan: str | None = None
-    vqgan_preset: str = "lwm"
-    vqgan_seed: int = 0
-    vqgan_dtype: str = "float32"
     seq_lens: tuple[int, ...] = (8192,)
     generation_fraction: float = 0.5
     seed: int = 0
@@ -150,7 +119,6 @@ class ImagesOptions(runner_lib.ResumeOptions):
     sources: SourceOptions = field(default_factory=SourceOptions)
     images: ImageOptions = field(default_factory=ImageOptions)
     download: DownloadOptions = field(default_factory=DownloadOptions)
-    batch_size: int = 16
     shard_tokens: int = 1 << 24
     pack: PackOptions = field(default_factory=PackOptions)
     near_dedup: bool = False
@@ -162,24 +130,18 @@ class ImagesOptions(runner_lib.ResumeOptions):
         if not 0 <= self.near_threshold < 32:
             raise ValueError(f"near_threshold: {self.near_threshold} must be in 0..31 (Hamming bits of 64)")
         check_packing_fields(self.seq_lens, self.shard_tokens)
-        check_vqgan_fields(self)
         super().__post_init__()
 
     def recorded(self) -> dict[str, Any]:
         """The options as the manifest records them (everything that shapes the output)."""
-        d = recorded_options(self)
+        d = recorded_options(self, near_when_on=True)
         d["download"].pop("user_agent")
         d["download"].pop("ca_bundle")  # where trust comes from, not what is made
-        if not self.near_dedup:  # outputs without near dedup record what they recorded before it existed
-            d.pop("near_dedup")
-            d.pop("near_threshold")
         return d
 
     def near(self) -> NearDedupOptions | None:
         """The near-dedup stage's options, or None when it is off."""
-        if not self.near_dedup:
-            return None
-        return NearDedupOptions("image", ImageHashConfig(max_distance=self.near_threshold))
+        return NearDedupOptions("image", ImageHashConfig(max_distance=self.near_threshold)) if self.near_dedup else None
 
 
 # --- the job ---------------------------------------------------------------------------------------
@@ -201,16 +163,12 @@ def build_pipeline(
     retried: Sequence[dict] | None = None,
 ):
     """Adds the image job's stages to pipeline `p`; pairs already in the work store are skipped."""
-    progress = progress_folder(options)
-    stage = StageList(progress)
-    failures, counts = stage.failures, stage.counts
-
+    stage = StageList.for_job(options)
     near = options.near()
     stored, done = stored_documents(p, receipts)
-    paths = p | "inputs" >> beam.Create(files) | "spread files" >> beam.Reshuffle()
-    pairs = stage(paths, "read", ReadPairs(options.sources))
+    pairs = stage.read(p, files, read_pairs, options.sources)
     pairs, skipped = skip_stored(pairs, done, STAGES[1:] if near is None else BEFORE_NEAR)
-    counts.append(skipped)
+    stage.counts.append(skipped)
     pairs = pairs | "spread pairs" >> beam.Reshuffle()  # one file's downloads and decodes run in parallel
     pairs = stage(pairs, "caption", check_caption)
     pairs = stage(pairs, "download", Download(options.download))
@@ -220,32 +178,15 @@ def build_pipeline(
         | "group by content" >> beam.GroupByKey()
     )
     pairs = stage(groups, "dedup", keep_first)
-    entries = []
-    if near is not None:
-        pairs, stored, near_failures, near_counts, entry = near_dedup_new_and_stored(
-            pairs, stored, near, content=image_bytes, later=AFTER_NEAR)
-        failures.append(near_failures)
-        counts.extend(near_counts)
-        entries.append(entry)
+    pairs, stored = near_dedup_stage(stage, pairs, stored, near, content=image_bytes, later=AFTER_NEAR)
     decoded = stage(pairs, "decode", Decode(options.images))
-    load = LoadEncoder(options.vqgan, options.vqgan_preset, options.vqgan_seed, options.vqgan_dtype, vqgan_sha256)
-    encoded = stage(encode_images(decoded, load, options.batch_size), "encode", join_codes)
-    builder = ExampleBuilder(tokenizer, options.templates)
-    dtype = token_dtype(tokenizer.vocab_size)
-    examples = stage(encoded, "example", MakeExample(builder, options.seed, options.generation_fraction, dtype))
-
-    return write_job_datasets(
-        p,
-        examples,
-        failures,
-        counts,
-        options,
-        job=job,
-        chain=CHAIN if near is None else NEAR_CHAIN,
-        stored=stored,
-        retried=retried,
-        manifest_entries=entries,
-    )
+    encoded = encode_stage(stage, decoded, options, vqgan_sha256)
+    make = MakeExample(ExampleBuilder(tokenizer, options.templates), options.seed, options.generation_fraction,
+                       token_dtype(tokenizer.vocab_size))
+    examples = stage(encoded, "example", make)
+    return write_job_datasets(p, examples, stage.failures, stage.counts, options, job=job, stored=stored,
+                              chain=CHAIN if near is None else NEAR_CHAIN, retried=retried,
+                              manifest_entries=stage.entries)
 
 
 def image_bytes(pair: dict) -> bytes:

@@ -38,7 +38,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from lwmkit.pipelines.engine.jsonl import count_empty, file_chunks, guard_record, parse_line, split_lines, too_long
+from lwmkit.pipelines.engine.jsonl import file_chunks, guard_record, parquet_file, parse_object, read_records, split_lines, too_long, utf8_text
+from lwmkit.pipelines.engine.inputs import kind_by_suffix
 from lwmkit.pipelines.engine.outputs import open_input
 from lwmkit.pipelines.engine.stages import Dropped
 
@@ -79,16 +80,9 @@ def source_kind(path: str) -> str:
     Raises:
       ValueError: listing the supported suffixes.
     """
-    lower = path.lower()
-    if lower.endswith((".tar", ".tar.gz", ".tgz")):
-        return "webdataset"
-    if lower.endswith(".parquet"):
-        return "parquet"
-    if lower.endswith(".jsonl"):
-        return "folder"
-    raise ValueError(
-        f"{path}: unsupported image input; expected .tar/.tar.gz/.tgz, .parquet or a captions .jsonl (or its folder)"
-    )
+    return kind_by_suffix(
+        path, (((".tar", ".tar.gz", ".tgz"), "webdataset"), (".parquet", "parquet"), (".jsonl", "folder")),
+        "unsupported image input; expected .tar/.tar.gz/.tgz, .parquet or a captions .jsonl (or its folder)")
 
 
 def unsafe_member_name(name: str) -> bool:
@@ -200,14 +194,10 @@ def _image_value(value: Any) -> bytes | None:
 
 def read_parquet(path: str, f: BinaryIO, options: SourceOptions) -> Iterator[dict | Dropped]:
     """Pairs of one parquet file: image bytes + caption, or url + caption."""
-    import pyarrow.parquet as pq
-
-    try:
-        pf = pq.ParquetFile(f)
-        names = pf.schema_arrow.names
-    except Exception as e:  # pyarrow raises several types for a bad file
-        yield Dropped("parquet_error", str(e), path, 0)
+    pf = yield from parquet_file(path, f)
+    if pf is None:
         return
+    names = pf.schema_arrow.names
     image_col = _pick(names, options.image_column, IMAGE_COLUMNS)
     url_col = _pick(names, options.url_column, URL_COLUMNS)
     caption_col = _pick(names, options.caption_column, CAPTION_COLUMNS)
@@ -229,10 +219,9 @@ def read_parquet(path: str, f: BinaryIO, options: SourceOptions) -> Iterator[dic
                 license_ = next((cols[c][i] for c in ("license", "LICENSE") if c in cols), None)
                 caption = cols[caption_col][i] if caption_col else None
                 if isinstance(caption, bytes):
-                    try:
-                        caption = caption.decode("utf-8")
-                    except UnicodeDecodeError as e:
-                        yield Dropped("invalid_utf8", f"{caption_col!r}: byte {e.start}: {e.reason}", path, row)
+                    caption = utf8_text(caption, path, row, f"{caption_col!r}: ")
+                    if isinstance(caption, Dropped):
+                        yield caption
                         continue
                 image = None
                 if image_col is not None:
@@ -260,11 +249,9 @@ MAX_CAPTION_LINE_BYTES = 16 << 20
 
 
 def _folder_row(path: str, line: int, raw: bytes, options: SourceOptions) -> dict | Dropped:
-    obj = parse_line(raw, path, line)
+    obj = parse_object(raw, path, line)
     if isinstance(obj, Dropped):
         return obj
-    if not isinstance(obj, dict):
-        return Dropped("not_an_object", f"a JSON {type(obj).__name__}, expected an object", path, line)
     file_key = options.image_column if options.image_column in obj else next((k for k in FILE_KEYS if k in obj), None)
     name = obj.get(file_key) if file_key else None
     if not isinstance(name, str) or not name:
@@ -300,20 +287,8 @@ def read_pairs(path: str, options: SourceOptions = SourceOptions()) -> Iterator[
       path: a local or Beam filesystem path (see `source_kind`).
       options: column names and the image size cap.
     """
-    kind = source_kind(path)
-    try:
-        f = open_input(path)
-    except Exception as e:  # missing file, permission, remote error
-        yield Dropped("unreadable_file", str(e), path, 0)
-        return
-    with f:
-        if kind == "webdataset":
-            items = read_webdataset(path, f, options)
-        elif kind == "parquet":
-            items = read_parquet(path, f, options)
-        else:
-            items = read_folder(path, f, options)
-        yield from count_empty(path, items)
+    read = {"webdataset": read_webdataset, "parquet": read_parquet, "folder": read_folder}[source_kind(path)]
+    yield from read_records(path, lambda f: read(path, f, options))
 
 
 def expand_input(pattern: str) -> str:

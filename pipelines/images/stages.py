@@ -16,13 +16,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 from lwmkit.pipelines.engine.exact_dedup import KeepFirst
 from lwmkit.pipelines.engine.normalize import normalize_text
-from lwmkit.pipelines.engine.stages import Dropped, DropRecord
+from lwmkit.pipelines.engine.stages import DropRecord
 from lwmkit.pipelines.examples.vision_text import ExampleBuilder, choose_kind
-from lwmkit.pipelines.images.sources import SourceOptions, read_pairs
 from lwmkit.pipelines.writing.payload import example_payload
 from lwmkit.tokenizers.vision import (
     ImageError,
@@ -31,14 +31,6 @@ from lwmkit.tokenizers.vision import (
 )
 
 # --- stage functions (small, picklable, per record) ---------------------------------------------
-
-
-class ReadPairs:
-    def __init__(self, sources: SourceOptions):
-        self.sources = sources
-
-    def __call__(self, path: str) -> Iterator[dict | Dropped]:
-        yield from read_pairs(path, self.sources)
 
 
 def check_caption(pair: dict) -> Iterator[dict]:
@@ -81,14 +73,21 @@ class Decode:
         yield rest, pixels
 
 
-class MakeExample:
-    """The example stage: (doc_id, payload) as `writing.payload.doc_arrays` reads it."""
+class ExampleStage:
+    """What an example stage (images, videos) holds: its example builder, the seed and share of the
+    understanding/generation choice, and the payload's token dtype."""
 
-    def __init__(self, builder: ExampleBuilder, seed: int, generation_fraction: float, token_dtype: str):
+    def __init__(self, builder: Any, seed: int, generation_fraction: float, token_dtype: str):
         self.builder = builder
         self.seed = seed
         self.generation_fraction = generation_fraction
         self.token_dtype = token_dtype
+
+
+class MakeExample(ExampleStage):
+    """The example stage: (doc_id, payload) as `writing.payload.doc_arrays` reads it."""
+
+    builder: ExampleBuilder
 
     def __call__(self, pair: dict) -> Iterator[tuple[int, dict]]:
         kind = choose_kind(pair["key"], self.seed, self.generation_fraction)

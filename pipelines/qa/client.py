@@ -255,3 +255,16 @@ class ChatClient:
             time.sleep(delay)
             waited += delay
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+class ChatStep:
+    """What every step that asks a chat model holds: its options (whose `client` is `ClientOptions`),
+    a `ChatClient` for them, and the requests it keeps in flight (`concurrency`)."""
+
+    def __init__(self, options: Any):
+        self.options = options
+        self.client = ChatClient(options.client)
+
+    @property
+    def concurrency(self) -> int:
+        return self.options.client.concurrency

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from lwmkit.pipelines.qa.chunks import Chunk
 from lwmkit.pipelines.qa.client import (
-    ChatClient,
+    ChatStep,
     ClientOptions,
     MalformedReply,
     reply_content,
@@ -251,16 +251,10 @@ class ChatGeneratorOptions:
             raise ValueError(f"max_chars: {self.max_chars} must be >= 1")
 
 
-class ChatQAGenerator:
+class ChatQAGenerator(ChatStep):
     """Asks a chat model for QA pairs; see `ChatGeneratorOptions` and the module docstring."""
 
-    def __init__(self, options: ChatGeneratorOptions):
-        self.options = options
-        self.client = ChatClient(options.client)
-
-    @property
-    def concurrency(self) -> int:
-        return self.options.client.concurrency
+    options: ChatGeneratorOptions
 
     def _params(self, attempt: int) -> dict[str, Any]:
         o = self.options

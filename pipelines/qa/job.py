@@ -43,7 +43,9 @@ from typing import Any
 import apache_beam as beam
 from lwmkit.packing.shards import dumps_json
 from lwmkit.pipelines.books import job as books_job
-from lwmkit.pipelines.books.job import LengthFilter, ReadFile, keep_first, match_inputs, normalize
+from lwmkit.pipelines.books.job import LengthFilter, keep_first, match_inputs, normalize
+from lwmkit.pipelines.books.options import DocumentOptions
+from lwmkit.pipelines.books.sources import read_documents
 from lwmkit.pipelines.engine import runner as runner_lib
 from lwmkit.pipelines.engine.dataflow import register_dry_run
 from lwmkit.pipelines.engine.inputs import read_tokenizer
@@ -62,7 +64,7 @@ from lwmkit.pipelines.engine.outputs import (
 )
 from lwmkit.pipelines.engine.progress import progress_folder
 from lwmkit.pipelines.engine.resume import previous_failures
-from lwmkit.pipelines.engine.stages import StageList
+from lwmkit.pipelines.engine.stages import StageList, stage_links
 from lwmkit.pipelines.qa.accounting import retry_entry, stage_counts
 from lwmkit.pipelines.qa.assembly import ContextOptions
 from lwmkit.pipelines.qa.extractive import ExtractiveGenerator, ExtractiveOptions
@@ -84,20 +86,8 @@ from lwmkit.pipelines.writing.tail import write_datasets
 from lwmkit.tokenizers.text import SentencePieceTokenizer
 
 STAGES = ("read", "normalize", "filter", "dedup", "chunk", "generate", "validate", "assemble")
-CHAIN = StageChain(
-    stages=STAGES,
-    links=(
-        ("normalize", "read"),
-        ("filter", "normalize"),
-        ("dedup", "filter"),
-        ("chunk", "dedup"),
-        ("generate", "chunk"),
-        ("validate", "generate"),
-        ("assemble", "validate"),
-    ),
-    last="assemble",
-    grouped=("dedup", "generate"),  # generate receives batches of books and yields one per book
-)
+# generate receives batches of books and yields one per book
+CHAIN = StageChain(STAGES, stage_links(STAGES), last="assemble", grouped=("dedup", "generate"))
 STATS_FILE = "qa_stats.json"
 GeneratorOptions = ExtractiveOptions | ChatGeneratorOptions
 
@@ -119,7 +109,7 @@ def make_generator(options: GeneratorOptions) -> QAGenerator:
 
 
 @dataclass(frozen=True)
-class QAOptions(runner_lib.RunOptions):
+class QAOptions(DocumentOptions, runner_lib.RunOptions):
     """Options of the QA job.
 
     Attributes:
@@ -132,9 +122,9 @@ class QAOptions(runner_lib.RunOptions):
       max_attempts: replies parsed per chunk (a reply failing validation costs an attempt).
       cache_dir: the reply cache (default `<output>/generator-cache`).
       books_per_batch: books whose chunks share one pool of `concurrency` requests in flight.
-      text_key, min_chars, max_chars, shard_tokens, pack, runner, direct_running_mode,
-      direct_num_workers, progress, beam_args, force, near_dedup, near_threshold: as for the books
-        job (near_dedup's options are recorded only when it is on).
+      text_key, min_chars, max_chars, near_dedup, near_threshold (`books.options.DocumentOptions`),
+      shard_tokens, pack, runner, direct_running_mode, direct_num_workers, progress, beam_args,
+        force: as for the books job (near_dedup's options are recorded only when it is on).
     """
 
     output: str
@@ -146,18 +136,12 @@ class QAOptions(runner_lib.RunOptions):
     max_attempts: int = 3
     cache_dir: str | None = None
     books_per_batch: int = 4
-    text_key: str = "text"
-    min_chars: int = 1
-    max_chars: int | None = None
     shard_tokens: int = 1 << 24
     pack: PackOptions = field(default_factory=PackOptions)
     retry_failures: bool = False
-    near_dedup: bool = False
-    near_threshold: float = 0.8
 
     def __post_init__(self):
-        if not 0.0 < self.near_threshold < 1.0:
-            raise ValueError(f"near_threshold: {self.near_threshold} must be in (0, 1)")
+        self.check_near_threshold()
         if bool(self.inputs) == bool(self.documents):
             raise ValueError("inputs/documents: give raw inputs or a documents/ directory, exactly one of them")
         if not isinstance(self.generator, ExtractiveOptions | ChatGeneratorOptions):
@@ -168,10 +152,7 @@ class QAOptions(runner_lib.RunOptions):
             raise ValueError(f"max_attempts: {self.max_attempts} is outside 1..20")
         if not 1 <= self.books_per_batch <= 4096:
             raise ValueError(f"books_per_batch: {self.books_per_batch} is outside 1..4096")
-        if self.min_chars < 0:
-            raise ValueError(f"min_chars: {self.min_chars} must be >= 0")
-        if self.max_chars is not None and self.max_chars < max(self.min_chars, 1):
-            raise ValueError(f"max_chars: {self.max_chars} must be >= min_chars ({self.min_chars}) and >= 1")
+        self.check_char_range()
         if self.shard_tokens < 1:
             raise ValueError(f"shard_tokens: {self.shard_tokens} must be >= 1")
         super().__post_init__()
@@ -230,22 +211,19 @@ def build_pipeline(
     retried: Sequence[dict] | None = None,
 ):
     """Adds the QA job's stages to pipeline `p`."""
-    stage = StageList(progress_folder(options))
-    failures, counts = stage.failures, stage.counts
-
-    paths = p | "inputs" >> beam.Create(files) | "spread files" >> beam.Reshuffle()
-    reader = ReadDocumentTexts(tokenizer) if options.documents else ReadFile(options.text_key)
-    docs = stage(paths, "read", reader)
+    stage = StageList.for_job(options)
+    if options.documents:
+        docs = stage.read(p, files, ReadDocumentTexts(tokenizer))
+    else:
+        docs = stage.read(p, files, read_documents, options.text_key)
     docs = stage(docs, "normalize", normalize)
     docs = stage(docs, "filter", LengthFilter(options.min_chars, options.max_chars))
     groups = docs | "key by content" >> beam.Map(lambda d: (d["doc_id"], d)) | "group by content" >> beam.GroupByKey()
     docs = stage(groups, "dedup", keep_first)
-    entries, near = [], options.near_dedup
+    near = options.near_dedup
     if near:
         docs, near_failures, near_counts, entry = books_job.near_dedup_texts(docs, options.near_threshold)
-        failures.append(near_failures)
-        counts.append(near_counts)
-        entries.append(entry)
+        stage.add(near_failures, near_counts, entry=entry)
     books = stage(docs, "chunk", ChunkBook(tokenizer, options.context))
     batches = (
         books
@@ -271,8 +249,8 @@ def build_pipeline(
     return write_datasets(
         p,
         contexts,
-        failures,
-        counts,
+        stage.failures,
+        stage.counts,
         output=options.output,
         seq_lens=(options.context.seq_len,),
         shard_tokens=options.shard_tokens,
@@ -280,7 +258,7 @@ def build_pipeline(
         job=job,
         chain=CHAIN.with_stage("near_dedup", after="dedup") if near else CHAIN,
         retried=retried,
-        manifest_entries=entries,
+        manifest_entries=stage.entries,
     )
 
 

@@ -48,18 +48,25 @@ def _write_clip(path: str, seed: int, frames: int, codec: str) -> None:
             c.mux(p)
 
 
+def write_silence(c, stream, rate: int, frames: int, samples: int = 1024) -> None:
+    """Encodes `frames` frames of `samples` silent mono samples at `rate` Hz into the audio `stream`
+    of the open PyAV container `c`, then flushes the stream."""
+    import av
+
+    for k in range(frames):
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, samples), np.float32), format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = rate, k * samples
+        for p in stream.encode(frame):
+            c.mux(p)
+    for p in stream.encode():
+        c.mux(p)
+
+
 def _write_audio_only(path: str) -> None:
     import av
 
     with av.open(path, "w", format="mp4") as c:
-        s = c.add_stream("aac", rate=8000)
-        for k in range(4):
-            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = 8000, k * 1024
-            for p in s.encode(frame):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
+        write_silence(c, c.add_stream("aac", rate=8000), 8000, 4)
 
 
 def write_sample_videos(folder: str, clips: int = 3, frames: int = 12) -> str:

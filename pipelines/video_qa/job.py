@@ -30,7 +30,6 @@ from typing import Any
 import apache_beam as beam
 from lwmkit.packing.shards import dumps_json
 from lwmkit.pipelines.engine import inputs
-from lwmkit.pipelines.engine import runner as runner_lib
 from lwmkit.pipelines.engine.dataflow import register_dry_run
 from lwmkit.pipelines.engine.job_options import check_packing_fields, recorded_options
 from lwmkit.pipelines.engine.lifecycle import PreparedJob, launch
@@ -40,16 +39,8 @@ from lwmkit.pipelines.engine.outputs import (
     read_output_bytes,
     write_output_bytes,
 )
-from lwmkit.pipelines.engine.progress import progress_folder
-from lwmkit.pipelines.engine.stages import StageList
-from lwmkit.pipelines.engine.vqgan import (
-    LoadEncoder,
-    check_vqgan_fields,
-    encode_images,
-    join_codes,
-    prepare_vqgan_job,
-    token_dtype,
-)
+from lwmkit.pipelines.engine.stages import StageList, stage_links
+from lwmkit.pipelines.engine.vqgan import VQGANOptions, prepare_vqgan_job
 from lwmkit.pipelines.qa.stages import QAStatsFn
 from lwmkit.pipelines.video_qa.clips import ClipOptions
 from lwmkit.pipelines.video_qa.models import (
@@ -70,29 +61,16 @@ from lwmkit.pipelines.video_qa.stages import (
     validate_captions,
     video_stats,
 )
-from lwmkit.pipelines.videos.examples import VideoExampleBuilder, VideoTemplates
+from lwmkit.pipelines.videos.examples import VideoTemplates
 from lwmkit.pipelines.videos.frames import DecodeOptions
-from lwmkit.pipelines.videos.stages import MakeVideoExample, gather_codes, keyed_codes, run_decode
+from lwmkit.pipelines.videos.stages import decode_to_examples
 from lwmkit.pipelines.writing.finalize import StageChain
 from lwmkit.pipelines.writing.plan import PackOptions
 from lwmkit.pipelines.writing.tail import write_job_datasets
 
 STAGES = ("read", "clips", "caption", "captions", "questions", "decode", "frames", "encode", "gather", "example")
-CHAIN = StageChain(
-    stages=STAGES,
-    links=(
-        ("clips", "read"),
-        ("caption", "clips"),
-        ("captions", "caption"),
-        ("questions", "captions"),
-        ("decode", "questions"),
-        ("encode", "frames"),
-        ("gather", "decode"),
-        ("example", "gather"),
-    ),
-    last="example",
-    grouped=("gather",),
-)
+CHAIN = StageChain(STAGES, stage_links(STAGES, ("read", "frames"), {"gather": "decode"}), last="example",
+                   grouped=("gather",))
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".mpg", ".mpeg", ".ts")
 STATS_FILE = "video_qa_stats.json"
 
@@ -106,12 +84,13 @@ def source_kind(path: str) -> str | None:
 
 
 @dataclass(frozen=True)
-class VideoQAOptions(runner_lib.ResumeOptions):
+class VideoQAOptions(VQGANOptions):
     """Options of the video-QA job.
 
     Attributes:
       inputs: video file globs (local or any Beam filesystem).
-      output, tokenizer, vqgan, vqgan_preset, vqgan_seed, vqgan_dtype: as in `VideosOptions`.
+      output, tokenizer, vqgan, vqgan_preset, vqgan_seed, vqgan_dtype: as in `VideosOptions`
+        (`engine.vqgan.VQGANOptions`).
       seq_lens: packed lengths; each video's frames fill what its turns leave of the smallest.
       clips: how videos are cut (`ClipOptions`).
       captioner: `ChatCaptionerOptions` (a vision-language server) or `OfflineOptions`.
@@ -126,10 +105,6 @@ class VideoQAOptions(runner_lib.ResumeOptions):
     inputs: tuple[str, ...]
     output: str
     tokenizer: str
-    vqgan: str | None = None
-    vqgan_preset: str = "lwm"
-    vqgan_seed: int = 0
-    vqgan_dtype: str = "float32"
     seq_lens: tuple[int, ...] = (32768,)
     clips: ClipOptions = field(default_factory=ClipOptions)
     captioner: ChatCaptionerOptions | OfflineOptions = field(default_factory=OfflineOptions)
@@ -139,7 +114,6 @@ class VideoQAOptions(runner_lib.ResumeOptions):
     max_frames: int = 4096
     templates: VideoTemplates = field(default_factory=VideoTemplates)
     decode: DecodeOptions = field(default_factory=DecodeOptions)
-    batch_size: int = 16
     shard_tokens: int = 1 << 24
     pack: PackOptions = field(default_factory=PackOptions)
     generation_fraction = 0.0  # not a field: every example is chat (read by `check_vqgan_fields`)
@@ -156,7 +130,6 @@ class VideoQAOptions(runner_lib.ResumeOptions):
         if not 1 <= self.max_frames <= 1 << 16:
             raise ValueError(f"max_frames: {self.max_frames} is outside 1..65536")
         check_packing_fields(self.seq_lens, self.shard_tokens)
-        check_vqgan_fields(self)
         super().__post_init__()
 
     @property
@@ -167,8 +140,7 @@ class VideoQAOptions(runner_lib.ResumeOptions):
         d = recorded_options(self, not_recorded=("cache_dir",))
         d["captioner"] = make_captioner(self.captioner).describe()
         d["questions"] = make_qa(self.questions).describe()
-        d["decode"] = {k: v for k, v in self.decode.to_json().items()
-                       if k not in ("workers", "videos_per_worker", "max_worker_rss_mb", "decoder_threads")}
+        d["decode"] = self.decode.recorded()
         return d
 
 
@@ -183,11 +155,8 @@ def make_qa(options: ChatQAOptions | OfflineOptions):
 def build_pipeline(p: beam.Pipeline, options: VideoQAOptions, files: list[str], tokenizer, vqgan_sha256: str,
                    job: dict, receipts: Sequence[str] = (), retried: Sequence[dict] | None = None):
     """Adds the video-QA job's stages to pipeline `p`."""
-    progress = progress_folder(options)
-    stage = StageList(progress)
-    failures, counts = stage.failures, stage.counts
-    paths = p | "inputs" >> beam.Create(files) | "spread files" >> beam.Reshuffle()
-    videos = stage(paths, "read", read_video)
+    stage = StageList.for_job(options)
+    videos = stage.read(p, files, read_video)
     videos = stage(videos, "clips", FindClips(options.clips))
     cache = options.cache_directory
     videos = stage(videos, "caption", Caption(make_captioner(options.captioner), cache, options.max_attempts))
@@ -202,19 +171,9 @@ def build_pipeline(p: beam.Pipeline, options: VideoQAOptions, files: list[str], 
         | "sum stats" >> beam.CombineGlobally(QAStatsFn())
         | "write stats" >> beam.Map(lambda s: write_output_bytes(stats_path, json.dumps(s, sort_keys=True).encode()))
     )
-    decoded, frames, f, c = run_decode(videos, options.decode, progress)
-    failures.append(f)
-    counts.append(c)
-    load = LoadEncoder(options.vqgan, options.vqgan_preset, options.vqgan_seed, options.vqgan_dtype, vqgan_sha256)
-    encoded = stage(encode_images(frames, load, options.batch_size), "encode", join_codes)
-    joined = {
-        "video": decoded | "key videos" >> beam.Map(lambda v: (v["doc_id"], v)),
-        "codes": encoded | "key codes" >> beam.Map(keyed_codes),
-    } | "join codes" >> beam.CoGroupByKey()
-    videos = stage(joined, "gather", gather_codes)
-    builder = VideoExampleBuilder(tokenizer, options.templates)
-    examples = stage(videos, "example", MakeVideoExample(builder, 0, 0.0, token_dtype(tokenizer.vocab_size)))
-    return write_job_datasets(p, examples, failures, counts, options, job=job, chain=CHAIN, retried=retried)
+    examples = decode_to_examples(stage, videos, options, tokenizer, vqgan_sha256, 0, 0.0)
+    return write_job_datasets(p, examples, stage.failures, stage.counts, options, job=job, chain=CHAIN,
+                              retried=retried)
 
 
 def prepare_video_qa(options: VideoQAOptions) -> PreparedJob:

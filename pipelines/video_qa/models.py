@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from lwmkit.pipelines.qa.client import ChatClient, ClientOptions, MalformedReply, reply_content
+from lwmkit.pipelines.qa.client import ChatStep, ClientOptions, MalformedReply, reply_content
 from lwmkit.pipelines.qa.generators import InvalidReply, QAPair, Reply, collapse_space, parse_pairs
 
 CAPTION_PROMPT = (
@@ -146,17 +146,26 @@ def _content(reply: Reply) -> str:
     return text
 
 
-class ChatCaptioner:
-    def __init__(self, options: ChatCaptionerOptions):
-        self.options = options
-        self.client = ChatClient(options.client)
-
-    @property
-    def concurrency(self) -> int:
-        return self.options.client.concurrency
+class VideoChatStep(ChatStep):
+    """A video-QA step that asks a chat model (captions, questions): how it describes itself in the
+    manifest, and its call with the options' temperature and max_tokens (seed: the attempt)."""
 
     def describe(self) -> dict[str, Any]:
         return _describe_chat("openai_chat", self.options)
+
+    def ask(self, messages: list[dict[str, Any]], attempt: int) -> Reply:
+        """The reply to `messages`, with its token usage when the body has one."""
+        o = self.options
+        r = self.client.complete(messages, temperature=o.temperature, max_tokens=o.max_tokens, seed=attempt)
+        try:
+            _, usage = reply_content(r.body)
+        except MalformedReply:
+            usage = {}
+        return Reply(r.body, usage, r.requests, r.waited_s)
+
+
+class ChatCaptioner(VideoChatStep):
+    options: ChatCaptionerOptions
 
     def cache_identity(self) -> dict[str, Any]:
         o = self.options
@@ -169,14 +178,7 @@ class ChatCaptioner:
         return [{"role": "user", "content": [{"type": "text", "text": text}, *images]}]
 
     def reply(self, item: ClipItem, attempt: int) -> Reply:
-        o = self.options
-        r = self.client.complete(self.messages(item), temperature=o.temperature, max_tokens=o.max_tokens,
-                                 seed=attempt)
-        try:
-            _, usage = reply_content(r.body)
-        except MalformedReply:
-            usage = {}
-        return Reply(r.body, usage, r.requests, r.waited_s)
+        return self.ask(self.messages(item), attempt)
 
     def parse(self, reply: Reply, item: ClipItem) -> list[QAPair]:
         text = collapse_space(_content(reply))
@@ -251,17 +253,8 @@ def _objects(text: str) -> list[Any]:
     return []
 
 
-class ChatTimelineQA:
-    def __init__(self, options: ChatQAOptions):
-        self.options = options
-        self.client = ChatClient(options.client)
-
-    @property
-    def concurrency(self) -> int:
-        return self.options.client.concurrency
-
-    def describe(self) -> dict[str, Any]:
-        return _describe_chat("openai_chat", self.options)
+class ChatTimelineQA(VideoChatStep):
+    options: ChatQAOptions
 
     def cache_identity(self) -> dict[str, Any]:
         o = self.options
@@ -271,13 +264,7 @@ class ChatTimelineQA:
     def reply(self, item: TimelineItem, attempt: int) -> Reply:
         o = self.options
         user = o.prompt.format(duration=clock(item.duration), n=o.questions, timeline=item.text)
-        messages = [{"role": "system", "content": o.system_prompt}, {"role": "user", "content": user}]
-        r = self.client.complete(messages, temperature=o.temperature, max_tokens=o.max_tokens, seed=attempt)
-        try:
-            _, usage = reply_content(r.body)
-        except MalformedReply:
-            usage = {}
-        return Reply(r.body, usage, r.requests, r.waited_s)
+        return self.ask([{"role": "system", "content": o.system_prompt}, {"role": "user", "content": user}], attempt)
 
     def parse(self, reply: Reply, item: TimelineItem) -> list[QAPair]:
         text = _content(reply)

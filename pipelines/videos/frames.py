@@ -41,6 +41,8 @@ from lwmkit.pipelines.videos.index import (
 
 DECODERS = ("decord", "pyav")
 SEEK_GAP_S = 8.0  # PyAV seeks when the next sample is further ahead than this (about a few GOPs)
+# DecodeOptions fields a job's manifest leaves out (`DecodeOptions.recorded`).
+UNRECORDED_FIELDS = ("workers", "videos_per_worker", "max_worker_rss_mb", "decoder_threads")
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,11 @@ class DecodeOptions:
         d = asdict(self)
         d["decoders"] = list(self.decoders)
         return d
+
+    def recorded(self) -> dict[str, Any]:
+        """`to_json()` as a job's manifest records it: without the worker settings, which shape how
+        the job runs, not what it makes."""
+        return {k: v for k, v in self.to_json().items() if k not in UNRECORDED_FIELDS}
 
 
 # --- decoding ----------------------------------------------------------------------------------------

@@ -64,38 +64,25 @@ from typing import Any
 
 import apache_beam as beam
 from lwmkit.pipelines.dedup.entry import NearDedupOptions
-from lwmkit.pipelines.dedup.stored import near_dedup_new_and_stored
+from lwmkit.pipelines.dedup.stored import near_dedup_stage
 from lwmkit.pipelines.dedup.videos import VideoClip, VideoHashConfig
 from lwmkit.pipelines.engine import inputs
-from lwmkit.pipelines.engine import runner as runner_lib
 from lwmkit.pipelines.engine.dataflow import register_dry_run
 from lwmkit.pipelines.engine.job_options import check_packing_fields, recorded_options
 from lwmkit.pipelines.engine.lifecycle import PreparedJob, launch
 from lwmkit.pipelines.engine.outputs import join
-from lwmkit.pipelines.engine.progress import progress_folder
 from lwmkit.pipelines.engine.resume import skip_stored, stored_documents
-from lwmkit.pipelines.engine.stages import StageList
-from lwmkit.pipelines.engine.vqgan import (
-    LoadEncoder,
-    check_vqgan_fields,
-    encode_images,
-    join_codes,
-    prepare_vqgan_job,
-    token_dtype,
-)
+from lwmkit.pipelines.engine.stages import StageList, stage_links
+from lwmkit.pipelines.engine.vqgan import VQGANOptions, prepare_vqgan_job
 from lwmkit.pipelines.videos.download import DownloadVideo, VideoDownloadOptions
-from lwmkit.pipelines.videos.examples import VideoExampleBuilder, VideoTemplates
+from lwmkit.pipelines.videos.examples import VideoTemplates
 from lwmkit.pipelines.videos.frames import DecodeOptions
-from lwmkit.pipelines.videos.sources import VideoSourceOptions, source_kind
+from lwmkit.pipelines.videos.sources import VideoSourceOptions, read_videos, source_kind
 from lwmkit.pipelines.videos.stages import (
-    MakeVideoExample,
-    ReadVideos,
     check_text,
     content_id,
-    gather_codes,
+    decode_to_examples,
     keep_first,
-    keyed_codes,
-    run_decode,
 )
 from lwmkit.pipelines.videos.workers import DEFAULT_TASK
 from lwmkit.pipelines.writing.finalize import StageChain
@@ -103,25 +90,12 @@ from lwmkit.pipelines.writing.plan import PackOptions
 from lwmkit.pipelines.writing.tail import write_job_datasets
 
 STAGES = ("read", "text", "dedup", "download", "decode", "frames", "encode", "gather", "example")
-CHAIN = StageChain(
-    stages=STAGES,
-    links=(
-        ("text", "read"),
-        ("dedup", "text"),
-        ("download", "dedup"),
-        ("decode", "download"),
-        ("encode", "frames"),
-        ("gather", "decode"),
-        ("example", "gather"),
-    ),
-    last="example",
-    grouped=("dedup", "gather"),
-)
+CHAIN = StageChain(STAGES, stage_links(STAGES, ("read", "frames"), {"gather": "decode"}), last="example",
+                   grouped=("dedup", "gather"))
 NEAR_CHAIN = CHAIN.with_stage("near_dedup", after="download")
 # Stages a stored video skips before near dedup (it takes part there with its stored sketch) and after.
 BEFORE_NEAR, AFTER_NEAR = STAGES[1:4], STAGES[4:]
 WORK_DIR = "video-cache"
-_UNRECORDED_DECODE = ("workers", "videos_per_worker", "max_worker_rss_mb", "decoder_threads")
 
 
 class NoValidVideosError(ValueError):
@@ -129,14 +103,15 @@ class NoValidVideosError(ValueError):
 
 
 @dataclass(frozen=True)
-class VideosOptions(runner_lib.ResumeOptions):
+class VideosOptions(VQGANOptions):
     """Options of the video-text job.
 
     Attributes:
       inputs: file globs (local or any Beam filesystem) of `.parquet`, `.csv` or `.jsonl` lists.
       output: output directory.
       tokenizer: path of a SentencePiece `.model` file (the text tokenizer).
-      vqgan, vqgan_preset, vqgan_seed, vqgan_dtype: the VQGAN, as in `ImagesOptions`.
+      vqgan, vqgan_preset, vqgan_seed, vqgan_dtype, batch_size: the VQGAN, as in `ImagesOptions`
+        (`engine.vqgan.VQGANOptions`; batch_size: frames per VQGAN call).
       seq_lens: packed record lengths to produce.
       generation_fraction: share of captioned videos made generation examples.
       seed: seed of the per-video understanding/generation choice.
@@ -144,7 +119,6 @@ class VideosOptions(runner_lib.ResumeOptions):
       sources: column names and whether absolute paths may be read.
       download: yt-dlp options, the work directory (None: `<output>/video-cache`), retries, limits.
       decode: frame sampling, decoders and decode worker settings.
-      batch_size: frames per VQGAN call (RunInference batch).
       shard_tokens, pack, runner, direct_running_mode, direct_num_workers, progress, beam_args,
         force, retry_failures, keep_work: as in `BooksOptions` (a retried video that duplicates one
         already stored is not caught by dedup).
@@ -158,10 +132,6 @@ class VideosOptions(runner_lib.ResumeOptions):
     inputs: tuple[str, ...]
     output: str
     tokenizer: str
-    vqgan: str | None = None
-    vqgan_preset: str = "lwm"
-    vqgan_seed: int = 0
-    vqgan_dtype: str = "float32"
     seq_lens: tuple[int, ...] = (32768,)
     generation_fraction: float = 0.5
     seed: int = 0
@@ -169,7 +139,6 @@ class VideosOptions(runner_lib.ResumeOptions):
     sources: VideoSourceOptions = field(default_factory=VideoSourceOptions)
     download: VideoDownloadOptions = field(default_factory=VideoDownloadOptions)
     decode: DecodeOptions = field(default_factory=DecodeOptions)
-    batch_size: int = 16
     shard_tokens: int = 1 << 24
     pack: PackOptions = field(default_factory=PackOptions)
     decode_task: str = DEFAULT_TASK
@@ -183,7 +152,6 @@ class VideosOptions(runner_lib.ResumeOptions):
         if not 0.0 < self.near_threshold <= 1.0:
             raise ValueError(f"near_threshold: {self.near_threshold} must be in (0, 1] (a share of frames)")
         check_packing_fields(self.seq_lens, self.shard_tokens)
-        check_vqgan_fields(self)
         super().__post_init__()
 
     @property
@@ -192,19 +160,14 @@ class VideosOptions(runner_lib.ResumeOptions):
 
     def recorded(self) -> dict[str, Any]:
         """The options as the manifest records them (everything that shapes the output)."""
-        d = recorded_options(self, not_recorded=("decode_task", "decode_python_path"))
+        d = recorded_options(self, not_recorded=("decode_task", "decode_python_path"), near_when_on=True)
         d["download"] = self.download.recorded()
-        d["decode"] = {k: v for k, v in self.decode.to_json().items() if k not in _UNRECORDED_DECODE}
-        if not self.near_dedup:  # outputs without near dedup record what they recorded before it existed
-            d.pop("near_dedup")
-            d.pop("near_threshold")
+        d["decode"] = self.decode.recorded()
         return d
 
     def near(self) -> NearDedupOptions | None:
         """The near-dedup stage's options, or None when it is off."""
-        if not self.near_dedup:
-            return None
-        return NearDedupOptions("video", VideoHashConfig(clip_threshold=self.near_threshold))
+        return NearDedupOptions("video", VideoHashConfig(clip_threshold=self.near_threshold)) if self.near_dedup else None
 
 
 def match_inputs(patterns: Sequence[str]) -> list[str]:
@@ -237,16 +200,12 @@ def build_pipeline(
     retried: Sequence[dict] | None = None,
 ):
     """Adds the video job's stages to pipeline `p`; videos already in the work store are skipped."""
-    progress = progress_folder(options)
-    stage = StageList(progress)
-    failures, counts = stage.failures, stage.counts
-
+    stage = StageList.for_job(options)
     near = options.near()
     stored, done = stored_documents(p, receipts, frames_of)
-    paths = p | "inputs" >> beam.Create(files) | "spread files" >> beam.Reshuffle()
-    videos = stage(paths, "read", ReadVideos(options.sources))
+    videos = stage.read(p, files, read_videos, options.sources)
     videos, skipped = skip_stored(videos, done, STAGES[1:] if near is None else BEFORE_NEAR)
-    counts.append(skipped)
+    stage.counts.append(skipped)
     videos = videos | "spread videos" >> beam.Reshuffle()
     videos = stage(videos, "text", check_text)
     keyed = videos | "key by content" >> beam.Map(lambda v: (content_id(v), v))
@@ -254,41 +213,14 @@ def build_pipeline(
     videos = stage(groups, "dedup", keep_first)
     download = dataclasses.replace(options.download, work_dir=options.work_dir)
     videos = stage(videos, "download", DownloadVideo(download))
-    entries = []
-    if near is not None:
-        videos, stored, near_failures, near_counts, entry = near_dedup_new_and_stored(
-            videos, stored, near, content=video_clip, later=AFTER_NEAR, weigh=frames_of)
-        failures.append(near_failures)
-        counts.extend(near_counts)
-        entries.append(entry)
+    videos, stored = near_dedup_stage(stage, videos, stored, near, content=video_clip, later=AFTER_NEAR,
+                                      weigh=frames_of)
     videos = videos | "spread downloads" >> beam.Reshuffle()  # decodes run where workers are free
-    decoded, frames, f, c = run_decode(
-        videos, options.decode, progress, options.decode_task, options.decode_python_path
-    )
-    failures.append(f)
-    counts.append(c)
-    load = LoadEncoder(options.vqgan, options.vqgan_preset, options.vqgan_seed, options.vqgan_dtype, vqgan_sha256)
-    encoded = stage(encode_images(frames, load, options.batch_size), "encode", join_codes)
-    joined = {
-        "video": decoded | "key videos" >> beam.Map(lambda v: (v["doc_id"], v)),
-        "codes": encoded | "key codes" >> beam.Map(keyed_codes),
-    } | "join codes" >> beam.CoGroupByKey()
-    videos = stage(joined, "gather", gather_codes)
-    builder = VideoExampleBuilder(tokenizer, options.templates)
-    dtype = token_dtype(tokenizer.vocab_size)
-    examples = stage(videos, "example", MakeVideoExample(builder, options.seed, options.generation_fraction, dtype))
-    return write_job_datasets(
-        p,
-        examples,
-        failures,
-        counts,
-        options,
-        job=job,
-        chain=CHAIN if near is None else NEAR_CHAIN,
-        stored=stored,
-        retried=retried,
-        manifest_entries=entries,
-    )
+    examples = decode_to_examples(stage, videos, options, tokenizer, vqgan_sha256, options.seed,
+                                  options.generation_fraction, options.decode_task, options.decode_python_path)
+    return write_job_datasets(p, examples, stage.failures, stage.counts, options, job=job, stored=stored,
+                              chain=CHAIN if near is None else NEAR_CHAIN, retried=retried,
+                              manifest_entries=stage.entries)
 
 
 def prepare_videos(options: VideosOptions) -> PreparedJob:

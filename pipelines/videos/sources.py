@@ -40,8 +40,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from lwmkit.pipelines.engine.jsonl import count_empty, file_chunks, guard_record, parse_line, split_lines, too_long
-from lwmkit.pipelines.engine.outputs import open_input
+from lwmkit.pipelines.engine.jsonl import file_chunks, guard_record, not_an_object, parse_line, read_records, split_lines, too_long
+from lwmkit.pipelines.engine.inputs import kind_by_suffix
 from lwmkit.pipelines.engine.stages import Dropped
 from lwmkit.pipelines.images.sources import unsafe_member_name
 
@@ -88,11 +88,8 @@ def source_kind(path: str) -> str:
     Raises:
       ValueError: listing the supported suffixes.
     """
-    lower = path.lower()
-    for suffix, kind in ((".parquet", "parquet"), (".csv", "csv"), (".jsonl", "jsonl")):
-        if lower.endswith(suffix):
-            return kind
-    raise ValueError(f"{path}: unsupported video list; expected .parquet, .csv or .jsonl")
+    return kind_by_suffix(path, ((".parquet", "parquet"), (".csv", "csv"), (".jsonl", "jsonl")),
+                          "unsupported video list; expected .parquet, .csv or .jsonl")
 
 
 def parse_time(value: Any, column: str) -> float | None:
@@ -197,7 +194,7 @@ def _meta(key: str, source: str, row: dict[str, Any], url: str | None, video: st
 def row_video(path: str, line: int, row: Any, kind: str, options: VideoSourceOptions) -> dict | Dropped:
     """One input row -> a video dict, or a `Dropped` with the reason."""
     if not isinstance(row, dict):
-        return Dropped("not_an_object", f"a JSON {type(row).__name__}, expected an object", path, line)
+        return not_an_object(row, path, line)
     try:
         url = _pick(row, options.url_column, URL_COLUMNS)
         rel = _pick(row, options.path_column, PATH_COLUMNS) if url is None else None
@@ -293,15 +290,10 @@ _ROWS = {"parquet": _parquet_rows, "csv": _csv_rows, "jsonl": _jsonl_rows}
 def read_videos(path: str, options: VideoSourceOptions = VideoSourceOptions()) -> Iterator[dict | Dropped]:
     """Yields the videos of one input list, and a `Dropped` per unusable row (see the module docstring)."""
     kind = source_kind(path)
-    try:
-        f = open_input(path)
-    except Exception as e:  # missing file, permission, remote error
-        yield Dropped("unreadable_file", str(e), path, 0)
-        return
-    with f:
-        items = (
-            item if isinstance(item, Dropped)
-            else guard_record(lambda: row_video(path, item[0], item[1], kind, options), path, item[0])
-            for item in _ROWS[kind](path, f)
-        )
-        yield from count_empty(path, items)
+
+    def read(f):
+        for item in _ROWS[kind](path, f):
+            yield item if isinstance(item, Dropped) else guard_record(
+                lambda: row_video(path, item[0], item[1], kind, options), path, item[0])  # noqa: B023 - called at once
+
+    yield from read_records(path, read)

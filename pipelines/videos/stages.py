@@ -42,26 +42,19 @@ from lwmkit.pipelines.engine.stages import (
     Dropped,
     DropRecord,
     RuntimeState,
+    StageList,
     failure_row,
     split_tagged,
 )
-from lwmkit.pipelines.images.stages import check_caption
+from lwmkit.pipelines.engine.vqgan import VQGANOptions, encode_stage, token_dtype
+from lwmkit.pipelines.images.stages import ExampleStage, check_caption
 from lwmkit.pipelines.videos.examples import VideoExampleBuilder, video_kind
 from lwmkit.pipelines.videos.frames import DecodeOptions
 from lwmkit.pipelines.videos.index import VideoError
-from lwmkit.pipelines.videos.sources import VideoSourceOptions, read_videos
 from lwmkit.pipelines.videos.workers import DEFAULT_TASK, shared_pool
 from lwmkit.pipelines.writing.payload import example_payload
 
 FRAMES = "frames"
-
-
-class ReadVideos:
-    def __init__(self, sources: VideoSourceOptions):
-        self.sources = sources
-
-    def __call__(self, path: str) -> Iterator[dict | Dropped]:
-        yield from read_videos(path, self.sources)
 
 
 def check_text(video: dict) -> Iterator[dict]:
@@ -244,14 +237,10 @@ def gather_codes(element: tuple[int, dict[str, Iterable]]) -> Iterator[dict | Dr
     yield {**video, "codes": np.stack([got[i] for i in range(n)]).astype(np.int32)}  # [F, 16, 16]
 
 
-class MakeVideoExample:
+class MakeVideoExample(ExampleStage):
     """The example stage: (doc_id, payload) as `writing.payload.doc_arrays` reads it."""
 
-    def __init__(self, builder: VideoExampleBuilder, seed: int, generation_fraction: float, token_dtype: str):
-        self.builder = builder
-        self.seed = seed
-        self.generation_fraction = generation_fraction
-        self.token_dtype = token_dtype
+    builder: VideoExampleBuilder
 
     def __call__(self, video: dict) -> Iterator[tuple[int, dict]]:
         turns = video.get("turns")
@@ -271,3 +260,24 @@ class MakeVideoExample:
         yield video["doc_id"], example_payload(
             video, chars, meta, ex.tokens, self.token_dtype, ex.vision_mask, ex.loss_weights, ex.atomic_spans, kind=kind
         )
+
+
+def decode_to_examples(stage: StageList, videos, options: VQGANOptions, tokenizer, vqgan_sha256: str, seed: int,
+                       generation_fraction: float, task: str = DEFAULT_TASK, python_path=()):
+    """The stages decode -> [frames] -> encode -> gather -> example of a job that makes video examples
+    (videos, video-QA), added to its `stage` list; `options` also carries `decode` and `templates`.
+
+    Returns:
+      The example stage's output, (doc_id, payload) pairs.
+    """
+    decoded, frames, failures, counts = run_decode(videos, options.decode, stage.progress, task, python_path)
+    stage.add(failures, counts)
+    encoded = encode_stage(stage, frames, options, vqgan_sha256)
+    joined = {
+        "video": decoded | "key videos" >> beam.Map(lambda v: (v["doc_id"], v)),
+        "codes": encoded | "key codes" >> beam.Map(keyed_codes),
+    } | "join codes" >> beam.CoGroupByKey()
+    videos = stage(joined, "gather", gather_codes)
+    builder = VideoExampleBuilder(tokenizer, options.templates)
+    return stage(videos, "example",
+                 MakeVideoExample(builder, seed, generation_fraction, token_dtype(tokenizer.vocab_size)))

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from lwmkit.lwm_model.attention import dense_attention
 from lwmkit.lwm_model.layout import (
     LAYOUTS,
     apply_layout,
@@ -24,6 +25,30 @@ def packed_segments(rng: np.random.Generator, length: int, docs: int, min_len: i
     cuts = np.sort(rng.choice(np.arange(1, slots), docs - 1, replace=False)) * min_len
     lengths = np.diff(np.concatenate([[0], cuts, [length - pad]]))
     return np.concatenate([np.repeat(np.arange(1, docs + 1), lengths), np.zeros(pad, int)]).astype(np.int32)
+
+
+def attention_inputs(seed: int, batch: int, length: int, heads: int, kv_heads: int, head_dim: int):
+    """Random float32 q [B, T, H, D], k and v [B, T, KVH, D], and an output cotangent g [B, T, H, D]."""
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((batch, length, heads, head_dim)).astype(np.float32)
+    k = rng.standard_normal((batch, length, kv_heads, head_dim)).astype(np.float32)
+    v = rng.standard_normal((batch, length, kv_heads, head_dim)).astype(np.float32)
+    g = rng.standard_normal((batch, length, heads, head_dim)).astype(np.float32)
+    return q, k, v, g
+
+
+def dense_reference(segment_ids: np.ndarray, causal: bool, q, k, v, g):
+    """Dense attention in float64: output and the q, k, v gradients of <out, g>."""
+    with jax.enable_x64(True):
+        seg = jnp.asarray(segment_ids)
+
+        @jax.jit
+        def run(q, k, v, g):
+            out, vjp = jax.vjp(lambda q, k, v: dense_attention(q, k, v, seg, seg, causal=causal), q, k, v)
+            return out, vjp(g)
+
+        out, grads = run(*(jnp.asarray(x, jnp.float64) for x in (q, k, v, g)))
+        return np.asarray(out), [np.asarray(x) for x in grads]
 
 
 def brute_force_pairs(seg_q, tok_q, seg_k, tok_k, bq, bk, causal):

@@ -15,11 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import AxisType
-from lwmkit.lwm_model.attention import dense_attention, ring_attention
+from lwmkit.lwm_model.attention import ring_attention
 from lwmkit.lwm_model.layout import apply_layout, attention_work, undo_layout
 from lwmkit.lwm_model.ring import ring_attention_with_work
 
-from tests.lwm_model.test_layout import packed_segments
+from tests.lwm_model.test_layout import attention_inputs, dense_reference, packed_segments
 
 B, T, H, KVH, D = 4, 256, 4, 2, 16
 
@@ -37,28 +37,13 @@ SEG = _segments()
 
 
 def _data():
-    rng = np.random.default_rng(1)
-    q = rng.standard_normal((B, T, H, D)).astype(np.float32)
-    k = rng.standard_normal((B, T, KVH, D)).astype(np.float32)
-    v = rng.standard_normal((B, T, KVH, D)).astype(np.float32)
-    g = rng.standard_normal((B, T, H, D)).astype(np.float32)
-    return q, k, v, g
+    return attention_inputs(1, B, T, H, KVH, D)
 
 
 @functools.cache
 def _reference(causal: bool):
     """Dense attention in float64: output and the q, k, v gradients of <out, g>."""
-    q, k, v, g = _data()
-    with jax.enable_x64(True):
-        seg = jnp.asarray(SEG)
-
-        @jax.jit
-        def run(q, k, v, g):
-            out, vjp = jax.vjp(lambda q, k, v: dense_attention(q, k, v, seg, seg, causal=causal), q, k, v)
-            return out, vjp(g)
-
-        out, grads = run(*(jnp.asarray(x, jnp.float64) for x in (q, k, v, g)))
-        return np.asarray(out), [np.asarray(x) for x in grads]
+    return dense_reference(SEG, causal, *_data())
 
 
 def _mesh(dims: dict[str, int], axis_type: AxisType):

@@ -17,13 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import AxisType
-from lwmkit.lwm_model.attention import dense_attention, ring_attention
+from lwmkit.lwm_model.attention import ring_attention
 from lwmkit.lwm_model.balance import balanced_permutations
 from lwmkit.lwm_model.layout import attention_work, layout_permutation, restore_order
 from lwmkit.lwm_model.ring import ring_attention_with_work
 from lwmkit.lwm_model.ulysses import plan_heads
 
-from tests.lwm_model.test_layout import packed_segments
+from tests.lwm_model.test_layout import attention_inputs, dense_reference, packed_segments
 
 B, T, H, D = 4, 128, 8, 8
 BLOCK = 8
@@ -43,27 +43,13 @@ SEG = _segments()
 
 @functools.cache
 def _data(kv_heads: int):
-    rng = np.random.default_rng(kv_heads)
-    q = rng.standard_normal((B, T, H, D)).astype(np.float32)
-    k = rng.standard_normal((B, T, kv_heads, D)).astype(np.float32)
-    v = rng.standard_normal((B, T, kv_heads, D)).astype(np.float32)
-    g = rng.standard_normal((B, T, H, D)).astype(np.float32)
-    return q, k, v, g
+    return attention_inputs(kv_heads, B, T, H, kv_heads, D)
 
 
 @functools.cache
 def _reference(causal: bool, kv_heads: int):
     """Dense attention in float64: output and the q, k, v gradients of <out, g>."""
-    with jax.enable_x64(True):
-        seg = jnp.asarray(SEG)
-
-        @jax.jit
-        def run(q, k, v, g):
-            out, vjp = jax.vjp(lambda q, k, v: dense_attention(q, k, v, seg, seg, causal=causal), q, k, v)
-            return out, vjp(g)
-
-        out, grads = run(*(jnp.asarray(x, jnp.float64) for x in _data(kv_heads)))
-        return np.asarray(out), [np.asarray(x) for x in grads]
+    return dense_reference(SEG, causal, *_data(kv_heads))
 
 
 def _relative_error(a, b) -> float:

@@ -78,3 +78,22 @@ def count_sketch_calls(monkeypatch, name: str) -> list:
 
     monkeypatch.setattr(entry, name, counting)
     return calls
+
+
+def read_json(path):
+    """The JSON value of a file (a manifest)."""
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def read_failures(out) -> list[dict]:
+    """The rows of a job output's failures.jsonl."""
+    with open(os.path.join(out, "failures.jsonl"), encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def vqgan_job_fields(inputs, output, tokenizer: str, seq_lens, generation_fraction: float, seed: int) -> dict:
+    """The options fields the image and video job tests share: their corpus, output and tokenizer,
+    the tiny random VQGAN in batches of 4, and the packed lengths and example choice."""
+    return dict(inputs=tuple(inputs), output=str(output), tokenizer=tokenizer, vqgan_preset="tiny",
+                batch_size=4, seq_lens=seq_lens, generation_fraction=generation_fraction, seed=seed)

@@ -7,6 +7,9 @@ module runs it on a free port and stops it.
 Example:
     with serve_with(ImageHandler, {"a.png": b"..."}) as server:
         fetch(server.url("/img/a.png")); assert server.hits["/img/a.png"] == 1
+
+The fake model servers (`qa_server`, `vqa_server`, `tests/eval/openai_server`) build their own
+`ThreadingHTTPServer` and share `ServedInThread` (their `with` block) and `send_json`.
 """
 
 from __future__ import annotations
@@ -53,3 +56,28 @@ def serve_with(handler_base: type[BaseHTTPRequestHandler], files: dict[str, byte
         yield server
     finally:
         server.stop()
+
+
+class ServedInThread:
+    """`with server:` of a fake server object that built `self._httpd`: serves it from a daemon
+    thread until the block ends."""
+
+    _httpd: ThreadingHTTPServer
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.02,), daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+def send_json(handler: BaseHTTPRequestHandler, status: int, body: bytes) -> None:
+    """Answers the request `handler` is serving with `status` and the JSON bytes `body`."""
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)

@@ -26,6 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from .local_server import ServedInThread
+
 _WORDS = re.compile(r"[A-Za-z0-9']+")
 
 
@@ -93,7 +95,7 @@ class Logged:
 
 
 @dataclass
-class FakeChatServer:
+class FakeChatServer(ServedInThread):
     """The server; use as a context manager. `url` is the API root to give the client."""
 
     script: Callable[[str, int], str] = pipeline_script
@@ -133,15 +135,6 @@ class FakeChatServer:
         self._httpd.daemon_threads = True
         self._httpd.block_on_close = False
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
-
-    def __enter__(self) -> FakeChatServer:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.02,), daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._httpd.shutdown()
-        self._httpd.server_close()
 
     def drop_connections(self) -> None:
         """Closes every open connection, as a server does with idle kept-alive ones."""

@@ -32,7 +32,16 @@ from lwmkit.pipelines.engine.normalize import normalize_text
 from lwmkit.pipelines.writing.plan import PackOptions
 from lwmkit.tokenizers import SentencePieceTokenizer
 
-from .helpers import SHARED_DATA, book, record, write_jsonl, write_jsonl_zst, write_parquet
+from .helpers import (
+    SHARED_DATA,
+    book,
+    read_failures,
+    read_json,
+    record,
+    write_jsonl,
+    write_jsonl_zst,
+    write_parquet,
+)
 
 SEQ_LENS = (256, 1024)
 MIN_CHARS = 20
@@ -165,16 +174,6 @@ def built(corpus, bpe_model, tmp_path_factory):
 
 
 # --- reading an output back ------------------------------------------------------------------------
-
-
-def read_json(path):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def read_failures(out) -> list[dict]:
-    with open(os.path.join(out, "failures.jsonl"), encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
 
 
 def parquet_rows(path) -> list[dict]:

@@ -25,7 +25,7 @@ from lwmkit.pipelines.images.sources import SourceOptions
 from lwmkit.tokenizers import SentencePieceTokenizer
 from lwmkit.tokenizers.vision import EOV_ID, ImageOptions, load_image, vision_field, vision_runs
 
-from .helpers import SHARED_DATA
+from .helpers import SHARED_DATA, vqgan_job_fields
 from .image_inputs import bad_images, images, rgb, serve, write_captions, write_parquet, write_tar
 
 SEQ_LENS = (2048, 320)
@@ -143,17 +143,10 @@ def make_corpus(directory: Path, server) -> Corpus:
 
 def options(corpus: Corpus, output, tokenizer: str, **kw) -> ImagesOptions:
     defaults = dict(
-        inputs=tuple(corpus.inputs),
-        output=str(output),
-        tokenizer=tokenizer,
-        vqgan_preset="tiny",
-        seq_lens=SEQ_LENS,
-        generation_fraction=FRACTION,
-        seed=SEED,
+        **vqgan_job_fields(corpus.inputs, output, tokenizer, SEQ_LENS, FRACTION, SEED),
         images=ImageOptions(max_pixels=MAX_PIXELS),
         download=DownloadOptions(timeout_s=0.5, total_timeout_s=60.0, retries=1, backoff_s=0.01, allowed_hosts=("127.0.0.1",)),
         sources=SourceOptions(),
-        batch_size=4,
         shard_tokens=4096,
     )
     defaults.update(kw)

@@ -27,7 +27,7 @@ from lwmkit.pipelines.qa.generators import ChatGeneratorOptions, collapse_space
 from lwmkit.pipelines.qa.job import NoValidContextsError, QAOptions, run_qa
 from lwmkit.tokenizers import SentencePieceTokenizer
 
-from .helpers import book, record, write_jsonl
+from .helpers import book, read_failures, read_json, record, write_jsonl
 from .qa_server import FakeChatServer, expected, ok_pair
 
 SEQ_LEN = 2048
@@ -51,16 +51,6 @@ def chat_options(url: str, **client) -> ChatGeneratorOptions:
         base_url=url, model="fake-llm", timeout_s=3.0, retries=3, backoff_s=0.01, max_backoff_s=0.05, concurrency=8
     )
     return ChatGeneratorOptions(client=ClientOptions(**{**c, **client}), temperature=0.0)
-
-
-def read_json(path):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def read_failures(out) -> list[dict]:
-    with open(os.path.join(out, "failures.jsonl"), encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
 
 
 def context_metas(out) -> dict[int, dict]:

@@ -30,7 +30,7 @@ from lwmkit.pipelines.videos.sources import VideoSourceOptions
 from lwmkit.tokenizers import SentencePieceTokenizer
 from lwmkit.tokenizers.vision import EOF_ID, EOV_ID, frame_codes
 
-from .helpers import SHARED_DATA
+from .helpers import SHARED_DATA, vqgan_job_fields
 from .video_inputs import (
     HERE,
     corner_frame,
@@ -138,17 +138,10 @@ def make_corpus(d: Path, server) -> Corpus:
 
 def options(corpus: Corpus, output, tokenizer: str, **kw) -> VideosOptions:
     defaults = dict(
-        inputs=tuple(corpus.inputs),
-        output=str(output),
-        tokenizer=tokenizer,
-        vqgan_preset="tiny",
-        seq_lens=SEQ_LENS,
-        generation_fraction=FRACTION,
-        seed=SEED,
+        **vqgan_job_fields(corpus.inputs, output, tokenizer, SEQ_LENS, FRACTION, SEED),
         sources=VideoSourceOptions(allow_local=True),
         download=VideoDownloadOptions(timeout_s=0.5, retries=1, backoff_s=0.01, allowed_hosts=("127.0.0.1",)),
         decode=DecodeOptions(SAMPLING, chunk_frames=CHUNK),
-        batch_size=4,
         shard_tokens=8192,
         decode_task="video_inputs:crash_task",
         decode_python_path=(HERE,),

@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
+from lwmkit.pipelines.tools.sample_videos import write_silence
 
 HERE = str(Path(__file__).resolve().parent)
 SLOW_S = 3.0
@@ -80,15 +81,7 @@ def write_clip(
 
 
 def _write_audio(c, stream, seconds: float) -> None:
-    import av
-
-    for k in range(max(1, int(seconds * 8000 / 1024))):
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-        frame.sample_rate, frame.pts = 8000, k * 1024
-        for p in stream.encode(frame):
-            c.mux(p)
-    for p in stream.encode():
-        c.mux(p)
+    write_silence(c, stream, 8000, max(1, int(seconds * 8000 / 1024)))
 
 
 def write_vfr_clip(path: str | Path, times_ms: Sequence[int], w: int = 64, h: int = 48) -> str:
@@ -126,14 +119,7 @@ def write_zero_frame_clip(path: str | Path) -> str:
     with av.open(str(path), "w") as c:
         s = c.add_stream("libvpx-vp9", rate=10)
         s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
-        a = c.add_stream("libopus", rate=48000)
-        for k in range(5):
-            frame = av.AudioFrame.from_ndarray(np.zeros((1, 960), np.float32), format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = 48000, k * 960
-            for p in a.encode(frame):
-                c.mux(p)
-        for p in a.encode():
-            c.mux(p)
+        write_silence(c, c.add_stream("libopus", rate=48000), 48000, 5, 960)
     return str(path)
 
 

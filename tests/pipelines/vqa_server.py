@@ -23,6 +23,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
+from .local_server import ServedInThread, send_json
+
 _LINE = re.compile(r"^\[(\d+)\] (\S+)-(\S+): (.*)$", re.M)
 
 
@@ -31,7 +33,7 @@ def bucket(images: list[str]) -> int:
 
 
 @dataclass
-class VideoQAServer:
+class VideoQAServer(ServedInThread):
     log: list[dict] = field(default_factory=list)
 
     def __post_init__(self):
@@ -55,24 +57,11 @@ class VideoQAServer:
                 else:
                     body = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}],
                                        "usage": {"prompt_tokens": 50, "completion_tokens": 10, "total_tokens": 60}}).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                send_json(self, status, body)
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
-
-    def __enter__(self):
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.02,), daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._httpd.shutdown()
-        self._httpd.server_close()
 
     @property
     def requests(self) -> int:
