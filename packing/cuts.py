@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -63,8 +63,13 @@ class Piece:
     prefix: int = 0
 
     def to_list(self) -> list[int]:
-        """The plan's plain-data form: [doc, offset, length] or [doc, offset, length, prefix]."""
-        return [self.doc, self.offset, self.length] + ([self.prefix] if self.prefix else [])
+        """The plan's plain-data form, [doc, offset, length, prefix]; `Piece(*form)` reads it back."""
+        return [self.doc, self.offset, self.length, self.prefix]
+
+    def take(self, values: np.ndarray) -> np.ndarray:
+        """This piece's entries of a per-token array of its document."""
+        body = values[self.offset : self.offset + self.length - self.prefix]
+        return np.concatenate([values[: self.prefix], body]) if self.prefix else body
 
 
 @dataclass(frozen=True)
@@ -189,16 +194,16 @@ class CutStats:
     condition_tokens_repeated: int = 0
     dropped: list[tuple[int, str, str]] = field(default_factory=list)  # (doc, reason, detail)
 
-    COUNTS = ("documents_split", "documents_truncated", "documents_dropped", "tokens_dropped", "documents_tail_kept",
-              "frames_dropped", "documents_condition_repeated", "condition_tokens_repeated")
+    def _counts(self) -> list[str]:
+        return [f.name for f in fields(self) if f.name != "dropped"]
 
     def merge(self, other: CutStats) -> None:
-        for name in self.COUNTS:
+        for name in self._counts():
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.dropped += other.dropped
 
     def to_json(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in self.COUNTS}
+        return {name: getattr(self, name) for name in self._counts()}
 
 
 def _check_spans(doc: int, n: int, spans: Sequence[Span]) -> None:

@@ -50,14 +50,9 @@ def pack_records(
         segments = []
         for p in bin_:
             d = docs[p.doc]
-            end = p.offset + p.length - p.prefix
-
-            def take(a: np.ndarray, p=p, end=end) -> np.ndarray:
-                return np.concatenate([a[: p.prefix], a[p.offset : end]]) if p.prefix else a[p.offset : end]
-
             segments.append(
-                Segment(int(d["doc_id"]), p.offset, take(d["tokens"]), take(d["vision_mask"]), take(d["loss_weights"]),
-                        prefix=p.prefix)
+                Segment(int(d["doc_id"]), p.offset, p.take(d["tokens"]), p.take(d["vision_mask"]),
+                        p.take(d["loss_weights"]), prefix=p.prefix)
             )
         out.append(assemble_packed(segments, seq_len, piece_positions=piece_positions, loss_policy=loss_policy))
     return out

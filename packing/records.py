@@ -284,14 +284,15 @@ def check_packed(record: Mapping[str, Any], seq_len: int, piece_positions: str =
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if k else np.zeros(0, np.int64)
     expected_pos = np.zeros(seq_len, dtype=np.int64)
     prefix = np.asarray(record.get("segment_prefix_lengths", np.zeros(k)), dtype=np.int64)
-    if np.any(prefix < 0) or np.any(prefix >= np.maximum(lengths, 1)):
+    if np.any(prefix < 0) or np.any(prefix >= lengths):
         return ["a segment's prefix is not shorter than the segment"]
     if k:
-        expected_pos[:used] = np.arange(used) - np.repeat(starts, lengths)
+        within = np.arange(used) - np.repeat(starts, lengths)  # index inside its segment
+        in_prefix = within < np.repeat(prefix, lengths)
+        expected_pos[:used] = within
         if piece_positions == "continue":
-            shift = np.repeat(np.asarray(record["segment_offsets"], dtype=np.int64) - prefix, lengths)
-            expected_pos[:used] += np.where(expected_pos[:used] >= np.repeat(prefix, lengths), shift, 0)
-        in_prefix = (np.arange(used) - np.repeat(starts, lengths)) < np.repeat(prefix, lengths)
+            offsets = np.asarray(record["segment_offsets"], dtype=np.int64)
+            expected_pos[:used] += np.where(in_prefix, 0, np.repeat(offsets - prefix, lengths))
         if np.any(np.asarray(record["loss_weights"])[:used][in_prefix] != 0):
             problems.append("a segment's prefix carries non-zero loss weight")
     if not np.array_equal(pos, expected_pos):

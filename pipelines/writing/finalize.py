@@ -145,10 +145,10 @@ def _documents_table(plan: dict, seq_len: int | None):
         pieces: list[list[dict]] = [[] for _ in docs]
         for r, bin_ in enumerate(p["bins"]):
             shard, local = record_location(p["shard_starts"], r)
-            for j, (doc, offset, length, *prefix) in enumerate(bin_):
+            for j, (doc, offset, length, prefix) in enumerate(bin_):
                 pieces[doc].append(
                     {"shard": shard, "record": local, "index": r, "segment": j, "offset": offset, "length": length,
-                     "prefix": prefix[0] if prefix else 0}
+                     "prefix": prefix}
                 )
         for lst in pieces:
             lst.sort(key=lambda x: x["offset"])

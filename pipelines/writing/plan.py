@@ -249,6 +249,5 @@ def iter_placements(plan: dict[str, Any]) -> Iterator[tuple[int, tuple]]:
     for seq_len, p in plan["packed"].items():
         for r, pieces in enumerate(p["bins"]):
             shard, local = record_location(p["shard_starts"], r)
-            for j, piece in enumerate(pieces):
-                doc, offset, length, *prefix = piece
-                yield docs[doc]["doc_id"], (seq_len, shard, p["num_shards"], local, j, offset, length, prefix[0] if prefix else 0)
+            for j, (doc, offset, length, prefix) in enumerate(pieces):
+                yield docs[doc]["doc_id"], (seq_len, shard, p["num_shards"], local, j, offset, length, prefix)

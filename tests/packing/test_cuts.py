@@ -44,11 +44,12 @@ def test_docstring_examples():
 
 
 FRAMES = st.lists(st.integers(min_value=2, max_value=12), min_size=1, max_size=12)
+VIDEOS = given(prefix=st.integers(min_value=3, max_value=10), frames=FRAMES, tail=st.integers(min_value=1, max_value=8),
+               seq_len=st.integers(min_value=8, max_value=60))
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.integers(min_value=3, max_value=10), FRAMES, st.integers(min_value=1, max_value=6),
-       st.integers(min_value=8, max_value=60))
+@VIDEOS
 def test_repeat_condition_keeps_the_condition_before_every_frame(prefix, frames, tail, seq_len):
     n, spans = _video(prefix, frames, tail)
     pieces, stats = cut_document(0, n, seq_len, spans, "by_kind", ExampleShape("generation", prefix, len(frames)))
@@ -72,8 +73,7 @@ def test_repeat_condition_keeps_the_condition_before_every_frame(prefix, frames,
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.integers(min_value=3, max_value=10), FRAMES, st.integers(min_value=1, max_value=8),
-       st.integers(min_value=8, max_value=60))
+@VIDEOS
 def test_keep_tail_keeps_the_prefix_a_frame_and_the_whole_tail(prefix, frames, tail, seq_len):
     n, spans = _video(prefix, frames, tail)
     pieces, stats = cut_document(0, n, seq_len, spans, "by_kind", ExampleShape("understanding", prefix, len(frames)))
