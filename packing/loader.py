@@ -88,7 +88,7 @@ class LoaderConfig:
       online_seq_len, online_window: pack a document directory on the fly to this seq_len.
       cache_dir: where directories on object storage (`s3://`, `gs://`) are copied to be read
         (default `$LWMKIT_CACHE/datasets` or `~/.cache/lwmkit/datasets`).
-      verify_checksums: check every record read against its shard's CRC32C table, so a damaged
+      verify_checksums: check every record read against its shard's checksum table, so a damaged
         byte raises `ShardFileError` (naming the file and record) instead of reaching a batch;
         False skips the check (see docs/benchmarks.md, loader section, for its cost).
     """

@@ -3,7 +3,7 @@
 Every lwmkit output directory has one. Its content is deterministic for the same inputs and
 options, except the single field `timestamps`. `verify_directory` re-counts and re-hashes the shards
 and is what `lwm-pack inspect` runs; `add_checksums` gives a dataset written before lwmkit recorded
-CRC32C tables its tables (`packing/integrity.py`).
+checksum tables its tables (`packing/integrity.py`).
 
 A manifest may come from anywhere (a downloaded dataset, object storage), so `load_manifest` reads
 at most `MAX_MANIFEST_BYTES`, refuses JSON nested too deeply, and checks the type of every field a
@@ -16,8 +16,7 @@ import os
 import re
 from typing import Any
 
-from lwmkit.packing.integrity import FIELD as CHECKSUMS_FIELD
-from lwmkit.packing.integrity import ShardChecksums, file_checksums
+from lwmkit.packing.integrity import ShardChecksums, file_checksums, has_table, table_of
 from lwmkit.packing.json_input import parse_json, read_json
 from lwmkit.packing.records import READABLE_VERSIONS
 from lwmkit.packing.shard_layout import CorruptShard, UnsupportedLayout
@@ -25,7 +24,7 @@ from lwmkit.packing.shards import count_records, describe_shard, file_sha256, wr
 
 MANIFEST_NAME = "manifest.json"
 TIMESTAMP_FIELD = "timestamps"
-# A CRC32C table costs ~5.3 bytes of JSON per 64 KiB of shards: 256 MiB holds petabytes of them.
+# A checksum table costs ~10.7 bytes of JSON per 64 KiB of shards: 256 MiB holds petabytes of them.
 MAX_MANIFEST_BYTES = 256 << 20
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -64,7 +63,7 @@ def check_manifest(manifest: Any, path: str) -> dict[str, Any]:
 
     Checked: `format_version`; `kind` and `seq_len`, `records` where present; each entry of
     `shards` (a plain file name, non-negative `records` and `bytes`, a hex `sha256`, a valid
-    `crc32c` table if present).
+    checksum table if present).
 
     Raises:
       ManifestError: naming `path`, the field and what is wrong with it.
@@ -106,19 +105,16 @@ def _check_shard(shard: Any, where: str) -> None:
             raise ManifestError(f"{where} ({name}): {key} {shard.get(key)!r} is not a count")
     if not isinstance(shard.get("sha256"), str) or not _SHA256.match(shard["sha256"]):
         raise ManifestError(f"{where} ({name}): sha256 {shard.get('sha256')!r} is not 64 hex digits")
-    if CHECKSUMS_FIELD in shard:
+    if has_table(shard):
         try:
-            ShardChecksums.from_json(shard[CHECKSUMS_FIELD])
+            table_of(shard)
         except ValueError as e:
             raise ManifestError(f"{where} ({name}): {e}") from None
 
 
 def shard_checksums(manifest: dict[str, Any]) -> list[ShardChecksums | None]:
-    """Each listed shard's CRC32C table (None for a shard listed without one)."""
-    return [
-        ShardChecksums.from_json(s[CHECKSUMS_FIELD]) if CHECKSUMS_FIELD in s else None
-        for s in manifest["shards"]
-    ]
+    """Each listed shard's checksum table (None for a shard listed without one)."""
+    return [table_of(s) for s in manifest["shards"]]
 
 
 def shard_paths(directory: str, manifest: dict[str, Any] | None = None) -> list[str]:
@@ -131,7 +127,7 @@ def verify_directory(directory: str, checksums: bool = True) -> list[str]:
     """Checks a dataset directory against its manifest; returns the problems found (empty if none).
 
     Checks that every listed shard exists, has the listed record count (and SHA-256, if
-    `checksums`, and then its CRC32C table where it has one), that no unlisted shard of the
+    `checksums`, and then its checksum table where it has one), that no unlisted shard of the
     dataset lies beside them, and that the totals add up.
 
     Raises:
@@ -164,7 +160,7 @@ def verify_directory(directory: str, checksums: bool = True) -> list[str]:
             problems.append(f"{path}: {n} records, manifest says {shard['records']}")
         if checksums and file_sha256(path) != shard["sha256"]:
             problems.append(f"{path}: SHA-256 differs from the manifest")
-        elif checksums and CHECKSUMS_FIELD in shard:
+        elif checksums and has_table(shard):
             problems += _table_problems(path, shard)
     prefix = f"{manifest['dataset_name']}-"
     for name in sorted(os.listdir(directory)):
@@ -176,17 +172,18 @@ def verify_directory(directory: str, checksums: bool = True) -> list[str]:
 
 
 def _table_problems(path: str, shard: dict[str, Any]) -> list[str]:
-    """A shard's CRC32C table against its bytes (its SHA-256 already matched)."""
-    listed = ShardChecksums.from_json(shard[CHECKSUMS_FIELD])
+    """A shard's checksum table against its bytes (its SHA-256 already matched)."""
+    listed = table_of(shard)
+    label = listed.hash.label
     try:
-        found = file_checksums(path, listed.range_bytes)
+        found = file_checksums(path, listed.range_bytes, listed.hash)
     except (CorruptShard, UnsupportedLayout) as e:  # the table cannot describe this file
-        return [f"{path}: the manifest lists a CRC32C table, but the shard is not lwmkit's layout: {e}"]
-    return [] if found == listed else [f"{path}: its CRC32C table differs from the manifest's"]
+        return [f"{path}: the manifest lists a {label} table, but the shard is not lwmkit's layout: {e}"]
+    return [] if found == listed else [f"{path}: its {label} table differs from the manifest's"]
 
 
 def add_checksums(directory: str) -> int:
-    """Records a CRC32C table for every shard of a local dataset directory listed without one.
+    """Records a checksum table (XXH3-64) for every shard of a local dataset directory listed without one.
 
     For datasets written before lwmkit recorded tables (they are read through ArrayRecord until
     then; see `packing/shard_reader.py`). Each such shard's SHA-256 is checked against the
@@ -203,7 +200,7 @@ def add_checksums(directory: str) -> int:
     manifest = load_manifest(directory)
     added = 0
     for shard in manifest.get("shards", []):
-        if CHECKSUMS_FIELD in shard:
+        if has_table(shard):
             continue
         path = os.path.join(directory, shard["file"])
         try:
@@ -215,7 +212,7 @@ def add_checksums(directory: str) -> int:
                 f"{path}: differs from the manifest (SHA-256, record count or size); not adding "
                 "a checksum table for damaged bytes"
             )
-        shard[CHECKSUMS_FIELD] = info.crc32c
+        shard[info.checksums.key] = info.checksums.to_json()
         added += 1
     if added:
         write_json_atomic(os.path.join(directory, MANIFEST_NAME), manifest)

@@ -167,7 +167,7 @@ def online_packed_dataset(
     """Packed records made on the fly from a document directory (one pass, in packing order).
 
     The document order is the offline packer's: manifest order, or its seeded permutation. Every
-    document read is checked against its shard's CRC32C table unless `verify_checksums=False`
+    document read is checked against its shard's checksum table unless `verify_checksums=False`
     (see `ShardDataSource`).
 
     Raises:

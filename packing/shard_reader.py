@@ -8,7 +8,7 @@ reads a record as a zero-copy view of the map (when it lies inside one block) or
 its bytes, block headers skipped, into a recycled buffer (`packing/record_buffers.py`, when it
 crosses blocks).
 
-Integrity (`verify=True`, the default): given the shard's CRC32C table from the manifest
+Integrity (`verify=True`, the default): given the shard's checksum table from the manifest
 (`packing/integrity.py`), the bytes outside the records are checked at open and the range holding
 a record on every read, before the record is returned, so a byte flipped anywhere in the file
 raises `ShardFileError` naming the file and the record instead of reaching a batch. A shard
@@ -18,7 +18,7 @@ ArrayRecord's speed); `verify=False` reads every shard through mmap unchecked.
 
 Any file that is a valid ArrayRecord file but laid out otherwise (compressed, several records per
 chunk, transposed chunks, another footer version) is read through Grain's `ArrayRecordDataSource`
-instead, unless the manifest lists a CRC32C table for it (lwmkit wrote it, so another layout means
+instead, unless the manifest lists a checksum table for it (lwmkit wrote it, so another layout means
 damage); the choice is made once per file at open and shown by `mode`, `fallback_reason` and the
 repr. A file that is not a readable ArrayRecord file (truncated, damaged headers) raises
 `ShardFileError` naming the file, and the record where there is one.
@@ -64,7 +64,7 @@ from lwmkit.packing.shard_layout import (
 MMAP = "mmap"
 FALLBACK = "array_record"
 NO_CHECKSUMS = (
-    "no CRC32C table in the manifest (a shard written before lwmkit recorded one): ArrayRecord "
+    "no checksum table in the manifest (a shard written before lwmkit recorded one): ArrayRecord "
     "checks Riegeli's chunk hashes instead"
 )
 __all__ = ["FALLBACK", "MMAP", "RecordBuffers", "ShardFile", "ShardFileError", "ShardReader"]
@@ -133,7 +133,7 @@ class ShardFile:
       path: the shard file.
       expected_records: if given, the count the file must hold (e.g. the manifest's).
       buffers: where records that cross blocks are copied to (default: a pool of its own).
-      checksums: the shard's CRC32C table from the manifest, if it has one.
+      checksums: the shard's checksum table from the manifest, if it has one.
       verify: check every read (see the module docstring); False reads through mmap unchecked.
 
     Raises:
@@ -307,7 +307,7 @@ class ShardReader:
     Args:
       paths: the shard files, in order.
       records: if given, the record count each file must hold (e.g. from the manifest).
-      checksums: if given, each file's CRC32C table from the manifest (None for a file without).
+      checksums: if given, each file's checksum table from the manifest (None for a file without).
       verify: check every read (see the module docstring).
 
     Raises:

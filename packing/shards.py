@@ -4,7 +4,7 @@ A dataset directory holds `<name>-<split>.array_record-00000-of-00016` shards (g
 every record is randomly accessible), TFDS's `dataset_info.json` and `features.json`, and
 lwmkit's `manifest.json` (see `manifest.py`). Every file is written under a temporary name and
 renamed into place, so a crash never leaves a file that looks complete. `write_shard` returns what
-the manifest lists for the shard: its record count, size, SHA-256 and CRC32C table
+the manifest lists for the shard: its record count, size, SHA-256 and checksum table
 (`integrity.py`), all computed in one pass over the written file.
 """
 
@@ -19,8 +19,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from lwmkit.packing.integrity import FIELD as CHECKSUMS_FIELD
-from lwmkit.packing.integrity import close_map, compute_checksums, map_shard
+from lwmkit.packing.integrity import (
+    ShardChecksums,
+    close_map,
+    compute_checksums,
+    map_shard,
+    table_of,
+)
 
 SPLIT = "train"
 # Uncompressed, one record per chunk: random access to any record, and reading a record costs a
@@ -34,28 +39,31 @@ _SHARD_RE = re.compile(r"^(?P<name>[a-z0-9_]+)-(?P<split>\w+)\.array_record-(?P<
 class ShardInfo:
     """What was written to one shard file: its entry in the manifest's `shards`.
 
-    `crc32c` is the checksum table (`integrity.ShardChecksums.to_json()`); None for shards written
-    before lwmkit recorded one, and then left out of the JSON.
+    `checksums` is the checksum table (`integrity.ShardChecksums`), listed under its manifest key
+    (`checksums`, or `crc32c` for a CRC32C table written before); None for shards written before
+    lwmkit recorded one, and then left out of the JSON.
     """
 
     file: str  # base name inside the dataset directory
     records: int
     bytes: int
     sha256: str
-    crc32c: dict[str, Any] | None = None
+    checksums: ShardChecksums | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = {"file": self.file, "records": self.records, "bytes": self.bytes, "sha256": self.sha256}
-        if self.crc32c is not None:
-            out[CHECKSUMS_FIELD] = dict(self.crc32c)
+        if self.checksums is not None:
+            out[self.checksums.key] = self.checksums.to_json()
         return out
 
     @classmethod
     def from_json(cls, entry: Mapping[str, Any]) -> ShardInfo:
-        """The inverse of `to_json`; other keys of `entry` (a job's per-shard stats) are ignored."""
-        return cls(
-            entry["file"], entry["records"], entry["bytes"], entry["sha256"], entry.get(CHECKSUMS_FIELD)
-        )
+        """The inverse of `to_json`; other keys of `entry` (a job's per-shard stats) are ignored.
+
+        Raises:
+          ValueError: the entry's checksum table is malformed.
+        """
+        return cls(entry["file"], entry["records"], entry["bytes"], entry["sha256"], table_of(entry))
 
 
 def shard_name(name: str, index: int, count: int, split: str = SPLIT) -> str:
@@ -74,7 +82,7 @@ def parse_shard_name(filename: str) -> tuple[str, str, int, int] | None:
 
 
 def describe_shard(path: str, name: str | None = None) -> ShardInfo:
-    """The manifest entry of an lwmkit shard file: count, size, SHA-256 and CRC32C table.
+    """The manifest entry of an lwmkit shard file: count, size, SHA-256 and checksum table.
 
     Raises:
       OSError, UnsupportedLayout, CorruptShard: the file cannot be read or is not laid out as
@@ -87,7 +95,7 @@ def describe_shard(path: str, name: str | None = None) -> ShardInfo:
             len(index.starts),
             index.size,
             hashlib.sha256(data).hexdigest(),
-            compute_checksums(data, index).to_json(),
+            compute_checksums(data, index),
         )
     finally:
         del data
@@ -126,7 +134,7 @@ def write_shard(path: str, records: Iterable[bytes]) -> ShardInfo:
     the writer closed cleanly; on any error the temporary file is removed.
 
     Returns:
-      The shard's manifest entry: record count, size, SHA-256 and CRC32C table (`describe_shard`).
+      The shard's manifest entry: record count, size, SHA-256 and checksum table (`describe_shard`).
     """
     from array_record.python.array_record_module import ArrayRecordWriter
 

@@ -2,7 +2,7 @@
 
 Records are read with `ShardReader` (`packing/shard_reader.py`): lwmkit's own shards through mmap,
 one copy per record (none for records inside one 64 KiB block), and any other ArrayRecord file
-through Grain's `ArrayRecordDataSource`. Every read is checked against the shard's CRC32C table
+through Grain's `ArrayRecordDataSource`. Every read is checked against the shard's checksum table
 from the manifest (`packing/integrity.py`) unless `verify_checksums=False`.
 
 Example:
@@ -36,7 +36,7 @@ class ShardDataSource:
 
     Integrity: with `verify_checksums` (the default) a byte flipped anywhere in a shard raises
     `ShardFileError` naming the shard file and the record, at open or at the read of that record,
-    before it reaches a batch. Shards listed without a CRC32C table (written before lwmkit
+    before it reaches a batch. Shards listed without a checksum table (written before lwmkit
     recorded one) are read through ArrayRecord, which checks Riegeli's chunk hashes, at
     ArrayRecord's speed; a warning says so once, and `packing.add_checksums(directory)` adds the
     tables. `verify_checksums=False` reads every shard through mmap unchecked (see
@@ -45,7 +45,7 @@ class ShardDataSource:
     Args:
       directory: a dataset directory (local, or on object storage).
       cache_dir: where a copy of a directory on object storage goes.
-      verify_checksums: check every read against the manifest's CRC32C tables.
+      verify_checksums: check every read against the manifest's checksum tables.
 
     Raises:
       ManifestError: if the directory has no readable manifest.
@@ -66,7 +66,7 @@ class ShardDataSource:
         tables = shard_checksums(self.manifest)
         if verify_checksums and None in tables:
             warnings.warn(
-                f"{directory}: {tables.count(None)} of {len(tables)} shards have no CRC32C table in "
+                f"{directory}: {tables.count(None)} of {len(tables)} shards have no checksum table in "
                 "the manifest (written before lwmkit recorded them); they are read through "
                 "ArrayRecord, which checks Riegeli's chunk hashes, at its lower speed. "
                 f"lwmkit.packing.add_checksums({self.local_directory!r}) adds the tables.",

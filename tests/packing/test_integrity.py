@@ -17,7 +17,13 @@ import numpy as np
 import pytest
 from lwmkit.packing import make_loader
 from lwmkit.packing.integrity import RANGE_BYTES, ShardChecksums, file_checksums, map_shard
-from lwmkit.packing.manifest import ManifestError, add_checksums, load_manifest, verify_directory
+from lwmkit.packing.manifest import (
+    ManifestError,
+    add_checksums,
+    load_manifest,
+    shard_checksums,
+    verify_directory,
+)
 from lwmkit.packing.online import online_packed_dataset
 from lwmkit.packing.shard_layout import BLOCK, BLOCK_HEADER
 from lwmkit.packing.shard_reader import FALLBACK, MMAP, ShardFileError
@@ -135,8 +141,9 @@ def test_every_flipped_byte_of_a_document_shard_is_caught(documents, tmp_path):
     originals = [{k: np.array(v) if isinstance(v, np.ndarray) else v for k, v in clean[i].items()}
                  for i in range(len(clean))]  # fmt: skip
     shard = _first_shard(documents)
-    table = ShardChecksums.from_json(load_manifest(documents)["shards"][0]["crc32c"])
-    assert table.range_bytes == RANGE_BYTES and len(table.ranges) // 4 < len(originals) // 2
+    table = ShardChecksums.from_json(load_manifest(documents)["shards"][0]["checksums"])
+    assert table.algorithm == "xxh3_64" and table.range_bytes == RANGE_BYTES
+    assert len(table.values()) < len(originals) // 2
     for n, (position, what) in enumerate(sorted(_positions(shard).items())):
         bad = _flipped_copy(documents, str(tmp_path / f"flip-{n}"), position, mask=0x80)
         with pytest.raises(ShardFileError) as caught:
@@ -165,7 +172,7 @@ def test_the_loader_raises_with_0_and_2_workers_and_reads_unchecked_when_told(pa
     shard = _first_shard(bad)
     for workers in (0, 2):
         it = make_loader(bad, 2, shuffle=False, num_epochs=1, worker_count=workers, shard_index=0, shard_count=1)
-        with pytest.raises(ShardFileError, match=rf"{re.escape(shard)}: record 2\b.*CRC32C mismatch"):
+        with pytest.raises(ShardFileError, match=rf"{re.escape(shard)}: record 2\b.*XXH3-64 mismatch"):
             for _ in it:
                 pass
     clean = list(make_loader(packed, 2, shuffle=False, num_epochs=1, shard_index=0, shard_count=1))
@@ -195,7 +202,7 @@ def _strip_tables(directory: str) -> None:
     path = os.path.join(directory, "manifest.json")
     manifest = json.loads(open(path).read())
     for shard in manifest["shards"]:
-        del shard["crc32c"]
+        del shard["checksums"]
     with open(path, "w") as f:
         json.dump(manifest, f)
 
@@ -204,7 +211,7 @@ def test_old_shards_are_checked_by_array_record_until_add_checksums(packed, tmp_
     old = str(tmp_path / "old")
     shutil.copytree(packed, old)
     _strip_tables(old)
-    with pytest.warns(UserWarning, match="no CRC32C table.*add_checksums"):
+    with pytest.warns(UserWarning, match="no checksum table.*add_checksums"):
         src = ShardDataSource(old)
     assert src.reader_modes == {FALLBACK: 2}
     assert ShardDataSource(old, verify_checksums=False).reader_modes == {MMAP: 2}
@@ -225,18 +232,19 @@ def test_a_table_that_does_not_fit_the_shard_is_refused(packed, tmp_path):
     shutil.copytree(packed, d)
     path = os.path.join(d, "manifest.json")
     manifest = json.loads(open(path).read())
-    table = ShardChecksums.from_json(manifest["shards"][0]["crc32c"])
-    manifest["shards"][0]["crc32c"] = ShardChecksums(table.range_bytes, table.outside, table.ranges[:-4]).to_json()
-    manifest["shards"][1]["crc32c"]["outside"] ^= 1
+    table = ShardChecksums.from_json(manifest["shards"][0]["checksums"])
+    manifest["shards"][0]["checksums"] = ShardChecksums(table.range_bytes, table.outside, table.ranges[:-8]).to_json()
+    other = ShardChecksums.from_json(manifest["shards"][1]["checksums"])
+    manifest["shards"][1]["checksums"] = ShardChecksums(other.range_bytes, other.outside ^ 1, other.ranges).to_json()
     open(path, "w").write(json.dumps(manifest))
-    n = len(table.ranges) // 4  # a packed record of 4K tokens has a range of its own
+    n = len(table.values())  # a packed record of 4K tokens has a range of its own
     with pytest.raises(ShardFileError, match=rf"lists {n - 1} ranges, but the file's {n} records make {n}\b"):
         ShardDataSource(d)
     problems = verify_directory(d)
-    assert len(problems) == 2 and all("CRC32C table differs" in p for p in problems)
-    manifest["shards"][0]["crc32c"] = file_checksums(_first_shard(d)).to_json()
+    assert len(problems) == 2 and all("XXH3-64 table differs" in p for p in problems)
+    manifest["shards"][0]["checksums"] = file_checksums(_first_shard(d)).to_json()
     open(path, "w").write(json.dumps(manifest))
-    with pytest.raises(ShardFileError, match="CRC32C mismatch outside the records"):
+    with pytest.raises(ShardFileError, match="XXH3-64 mismatch outside the records"):
         ShardDataSource(d)
 
 
@@ -250,34 +258,68 @@ def test_a_damaged_compression_byte_is_not_read_as_another_layout(packed, tmp_pa
         ShardDataSource(bad)
 
 
-def test_the_table_is_what_docs_format_md_describes(documents):
-    """Section 4.1 computed from its text alone: ranges over chunk extents, then `outside`."""
+def _tables_from_the_spec(directory: str, value, width: int) -> list[tuple[dict, int]]:
+    """docs/format.md section 4.1 computed from its text alone: ranges over chunk extents, then
+    `outside`, with the hash `value` (bytes -> int) of `width` bytes; (table, records) per shard."""
     import base64
     import mmap
 
-    import google_crc32c
     from lwmkit.packing.shard_layout import index_shard
 
-    shapes = []
-    for entry in load_manifest(documents)["shards"]:
-        path = os.path.join(documents, entry["file"])
+    out = []
+    for entry in load_manifest(directory)["shards"]:
+        path = os.path.join(directory, entry["file"])
         data = open(path, "rb").read()
         with open(path, "rb") as f:
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
             index = index_shard(mm)
             mm.close()
         ends = [*index.chunks, index.footer]
-        n, a, crcs = len(index.chunks), 0, []
+        n, a, hashes = len(index.chunks), 0, []
         while a < n:
             b = next((j for j in range(a + 1, n) if ends[j] >= ends[a] + 65536), n)
-            crcs.append(google_crc32c.value(data[ends[a] : ends[b]]).to_bytes(4, "little"))
+            hashes.append(value(data[ends[a] : ends[b]]).to_bytes(width, "little"))
             a = b
-        outside = google_crc32c.value(data[: ends[0]] + data[index.footer :])
-        expected = {"version": 1, "range_bytes": 65536, "outside": outside,
-                    "ranges": base64.b64encode(b"".join(crcs)).decode()}  # fmt: skip
-        assert entry["crc32c"] == expected
-        shapes.append((len(crcs), n))
+        outside = value(data[: ends[0]] + data[index.footer :])
+        table = {"version": 1, "range_bytes": 65536, "outside": outside,
+                 "ranges": base64.b64encode(b"".join(hashes)).decode()}  # fmt: skip
+        out.append((table, n))
+    return out
+
+
+def test_the_table_is_what_docs_format_md_describes(documents):
+    import xxhash
+
+    shapes = []
+    tables = _tables_from_the_spec(documents, xxhash.xxh3_64_intdigest, 8)
+    for entry, (table, n) in zip(load_manifest(documents)["shards"], tables, strict=True):
+        expected = {"algorithm": "xxh3_64", **table, "outside": f"{table['outside']:016x}"}
+        assert entry["checksums"] == expected and "crc32c" not in entry
+        shapes.append((len(ShardChecksums.from_json(expected).values()), n))
     assert all(r < n for r, n in shapes) and max(r for r, _ in shapes) > 1  # shared, and several
+
+
+def test_tables_written_before_with_crc32c_are_still_checked(documents, tmp_path):
+    """A manifest listing section 4.1's older CRC32C tables (key `crc32c`) reads through mmap,
+    checked with CRC32C: a flipped byte is caught, and inspect finds the tables right."""
+    import google_crc32c
+
+    old = str(tmp_path / "crc32c")
+    shutil.copytree(documents, old)
+    path = os.path.join(old, "manifest.json")
+    manifest = json.loads(open(path).read())
+    tables = _tables_from_the_spec(old, google_crc32c.value, 4)
+    for shard, (table, _) in zip(manifest["shards"], tables, strict=True):
+        del shard["checksums"]
+        shard["crc32c"] = table
+    open(path, "w").write(json.dumps(manifest))
+    src = ShardDataSource(old)
+    assert src.reader_modes == {MMAP: 2} and verify_directory(old) == []
+    assert [t.algorithm for t in shard_checksums(load_manifest(old))] == ["crc32c", "crc32c"]
+    assert add_checksums(old) == 0 and load_manifest(old) == manifest  # nothing to add
+    bad = _flipped_copy(old, str(tmp_path / "crc32c-bad"), _payload_position(old, 4, 0.5), mask=0x40)
+    with pytest.raises(ShardFileError, match=r"CRC32C mismatch"):
+        _read_all(ShardDataSource(bad), [{} for _ in range(len(src))])
 
 
 def test_an_error_while_a_shard_is_mapped_is_not_hidden_by_closing_the_map(packed, monkeypatch):

@@ -173,6 +173,21 @@ def test_a_deeply_nested_manifest_is_a_manifest_error(tmp_path):
               "crc32c": {"version": 1, "range_bytes": 65536, "outside": 0, "ranges": "AAA"}}],  # fmt: skip
             "crc32c.ranges is not base64",
         ),
+        (
+            [{"file": "s", "records": 1, "bytes": 1, "sha256": "0" * 64,
+              "checksums": {"algorithm": "md5", "version": 1}}],  # fmt: skip
+            "checksums.algorithm 'md5'",
+        ),
+        (
+            [{"file": "s", "records": 1, "bytes": 1, "sha256": "0" * 64, "checksums": {
+              "algorithm": "xxh3_64", "version": 1, "range_bytes": 65536, "outside": 5, "ranges": ""}}],  # fmt: skip
+            "checksums.outside must be 16 lower-case hex digits",
+        ),
+        (
+            [{"file": "s", "records": 1, "bytes": 1, "sha256": "0" * 64, "checksums": {
+              "algorithm": "xxh3_64", "version": 1, "range_bytes": 65536, "outside": "0" * 16, "ranges": "AAAAAA=="}}],  # fmt: skip
+            "checksums.ranges holds 4 bytes, not whole uint64s",
+        ),
     ],
 )
 def test_malformed_shard_entries_name_the_field(shards, reason):

@@ -53,18 +53,19 @@ def test_write_then_read_round_trip(tmp_path):
         records=len(records),
         bytes=os.path.getsize(path),
         sha256=hashlib.sha256(open(path, "rb").read()).hexdigest(),
-        crc32c=file_checksums(path).to_json(),
+        checksums=file_checksums(path),
     )
     assert info.to_json() == {
         "file": info.file,
         "records": info.records,
         "bytes": info.bytes,
         "sha256": info.sha256,
-        "crc32c": info.crc32c,
+        "checksums": info.checksums.to_json(),
     }
+    assert info.checksums.algorithm == "xxh3_64"
     assert ShardInfo.from_json({**info.to_json(), "tokens": 5}) == info  # a job's stats ignored
     old = ShardInfo(info.file, info.records, info.bytes, info.sha256)  # a pre-table manifest entry
-    assert "crc32c" not in old.to_json() and ShardInfo.from_json(old.to_json()) == old
+    assert "checksums" not in old.to_json() and ShardInfo.from_json(old.to_json()) == old
 
 
 def test_empty_shard(tmp_path):
@@ -77,7 +78,7 @@ def test_empty_shard(tmp_path):
 def test_same_records_same_file(tmp_path):
     a = write_shard(str(tmp_path / "a" / "s"), _records(50))
     b = write_shard(str(tmp_path / "b" / "s"), _records(50))
-    assert a.sha256 == b.sha256 and a.crc32c == b.crc32c  # the table is as deterministic
+    assert a.sha256 == b.sha256 and a.checksums == b.checksums  # the table is as deterministic
     c = write_shard(str(tmp_path / "c" / "s"), _records(49))
     assert c.sha256 != a.sha256
 

@@ -92,3 +92,32 @@ def test_through_a_proxy_the_target_is_checked(plain, other, tmp_path, monkeypat
         assert proxy.seen and not any(line.startswith("GET http://127.0.0.2") for line in proxy.seen)
     finally:
         proxy.stop()
+
+
+def test_ytdlp_through_a_connect_proxy_is_pinned_to_the_checked_address(ca, ca_pem, tmp_path, monkeypatch):
+    # yt-dlp's own connections (a URL without a media suffix) through an https proxy tunnel: the
+    # proxy is asked for the checked address, never the name, so it never resolves it again.
+    first = HostileServer("127.0.0.1", {"v": VIDEO}, ca=ca)
+    second = HostileServer("127.0.0.2", {"v": VIDEO}, ca=ca, port=first.port)
+    proxy = Proxy()
+    try:
+        monkeypatch.setenv("https_proxy", proxy.url)
+        monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+        url, options = first.url("/m/v", host="rebind.test"), vopts(tmp_path, ca_bundle=ca_pem)
+        rebinding(monkeypatch, "rebind.test", "127.0.0.1", "127.0.0.1")  # a stable name first
+        path, _ = fetch_video(url, "k", options)
+        assert open(path, "rb").read() == VIDEO  # TLS in the tunnel checked the name
+        pinned = {f"CONNECT 127.0.0.1:{first.port}"}
+        assert len(proxy.seen) >= 2 and {line.rsplit(" ", 1)[0] for line in proxy.seen} == pinned
+        proxy.seen.clear()
+        rebinding(monkeypatch, "rebind.test", "127.0.0.1", "127.0.0.2")  # then one that rebinds
+        try:
+            fetch_video(url, "k2", vopts(tmp_path / "again", ca_bundle=ca_pem))
+        except DownloadError as e:
+            assert e.reason == "blocked_address"  # a later look-up answered 127.0.0.2: refused here
+        assert {line.rsplit(" ", 1)[0] for line in proxy.seen} <= pinned
+        assert sum(second.hits.values()) == 0
+    finally:
+        proxy.stop()
+        first.stop()
+        second.stop()

@@ -11,7 +11,7 @@ import time
 import pytest
 from lwmkit.pipelines.images.download import DownloadError, DownloadOptions, fetch
 
-from tests.pipelines.hostile_web import PNG, Proxy, rebinding
+from tests.pipelines.hostile_web import PNG, HostileServer, Proxy, rebinding
 
 LOCAL = ("127.0.0.1",)
 
@@ -94,6 +94,22 @@ def test_https_through_a_connect_proxy_checks_the_tunnel(tls, other, ca_pem, mon
         assert len(proxy.seen) == 1
     finally:
         proxy.stop()
+
+
+def test_a_connect_tunnel_is_pinned_to_the_checked_address(tls, ca_pem, monkeypatch):
+    # The proxy is asked for the address we checked, never the name: a name that would resolve
+    # elsewhere the second time (here, for the proxy) cannot move the tunnel.
+    second = HostileServer("127.0.0.2", {"a.png": PNG}, port=tls.port)
+    proxy = Proxy()
+    try:
+        answers = rebinding(monkeypatch, "rebind.test", "127.0.0.1", "127.0.0.2")
+        monkeypatch.setenv("https_proxy", proxy.url)
+        assert fetch(tls.url("/f/a.png", host="rebind.test"), opts(ca_bundle=ca_pem)) == PNG  # TLS checks the name
+        assert [line.rsplit(" ", 1)[0] for line in proxy.seen] == [f"CONNECT 127.0.0.1:{tls.port}"]
+        assert answers == ["127.0.0.1"] and sum(second.hits.values()) == 0
+    finally:
+        proxy.stop()
+        second.stop()
 
 
 def test_a_rebinding_name_is_resolved_once_and_pinned(tls, other, ca_pem, monkeypatch):

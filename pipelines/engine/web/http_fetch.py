@@ -5,7 +5,8 @@
 same into memory. Every connection is resolved once, checked and pinned (`url_guard.connect_checked`),
 each redirect is a new connection checked the same way and may go to http(s) only, at most
 `max_redirects` times; through an HTTP proxy (from the environment, as urllib reads it) the proxy's
-address and the request's target are both checked. The whole fetch, retries and backoff included,
+address and the request's target are both checked, and an https tunnel is pinned to the checked
+address (`url_guard`). The whole fetch, retries and backoff included,
 runs under one wall-clock `Deadline(total_timeout_s)` enforced on the sockets: a trickling server
 ends as `timeout` however it sends its bytes. https verifies against `url_guard.ssl_context`.
 Failures are `DownloadError(reason, detail)` (reasons in `images/download.py`).

@@ -26,7 +26,10 @@ The socket layer, below HTTP, shared by both downloaders:
   `check_address` on the address actually connected to (with the host name it was resolved from,
   so `allowed_hosts` may name hosts), every socket joins the deadline, and a request through an
   HTTP proxy has its target (the absolute URL of a plain-http request, the host of a CONNECT)
-  checked too. Other threads and code outside the block are untouched.
+  checked too. A CONNECT tunnel is pinned: the host is resolved here, every answer checked, and the
+  proxy is asked for the checked address (`CONNECT 93.184.216.34:443`), never the name, so it has
+  nothing to resolve again; TLS inside the tunnel still verifies the certificate against the name.
+  Other threads and code outside the block are untouched.
 
 `ssl_context(ca_bundle)` is the TLS trust of every https fetch: the system store, plus the PEM
 bundle named by `ca_bundle` or the `SSL_CERT_FILE` environment variable; verification and host
@@ -41,6 +44,7 @@ import ipaddress
 import os
 import socket
 import ssl
+import sys
 import threading
 import time
 import urllib.parse
@@ -279,12 +283,14 @@ class Guard:
         self.names: dict[str, str] = {}
         self.refused: DownloadError | None = None
 
-    def check(self, host: str, port: int | None = None, ip: str | None = None) -> None:
+    def check(self, host: str, port: int | None = None, ip: str | None = None) -> str:
+        """Checks `ip` for `host`, or else every address `host` resolves to; returns the address
+        checked (the first answer, when `host` was resolved)."""
         try:
             if ip is None:
-                checked_addresses(host, port or 80, self.options)
-            else:
-                check_address(host, ip, self.options)
+                return checked_addresses(host, port or 80, self.options)[0][4][0]
+            check_address(host, ip, self.options)
+            return ip
         except DownloadError as e:
             self.refused = e
             raise
@@ -324,13 +330,47 @@ def _putrequest(self, method, url, *args, **kwargs):
 
 def _set_tunnel(self, host, port=None, *args, **kwargs):
     guard = _active()
-    if guard is not None:  # CONNECT through a proxy: the tunnel's far end is checked by name
+    if guard is not None:  # CONNECT through a proxy: the far end is resolved and checked here ...
         name, given = host, port
         if port is None and host.count(":") == 1:
             name, _, rest = host.partition(":")
             given = int(rest) if rest.isdigit() else None
-        guard.check(name.strip("[]"), given or 443)
+        self._lwmkit_tunnel_ip = guard.check(name.strip("[]"), given or 443)
     return _ORIGINAL_SET_TUNNEL(self, host, port, *args, **kwargs)
+
+
+def _pinned_tunnel(original):
+    """... and the CONNECT line names that address: `_tunnel` (http.client's, or urllib3's own)
+    writes `_tunnel_host` into it, so the name is swapped for the address just while it runs; the
+    TLS handshake after it (SNI, certificate check) still uses the name."""
+
+    def _tunnel(self):
+        ip = getattr(self, "_lwmkit_tunnel_ip", None)
+        if ip is None:
+            return original(self)
+        name = self._tunnel_host
+        bare = ":" not in ip or hasattr(self, "_wrap_ipv6")  # Python 3.12+ and urllib3 add brackets
+        self._tunnel_host = ip if bare else f"[{ip}]"
+        try:
+            return original(self)
+        finally:
+            self._tunnel_host = name
+
+    _tunnel.lwmkit_pinned = True
+    return _tunnel
+
+
+def _pin_tunnels() -> None:
+    """Wraps every `_tunnel` a connection class in use defines: http.client's, and urllib3's (which
+    yt-dlp's requests handler uses) once it is imported."""
+    classes = [http.client.HTTPConnection]
+    urllib3_connection = sys.modules.get("urllib3.connection")
+    if urllib3_connection is not None:
+        classes.append(urllib3_connection.HTTPConnection)
+    for cls in classes:
+        tunnel = cls.__dict__.get("_tunnel")
+        if tunnel is not None and not getattr(tunnel, "lwmkit_pinned", False):
+            cls._tunnel = _pinned_tunnel(tunnel)
 
 
 def _install() -> None:
@@ -342,6 +382,7 @@ def _install() -> None:
             http.client.HTTPConnection.putrequest = _putrequest
             http.client.HTTPConnection.set_tunnel = _set_tunnel
             _installed = True
+        _pin_tunnels()
 
 
 @contextlib.contextmanager
