@@ -57,7 +57,13 @@ from typing import Any
 from lwmkit.pipelines.engine.outputs import is_local, join, read_output_bytes, write_output_bytes
 from lwmkit.pipelines.engine.stages import DropRecord
 from lwmkit.pipelines.engine.web.url_guard import DownloadError, DownloadOptions, check_url
-from lwmkit.pipelines.videos.transport import direct_media, fetch_direct, guarded_ytdlp
+from lwmkit.pipelines.videos.transport import (
+    direct_media,
+    fetch_direct,
+    fetch_unclaimed,
+    guarded_ytdlp,
+    site_extractor,
+)
 
 RETRYABLE = frozenset({"timeout", "connection_error", "rate_limited"})
 # (reason, lower-case fragments of yt-dlp's messages), checked in order: the first match wins.
@@ -245,9 +251,11 @@ def _attempt(url: str, target: str, options: VideoDownloadOptions, clip) -> str:
         if time.monotonic() > deadline:
             raise _Abort("timeout", f"transfer not finished within {options.total_timeout_s:g}s ({done} bytes)")
 
-    suffix = direct_media(url)
-    if suffix and not (options.time_ranges and (clip[0] is not None or clip[1] is not None)):
+    whole = not (options.time_ranges and (clip[0] is not None or clip[1] is not None))
+    if whole and (suffix := direct_media(url)):
         return fetch_direct(url, target, suffix, options)
+    if whole and site_extractor(url) is None and (path := fetch_unclaimed(url, target, options)):
+        return path
     try:
         with guarded_ytdlp(options), yt_dlp.YoutubeDL(_ydl_options(target, options, clip, log, hook)) as ydl:
             info = ydl.extract_info(url, download=True)

@@ -5,6 +5,11 @@
   checked and pinned, TLS with the system store plus `ca_bundle`/`$SSL_CERT_FILE`) when no clip cut
   is asked for. yt-dlp's generic extractor would GET such a file twice (once to look at it, once to
   download it).
+- So is a URL that no yt-dlp site extractor claims (`site_extractor`: only the generic one would
+  take it), when no clip cut is asked for: our client GETs it, and if the answer is served as a
+  video type (`MEDIA_TYPES`) that one GET is the download (`fetch_unclaimed`). Anything else (a page)
+  is left unread after its headers and goes to yt-dlp's generic extractor, which reads the page
+  and fetches the video it finds once.
 - Anything else goes to yt-dlp inside `engine.web.url_guard.guarded`: every connection yt-dlp (or
   urllib3 under it) makes in this thread is checked on the address it connects to (redirects,
   DNS answers that change, proxies and a plain-http proxy's target included), and the whole run
@@ -21,7 +26,7 @@ import threading
 import urllib.parse
 from collections.abc import Iterator
 
-from lwmkit.pipelines.engine.web.http_fetch import fetch_into
+from lwmkit.pipelines.engine.web.http_fetch import NotAccepted, fetch_into
 from lwmkit.pipelines.engine.web.url_guard import (
     Deadline,
     DownloadError,
@@ -31,6 +36,12 @@ from lwmkit.pipelines.engine.web.url_guard import (
 )
 
 MEDIA_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".m4v", ".avi", ".flv", ".ts", ".mpg", ".mpeg", ".ogv")
+# A response served as one of these is the video itself: its file suffix.
+MEDIA_TYPES = {
+    "video/mp4": ".mp4", "video/webm": ".webm", "video/x-matroska": ".mkv", "video/quicktime": ".mov",
+    "video/x-m4v": ".m4v", "video/x-msvideo": ".avi", "video/x-flv": ".flv", "video/mp2t": ".ts",
+    "video/mpeg": ".mpg", "video/ogg": ".ogv",
+}
 
 
 _EXTRA_CA = threading.local()  # the CA bundle yt-dlp's TLS contexts trust in this thread, inside the block
@@ -72,6 +83,18 @@ def direct_media(url: str) -> str | None:
     return suffix if suffix in MEDIA_SUFFIXES else None
 
 
+_EXTRACTORS: list = []
+
+
+def site_extractor(url: str) -> str | None:
+    """The name of the first yt-dlp extractor other than the generic one that claims `url`, or None."""
+    if not _EXTRACTORS:
+        from yt_dlp.extractor import gen_extractor_classes
+
+        _EXTRACTORS.extend(ie for ie in gen_extractor_classes() if ie.ie_key() != "Generic")
+    return next((ie.ie_key() for ie in _EXTRACTORS if ie.suitable(url)), None)
+
+
 _REASONS = {"http_404": "unavailable", "http_410": "unavailable", "http_429": "rate_limited"}
 
 
@@ -84,6 +107,29 @@ def fetch_direct(url: str, target: str, suffix: str, options) -> str:
     except DownloadError as e:
         raise DownloadError(_REASONS.get(e.reason, e.reason), e.detail) from e
     return path
+
+
+def fetch_unclaimed(url: str, target: str, options) -> str | None:
+    """One GET of a URL no site extractor claims: the path `target + suffix` it wrote if the answer
+    is served as a video type, else None (the body is left unread; yt-dlp reads the page)."""
+    found: dict[str, str] = {}
+
+    def accept(headers: dict[str, str]) -> bool:
+        kind = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        found["suffix"] = MEDIA_TYPES.get(kind, "")
+        return bool(found["suffix"])
+
+    part = target + ".download"
+    try:
+        with contextlib.ExitStack() as files:
+            fetch_into(url, net_options(options), lambda: files.enter_context(open(part, "wb")), accept=accept)
+    except NotAccepted:
+        os.remove(part)
+        return None
+    except DownloadError as e:
+        raise DownloadError(_REASONS.get(e.reason, e.reason), e.detail) from e
+    os.replace(part, target + found["suffix"])
+    return target + found["suffix"]
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@
 
     /f/<name>            the file `<name>` (Content-Type from its suffix)
     /m/<name>            the file `<name>` as video/mp4 (a media URL without a media suffix)
+    /w/<name>            an HTML page with a <video> of /m/<name> (what only yt-dlp can download)
     /trickle[.mp4]       declares 4096 bytes, sends one byte every 0.2 s
     /hang[.mp4]          sends headers, then nothing until the server stops
     /lie[.mp4]           declares 4096 bytes, sends 10 and closes
@@ -72,6 +73,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self._redirect(query["u"][0])
             elif path == "/loop":
                 self._redirect("/loop")
+            elif path.startswith("/w/") and path[3:] in srv.files:
+                body = f'<html><body><video src="/m/{path[3:]}"></video></body></html>'.encode()
+                self._head(200, len(body), "text/html")
+                if self.command == "GET":
+                    self.wfile.write(body)
             elif path == "/page":
                 body = b"<html><head><title>nothing here</title></head><body>no video</body></html>"
                 self._head(200, len(body), "text/html")

@@ -41,18 +41,28 @@ def test_ytdlp_over_https_trusts_the_ca_bundle_and_nothing_less(tls, ca_pem, tmp
     # yt-dlp builds its own TLS contexts (certifi's roots when certifi is installed, ignoring
     # $SSL_CERT_FILE); --ca-bundle must reach them as it reaches lwmkit's own client.
     tls.files["v"] = VIDEO
-    assert reason(tls.url("/m/v"), vopts(tmp_path / "none")) != "ok"  # the test CA is not trusted by default
-    path, _ = fetch_video(tls.url("/m/v"), "k", vopts(tmp_path / "bundle", ca_bundle=ca_pem))
+    assert reason(tls.url("/w/v"), vopts(tmp_path / "none")) != "ok"  # the test CA is not trusted by default
+    path, _ = fetch_video(tls.url("/w/v"), "k", vopts(tmp_path / "bundle", ca_bundle=ca_pem))
     assert open(path, "rb").read() == VIDEO
     monkeypatch.setenv("SSL_CERT_FILE", ca_pem)
-    path, _ = fetch_video(tls.url("/m/v"), "k", vopts(tmp_path / "env"))
+    path, _ = fetch_video(tls.url("/w/v"), "k", vopts(tmp_path / "env"))
     assert open(path, "rb").read() == VIDEO
 
 
 def test_ytdlp_downloads_through_the_guard(plain, tmp_path):
-    plain.files["v"] = VIDEO
-    path, _ = fetch_video(plain.url("/m/v"), "k", vopts(tmp_path))
+    plain.files["w1"] = VIDEO
+    path, _ = fetch_video(plain.url("/w/w1"), "k", vopts(tmp_path))  # a page: only yt-dlp finds its video
     assert open(path, "rb").read() == VIDEO
+    assert plain.gets("/m/w1") == 1  # the video itself, once
+
+
+def test_a_video_served_without_a_media_suffix_is_one_get(plain, tmp_path):
+    # No site extractor claims the URL and it answers as video/mp4: our client's one GET is the
+    # download (yt-dlp's generic extractor would GET it twice: to look at it, then to download it).
+    plain.files["m1"] = VIDEO
+    path, fresh = fetch_video(plain.url("/m/m1"), "k", vopts(tmp_path))
+    assert fresh and open(path, "rb").read() == VIDEO and path.endswith(".mp4")
+    assert plain.gets("/m/m1") == 1
 
 
 @pytest.mark.parametrize("route", ["/trickle", "/trickle.mp4"])
@@ -95,7 +105,7 @@ def test_through_a_proxy_the_target_is_checked(plain, other, tmp_path, monkeypat
 
 
 def test_ytdlp_through_a_connect_proxy_is_pinned_to_the_checked_address(ca, ca_pem, tmp_path, monkeypatch):
-    # yt-dlp's own connections (a URL without a media suffix) through an https proxy tunnel: the
+    # yt-dlp's own connections (a page only yt-dlp can download) through an https proxy tunnel: the
     # proxy is asked for the checked address, never the name, so it never resolves it again.
     first = HostileServer("127.0.0.1", {"v": VIDEO}, ca=ca)
     second = HostileServer("127.0.0.2", {"v": VIDEO}, ca=ca, port=first.port)
@@ -103,7 +113,7 @@ def test_ytdlp_through_a_connect_proxy_is_pinned_to_the_checked_address(ca, ca_p
     try:
         monkeypatch.setenv("https_proxy", proxy.url)
         monkeypatch.setenv("HTTPS_PROXY", proxy.url)
-        url, options = first.url("/m/v", host="rebind.test"), vopts(tmp_path, ca_bundle=ca_pem)
+        url, options = first.url("/w/v", host="rebind.test"), vopts(tmp_path, ca_bundle=ca_pem)
         rebinding(monkeypatch, "rebind.test", "127.0.0.1", "127.0.0.1")  # a stable name first
         path, _ = fetch_video(url, "k", options)
         assert open(path, "rb").read() == VIDEO  # TLS in the tunnel checked the name

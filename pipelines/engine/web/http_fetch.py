@@ -130,7 +130,17 @@ def _is_timeout(e: BaseException) -> bool:
     return isinstance(e, urllib.error.URLError) and isinstance(e.reason, TimeoutError | socket.timeout)
 
 
-def _attempt(url: str, options: DownloadOptions, opener, deadline: Deadline, sink: BinaryIO) -> dict[str, str]:
+class NotAccepted(DownloadError):
+    """The response's headers were not what the caller accepts (`fetch_into(accept=...)`): its body
+    was not read. Never retried."""
+
+    def __init__(self, headers: dict[str, str]):
+        super().__init__("not_accepted", f"Content-Type {headers.get('content-type', '')!r}")
+        self.headers = headers
+
+
+def _attempt(url: str, options: DownloadOptions, opener, deadline: Deadline, sink: BinaryIO,
+             accept: Callable[[dict[str, str]], bool] | None = None) -> dict[str, str]:
     request = urllib.request.Request(url, headers={"User-Agent": options.user_agent, "Accept": "*/*"})
     for h in opener.handlers:
         if isinstance(h, _Handler):
@@ -140,6 +150,9 @@ def _attempt(url: str, options: DownloadOptions, opener, deadline: Deadline, sin
             length = response.headers.get("Content-Length")
             if length is not None and length.strip().isdigit() and int(length) > options.max_bytes:
                 raise DownloadError("too_large", f"Content-Length {int(length)} exceeds {options.max_bytes} bytes")
+            headers = {k.lower(): v for k, v in response.headers.items()}
+            if accept is not None and not accept(headers):
+                raise NotAccepted(headers)
             size = 0
             while chunk := response.read1(_CHUNK) if hasattr(response, "read1") else response.read(_CHUNK):
                 size += len(chunk)
@@ -149,7 +162,7 @@ def _attempt(url: str, options: DownloadOptions, opener, deadline: Deadline, sin
             deadline.check(f"transfer ({size} bytes read)")  # a shut-down socket reads as an early end
             if length is not None and length.strip().isdigit() and size != int(length):
                 raise DownloadError("connection_error", f"{size} bytes of a declared {int(length)} arrived")
-            return {k.lower(): v for k, v in response.headers.items()}
+            return headers
     except DownloadError:
         raise
     except urllib.error.HTTPError as e:
@@ -167,10 +180,13 @@ def _attempt(url: str, options: DownloadOptions, opener, deadline: Deadline, sin
 
 
 def fetch_into(url: str, options: DownloadOptions, open_sink: Callable[[], BinaryIO], *,
-               sleep: Callable[[float], None] = time.sleep, opener=None) -> dict[str, str]:
-    """Streams `url`'s body into `open_sink()` (one per attempt); returns the response headers.
+               sleep: Callable[[float], None] = time.sleep, opener=None,
+               accept: Callable[[dict[str, str]], bool] | None = None) -> dict[str, str]:
+    """Streams `url`'s body into `open_sink()` (one per attempt); returns the response headers
+    (lower-case names). `accept(headers)`, if given, sees the headers first: False stops there.
 
     Raises:
+      NotAccepted: `accept` refused the response (nothing of the body was read or written).
       DownloadError: with the reason of the last attempt (`timeout` once `total_timeout_s` passed).
     """
     opener = opener or guarded_opener(options)
@@ -180,7 +196,7 @@ def fetch_into(url: str, options: DownloadOptions, open_sink: Callable[[], Binar
         with guarded(options, deadline):
             while True:
                 try:
-                    return _attempt(url, options, opener, deadline, open_sink())
+                    return _attempt(url, options, opener, deadline, open_sink(), accept)
                 except DownloadError as e:
                     if not e.retryable or attempt >= options.retries or deadline.expired:
                         if attempt:
