@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from lwmkit.pipelines.engine import runner as runner_lib
 from lwmkit.pipelines.engine.inputs import read_tokenizer
+from lwmkit.pipelines.engine.job_options import check_ranges
 from lwmkit.pipelines.engine.lifecycle import PreparedJob, job_record
 from lwmkit.pipelines.engine.stages import Dropped, StageList
 from lwmkit.tokenizers import vqgan_config
@@ -39,10 +40,7 @@ def check_vqgan_fields(options: Any) -> None:
         raise ValueError(f"vqgan_preset: {options.vqgan_preset!r} is not one of {list(VQGAN_PRESETS)}")
     if options.vqgan_dtype not in VQGAN_DTYPES:
         raise ValueError(f"vqgan_dtype: {options.vqgan_dtype!r} is not one of {list(VQGAN_DTYPES)}")
-    if not 0.0 <= options.generation_fraction <= 1.0:
-        raise ValueError(f"generation_fraction: {options.generation_fraction} is outside [0, 1]")
-    if not 1 <= options.batch_size <= 4096:
-        raise ValueError(f"batch_size: {options.batch_size} is outside 1..4096")
+    check_ranges(options, generation_fraction="[0, 1]", batch_size="1..4096")
 
 
 @dataclass(frozen=True, kw_only=True)

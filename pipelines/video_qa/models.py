@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+from lwmkit.pipelines.engine.job_options import check_ranges
 from lwmkit.pipelines.qa.client import ChatStep, ClientOptions, MalformedReply, reply_content
 from lwmkit.pipelines.qa.generators import InvalidReply, QAPair, Reply, collapse_space, parse_pairs
 
@@ -99,10 +100,7 @@ class ChatCaptionerOptions:
     max_chars: int = 2000
 
     def __post_init__(self):
-        if not 1 <= self.max_tokens <= 32768:
-            raise ValueError(f"max_tokens: {self.max_tokens} is outside 1..32768")
-        if not 0 <= self.temperature <= 2:
-            raise ValueError(f"temperature: {self.temperature} is outside [0, 2]")
+        check_ranges(self, max_tokens="1..32768", temperature="[0, 2]")
 
 
 @dataclass(frozen=True)
@@ -115,10 +113,7 @@ class ChatQAOptions:
     max_tokens: int = 1024
 
     def __post_init__(self):
-        if not 1 <= self.questions <= 64:
-            raise ValueError(f"questions: {self.questions} is outside 1..64")
-        if not 1 <= self.max_tokens <= 32768:
-            raise ValueError(f"max_tokens: {self.max_tokens} is outside 1..32768")
+        check_ranges(self, questions="1..64", max_tokens="1..32768")
 
 
 @dataclass(frozen=True)
@@ -128,8 +123,7 @@ class OfflineOptions:
     questions: int = 4
 
     def __post_init__(self):
-        if not 1 <= self.questions <= 64:
-            raise ValueError(f"questions: {self.questions} is outside 1..64")
+        check_ranges(self, questions="1..64")
 
 
 def _describe_chat(kind: str, options: Any) -> dict[str, Any]:
