@@ -130,3 +130,22 @@ def assert_same_outputs(out: Path, other: Path, subs: Sequence[str]) -> None:
         _, mismatch, errors = filecmp.cmpfiles(out / sub, other / sub, names, shallow=False)
         assert mismatch == [] and errors == []
     assert (out / "failures.jsonl").read_text() == (other / "failures.jsonl").read_text()
+
+
+def build_job(base: Path, server, make_corpus, options, run, tokenizer: str) -> tuple:
+    """(corpus, options, manifest, output) of `run` over the corpus `make_corpus` writes in base/in
+    (its URLs on `server`), with `options(corpus, base / "out", tokenizer)`."""
+    corpus = make_corpus(base / "in", server)
+    opts = options(corpus, base / "out", tokenizer)
+    return corpus, opts, run(opts), base / "out"
+
+
+def checked_failures(out: Path, input_failures: Sequence[tuple]) -> tuple[list[dict], list[tuple]]:
+    """The failures rows of a job output, and the (stage, file, line, reason) of those of its
+    packing stages (`pack-*`), sorted; checks that every row has a detail and that the rows of the
+    other stages are `input_failures`."""
+    rows = read_failures(out)
+    assert all(r["detail"] for r in rows)
+    where = [((r["stage"], r["file"], r["line"], r["reason"]), r["stage"].startswith("pack-")) for r in rows]
+    assert sorted(w for w, packing in where if not packing) == sorted(input_failures)
+    return rows, sorted(w for w, packing in where if packing)

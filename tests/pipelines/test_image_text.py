@@ -24,7 +24,7 @@ from lwmkit.pipelines.images.sources import SourceOptions
 from lwmkit.tokenizers import SentencePieceTokenizer
 from lwmkit.tokenizers.vision import EOV_ID, ImageOptions, load_image, vision_field, vision_runs
 
-from .helpers import SHARED_DATA, assert_same_outputs, documents_by_source, unset_proxies, vqgan_job_fields
+from .helpers import SHARED_DATA, assert_same_outputs, build_job, checked_failures, documents_by_source, unset_proxies, vqgan_job_fields
 from .image_inputs import bad_images, images, rgb, serve, write_captions, write_parquet, write_tar
 
 SEQ_LENS = (2048, 320)
@@ -152,35 +152,22 @@ SERVED = {"u1.png": rgb(seed=50), "u2.jpg": rgb(seed=51, fmt="JPEG"), "slow": rg
 
 
 @pytest.fixture(scope="module")
-def server():
-    with serve(SERVED) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory, bpe_model, server):
-    with pytest.MonkeyPatch.context() as mp:
+def built(tmp_path_factory, bpe_model):
+    with serve(SERVED) as server, pytest.MonkeyPatch.context() as mp:
         unset_proxies(mp)
-        base = tmp_path_factory.mktemp("images")
-        corpus = make_corpus(base / "in", server)
-        opts = options(corpus, base / "out", bpe_model)
-        manifest = run_images(opts)
-        yield corpus, opts, manifest, base / "out"
+        yield build_job(tmp_path_factory.mktemp("images"), server, make_corpus, options, run_images, bpe_model)
 
 
 def test_failures_and_counts(built):
     corpus, _, manifest, out = built
-    rows = [json.loads(x) for x in (out / "failures.jsonl").read_text().splitlines()]
-    inputs = [r for r in rows if not r["stage"].startswith("pack-")]
-    assert sorted((r["stage"], r["file"], r["line"], r["reason"]) for r in inputs) == sorted(corpus.failures)
-    assert all(r["detail"] for r in rows)
+    rows, packing = checked_failures(out, corpus.failures)
     # An example longer than a record is dropped from that record length, never cut from its image.
     docs = documents_by_source(out)
     too_long = sorted(
         (f"pack-{n}", *w, "frame_too_long" if d["meta"]["kind"] == "generation" else "tail_too_long")
         for w, d in docs.items() for n in SEQ_LENS if len(d["tokens"]) > n
     )
-    assert too_long and sorted((r["stage"], r["file"], r["line"], r["reason"]) for r in rows if r not in inputs) == too_long
+    assert too_long and packing == too_long
     assert manifest["documents"] == len(corpus.good)
     stages = manifest["stages"]
     assert set(stages) == set(CHAIN.stages)

@@ -29,7 +29,7 @@ from lwmkit.pipelines.videos.sources import VideoSourceOptions
 from lwmkit.tokenizers import SentencePieceTokenizer
 from lwmkit.tokenizers.vision import EOF_ID, EOV_ID, frame_codes
 
-from .helpers import SHARED_DATA, assert_same_outputs, documents_by_source, unset_proxies, vqgan_job_fields
+from .helpers import SHARED_DATA, assert_same_outputs, build_job, checked_failures, documents_by_source, unset_proxies, vqgan_job_fields
 from .video_inputs import (
     HERE,
     corner_frame,
@@ -157,23 +157,16 @@ def server():
 def built(tmp_path_factory, bpe_model, server):
     with pytest.MonkeyPatch.context() as mp:
         unset_proxies(mp)
-        base = tmp_path_factory.mktemp("videos")
-        corpus = make_corpus(base / "in", server)
-        opts = options(corpus, base / "out", bpe_model)
-        manifest = run_videos(opts)
-        yield corpus, opts, manifest, base / "out"
+        yield build_job(tmp_path_factory.mktemp("videos"), server, make_corpus, options, run_videos, bpe_model)
 
 
 def test_failures_and_counts(built):
     corpus, _, manifest, out = built
-    rows = [json.loads(x) for x in (out / "failures.jsonl").read_text().splitlines()]
-    inputs = [r for r in rows if not r["stage"].startswith("pack-")]
-    assert sorted((r["stage"], r["file"], r["line"], r["reason"]) for r in inputs) == sorted(corpus.failures)
-    assert all(r["detail"] for r in rows)
+    rows, packing = checked_failures(out, corpus.failures)
     # chat examples longer than a record are dropped from it (a tail could lose the answers' evidence)
     too_long = sorted((f"pack-{n}", *w, "too_long") for w, d in documents_by_source(out).items() for n in SEQ_LENS
                       if d["meta"]["kind"] == "chat" and len(d["tokens"]) > n)
-    assert too_long and sorted((r["stage"], r["file"], r["line"], r["reason"]) for r in rows if r not in inputs) == too_long
+    assert too_long and packing == too_long
     assert "SIGABRT" in next(r["detail"] for r in rows if r["reason"] == "decoder_crashed")
     assert "after 2 attempts" in next(r["detail"] for r in rows if r["reason"] == "timeout")
     s = manifest["stages"]
