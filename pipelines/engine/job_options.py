@@ -1,16 +1,18 @@
-"""What every job's options share: the checks of the packing fields, the range check of a numeric
-field, and the recorded options.
+"""What every job's options share: the checks of the packing fields, the checks of a numeric field's
+range and of a named choice, and the recorded options.
 
 `BooksOptions`, `ImagesOptions` and `VideosOptions` each add their own fields; these helpers keep
 their common fields checked with the same messages and recorded in the manifest the same way.
-`check_ranges` gives every options class of a job (and of its stages) one way to say which values a
-numeric field allows, written the way its error shows it.
+`check_ranges` and `check_choices` give every options class of a job (and of its stages) one way to
+say which values a field allows: a range written the way its error shows it, or the names allowed.
 
 Example:
     check_packing_fields((32768, 131072), 1 << 24)   # fine
     check_packing_fields((32768, 32768), 1 << 24)    # ValueError: seq_lens: ... repeats a length
     check_ranges(options, retries="0..10", timeout_s="(0, 3600]")
     # options.timeout_s == 0 -> ValueError: timeout_s: 0 is outside (0, 3600]
+    check_choices(options, order=("shuffle", "chunk"))
+    # options.order == "random" -> ValueError: order: 'random' is not one of ['shuffle', 'chunk']
 """
 
 from __future__ import annotations
@@ -47,7 +49,10 @@ def check_packing_fields(seq_lens: Sequence[int], shard_tokens: int) -> None:
 
 
 _NUMBER = r"-?\d+(?:\.\d+)?(?:e[+-]?\d+)?"
-_RANGE = re.compile(rf"(?P<lo>{_NUMBER})\.\.(?P<hi>{_NUMBER})|(?P<left>[\[(])(?P<lo2>{_NUMBER}), (?P<hi2>{_NUMBER})(?P<right>[\])])")
+_RANGE = re.compile(
+    rf"(?P<lo>{_NUMBER})\.\.(?P<hi>{_NUMBER})"  # lo..hi
+    rf"|(?P<left>[\[(])(?P<lo2>{_NUMBER}), (?P<hi2>{_NUMBER})(?P<right>[\])])"  # [lo, hi], (lo, hi], ...
+)
 
 
 @functools.cache
@@ -61,7 +66,7 @@ def _bounds(spec: str) -> tuple[float, float, bool, bool]:
     return _number(m["lo2"]), _number(m["hi2"]), m["left"] == "[", m["right"] == "]"
 
 
-def _number(text: str) -> float:
+def _number(text: str) -> int | float:
     return float(text) if any(c in text for c in ".e") else int(text)
 
 
@@ -81,6 +86,19 @@ def check_ranges(options: Any, **ranges: str) -> None:
         below_hi = value <= hi if with_hi else value < hi
         if not (above_lo and below_hi):
             raise ValueError(f"{name}: {value} is outside {spec}")
+
+
+def check_choices(options: Any, **allowed: Sequence[str]) -> None:
+    """Checks fields of `options` that name one of a few choices, in the order given.
+
+    Raises:
+      ValueError: `<field>: <value!r> is not one of <list of the allowed>` for the first field
+        whose value is not among its allowed names.
+    """
+    for name, choices in allowed.items():
+        value = getattr(options, name)
+        if value not in choices:
+            raise ValueError(f"{name}: {value!r} is not one of {list(choices)}")
 
 
 def recorded_options(options: Any, not_recorded: Sequence[str] = (), near_when_on: bool = False) -> dict[str, Any]:

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 from lwmkit.packing.records import document_id
-from lwmkit.pipelines.engine.job_options import check_ranges
+from lwmkit.pipelines.engine.job_options import check_choices, check_ranges
 from lwmkit.pipelines.qa.chunks import Chunk
 from lwmkit.pipelines.qa.generators import QAPair
 from lwmkit.tokenizers.text import TextTokenizer
@@ -117,8 +117,7 @@ class ContextOptions:
         check_ranges(self, min_fill="(0, 1]")
         parse_turn(self.first_turn, "first_turn", ("context", "question", "answer"))
         parse_turn(self.next_turn, "next_turn", ("question", "answer"))
-        if self.order not in ORDERS:
-            raise ValueError(f"order: {self.order!r} is not one of {list(ORDERS)}")
+        check_choices(self, order=ORDERS)
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> ContextOptions:

@@ -29,7 +29,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from lwmkit.pipelines.engine.job_options import check_ranges
+from lwmkit.pipelines.engine.job_options import check_choices, check_ranges
 from lwmkit.pipelines.qa.chunks import Chunk
 from lwmkit.pipelines.qa.client import (
     ChatStep,
@@ -239,8 +239,7 @@ class ChatGeneratorOptions:
         if self.prompt.count("{chunk}") != 1:
             raise ValueError(f"prompt: must hold {{chunk}} exactly once, got {self.prompt.count('{chunk}')}")
         check_ranges(self, temperature="[0, 2]", max_tokens=f"1..{1 << 20}", pairs_per_chunk="1..64")
-        if self.support not in SUPPORT_MODES:
-            raise ValueError(f"support: {self.support!r} is not one of {list(SUPPORT_MODES)}")
+        check_choices(self, support=SUPPORT_MODES)
         check_ranges(self, min_support="[0, 1]")
         if self.max_chars < 1:
             raise ValueError(f"max_chars: {self.max_chars} must be >= 1")

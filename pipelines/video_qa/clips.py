@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from lwmkit.pipelines.engine.job_options import check_ranges
+from lwmkit.pipelines.engine.job_options import check_choices, check_ranges
 
 METHODS = ("scenes", "stride")
 
@@ -56,8 +56,7 @@ class ClipOptions:
     thumb_side: int = 192
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"method: {self.method!r} is not one of {list(METHODS)}")
+        check_choices(self, method=METHODS)
         check_ranges(self, threshold="(0, 255]")
         if not 0 < self.min_clip_s <= self.max_clip_s <= 3600:
             raise ValueError(f"min_clip_s/max_clip_s: {self.min_clip_s}/{self.max_clip_s} need 0 < min <= max <= 3600")

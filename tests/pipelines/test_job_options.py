@@ -1,9 +1,9 @@
-"""`engine.job_options.check_ranges`: a range written the way its error shows it."""
+"""`engine.job_options.check_ranges` (a range written the way its error shows it) and `check_choices`."""
 
 from types import SimpleNamespace
 
 import pytest
-from lwmkit.pipelines.engine.job_options import check_ranges
+from lwmkit.pipelines.engine.job_options import check_choices, check_ranges
 
 
 @pytest.mark.parametrize(
@@ -33,3 +33,10 @@ def test_first_bad_field_in_the_order_given_is_named():
 def test_a_range_it_cannot_read_is_an_error():
     with pytest.raises(ValueError, match="range '1-4'"):
         check_ranges(SimpleNamespace(a=2), a="1-4")
+
+
+def test_choices_name_the_field_value_and_the_allowed():
+    check_choices(SimpleNamespace(order="chunk", kind="a"), order=("shuffle", "chunk"), kind=("a", "b"))
+    with pytest.raises(ValueError) as e:
+        check_choices(SimpleNamespace(order="random"), order=("shuffle", "chunk"))
+    assert str(e.value) == "order: 'random' is not one of ['shuffle', 'chunk']"
