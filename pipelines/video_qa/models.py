@@ -93,6 +93,15 @@ class VideoQAPair(QAPair):
 
 @dataclass(frozen=True)
 class ChatCaptionerOptions:
+    """The captioning step's chat model: one caption per clip, from the clip's thumbnails.
+
+    Attributes:
+      client: server, model, key variable, timeouts, retries, concurrency.
+      prompt: the user message sent with the thumbnails; `{start}` and `{end}` are the clip's times.
+      temperature, max_tokens: sampling parameters sent with every request.
+      max_chars: a longer caption is an invalid reply (caption_too_long).
+    """
+
     client: ClientOptions
     prompt: str = CAPTION_PROMPT
     temperature: float = 0.0
@@ -105,6 +114,16 @@ class ChatCaptionerOptions:
 
 @dataclass(frozen=True)
 class ChatQAOptions:
+    """The question step's chat model: questions about a whole video, from its timeline of captions.
+
+    Attributes:
+      client: server, model, key variable, timeouts, retries, concurrency.
+      prompt, system_prompt: the user message (`{duration}`, `{n}` questions and `{timeline}` filled
+        in) and the system message.
+      questions: questions asked per video.
+      temperature, max_tokens: sampling parameters sent with every request.
+    """
+
     client: ClientOptions
     prompt: str = QA_PROMPT
     system_prompt: str = QA_SYSTEM_PROMPT
