@@ -304,23 +304,21 @@ def _report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
             json.dump(summarize(rows), f, indent=2, sort_keys=True)
 
 
+def _report_results(args: argparse.Namespace) -> None:
+    from lwmkit.eval.evaluate import read_results
+
+    rows = read_results(args.results)
+    if not rows:
+        raise ValueError(f"{args.results}: no results")
+    _report(rows, args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `lwm-needle`; returns the exit status."""
     args = _parser().parse_args(argv)
+    commands = {"build": _build, "build-video": _build_video, "run": _run, "report": _report_results}
     try:
-        if args.command == "build":
-            _build(args)
-        elif args.command == "build-video":
-            _build_video(args)
-        elif args.command == "run":
-            _run(args)
-        else:
-            from lwmkit.eval.evaluate import read_results
-
-            rows = read_results(args.results)
-            if not rows:
-                raise ValueError(f"{args.results}: no results")
-            _report(rows, args)
+        commands[args.command](args)
     except (ValueError, OSError, RuntimeError) as e:
         print(f"lwm-needle {args.command}: error: {e}", file=sys.stderr)
         return 1

@@ -21,7 +21,8 @@ Example (one row holding two packed documents and a padding token):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -149,23 +150,7 @@ def blockwise_ffn(
     return ys.reshape(batch, length, *ys.shape[3:])
 
 
-def ring_attention(
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
-    segment_ids: jax.Array,
-    *,
-    mesh: jax.sharding.Mesh,
-    causal: bool = True,
-    axis: str = "sp",
-    block_q: int = 512,
-    block_k: int = 512,
-    batch_axes: Sequence[str] = ("dp", "fsdp"),
-    head_axis: str | None = "tp",
-    layout: str = "contiguous",
-    token_index: jax.Array | None = None,
-    ulysses_axis: str | None = None,
-) -> jax.Array:
+def ring_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array, **options: Any) -> jax.Array:
     """Exact attention over a sequence sharded on the mesh axis `axis`, by RingAttention
     (lwmkit.lwm_model.ring: blockwise float32 online softmax, fully masked block pairs skipped,
     k/v and their segment ids passed round the ring, custom memory-efficient backward).
@@ -174,6 +159,9 @@ def ring_attention(
         q: [B, T, H, D] queries, already in `layout` order; k, v: [B, T, KVH, D] (H % KVH == 0).
         segment_ids: int [B, T] in the same order; 0 = padding (its query outputs 0, its key is
             never seen); a query sees only keys of its own segment.
+        options: keyword-only, typed and defaulted by `ring_attention_with_work`: `mesh` (required),
+            causal=True, axis="sp", block_q=block_k=512, batch_axes=("dp", "fsdp"), head_axis="tp",
+            layout="contiguous", token_index=None, ulysses_axis=None; each one is:
         mesh: a mesh with axis `axis`; batch is sharded over the `batch_axes` present in it and heads
             over `head_axis` if present. Explicit-axis meshes get their inputs resharded to match.
         causal: mask keys whose original token index is after the query's.
@@ -200,20 +188,5 @@ def ring_attention(
         ValueError: unknown axis or layout, shapes that do not split over the ring (or the Ulysses
             axis), heads that do not split over the Ulysses axis, mismatched shapes.
     """
-    out, _ = ring_attention_with_work(
-        q,
-        k,
-        v,
-        segment_ids,
-        mesh=mesh,
-        causal=causal,
-        axis=axis,
-        block_q=block_q,
-        block_k=block_k,
-        batch_axes=batch_axes,
-        head_axis=head_axis,
-        layout=layout,
-        token_index=token_index,
-        ulysses_axis=ulysses_axis,
-    )
+    out, _ = ring_attention_with_work(q, k, v, segment_ids, **options)
     return out

@@ -120,10 +120,14 @@ class _Meta(NamedTuple):
     cache_index: jax.Array | None  # int32 scalar, first slot this call writes
 
 
-class Attention(nn.Module):
+class _Layer(nn.Module):
+    """A part of the model: its config, and the mesh its activations are constrained on (or None)."""
+
     config: LWMConfig
     mesh: Mesh | None = None
 
+
+class Attention(_Layer):
     @nn.compact
     def __call__(self, x: jax.Array, meta: _Meta, kv: tuple[jax.Array, jax.Array] | None):
         c = self.config
@@ -213,11 +217,8 @@ class MLP(nn.Module):
         return _dense(c.hidden_size, c, "w2")(nn.silu(gate) * up)
 
 
-class Block(nn.Module):
+class Block(_Layer):
     """One pre-norm LLaMA layer: x + attention(norm(x)), then + SwiGLU(norm(x))."""
-
-    config: LWMConfig
-    mesh: Mesh | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, meta: _Meta, kv: tuple[jax.Array, jax.Array] | None):
@@ -231,11 +232,8 @@ class Block(nn.Module):
         return constrain(x + h, "hidden", self.mesh), new_kv
 
 
-class Blocks(nn.Module):
+class Blocks(_Layer):
     """The layer stack, scanned (`scan_decoder`, one compiled layer) or unrolled (`0`, `1`, ...)."""
-
-    config: LWMConfig
-    mesh: Mesh | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, meta: _Meta, kv: tuple[jax.Array, jax.Array] | None):
@@ -263,10 +261,7 @@ class Blocks(nn.Module):
         return x, (jnp.stack([o[0] for o in outs]), jnp.stack([o[1] for o in outs]))
 
 
-class Transformer(nn.Module):
-    config: LWMConfig
-    mesh: Mesh | None = None
-
+class Transformer(_Layer):
     @nn.compact
     def __call__(self, tokens: jax.Array, vision_mask: jax.Array, meta: _Meta, kv):
         c = self.config

@@ -139,6 +139,20 @@ def _key_tokens(ring: _Ring, kv, step, like):
     return _vary_like(jnp.broadcast_to(tok, like.shape), like)
 
 
+def _arrived(ring: _Ring, kv, step, seg, tok):
+    """k, v, segment ids, token indices held at ring step `step`, and the block pairs to compute."""
+    k_cur, v_cur, seg_k = kv[:3]
+    tok_k = _key_tokens(ring, kv, step, seg)
+    return k_cur, v_cur, seg_k, tok_k, _pair_list(ring, seg, tok, seg_k, tok_k)
+
+
+def _blocks(ring: _Ring, q, k, v, row, q0, k0):
+    """One block pair in float32: q [kvh, bq*g, D] (query-major rows), k and v [kvh, bk, D]."""
+    _, kvh, _, g, dim = q.shape
+    qb = _rows(q, row, q0, ring.block_q).astype(jnp.float32).reshape(kvh, ring.block_q * g, dim)
+    return qb, _rows(k, row, k0, ring.block_k).astype(jnp.float32), _rows(v, row, k0, ring.block_k).astype(jnp.float32)
+
+
 def _rotate(ring: _Ring, xs):
     perm = [(i, (i + 1) % ring.size) for i in range(ring.size)]
     return tuple(jax.lax.ppermute(x, ring.axis, perm) for x in xs)
@@ -157,15 +171,11 @@ def _forward(ring: _Ring, q, k, v, seg, tok):
     denom = jnp.zeros_like(q[..., 0], dtype=jnp.float32)
 
     def one_step(state, kv, step):
-        k_cur, v_cur, seg_k = kv[:3]
-        tok_k = _key_tokens(ring, kv, step, seg)
-        pairs = _pair_list(ring, seg, tok, seg_k, tok_k)
+        k_cur, v_cur, seg_k, tok_k, pairs = _arrived(ring, kv, step, seg, tok)
 
         def pair(st, row, q0, k0):
             acc, m, denom = st
-            qb = _rows(q, row, q0, ring.block_q).astype(jnp.float32).reshape(kvh, rows, dim)
-            kb = _rows(k_cur, row, k0, ring.block_k).astype(jnp.float32)  # [kvh, bk, D]
-            vb = _rows(v_cur, row, k0, ring.block_k).astype(jnp.float32)
+            qb, kb, vb = _blocks(ring, q, k_cur, v_cur, row, q0, k0)
             s = jnp.einsum("hqd,hkd->hqk", qb, kb) * scale  # [kvh, bq*g, bk]
             s = _where_visible(_mask(ring, seg, tok, seg_k, tok_k, row, q0, k0), s, -jnp.inf, g)
             m_old = _rows(m, row, q0, ring.block_q).reshape(kvh, rows)
@@ -210,15 +220,11 @@ def _backward(ring: _Ring, q, k, v, seg, tok, out, lse, dout):
 
     def one_step(dq, carried, step):
         kv, (dk, dv) = carried
-        k_cur, v_cur, seg_k = kv[:3]
-        tok_k = _key_tokens(ring, kv, step, seg)
-        pairs = _pair_list(ring, seg, tok, seg_k, tok_k)
+        k_cur, v_cur, seg_k, tok_k, pairs = _arrived(ring, kv, step, seg, tok)
 
         def pair(st, row, q0, k0):
             dq, dk, dv = st
-            qb = _rows(q, row, q0, ring.block_q).astype(jnp.float32).reshape(kvh, rows, dim)
-            kb = _rows(k_cur, row, k0, ring.block_k).astype(jnp.float32)
-            vb = _rows(v_cur, row, k0, ring.block_k).astype(jnp.float32)
+            qb, kb, vb = _blocks(ring, q, k_cur, v_cur, row, q0, k0)
             dob = _rows(dout, row, q0, ring.block_q).reshape(kvh, rows, dim)
             lse_b = _rows(lse, row, q0, ring.block_q).reshape(kvh, rows)
             delta_b = _rows(delta, row, q0, ring.block_q).reshape(kvh, rows)

@@ -1,6 +1,7 @@
 """Named training runs: LWM's progressive text and vision-language stages, and tiny CPU runs for tests.
 
-Each preset is a function returning a `TrainConfig`; its docstring holds the command that runs it.
+Each preset is a function returning a `TrainConfig`; its docstring holds the command that runs it
+(a stage after the first of a chain alone is `_later_stage`'s, from the stage tables).
 Every single-stage preset names its data mixture, `seq_len`, RoPE theta, batch in tokens, mesh,
 optimiser and checkpoint cadence; `text-progressive` and `vision-progressive` chain them, each stage
 starting from the previous stage's parameters as LWM did.
@@ -22,6 +23,7 @@ Dataset directories are templates under the run's `data_root`, as `lwm-pack` wri
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Sequence
 
@@ -70,6 +72,17 @@ def _vision_stage(name: str) -> StageConfig:
     )
 
 
+def _later_stage(run: Callable[..., TrainConfig], name: str, previous: str) -> Callable[[], TrainConfig]:
+    """The preset of stage `name` alone, starting from the checkpoint of the stage before it."""
+
+    def preset() -> TrainConfig:
+        return run(name)
+
+    preset.__name__ = preset.__qualname__ = name.replace("-", "_")
+    preset.__doc__ = f"lwm-train {name} data_root=DATA init_from=orbax:runs/{previous}/checkpoints/{previous}"
+    return preset
+
+
 def _text_run(*names: str) -> TrainConfig:
     return TrainConfig(stages=tuple(_text_stage(n) for n in names), output=f"runs/{names[-1]}", model="7b",
                        model_overrides={"vision": False}, attention="ring", ring_layout="zigzag")
@@ -86,26 +99,6 @@ def text_32k() -> TrainConfig:
     return _text_run("text-32k")
 
 
-def text_128k() -> TrainConfig:
-    """lwm-train text-128k data_root=DATA init_from=orbax:runs/text-32k/checkpoints/text-32k"""
-    return _text_run("text-128k")
-
-
-def text_256k() -> TrainConfig:
-    """lwm-train text-256k data_root=DATA init_from=orbax:runs/text-128k/checkpoints/text-128k"""
-    return _text_run("text-256k")
-
-
-def text_512k() -> TrainConfig:
-    """lwm-train text-512k data_root=DATA init_from=orbax:runs/text-256k/checkpoints/text-256k"""
-    return _text_run("text-512k")
-
-
-def text_1m() -> TrainConfig:
-    """lwm-train text-1m data_root=DATA init_from=orbax:runs/text-512k/checkpoints/text-512k"""
-    return _text_run("text-1m")
-
-
 def text_progressive() -> TrainConfig:
     """All of LWM-Text, 32K -> 1M, in one command:
     lwm-train text-progressive data_root=DATA init_from=hf:Llama-2-7b-hf output=runs/lwm-text"""
@@ -116,26 +109,6 @@ def vision_1k() -> TrainConfig:
     """LWM 1K from LWM-Text-1M (the vision tables start random):
     lwm-train vision-1k data_root=DATA init_from=orbax:runs/lwm-text/checkpoints/text-1m"""
     return _vision_run("vision-1k")
-
-
-def vision_8k() -> TrainConfig:
-    """lwm-train vision-8k data_root=DATA init_from=orbax:runs/vision-1k/checkpoints/vision-1k"""
-    return _vision_run("vision-8k")
-
-
-def vision_32k() -> TrainConfig:
-    """lwm-train vision-32k data_root=DATA init_from=orbax:runs/vision-8k/checkpoints/vision-8k"""
-    return _vision_run("vision-32k")
-
-
-def vision_128k() -> TrainConfig:
-    """lwm-train vision-128k data_root=DATA init_from=orbax:runs/vision-32k/checkpoints/vision-32k"""
-    return _vision_run("vision-128k")
-
-
-def vision_1m() -> TrainConfig:
-    """lwm-train vision-1m data_root=DATA init_from=orbax:runs/vision-128k/checkpoints/vision-128k"""
-    return _vision_run("vision-1m")
 
 
 def vision_progressive() -> TrainConfig:
@@ -180,16 +153,10 @@ TRAIN_PRESETS: dict[str, Callable[[], TrainConfig]] = {
     "tiny-cpu": tiny_cpu,
     "tiny-progressive": tiny_progressive,
     "text-32k": text_32k,
-    "text-128k": text_128k,
-    "text-256k": text_256k,
-    "text-512k": text_512k,
-    "text-1m": text_1m,
+    **{n: _later_stage(_text_run, n, prev) for prev, n in itertools.pairwise(s[0] for s in _TEXT_STAGES)},
     "text-progressive": text_progressive,
     "vision-1k": vision_1k,
-    "vision-8k": vision_8k,
-    "vision-32k": vision_32k,
-    "vision-128k": vision_128k,
-    "vision-1m": vision_1m,
+    **{n: _later_stage(_vision_run, n, prev) for prev, n in itertools.pairwise(s[0] for s in _VISION_STAGES)},
     "vision-progressive": vision_progressive,
 }
 

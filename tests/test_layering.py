@@ -44,20 +44,29 @@ def _imports(path: Path) -> list[tuple[int, str]]:
     return found
 
 
+def _imports_outside(path: Path, under: str, own: str, allowed: set[str]) -> list[tuple[int, str]]:
+    """(line, target) of each import of `<under>.<target>[...]` in `path` where target is neither
+    `own` nor in `allowed`."""
+    depth = len(under.split("."))
+    found = []
+    for line, module in _imports(path):
+        parts = module.split(".")
+        if ".".join(parts[:depth]) == under and len(parts) > depth and parts[depth] not in {own, *allowed}:
+            found.append((line, parts[depth]))
+    return found
+
+
 def _violations() -> list[str]:
     bad = []
     for pkg in PACKAGES:
         for path in sorted((ROOT / pkg).rglob("*.py")):
-            for line, module in _imports(path):
-                parts = module.split(".")
-                if parts[0] in PACKAGES:
-                    bad.append(f"{path.relative_to(ROOT)}:{line}: bare import {module!r}; use lwmkit.{module}")
-                    continue
-                if parts[0] != "lwmkit" or len(parts) < 2:
-                    continue
-                target = parts[1]
-                if target != pkg and target not in ALLOWED[pkg]:
-                    bad.append(f"{path.relative_to(ROOT)}:{line}: {pkg}/ may not import lwmkit.{target}")
+            rel = path.relative_to(ROOT)
+            bad += [
+                f"{rel}:{line}: bare import {module!r}; use lwmkit.{module}"
+                for line, module in _imports(path)
+                if module.split(".")[0] in PACKAGES
+            ]
+            bad += [f"{rel}:{line}: {pkg}/ may not import lwmkit.{t}" for line, t in _imports_outside(path, "lwmkit", pkg, ALLOWED[pkg])]
     return bad
 
 
@@ -88,13 +97,10 @@ def _folder_violations() -> list[str]:
         if folder not in rule:
             bad.append(f"pipelines/{rel}: folder {folder!r} is not in the dependency rule")
             continue
-        for line, module in _imports(path):
-            parts = module.split(".")
-            if parts[:2] != ["lwmkit", "pipelines"] or len(parts) < 3:
-                continue
-            target = parts[2]
-            if target != folder and target not in rule[folder]:
-                bad.append(f"pipelines/{rel}:{line}: {folder}/ may not import lwmkit.pipelines.{target}")
+        bad += [
+            f"pipelines/{rel}:{line}: {folder}/ may not import lwmkit.pipelines.{t}"
+            for line, t in _imports_outside(path, "lwmkit.pipelines", folder, rule[folder])
+        ]
     return bad
 
 

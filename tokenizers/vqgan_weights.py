@@ -51,6 +51,11 @@ def _resnet(entries: list, lwm: str, hf: str, cin: int, cout: int) -> None:
         entries.append((f"{lwm}/Conv_2", f"{hf}.conv_shortcut", "conv", (1, 1, cin, cout)))
 
 
+def _resample(entries: list, lwm: str, hf: str, channels: int) -> None:
+    """A down- or upsampling step's 3x3 conv, which keeps the channels."""
+    entries.append((f"{lwm}/Conv_0", f"{hf}.conv", "conv", (3, 3, channels, channels)))
+
+
 def layout(config: VQGANConfig) -> list[tuple[str, str, str, tuple[int, ...]]]:
     """(lwm module path, diffusers module name, kind, shape) for every layer of the network.
 
@@ -67,14 +72,7 @@ def layout(config: VQGANConfig) -> list[tuple[str, str, str, tuple[int, ...]]]:
             _resnet(e, lwm, hf, cin, ch[i])
             cin = ch[i]
         if i != levels - 1:
-            e.append(
-                (
-                    f"encoder/DownsamplingBlock_{i}/Downsample_0/Conv_0",
-                    f"encoder.down_blocks.{i}.downsamplers.0.conv",
-                    "conv",
-                    (3, 3, cin, cin),
-                )
-            )
+            _resample(e, f"encoder/DownsamplingBlock_{i}/Downsample_0", f"encoder.down_blocks.{i}.downsamplers.0", cin)
     for j in range(2):
         _resnet(e, f"encoder/MidBlock_0/ResnetBlock_{j}", f"encoder.mid_block.resnets.{j}", ch[-1], ch[-1])
     e.append(("encoder/GroupNorm_0", "encoder.conv_norm_out", "norm", (ch[-1],)))
@@ -92,14 +90,7 @@ def layout(config: VQGANConfig) -> list[tuple[str, str, str, tuple[int, ...]]]:
             _resnet(e, f"decoder/UpsamplingBlock_{k}/ResnetBlock_{j}", f"decoder.up_blocks.{k}.resnets.{j}", cin, width)
             cin = width
         if k != levels - 1:
-            e.append(
-                (
-                    f"decoder/UpsamplingBlock_{k}/Upsample_0/Conv_0",
-                    f"decoder.up_blocks.{k}.upsamplers.0.conv",
-                    "conv",
-                    (3, 3, cin, cin),
-                )
-            )
+            _resample(e, f"decoder/UpsamplingBlock_{k}/Upsample_0", f"decoder.up_blocks.{k}.upsamplers.0", cin)
     e.append(("decoder/GroupNorm_0", "decoder.conv_norm_out", "norm", (ch[0],)))
     e.append(("decoder/Conv_1", "decoder.conv_out", "conv", (3, 3, ch[0], 3)))
     return e

@@ -37,8 +37,32 @@ from lwmkit.pipelines.dedup.sketch import Sketch, dist_version, params_digest
 BITS = 64
 
 
+class HashBanding:
+    """What the image and video hash configs share: the checks of their `max_distance`, `bands`,
+    `rows` and `bucket_anchors` fields, and the bit positions of the bands (from `seed`)."""
+
+    max_distance: int
+    bands: int
+    rows: int
+    seed: int
+    bucket_anchors: int
+
+    def __post_init__(self):
+        name = type(self).__name__
+        if not 0 <= self.max_distance < BITS // 2:
+            raise ValueError(f"{name}.max_distance must be in [0, {BITS // 2}), got {self.max_distance}")
+        if self.bands < 1 or not 1 <= self.rows <= BITS:
+            raise ValueError(f"{name} needs bands >= 1 and rows in [1, {BITS}], got {self.bands} x {self.rows}")
+        if self.bucket_anchors < 2:
+            raise ValueError(f"{name}.bucket_anchors must be >= 2, got {self.bucket_anchors}")
+
+    @cached_property
+    def positions(self) -> np.ndarray:
+        return bit_bands(BITS, Banding(self.bands, self.rows), self.seed)  # [bands, rows]
+
+
 @dataclass(frozen=True)
-class ImageHashConfig:
+class ImageHashConfig(HashBanding):
     """Image near-dedup parameters (see the module docstring for the defaults' reasons)."""
 
     max_distance: int = 12
@@ -47,21 +71,9 @@ class ImageHashConfig:
     seed: int = 1
     bucket_anchors: int = 4096
 
-    def __post_init__(self):
-        if not 0 <= self.max_distance < BITS // 2:
-            raise ValueError(f"ImageHashConfig.max_distance must be in [0, {BITS // 2}), got {self.max_distance}")
-        if self.bands < 1 or not 1 <= self.rows <= BITS:
-            raise ValueError(f"ImageHashConfig needs bands >= 1 and rows in [1, {BITS}], got {self.bands} x {self.rows}")
-        if self.bucket_anchors < 2:
-            raise ValueError(f"ImageHashConfig.bucket_anchors must be >= 2, got {self.bucket_anchors}")
-
     @property
     def threshold(self) -> float:
         return 1.0 - self.max_distance / BITS
-
-    @cached_property
-    def positions(self) -> np.ndarray:
-        return bit_bands(BITS, Banding(self.bands, self.rows), self.seed)  # [bands, rows]
 
 
 def phash64(image) -> tuple[int, bool]:

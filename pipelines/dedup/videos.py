@@ -30,18 +30,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any, NamedTuple
 
 import numpy as np
-from lwmkit.pipelines.dedup.bands import Banding, bit_bands, hash_band_keys
-from lwmkit.pipelines.dedup.images import BITS, hamming, phash64
+from lwmkit.pipelines.dedup.bands import hash_band_keys
+from lwmkit.pipelines.dedup.images import BITS, HashBanding, hamming, phash64
 from lwmkit.pipelines.dedup.sketch import Sketch, dist_version, params_digest
 from lwmkit.pipelines.engine.outputs import is_local, open_input
 
 
 @dataclass(frozen=True)
-class VideoHashConfig:
+class VideoHashConfig(HashBanding):
     """Video near-dedup parameters (see the module docstring)."""
 
     step_ms: int = 500
@@ -59,20 +58,11 @@ class VideoHashConfig:
             raise ValueError(f"VideoHashConfig.step_ms must be >= 1, got {self.step_ms}")
         if self.max_frames < 2:
             raise ValueError(f"VideoHashConfig.max_frames must be >= 2, got {self.max_frames}")
-        if not 0 <= self.max_distance < BITS // 2:
-            raise ValueError(f"VideoHashConfig.max_distance must be in [0, {BITS // 2}), got {self.max_distance}")
         if not 0.0 < self.clip_threshold <= 1.0:
             raise ValueError(f"VideoHashConfig.clip_threshold must be in (0, 1], got {self.clip_threshold}")
         if not 1 <= self.min_frames <= self.max_frames:
             raise ValueError(f"VideoHashConfig.min_frames must be in [1, max_frames], got {self.min_frames}")
-        if self.bands < 1 or not 1 <= self.rows <= BITS:
-            raise ValueError(f"VideoHashConfig needs bands >= 1 and rows in [1, {BITS}], got {self.bands} x {self.rows}")
-        if self.bucket_anchors < 2:
-            raise ValueError(f"VideoHashConfig.bucket_anchors must be >= 2, got {self.bucket_anchors}")
-
-    @cached_property
-    def positions(self) -> np.ndarray:
-        return bit_bands(BITS, Banding(self.bands, self.rows), self.seed)
+        super().__post_init__()
 
 
 def sample_hashes(frames: Iterable[tuple[float, Any]], config: VideoHashConfig) -> Sketch:

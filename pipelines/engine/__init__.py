@@ -6,7 +6,8 @@
                        the no-documents check
     runner.py          Beam pipeline options (`RunOptions`, `ResumeOptions`; a DirectRunner that
                        never needs the network, Dask and portable runners)
-    job_options.py     the packing fields' checks and the options a manifest records
+    job_options.py     the packing fields' checks, options' range checks (`check_ranges`) and the
+                       options a manifest records
     inputs.py          matching a job's inputs and reading its tokenizer
     jsonl.py           JSON-lines inputs read line by line (no line costs its neighbours)
     resume.py          resuming from the work store, and --retry-failures

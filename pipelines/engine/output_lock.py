@@ -31,14 +31,7 @@ import uuid
 from typing import Any
 
 from lwmkit.packing.json_input import parse_json
-from lwmkit.pipelines.engine.outputs import (
-    delete_outputs,
-    is_local,
-    join,
-    list_outputs,
-    read_output_bytes,
-    write_output_bytes,
-)
+from lwmkit.pipelines.engine.outputs import delete_outputs, is_local, join, list_outputs, read_output_bytes, write_output_bytes
 
 LOCK_DIR = ".lwm-pack"
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from lwmkit.pipelines.engine import runner as runner_lib
 from lwmkit.pipelines.engine.inputs import read_tokenizer
+from lwmkit.pipelines.engine.job_options import check_choices, check_ranges
 from lwmkit.pipelines.engine.lifecycle import PreparedJob, job_record
 from lwmkit.pipelines.engine.stages import Dropped, StageList
 from lwmkit.tokenizers import vqgan_config
@@ -35,14 +36,8 @@ VQGAN_DTYPES = vqgan_config.DTYPES
 def check_vqgan_fields(options: Any) -> None:
     """Raises ValueError naming the field for a bad VQGAN preset, dtype, generation share or batch
     size: the fields the image and video jobs share."""
-    if options.vqgan_preset not in VQGAN_PRESETS:
-        raise ValueError(f"vqgan_preset: {options.vqgan_preset!r} is not one of {list(VQGAN_PRESETS)}")
-    if options.vqgan_dtype not in VQGAN_DTYPES:
-        raise ValueError(f"vqgan_dtype: {options.vqgan_dtype!r} is not one of {list(VQGAN_DTYPES)}")
-    if not 0.0 <= options.generation_fraction <= 1.0:
-        raise ValueError(f"generation_fraction: {options.generation_fraction} is outside [0, 1]")
-    if not 1 <= options.batch_size <= 4096:
-        raise ValueError(f"batch_size: {options.batch_size} is outside 1..4096")
+    check_choices(options, vqgan_preset=VQGAN_PRESETS, vqgan_dtype=VQGAN_DTYPES)
+    check_ranges(options, generation_fraction="[0, 1]", batch_size="1..4096")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -150,6 +145,7 @@ def load_image_tokenizer(vqgan: str | None, preset: str, seed: int, dtype: str =
     return ImageTokenizer.from_weights(vqgan, preset=preset, dtype=dtype)
 
 
+@dataclass(frozen=True)
 class LoadEncoder:
     """RunInference's `load()`: builds the VQGAN in the worker and checks it is the driver's.
 
@@ -157,12 +153,11 @@ class LoadEncoder:
     `tokenizers.vision.to_model_input`), so a batch crosses to the device at a quarter of the size.
     """
 
-    def __init__(self, vqgan: str | None, preset: str, seed: int, dtype: str, sha256: str):
-        self.vqgan = vqgan
-        self.preset = preset
-        self.seed = seed
-        self.dtype = dtype
-        self.sha256 = sha256
+    vqgan: str | None
+    preset: str
+    seed: int
+    dtype: str
+    sha256: str
 
     def __call__(self):
         import jax.numpy as jnp

@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 from lwmkit.packing.records import document_id
+from lwmkit.pipelines.engine.job_options import check_choices, check_ranges
 from lwmkit.pipelines.qa.chunks import Chunk
 from lwmkit.pipelines.qa.generators import QAPair
 from lwmkit.tokenizers.text import TextTokenizer
@@ -110,16 +111,13 @@ class ContextOptions:
     final_eos_loss: bool = True
 
     def __post_init__(self):
-        if not 64 <= self.seq_len <= 1 << 24:
-            raise ValueError(f"seq_len: {self.seq_len} is outside 64..{1 << 24}")
+        check_ranges(self, seq_len=f"64..{1 << 24}")
         if not 8 <= self.chunk_tokens <= self.seq_len // 4:
             raise ValueError(f"chunk_tokens: {self.chunk_tokens} is outside 8..seq_len/4 ({self.seq_len // 4})")
-        if not 0.0 < self.min_fill <= 1.0:
-            raise ValueError(f"min_fill: {self.min_fill} is outside (0, 1]")
+        check_ranges(self, min_fill="(0, 1]")
         parse_turn(self.first_turn, "first_turn", ("context", "question", "answer"))
         parse_turn(self.next_turn, "next_turn", ("question", "answer"))
-        if self.order not in ORDERS:
-            raise ValueError(f"order: {self.order!r} is not one of {list(ORDERS)}")
+        check_choices(self, order=ORDERS)
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> ContextOptions:

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from lwmkit.pipelines.engine.job_options import check_ranges
+
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
@@ -71,14 +73,10 @@ class ClientOptions:
             raise ValueError("model: give the model name the server expects")
         if not self.api_key_env:
             raise ValueError("api_key_env: give an environment variable name")
-        if not 0 < self.timeout_s <= 3600:
-            raise ValueError(f"timeout_s: {self.timeout_s} is outside (0, 3600]")
-        if not 0 <= self.retries <= 100:
-            raise ValueError(f"retries: {self.retries} is outside 0..100")
+        check_ranges(self, timeout_s="(0, 3600]", retries="0..100")
         if not 0 <= self.backoff_s <= self.max_backoff_s:
             raise ValueError(f"backoff_s: {self.backoff_s} must be in [0, max_backoff_s={self.max_backoff_s}]")
-        if not 1 <= self.concurrency <= 1024:
-            raise ValueError(f"concurrency: {self.concurrency} is outside 1..1024")
+        check_ranges(self, concurrency="1..1024")
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from lwmkit.pipelines.engine.job_options import check_ranges
 from lwmkit.pipelines.qa.chunks import Chunk, sentence_units
 from lwmkit.pipelines.qa.generators import (
     QAPair,
@@ -65,10 +66,7 @@ class ExtractiveOptions:
     def __post_init__(self):
         if not self.forms or any(f not in FORMS for f in self.forms) or len(set(self.forms)) != len(self.forms):
             raise ValueError(f"forms: {self.forms!r} must be distinct names from {list(FORMS)}")
-        if not 1 <= self.pairs_per_chunk <= 64:
-            raise ValueError(f"pairs_per_chunk: {self.pairs_per_chunk} is outside 1..64")
-        if not 20 <= self.max_sentence_chars <= 10_000:
-            raise ValueError(f"max_sentence_chars: {self.max_sentence_chars} is outside 20..10000")
+        check_ranges(self, pairs_per_chunk="1..64", max_sentence_chars="20..10000")
 
 
 def _sentences(text: str) -> list[str]:

@@ -29,6 +29,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from lwmkit.pipelines.engine.job_options import check_choices, check_ranges
 from lwmkit.pipelines.qa.chunks import Chunk
 from lwmkit.pipelines.qa.client import (
     ChatStep,
@@ -237,16 +238,9 @@ class ChatGeneratorOptions:
     def __post_init__(self):
         if self.prompt.count("{chunk}") != 1:
             raise ValueError(f"prompt: must hold {{chunk}} exactly once, got {self.prompt.count('{chunk}')}")
-        if not 0.0 <= self.temperature <= 2.0:
-            raise ValueError(f"temperature: {self.temperature} is outside [0, 2]")
-        if not 1 <= self.max_tokens <= 1 << 20:
-            raise ValueError(f"max_tokens: {self.max_tokens} is outside 1..{1 << 20}")
-        if not 1 <= self.pairs_per_chunk <= 64:
-            raise ValueError(f"pairs_per_chunk: {self.pairs_per_chunk} is outside 1..64")
-        if self.support not in SUPPORT_MODES:
-            raise ValueError(f"support: {self.support!r} is not one of {list(SUPPORT_MODES)}")
-        if not 0.0 <= self.min_support <= 1.0:
-            raise ValueError(f"min_support: {self.min_support} is outside [0, 1]")
+        check_ranges(self, temperature="[0, 2]", max_tokens=f"1..{1 << 20}", pairs_per_chunk="1..64")
+        check_choices(self, support=SUPPORT_MODES)
+        check_ranges(self, min_support="[0, 1]")
         if self.max_chars < 1:
             raise ValueError(f"max_chars: {self.max_chars} must be >= 1")
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from lwmkit.pipelines.engine.job_options import check_choices, check_ranges
 
 METHODS = ("scenes", "stride")
 
@@ -55,20 +56,13 @@ class ClipOptions:
     thumb_side: int = 192
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"method: {self.method!r} is not one of {list(METHODS)}")
-        if not 0 < self.threshold <= 255:
-            raise ValueError(f"threshold: {self.threshold} is outside (0, 255]")
+        check_choices(self, method=METHODS)
+        check_ranges(self, threshold="(0, 255]")
         if not 0 < self.min_clip_s <= self.max_clip_s <= 3600:
             raise ValueError(f"min_clip_s/max_clip_s: {self.min_clip_s}/{self.max_clip_s} need 0 < min <= max <= 3600")
-        if not 0 < self.stride_s <= 3600:
-            raise ValueError(f"stride_s: {self.stride_s} is outside (0, 3600]")
-        if not 1 <= self.caption_frames <= 16:
-            raise ValueError(f"caption_frames: {self.caption_frames} is outside 1..16")
-        if not 0.04 <= self.thumb_every_s <= 60:
-            raise ValueError(f"thumb_every_s: {self.thumb_every_s} is outside [0.04, 60]")
-        if not 32 <= self.thumb_side <= 1024:
-            raise ValueError(f"thumb_side: {self.thumb_side} is outside 32..1024")
+        check_ranges(
+            self, stride_s="(0, 3600]", caption_frames="1..16", thumb_every_s="[0.04, 60]", thumb_side="32..1024"
+        )
 
 
 def split_scenes(cuts: list[float], end: float, options: ClipOptions) -> list[tuple[float, float]]:

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+from lwmkit.pipelines.engine.job_options import check_ranges
 from lwmkit.pipelines.qa.client import ChatStep, ClientOptions, MalformedReply, reply_content
 from lwmkit.pipelines.qa.generators import InvalidReply, QAPair, Reply, collapse_space, parse_pairs
 
@@ -92,6 +93,15 @@ class VideoQAPair(QAPair):
 
 @dataclass(frozen=True)
 class ChatCaptionerOptions:
+    """The captioning step's chat model: one caption per clip, from the clip's thumbnails.
+
+    Attributes:
+      client: server, model, key variable, timeouts, retries, concurrency.
+      prompt: the user message sent with the thumbnails; `{start}` and `{end}` are the clip's times.
+      temperature, max_tokens: sampling parameters sent with every request.
+      max_chars: a longer caption is an invalid reply (caption_too_long).
+    """
+
     client: ClientOptions
     prompt: str = CAPTION_PROMPT
     temperature: float = 0.0
@@ -99,14 +109,21 @@ class ChatCaptionerOptions:
     max_chars: int = 2000
 
     def __post_init__(self):
-        if not 1 <= self.max_tokens <= 32768:
-            raise ValueError(f"max_tokens: {self.max_tokens} is outside 1..32768")
-        if not 0 <= self.temperature <= 2:
-            raise ValueError(f"temperature: {self.temperature} is outside [0, 2]")
+        check_ranges(self, max_tokens="1..32768", temperature="[0, 2]")
 
 
 @dataclass(frozen=True)
 class ChatQAOptions:
+    """The question step's chat model: questions about a whole video, from its timeline of captions.
+
+    Attributes:
+      client: server, model, key variable, timeouts, retries, concurrency.
+      prompt, system_prompt: the user message (`{duration}`, `{n}` questions and `{timeline}` filled
+        in) and the system message.
+      questions: questions asked per video.
+      temperature, max_tokens: sampling parameters sent with every request.
+    """
+
     client: ClientOptions
     prompt: str = QA_PROMPT
     system_prompt: str = QA_SYSTEM_PROMPT
@@ -115,10 +132,7 @@ class ChatQAOptions:
     max_tokens: int = 1024
 
     def __post_init__(self):
-        if not 1 <= self.questions <= 64:
-            raise ValueError(f"questions: {self.questions} is outside 1..64")
-        if not 1 <= self.max_tokens <= 32768:
-            raise ValueError(f"max_tokens: {self.max_tokens} is outside 1..32768")
+        check_ranges(self, questions="1..64", max_tokens="1..32768")
 
 
 @dataclass(frozen=True)
@@ -128,8 +142,7 @@ class OfflineOptions:
     questions: int = 4
 
     def __post_init__(self):
-        if not 1 <= self.questions <= 64:
-            raise ValueError(f"questions: {self.questions} is outside 1..64")
+        check_ranges(self, questions="1..64")
 
 
 def _describe_chat(kind: str, options: Any) -> dict[str, Any]:

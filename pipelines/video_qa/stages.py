@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from lwmkit.pipelines.engine.stages import Dropped, DropRecord
@@ -41,9 +42,9 @@ def read_video(path: str) -> Iterator[dict]:
            "meta": json.dumps({"video": path})}
 
 
+@dataclass(frozen=True)
 class FindClips:
-    def __init__(self, options: ClipOptions):
-        self.options = options
+    options: ClipOptions
 
     def __call__(self, video: dict) -> Iterator[dict]:
         try:
@@ -55,11 +56,11 @@ class FindClips:
         yield {**video, "duration": found["duration"], "cuts": found["cuts"], "clips": clips}
 
 
+@dataclass(frozen=True)
 class Caption:
-    def __init__(self, captioner, cache_dir: str | None, max_attempts: int):
-        self.captioner = captioner
-        self.cache_dir = cache_dir
-        self.max_attempts = max_attempts
+    captioner: Any
+    cache_dir: str | None
+    max_attempts: int
 
     def __call__(self, video: dict) -> Iterator[dict]:
         items = [ClipItem(c["clip_id"], c["start"], c["end"], tuple(c["thumbs"])) for c in video["clips"]]
@@ -85,17 +86,16 @@ def validate_captions(video: dict) -> Iterator[dict | Dropped]:
     yield video
 
 
+@dataclass(frozen=True)
 class AskQuestions:
     """The QA step, and the frame count: frames fill what the turns leave of `seq_len`."""
 
-    def __init__(self, generator, cache_dir: str | None, max_attempts: int, tokenizer, seq_len: int,
-                 max_frames: int):
-        self.generator = generator
-        self.cache_dir = cache_dir
-        self.max_attempts = max_attempts
-        self.tokenizer = tokenizer
-        self.seq_len = seq_len
-        self.max_frames = max_frames
+    generator: Any
+    cache_dir: str | None
+    max_attempts: int
+    tokenizer: Any
+    seq_len: int
+    max_frames: int
 
     def __call__(self, video: dict) -> Iterator[dict]:
         captioned = [(n, c) for n, c in enumerate(video["clips"]) if c["caption"]]

@@ -54,6 +54,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from lwmkit.pipelines.engine.job_options import check_ranges
 from lwmkit.pipelines.engine.outputs import is_local, join, read_output_bytes, write_output_bytes
 from lwmkit.pipelines.engine.stages import DropRecord
 from lwmkit.pipelines.engine.web.url_guard import DownloadError, DownloadOptions, check_url
@@ -123,10 +124,7 @@ class VideoDownloadOptions:
 
     def __post_init__(self):
         DownloadOptions(self.timeout_s, self.total_timeout_s, self.retries, self.backoff_s, self.max_bytes)
-        if not 16 <= self.max_height <= 8640:
-            raise ValueError(f"max_height: {self.max_height} is outside 16..8640")
-        if not 0.0 <= self.host_interval_s <= 3600.0:
-            raise ValueError(f"host_interval_s: {self.host_interval_s} is outside [0, 3600]")
+        check_ranges(self, max_height="16..8640", host_interval_s="[0, 3600]")
 
     def recorded(self) -> dict[str, Any]:
         d = asdict(self)

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+from lwmkit.pipelines.engine.job_options import check_ranges
 from lwmkit.pipelines.videos.index import (
     FrameSampling,
     VideoError,
@@ -84,24 +85,14 @@ class DecodeOptions:
         known = all(d in DECODERS for d in self.decoders)
         if not self.decoders or not known or len(set(self.decoders)) < len(self.decoders):
             raise ValueError(f"decoders: {self.decoders!r} must be distinct names from {list(DECODERS)}")
-        if not 1 <= self.min_side <= 256:
-            raise ValueError(f"min_side: {self.min_side} is outside 1..256")
+        check_ranges(self, min_side="1..256")
         if not self.min_side**2 <= self.max_pixels <= 1 << 32:
             raise ValueError(f"max_pixels: {self.max_pixels} is outside min_side**2..{1 << 32}")
-        if not 1 <= self.chunk_frames <= 1024:
-            raise ValueError(f"chunk_frames: {self.chunk_frames} is outside 1..1024")
-        if not 0.0 < self.time_budget_s <= 86400.0:
-            raise ValueError(f"time_budget_s: {self.time_budget_s} is outside (0, 86400]")
-        if not 1 <= self.workers <= 256:
-            raise ValueError(f"workers: {self.workers} is outside 1..256")
-        if not 1 <= self.videos_per_worker <= 1 << 20:
-            raise ValueError(f"videos_per_worker: {self.videos_per_worker} is outside 1..{1 << 20}")
-        if not 64 <= self.max_worker_rss_mb <= 1 << 20:
-            raise ValueError(f"max_worker_rss_mb: {self.max_worker_rss_mb} is outside 64..{1 << 20}")
-        if not 1 <= self.decoder_threads <= 64:
-            raise ValueError(f"decoder_threads: {self.decoder_threads} is outside 1..64")
-        if not 0.0 <= self.pyav_from_s <= 1e9:
-            raise ValueError(f"pyav_from_s: {self.pyav_from_s} is outside 0..1e9")
+        check_ranges(
+            self, chunk_frames="1..1024", time_budget_s="(0, 86400]", workers="1..256",
+            videos_per_worker=f"1..{1 << 20}", max_worker_rss_mb=f"64..{1 << 20}", decoder_threads="1..64",
+            pyav_from_s="0..1e9",
+        )
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

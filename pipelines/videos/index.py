@@ -36,6 +36,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from lwmkit.pipelines.engine.job_options import check_ranges
 
 SAMPLING_MODES = ("count", "fps")
 _TRUNCATION_SLACK = (0.5, 0.05)  # frames may end this early (seconds, share of duration) before it counts
@@ -72,12 +73,7 @@ class FrameSampling:
     def __post_init__(self):
         if self.mode not in SAMPLING_MODES:
             raise ValueError(f"sampling mode: {self.mode!r} is not one of {list(SAMPLING_MODES)}")
-        if not 1 <= self.max_frames <= 1 << 20:
-            raise ValueError(f"max_frames: {self.max_frames} is outside 1..{1 << 20}")
-        if not 1 <= self.num_frames <= 1 << 20:
-            raise ValueError(f"num_frames: {self.num_frames} is outside 1..{1 << 20}")
-        if not 0.0 < self.fps <= 240.0:
-            raise ValueError(f"fps: {self.fps} is outside (0, 240]")
+        check_ranges(self, max_frames=f"1..{1 << 20}", num_frames=f"1..{1 << 20}", fps="(0, 240]")
 
 
 

@@ -15,7 +15,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from tests.pipelines.local_server import send_json
+from tests.pipelines.local_server import ServedInThread, send_json
 
 QUESTION = re.compile(r"What is the special magic (.+?) number\?")
 
@@ -25,7 +25,7 @@ def visible(prompt: str, head: int, tail: float) -> tuple[str, str]:
     return prompt[:head], prompt[len(prompt) - int(tail * len(prompt)) :]
 
 
-class FakeOpenAI:
+class FakeOpenAI(ServedInThread):
     """Serves /v1/completions and /v1/chat/completions on 127.0.0.1 (a free port) in a thread.
 
     Attributes:
@@ -72,9 +72,8 @@ class FakeOpenAI:
             def _send(self, code: int, obj: dict):
                 send_json(self, code, json.dumps(obj).encode())
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
 
     def answer(self, prompt: str) -> str:
         q = QUESTION.search(prompt)
@@ -84,11 +83,3 @@ class FakeOpenAI:
         pattern = rf"The special magic {re.escape(city)} number is: (\d+)"
         m = next((m for part in visible(prompt, self.head, self.tail) if (m := re.search(pattern, part))), None)
         return f"The special magic {city} number is {m.group(1)}." if m else "I could not find it."
-
-    def __enter__(self) -> FakeOpenAI:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()

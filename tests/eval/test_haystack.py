@@ -55,32 +55,25 @@ def test_seed_shuffles_documents_reproducibly(haystack_paths):
     assert a.fingerprint != c.fingerprint
 
 
-def test_bad_sources_name_the_file_and_line(tmp_path):
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"text": "fine."}\nnot json\n')
-    with pytest.raises(HaystackError, match=r"bad\.jsonl:2: not valid JSON"):
-        read_documents(str(bad))
-    latin1 = tmp_path / "latin1.jsonl"
-    latin1.write_bytes(b'{"text": "fine."}\n\n{"text": "caf\xe9"}\n')
-    with pytest.raises(HaystackError, match=r"latin1\.jsonl:3: not UTF-8 text"):
-        read_documents(str(latin1))
-    listed = tmp_path / "list.jsonl"
-    listed.write_text('["text"]\n')
-    with pytest.raises(HaystackError, match=r"list\.jsonl:1: not a JSON object \(got list\)"):
-        read_documents(str(listed))
-    deep = tmp_path / "deep.jsonl"
-    deep.write_text('{"text": "a."}\n' + "[" * 100_000 + "]" * 100_000 + "\n")
-    with pytest.raises(HaystackError, match=r"deep\.jsonl:2: JSON nested too deeply"):
-        read_documents(str(deep))
+BAD_SOURCES = {  # file name -> (its bytes, the error that names it)
+    "bad.jsonl": (b'{"text": "fine."}\nnot json\n', r"bad\.jsonl:2: not valid JSON"),
+    "latin1.jsonl": (b'{"text": "fine."}\n\n{"text": "caf\xe9"}\n', r"latin1\.jsonl:3: not UTF-8 text"),
+    "list.jsonl": (b'["text"]\n', r"list\.jsonl:1: not a JSON object \(got list\)"),
+    "deep.jsonl": (b'{"text": "a."}\n' + b"[" * 100_000 + b"]" * 100_000 + b"\n", r"deep\.jsonl:2: JSON nested too deeply"),
+    "broken.jsonl.zst": (b"not zstd at all", r"broken\.jsonl\.zst: not a readable zstd file"),
+    "nofield.jsonl": (b'{"body": "x"}\n', r"nofield\.jsonl:1: no string field 'text'"),
+}
 
-    broken = tmp_path / "broken.jsonl.zst"
-    broken.write_bytes(b"not zstd at all")
-    with pytest.raises(HaystackError, match=r"broken\.jsonl\.zst: not a readable zstd file"):
-        read_documents(str(broken))
-    nofield = tmp_path / "nofield.jsonl"
-    nofield.write_text('{"body": "x"}\n')
-    with pytest.raises(HaystackError, match=r"nofield\.jsonl:1: no string field 'text'"):
-        read_documents(str(nofield))
+
+@pytest.mark.parametrize("name", BAD_SOURCES)
+def test_bad_sources_name_the_file_and_line(tmp_path, name):
+    content, error = BAD_SOURCES[name]
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(HaystackError, match=error):
+        read_documents(str(tmp_path / name))
+
+
+def test_unknown_missing_and_too_small_sources(tmp_path):
     with pytest.raises(HaystackError, match="unknown haystack type"):
         read_documents(_touch(tmp_path / "x.csv"))
     with pytest.raises(HaystackError, match="no such file"):

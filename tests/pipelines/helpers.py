@@ -1,7 +1,9 @@
-"""Writers for the input files the pipeline tests feed the books job (jsonl, jsonl.zst, txt, parquet)."""
+"""Writers for the input files the pipeline tests feed the books job (jsonl, jsonl.zst, txt, parquet),
+and what the job tests share to read and compare outputs and to reach their local servers."""
 
 from __future__ import annotations
 
+import filecmp
 import json
 import os
 import random
@@ -11,6 +13,13 @@ from pathlib import Path
 import zstandard
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+PROXY_VARS = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
+
+
+def unset_proxies(monkeypatch) -> None:
+    """The test servers are local: a proxy from the environment would not reach them."""
+    for k in PROXY_VARS:
+        monkeypatch.delenv(k, raising=False)
 
 
 def record(text, meta=None) -> bytes:
@@ -97,3 +106,46 @@ def vqgan_job_fields(inputs, output, tokenizer: str, seq_lens, generation_fracti
     the tiny random VQGAN in batches of 4, and the packed lengths and example choice."""
     return dict(inputs=tuple(inputs), output=str(output), tokenizer=tokenizer, vqgan_preset="tiny",
                 batch_size=4, seq_lens=seq_lens, generation_fraction=generation_fraction, seed=seed)
+
+
+def documents_by_source(out: Path) -> dict[tuple[str, int], dict]:
+    """(file, line) -> the document record of a job output, with its documents.parquet row's `meta`."""
+    import pyarrow.parquet as pq
+    from lwmkit.packing import ShardDataSource
+
+    src = ShardDataSource(str(out / "documents"))
+    docs = {}
+    for row in pq.read_table(out / "documents" / "documents.parquet").to_pylist():
+        rec = src[row["index"]]
+        assert rec["doc_id"] == row["doc_id"]
+        docs[(row["source_file"], row["source_line"])] = {**rec, "meta": json.loads(row["meta"])}
+    return docs
+
+
+def assert_same_outputs(out: Path, other: Path, subs: Sequence[str]) -> None:
+    """The shards of each dataset in `subs`, and the failures, are the same bytes in both outputs."""
+    for sub in subs:
+        names = sorted(p.name for p in (out / sub).glob("*.array_record-*"))
+        assert names and names == sorted(p.name for p in (other / sub).glob("*.array_record-*"))
+        _, mismatch, errors = filecmp.cmpfiles(out / sub, other / sub, names, shallow=False)
+        assert mismatch == [] and errors == []
+    assert (out / "failures.jsonl").read_text() == (other / "failures.jsonl").read_text()
+
+
+def build_job(base: Path, server, make_corpus, options, run, tokenizer: str) -> tuple:
+    """(corpus, options, manifest, output) of `run` over the corpus `make_corpus` writes in base/in
+    (its URLs on `server`), with `options(corpus, base / "out", tokenizer)`."""
+    corpus = make_corpus(base / "in", server)
+    opts = options(corpus, base / "out", tokenizer)
+    return corpus, opts, run(opts), base / "out"
+
+
+def checked_failures(out: Path, input_failures: Sequence[tuple]) -> tuple[list[dict], list[tuple]]:
+    """The failures rows of a job output, and the (stage, file, line, reason) of those of its
+    packing stages (`pack-*`), sorted; checks that every row has a detail and that the rows of the
+    other stages are `input_failures`."""
+    rows = read_failures(out)
+    assert all(r["detail"] for r in rows)
+    where = [((r["stage"], r["file"], r["line"], r["reason"]), r["stage"].startswith("pack-")) for r in rows]
+    assert sorted(w for w, packing in where if not packing) == sorted(input_failures)
+    return rows, sorted(w for w, packing in where if packing)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .local_server import serve_with
+from .local_server import send_body, serve_with
 
 SLOW_S = 2.0  # the slow route's delay; tests use a timeout well below it
 
@@ -113,25 +113,16 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):  # keep test output clean
         pass
 
-    def _send(self, code: int, body: bytes = b"", length: int | None = None, headers: dict | None = None):
-        self.send_response(code)
-        self.send_header("Content-Length", str(len(body) if length is None else length))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        with contextlib.suppress(OSError):
-            self.wfile.write(body)
-
     def do_GET(self):  # noqa: N802 - http.server's name
         path = self.path.split("?")[0]
         n = self.hits[path] = self.hits.get(path, 0) + 1
         if path.startswith("/img/") and path[5:] in self.files:
-            self._send(200, self.files[path[5:]], headers={"Content-Type": "image/png"})
+            send_body(self, 200, self.files[path[5:]], headers={"Content-Type": "image/png"})
         elif path == "/slow":
             time.sleep(SLOW_S)
-            self._send(200, self.files.get("slow", b"late"))
+            send_body(self, 200, self.files.get("slow", b"late"))
         elif path == "/big":
-            self._send(200, b"x" * 10, length=10**9)  # claims a gigabyte
+            send_body(self, 200, b"x" * 10, length=10**9)  # claims a gigabyte
         elif path == "/stream":  # no Content-Length: size known only by counting
             self.send_response(200)
             self.send_header("Connection", "close")
@@ -142,19 +133,19 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         elif path == "/flaky":  # 503 twice, then the image
             if n <= 2:
-                self._send(503, b"busy")
+                send_body(self, 503, b"busy")
             else:
-                self._send(200, self.files.get("flaky", b"ok"))
+                send_body(self, 200, self.files.get("flaky", b"ok"))
         elif path == "/to-ftp":
-            self._send(302, headers={"Location": "ftp://127.0.0.1/x.png"})
+            send_body(self, 302, headers={"Location": "ftp://127.0.0.1/x.png"})
         elif path == "/redirect-to-metadata":  # a cloud metadata server, never to be reached
-            self._send(302, headers={"Location": "http://169.254.169.254/latest/meta-data/"})
+            send_body(self, 302, headers={"Location": "http://169.254.169.254/latest/meta-data/"})
         elif path.startswith("/redirect-loop/"):
-            self._send(302, headers={"Location": f"/redirect-loop/{int(path.rsplit('/', 1)[1]) + 1}"})
+            send_body(self, 302, headers={"Location": f"/redirect-loop/{int(path.rsplit('/', 1)[1]) + 1}"})
         elif path == "/to-img":
-            self._send(302, headers={"Location": "/img/" + next(iter(self.files), "none")})
+            send_body(self, 302, headers={"Location": "/img/" + next(iter(self.files), "none")})
         else:
-            self._send(404, b"not found")
+            send_body(self, 404, b"not found")
 
 
 def serve(files: dict[str, bytes]):

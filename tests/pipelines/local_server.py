@@ -9,7 +9,8 @@ Example:
         fetch(server.url("/img/a.png")); assert server.hits["/img/a.png"] == 1
 
 The fake model servers (`qa_server`, `vqa_server`, `tests/eval/openai_server`) build their own
-`ThreadingHTTPServer` and share `ServedInThread` (their `with` block) and `send_json`.
+`ThreadingHTTPServer` and share `ServedInThread` (their `with` block) and `send_json`; every
+handler answers with `send_body`.
 """
 
 from __future__ import annotations
@@ -74,10 +75,19 @@ class ServedInThread:
         self._httpd.server_close()
 
 
+def send_body(handler: BaseHTTPRequestHandler, status: int, body: bytes = b"", headers: dict | None = None,
+              length: int | None = None) -> None:
+    """Answers the request `handler` is serving with `status`, `headers`, a Content-Length (of
+    `body`, or `length` to claim another size) and `body`; a client that hung up is no error."""
+    handler.send_response(status)
+    for k, v in (headers or {}).items():
+        handler.send_header(k, v)
+    handler.send_header("Content-Length", str(len(body) if length is None else length))
+    handler.end_headers()
+    with contextlib.suppress(OSError):
+        handler.wfile.write(body)
+
+
 def send_json(handler: BaseHTTPRequestHandler, status: int, body: bytes) -> None:
     """Answers the request `handler` is serving with `status` and the JSON bytes `body`."""
-    handler.send_response(status)
-    handler.send_header("Content-Type", "application/json")
-    handler.send_header("Content-Length", str(len(body)))
-    handler.end_headers()
-    handler.wfile.write(body)
+    send_body(handler, status, body, {"Content-Type": "application/json"})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 
 from . import golden
+from .helpers import unset_proxies
 
 
 @pytest.fixture(scope="module")
@@ -18,8 +19,7 @@ def golden_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("golden")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
-        for k in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-            mp.delenv(k, raising=False)
+        unset_proxies(mp)
         golden.build_all(root)
     return golden.digests(root)
 

@@ -8,15 +8,14 @@ import pytest
 from lwmkit.pipelines.images.download import DownloadOptions
 from lwmkit.pipelines.images.job import ImagesOptions, run_images
 
+from .helpers import unset_proxies
 from .image_inputs import rgb, serve, write_parquet
 from .test_books import compare_outputs
-from .test_image_text import PROXY_VARS
 
 
 @pytest.fixture(autouse=True)
 def _no_proxy(monkeypatch):
-    for k in PROXY_VARS:
-        monkeypatch.delenv(k, raising=False)
+    unset_proxies(monkeypatch)
 
 
 def _options(urls: str, out, tokenizer, **kw) -> ImagesOptions:

@@ -8,7 +8,6 @@ DirectRunner. The checks read the shards back and rebuild every example independ
 
 from __future__ import annotations
 
-import filecmp
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from lwmkit.pipelines.images.sources import SourceOptions
 from lwmkit.tokenizers import SentencePieceTokenizer
 from lwmkit.tokenizers.vision import EOV_ID, ImageOptions, load_image, vision_field, vision_runs
 
-from .helpers import SHARED_DATA, vqgan_job_fields
+from .helpers import SHARED_DATA, assert_same_outputs, build_job, checked_failures, documents_by_source, unset_proxies, vqgan_job_fields
 from .image_inputs import bad_images, images, rgb, serve, write_captions, write_parquet, write_tar
 
 SEQ_LENS = (2048, 320)
@@ -37,13 +36,9 @@ EXT = {"rgb_jpeg": "jpg", "cmyk": "jpg", "exif_rotated": "jpg", "animated": "gif
 LONG_CAPTION = " ".join(["A long caption about the striped picture and its many colours"] * 6)
 
 
-PROXY_VARS = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
-
-
 @pytest.fixture(autouse=True)
 def _no_proxy(monkeypatch):
-    for k in PROXY_VARS:
-        monkeypatch.delenv(k, raising=False)
+    unset_proxies(monkeypatch)
 
 
 @dataclass
@@ -157,50 +152,22 @@ SERVED = {"u1.png": rgb(seed=50), "u2.jpg": rgb(seed=51, fmt="JPEG"), "slow": rg
 
 
 @pytest.fixture(scope="module")
-def server():
-    with serve(SERVED) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory, bpe_model, server):
-    with pytest.MonkeyPatch.context() as mp:
-        for k in PROXY_VARS:  # the server is local; a proxy from the environment would not reach it
-            mp.delenv(k, raising=False)
-        base = tmp_path_factory.mktemp("images")
-        corpus = make_corpus(base / "in", server)
-        opts = options(corpus, base / "out", bpe_model)
-        manifest = run_images(opts)
-        yield corpus, opts, manifest, base / "out"
-
-
-def _documents(out: Path) -> dict[tuple[str, int], dict]:
-    """(file, line) -> the document record with its documents.parquet row (kind, key)."""
-    import pyarrow.parquet as pq
-
-    src = ShardDataSource(str(out / "documents"))
-    rows = pq.read_table(out / "documents" / "documents.parquet").to_pylist()
-    docs = {}
-    for row in rows:
-        rec = src[row["index"]]
-        assert rec["doc_id"] == row["doc_id"]
-        docs[(row["source_file"], row["source_line"])] = {**rec, "meta": json.loads(row["meta"])}
-    return docs
+def built(tmp_path_factory, bpe_model):
+    with serve(SERVED) as server, pytest.MonkeyPatch.context() as mp:
+        unset_proxies(mp)
+        yield build_job(tmp_path_factory.mktemp("images"), server, make_corpus, options, run_images, bpe_model)
 
 
 def test_failures_and_counts(built):
     corpus, _, manifest, out = built
-    rows = [json.loads(x) for x in (out / "failures.jsonl").read_text().splitlines()]
-    inputs = [r for r in rows if not r["stage"].startswith("pack-")]
-    assert sorted((r["stage"], r["file"], r["line"], r["reason"]) for r in inputs) == sorted(corpus.failures)
-    assert all(r["detail"] for r in rows)
+    rows, packing = checked_failures(out, corpus.failures)
     # An example longer than a record is dropped from that record length, never cut from its image.
-    docs = _documents(out)
+    docs = documents_by_source(out)
     too_long = sorted(
         (f"pack-{n}", *w, "frame_too_long" if d["meta"]["kind"] == "generation" else "tail_too_long")
         for w, d in docs.items() for n in SEQ_LENS if len(d["tokens"]) > n
     )
-    assert too_long and sorted((r["stage"], r["file"], r["line"], r["reason"]) for r in rows if r not in inputs) == too_long
+    assert too_long and packing == too_long
     assert manifest["documents"] == len(corpus.good)
     stages = manifest["stages"]
     assert set(stages) == set(CHAIN.stages)
@@ -227,7 +194,7 @@ def test_every_example_rebuilt_independently(built, bpe_model):
 
     corpus, _, _, out = built
     tok = SentencePieceTokenizer.from_file(bpe_model)
-    docs = _documents(out)
+    docs = documents_by_source(out)
     assert set(docs) == set(corpus.good)
     where = sorted(corpus.good)
     pixels = np.stack([load_image(corpus.good[w][1], ImageOptions(max_pixels=MAX_PIXELS)) for w in where])
@@ -264,7 +231,7 @@ def test_every_example_rebuilt_independently(built, bpe_model):
 
 def test_packed_records_never_cut_an_image(built):
     _, _, manifest, out = built
-    docs = {d["doc_id"]: d for d in _documents(out).values()}
+    docs = {d["doc_id"]: d for d in documents_by_source(out).values()}
     cuts = json.loads((out / "packed-320" / "manifest.json").read_text())["cuts"]
     # the long captions' examples are longer than 320 tokens: dropped there, not cut from their images
     assert cuts["documents_split"] == 0 and cuts["documents_dropped"] >= 1
@@ -315,12 +282,7 @@ def test_rerun_is_byte_identical_and_the_cli_matches(built, bpe_model, tmp_path)
     assert main(args) == 0
     manifests = [json.loads((d / "manifest.json").read_text()) for d in (out, again)]
     assert manifests[0]["options"] == manifests[1]["options"]
-    for sub in ("documents", "packed-2048", "packed-320"):
-        names = sorted(p.name for p in (out / sub).glob("*.array_record-*"))
-        assert names and names == sorted(p.name for p in (again / sub).glob("*.array_record-*"))
-        _, mismatch, errors = filecmp.cmpfiles(out / sub, again / sub, names, shallow=False)
-        assert mismatch == [] and errors == []
-    assert (out / "failures.jsonl").read_text() == (again / "failures.jsonl").read_text()
+    assert_same_outputs(out, again, ("documents", "packed-2048", "packed-320"))
 
 
 @pytest.mark.slow
@@ -329,16 +291,10 @@ def test_multi_processing_matches_in_memory(built, bpe_model, tmp_path):
     corpus, _, _, out = built
     mp = tmp_path / "mp"
     with pytest.MonkeyPatch.context() as patch:
-        for k in PROXY_VARS:
-            patch.delenv(k, raising=False)
+        unset_proxies(patch)
         manifest = run_images(options(corpus, mp, bpe_model, direct_running_mode="multi_processing", direct_num_workers=2))
     assert manifest["runner"] == "DirectRunner (multi_processing)"
-    for sub in ("documents", "packed-2048", "packed-320"):
-        names = sorted(p.name for p in (out / sub).glob("*.array_record-*"))
-        assert names and names == sorted(p.name for p in (mp / sub).glob("*.array_record-*"))
-        _, mismatch, errors = filecmp.cmpfiles(out / sub, mp / sub, names, shallow=False)
-        assert mismatch == [] and errors == []
-    assert (out / "failures.jsonl").read_text() == (mp / "failures.jsonl").read_text()
+    assert_same_outputs(out, mp, ("documents", "packed-2048", "packed-320"))
 
 
 @pytest.mark.realdata
@@ -346,7 +302,7 @@ def test_real_images(built):
     corpus, _, _, out = built
     if not (REAL / "captions.jsonl").exists():
         pytest.skip(f"{REAL} is absent (real sample images)")
-    docs = _documents(out)
+    docs = documents_by_source(out)
     real = [w for w in corpus.good if w[0] == str(REAL / "captions.jsonl")]
     assert len(real) == 12 and all(docs[w]["vision_mask"].sum() == 257 for w in real)
     licenses = {docs[w]["meta"]["license"] for w in real}

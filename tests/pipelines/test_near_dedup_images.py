@@ -13,15 +13,13 @@ from lwmkit.pipelines.images.job import ImagesOptions, run_images
 from PIL import Image
 
 from .dedup.test_images import crop, drawn_scene, jpeg
-from .helpers import count_sketch_calls
+from .helpers import count_sketch_calls, unset_proxies
 from .image_inputs import encode, write_tar
-from .test_image_text import PROXY_VARS
 
 
 @pytest.fixture(autouse=True)
 def _no_proxy(monkeypatch):
-    for k in PROXY_VARS:
-        monkeypatch.delenv(k, raising=False)
+    unset_proxies(monkeypatch)
 
 
 def _png(image: Image.Image) -> bytes:

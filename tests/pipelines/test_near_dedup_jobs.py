@@ -17,15 +17,13 @@ from lwmkit.pipelines.videos.index import FrameSampling
 from lwmkit.pipelines.videos.job import VideosOptions, run_videos
 
 from .dedup.test_videos import encode, scene_frames
-from .helpers import book, record, write_jsonl
-from .test_video_text import PROXY_VARS
+from .helpers import book, record, unset_proxies, write_jsonl
 from .video_inputs import serve
 
 
 @pytest.fixture(autouse=True)
 def _no_proxy(monkeypatch):
-    for k in PROXY_VARS:
-        monkeypatch.delenv(k, raising=False)
+    unset_proxies(monkeypatch)
 
 
 def _near_rows(out: Path) -> list[dict]:

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from . import golden
+from .helpers import unset_proxies
 
 pytestmark = pytest.mark.slow
 
@@ -136,8 +137,7 @@ def _outputs(root: Path, job: str) -> dict[str, bytes]:
 @pytest.mark.parametrize("job", ["books", "images"])
 def test_engines_with_separate_workers_write_the_direct_runners_shards(job, runner, shared_dir, monkeypatch,
                                                                         portable_args):
-    for k in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(k, raising=False)
+    unset_proxies(monkeypatch)
     run = {"books": _books, "images": _images}[job]
     monkeypatch.chdir(shared_dir)
     run(f"out/{job}-direct-for-{runner}", RUNNERS["direct"](portable_args))
@@ -153,8 +153,7 @@ def test_engines_with_separate_workers_write_the_direct_runners_shards(job, runn
 
 def test_videos_on_dask_write_the_direct_runners_shards(shared_dir, monkeypatch):
     """The videos job's decode stage (tagged records, no multi-output ParDo) on the Dask runner."""
-    for k in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(k, raising=False)
+    unset_proxies(monkeypatch)
     monkeypatch.chdir(shared_dir)
     _videos("out/videos-direct-for-dask", RUNNERS["direct"](None))
     direct = _outputs(shared_dir, "videos-direct-for-dask")

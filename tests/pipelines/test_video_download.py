@@ -21,15 +21,14 @@ from lwmkit.pipelines.videos.download import (
     retryable,
 )
 
+from .helpers import unset_proxies
 from .video_inputs import serve, write_clip
 
-PROXY_VARS = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
 
 
 @pytest.fixture(autouse=True)
 def _no_proxy(monkeypatch):
-    for k in PROXY_VARS:
-        monkeypatch.delenv(k, raising=False)
+    unset_proxies(monkeypatch)
 
 
 @pytest.fixture(scope="module")

@@ -12,15 +12,14 @@ from lwmkit.pipelines.videos.frames import DecodeOptions
 from lwmkit.pipelines.videos.index import FrameSampling
 from lwmkit.pipelines.videos.job import VideosOptions, run_videos
 
+from .helpers import unset_proxies
 from .test_books import compare_outputs
-from .test_video_text import PROXY_VARS
 from .video_inputs import serve, write_clip
 
 
 @pytest.fixture(autouse=True)
 def _no_proxy(monkeypatch):
-    for k in PROXY_VARS:
-        monkeypatch.delenv(k, raising=False)
+    unset_proxies(monkeypatch)
 
 
 def _options(urls: str, out: Path, tokenizer: str, **kw) -> VideosOptions:

@@ -12,7 +12,6 @@ download cache and must download nothing again.
 
 from __future__ import annotations
 
-import filecmp
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from lwmkit.pipelines.videos.sources import VideoSourceOptions
 from lwmkit.tokenizers import SentencePieceTokenizer
 from lwmkit.tokenizers.vision import EOF_ID, EOV_ID, frame_codes
 
-from .helpers import SHARED_DATA, vqgan_job_fields
+from .helpers import SHARED_DATA, assert_same_outputs, build_job, checked_failures, documents_by_source, unset_proxies, vqgan_job_fields
 from .video_inputs import (
     HERE,
     corner_frame,
@@ -46,7 +45,6 @@ SEQ_LENS = (4096, 600)
 SAMPLING = FrameSampling("count", num_frames=3)
 CHUNK = 2
 SEED, FRACTION = 5, 0.5
-PROXY_VARS = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
 CHAT = [{"from": "human", "value": "<video>\nWhat is on screen?"}, {"from": "gpt", "value": "Two grey halves."},
         {"from": "human", "value": "Do they change?"}, {"from": "gpt", "value": "Yes, every frame."}]
 
@@ -158,43 +156,24 @@ def server():
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, bpe_model, server):
     with pytest.MonkeyPatch.context() as mp:
-        for k in PROXY_VARS:
-            mp.delenv(k, raising=False)
-        base = tmp_path_factory.mktemp("videos")
-        corpus = make_corpus(base / "in", server)
-        opts = options(corpus, base / "out", bpe_model)
-        manifest = run_videos(opts)
-        yield corpus, opts, manifest, base / "out"
-
-
-def _documents(out: Path) -> dict[tuple[str, int], dict]:
-    import pyarrow.parquet as pq
-
-    src = ShardDataSource(str(out / "documents"))
-    docs = {}
-    for row in pq.read_table(out / "documents" / "documents.parquet").to_pylist():
-        rec = src[row["index"]]
-        docs[(row["source_file"], row["source_line"])] = {**rec, "meta": json.loads(row["meta"])}
-    return docs
+        unset_proxies(mp)
+        yield build_job(tmp_path_factory.mktemp("videos"), server, make_corpus, options, run_videos, bpe_model)
 
 
 def test_failures_and_counts(built):
     corpus, _, manifest, out = built
-    rows = [json.loads(x) for x in (out / "failures.jsonl").read_text().splitlines()]
-    inputs = [r for r in rows if not r["stage"].startswith("pack-")]
-    assert sorted((r["stage"], r["file"], r["line"], r["reason"]) for r in inputs) == sorted(corpus.failures)
-    assert all(r["detail"] for r in rows)
+    rows, packing = checked_failures(out, corpus.failures)
     # chat examples longer than a record are dropped from it (a tail could lose the answers' evidence)
-    too_long = sorted((f"pack-{n}", *w, "too_long") for w, d in _documents(out).items() for n in SEQ_LENS
+    too_long = sorted((f"pack-{n}", *w, "too_long") for w, d in documents_by_source(out).items() for n in SEQ_LENS
                       if d["meta"]["kind"] == "chat" and len(d["tokens"]) > n)
-    assert too_long and sorted((r["stage"], r["file"], r["line"], r["reason"]) for r in rows if r not in inputs) == too_long
+    assert too_long and packing == too_long
     assert "SIGABRT" in next(r["detail"] for r in rows if r["reason"] == "decoder_crashed")
     assert "after 2 attempts" in next(r["detail"] for r in rows if r["reason"] == "timeout")
     s = manifest["stages"]
     assert set(s) == set(CHAIN.stages) and manifest["documents"] == len(corpus.good)
     for stage in ("read", "text", "dedup", "download", "decode"):
         assert s[stage]["dropped"] == sum(f[0] == stage for f in corpus.failures), stage
-    docs = _documents(out)
+    docs = documents_by_source(out)
     frames = sum(d["meta"]["frames"] for d in docs.values())
     assert s["encode"]["seen"] == s["frames"]["kept"] == frames + CHUNK  # the crashed video's first chunk
     assert s["gather"]["kept"] == s["example"]["kept"] == len(corpus.good)
@@ -205,7 +184,7 @@ def test_failures_and_counts(built):
 
 def test_frame_indices_and_kinds(built):
     corpus, _, _, out = built
-    docs = _documents(out)
+    docs = documents_by_source(out)
     assert set(docs) == set(corpus.good)
     by_clip = {Path(w[0]).name + f":{w[1]}": d["meta"] for w, d in docs.items()}
     assert by_clip["list.jsonl:1"]["frame_indices"] == [0, 9, 19]  # linspace(0, 19, 3)
@@ -236,7 +215,7 @@ def test_every_example_rebuilt(built, bpe_model):
     corpus, opts, _, out = built
     tok = SentencePieceTokenizer.from_file(bpe_model)
     builder = VideoExampleBuilder(tok, VideoTemplates())
-    docs = _documents(out)
+    docs = documents_by_source(out)
     codes = {w: np.stack(frame_codes(d["tokens"], d["vision_mask"])) for w, d in docs.items()}  # [F, 16, 16]
     for where, row in corpus.good.items():
         doc = docs[where]
@@ -260,7 +239,7 @@ def test_every_example_rebuilt(built, bpe_model):
 
 def test_packing_cuts_videos_only_between_frames(built):
     _, _, manifest, out = built
-    docs = {d["doc_id"]: d for d in _documents(out).values()}
+    docs = {d["doc_id"]: d for d in documents_by_source(out).values()}
     cuts = json.loads((out / "packed-600" / "manifest.json").read_text())["cuts"]
     # every video is longer than 600 tokens: generation is split with its caption repeated,
     # understanding keeps its tail, chat is dropped
@@ -312,7 +291,7 @@ def test_cli_rerun_by_fps_downloads_nothing_again(built, bpe_model, server, tmp_
     assert main(args) == 0
     assert {route: server.hits[route] for route in corpus.served} == hits  # every good URL came from the cache
     printed = capsys.readouterr().out
-    docs = _documents(again)
+    docs = documents_by_source(again)
     by_clip = {Path(w[0]).name + f":{w[1]}": d["meta"] for w, d in docs.items()}
     assert f"{len(docs)} video examples" in printed
     assert by_clip["urls.parquet:5"]["frame_indices"] == [0, 5, 10, 15]  # the file:// URL, allowed this time
@@ -349,15 +328,8 @@ def test_multi_processing_matches_in_memory(built, bpe_model, tmp_path):
     corpus, _, _, out = built
     mp = tmp_path / "mp"
     with pytest.MonkeyPatch.context() as patch:
-        for k in PROXY_VARS:
-            patch.delenv(k, raising=False)
+        unset_proxies(patch)
         manifest = run_videos(options(corpus, mp, bpe_model, direct_running_mode="multi_processing",
                                       direct_num_workers=2))
     assert manifest["runner"] == "DirectRunner (multi_processing)"
-    subs = ["documents", *(f"packed-{n}" for n in SEQ_LENS)]
-    for sub in subs:
-        names = sorted(p.name for p in (out / sub).glob("*.array_record-*"))
-        assert names and names == sorted(p.name for p in (mp / sub).glob("*.array_record-*"))
-        _, mismatch, errors = filecmp.cmpfiles(out / sub, mp / sub, names, shallow=False)
-        assert mismatch == [] and errors == []
-    assert (out / "failures.jsonl").read_text() == (mp / "failures.jsonl").read_text()
+    assert_same_outputs(out, mp, ["documents", *(f"packed-{n}" for n in SEQ_LENS)])

@@ -8,7 +8,6 @@ decode workers import it by name (`video_inputs:crash_task`) with its folder on 
 
 from __future__ import annotations
 
-import contextlib
 import fractions
 import os
 import time
@@ -188,12 +187,9 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def _send(self, code: int, body: bytes = b"", ctype: str = "application/octet-stream"):
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        with contextlib.suppress(OSError):
-            self.wfile.write(body)
+        from .local_server import send_body  # not at the top: see `serve`
+
+        send_body(self, code, body, {"Content-Type": ctype})
 
     def do_GET(self):  # noqa: N802 - http.server's name
         path = self.path.split("?")[0]

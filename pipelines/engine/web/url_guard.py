@@ -52,6 +52,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from lwmkit.pipelines.engine.job_options import check_ranges
+
 RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
@@ -103,18 +105,10 @@ class DownloadOptions:
     ca_bundle: str | None = None
 
     def __post_init__(self):
-        if not 0 < self.timeout_s <= 3600:
-            raise ValueError(f"timeout_s: {self.timeout_s} is outside (0, 3600]")
+        check_ranges(self, timeout_s="(0, 3600]")
         if not self.timeout_s <= self.total_timeout_s <= 86400:
             raise ValueError(f"total_timeout_s: {self.total_timeout_s} is outside [timeout_s={self.timeout_s}, 86400]")
-        if not 0 <= self.retries <= 10:
-            raise ValueError(f"retries: {self.retries} is outside 0..10")
-        if not 0 <= self.backoff_s <= 600:
-            raise ValueError(f"backoff_s: {self.backoff_s} is outside [0, 600]")
-        if not 1 <= self.max_bytes <= 1 << 31:
-            raise ValueError(f"max_bytes: {self.max_bytes} is outside 1..{1 << 31}")
-        if not 0 <= self.max_redirects <= 30:
-            raise ValueError(f"max_redirects: {self.max_redirects} is outside 0..30")
+        check_ranges(self, retries="0..10", backoff_s="[0, 600]", max_bytes=f"1..{1 << 31}", max_redirects="0..30")
         if isinstance(self.allowed_hosts, str):
             raise ValueError(f"allowed_hosts: give a tuple of hosts, not the string {self.allowed_hosts!r}")
 
