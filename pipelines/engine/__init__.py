@@ -14,7 +14,8 @@
     outputs.py         atomic writes and reads on local disk or any Beam filesystem
     output_lock.py     one job per output folder (owner, start time, heartbeat)
     progress.py        live stage counts: workers report to a folder, the launcher shows the sums
-    exact_dedup.py     exact deduplication by content hash (`KeepFirst`)
+    drops.py           what a stage says about a record it drops (`DropRecord`, `Dropped`, the
+                       failure row) and exact dedup (`KeepFirst`), without Beam
     normalize.py       text normalization before hashing and tokenization
     vqgan.py           the VQGAN step the image and video jobs share
     inference.py       `JaxModelHandler`, Beam RunInference for JAX/Flax models
