@@ -81,7 +81,7 @@ def complete_output(output: str, job: dict[str, Any], stats: list | None = None)
     """The existing job manifest if `output` is complete for the same inputs and options.
 
     Complete means: the job and every dataset manifest are there, were written for these inputs
-    and options, every input still has the size and modification time it had then (`stats`,
+    and options (compared in their JSON form, as the manifest records them), every input still has the size and modification time it had then (`stats`,
     `inputs.input_stats`; recorded in `<output>/.lwm-pack/inputs.json`), and every shard they list
     exists with the listed size (one listing per dataset; `lwm-pack inspect` re-hashes them).
     """
@@ -96,7 +96,9 @@ def complete_output(output: str, job: dict[str, Any], stats: list | None = None)
         old = json.loads(raw)
     except json.JSONDecodeError:
         return None
-    same = all(old.get(k) == job[k] for k in ("options", "input_files", "tokenizer", "lwmkit_version"))
+    keys = ("options", "input_files", "tokenizer", "lwmkit_version")
+    recorded = json.loads(dumps_json({k: job[k] for k in keys}))  # as the manifest holds them: tuples are lists
+    same = all(old.get(k) == recorded[k] for k in keys)
     if not same or not old.get("documents"):
         return None
     for dataset in old.get("datasets", {}):
