@@ -41,8 +41,10 @@ def add_parser(sub) -> None:
 def run(args, beam_args: list[str]) -> None:
     """Runs the image-text job (or its Dataflow dry run) and prints a summary line.
 
-    A rerun over a complete local output is answered before Beam loads (`images.options.complete_images`).
+    A missing local input or tokenizer is refused, and a rerun over a complete local output is
+    answered (`images.options.complete_images`), before Beam loads.
     """
+    common.check_local_inputs(common.split_inputs(args.input), args.tokenizer)  # before Beam loads
     from lwmkit.pipelines.engine.web.url_guard import DownloadOptions
     from lwmkit.pipelines.examples.vision_text import Templates
     from lwmkit.pipelines.images.options import ImagesOptions, complete_images

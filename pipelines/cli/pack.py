@@ -24,9 +24,15 @@ def add_parser(sub) -> None:
 def run(args, beam_args: list[str]) -> None:
     """Packs a documents/ directory into every stage of the schedule and prints each stage.
 
-    A rerun over a complete local output is answered before Beam loads (`pack.options.complete_stages`).
+    A documents/ directory without a readable manifest of document records is refused, and a rerun
+    over a complete local output is answered (`pack.options.complete_stages`), before Beam loads.
     """
-    from lwmkit.pipelines.pack.options import StagesOptions, complete_stages, parse_schedule
+    from lwmkit.pipelines.pack.options import (
+        StagesOptions,
+        complete_stages,
+        parse_schedule,
+        read_source,
+    )
 
     options = StagesOptions(
         documents=args.documents,
@@ -36,6 +42,7 @@ def run(args, beam_args: list[str]) -> None:
         pack=common.pack_options(args),
         **common.run_options(args, beam_args),
     )
+    read_source(options)  # raises what run_stages would for the documents, before Beam loads
     if (manifest := complete_stages(options)) is None:
         from lwmkit.pipelines.pack.job import run_stages
 

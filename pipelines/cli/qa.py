@@ -120,8 +120,9 @@ def _generator(args):
 def run(args: argparse.Namespace, beam_args: list[str]) -> None:
     """Builds `QAOptions` from parsed arguments, runs the job and prints a summary line.
 
-    With Beam's `--dry_run=True` it builds and checks the Dataflow job instead (`engine/dataflow`);
-    a rerun over a complete local output is answered before Beam loads (`qa.options.complete_qa`).
+    With Beam's `--dry_run=True` it builds and checks the Dataflow job instead (`engine/dataflow`).
+    A missing local input or tokenizer is refused, and a rerun over a complete local output is
+    answered (`qa.options.complete_qa`), before Beam loads.
     """
     from lwmkit.pipelines.qa.accounting import retry_line
     from lwmkit.pipelines.qa.assembly import ContextOptions
@@ -138,6 +139,8 @@ def run(args: argparse.Namespace, beam_args: list[str]) -> None:
         if value is not None:
             overrides[key] = value
     inputs = tuple(p for v in args.input or () for p in v.split(",") if p)
+    common.check_local_inputs((), args.tokenizer)  # before Beam loads, in the job's order: tokenizer first
+    common.check_local_inputs(inputs)
     options = QAOptions(
         inputs=inputs,
         documents=args.documents,

@@ -49,8 +49,10 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace, beam_args: list[str]) -> None:
     """Builds `VideoQAOptions` from parsed arguments, runs the job and prints a summary line.
 
-    A rerun over a complete local output is answered before Beam loads (`video_qa.options.complete_video_qa`).
+    A missing local input or tokenizer is refused, and a rerun over a complete local output is
+    answered (`video_qa.options.complete_video_qa`), before Beam loads.
     """
+    common.check_local_inputs(common.split_inputs(args.input), args.tokenizer)  # before Beam loads
     from lwmkit.pipelines.qa.client import ClientOptions
     from lwmkit.pipelines.video_qa.clips import ClipOptions
     from lwmkit.pipelines.video_qa.models import ChatCaptionerOptions, ChatQAOptions, OfflineOptions

@@ -61,9 +61,11 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace, beam_args: list[str]) -> None:
     """Builds `VideosOptions` from parsed arguments, runs the job and prints a summary line.
 
-    With Beam's `--dry_run=True` it builds and checks the Dataflow job instead (`engine/dataflow`);
-    a rerun over a complete local output is answered before Beam loads (`videos.options.complete_videos`).
+    With Beam's `--dry_run=True` it builds and checks the Dataflow job instead (`engine/dataflow`).
+    A missing local input or tokenizer is refused, and a rerun over a complete local output is
+    answered (`videos.options.complete_videos`), before Beam loads.
     """
+    common.check_local_inputs(common.split_inputs(args.input), args.tokenizer)  # before Beam loads
     from lwmkit.pipelines.videos.download import VideoDownloadOptions
     from lwmkit.pipelines.videos.examples import VideoTemplates
     from lwmkit.pipelines.videos.frames import DecodeOptions, FrameSampling

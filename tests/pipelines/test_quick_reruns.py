@@ -133,3 +133,14 @@ def test_a_dry_run_in_a_fresh_process_finds_its_job(tmp_path, bpe_model, job):
     proc = subprocess.run([sys.executable, "-P", "-c", code, *argv], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert "only --runner DataflowRunner builds a job" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("job", list(JOBS))
+def test_a_missing_input_is_refused_before_beam_loads(tmp_path, bpe_model, job):
+    argv = _command(job, bpe_model)
+    flag = "--documents" if job == "pack" else "--input"
+    argv[argv.index(flag) + 1] = str(tmp_path / "nowhere" / ("documents" if job == "pack" else "*.jsonl"))
+    proc, _ = helpers.run_cli_child(argv)
+    assert proc.returncode == 1 and f"lwm-pack {job}: error: " in proc.stderr, proc.stderr
+    assert "matches no file" in proc.stderr or job == "pack"
+    assert proc.stdout.splitlines()[-1] == "[]", proc.stdout
