@@ -8,14 +8,18 @@ it, and reports its wall time and CPU-seconds (the child's user + system time fr
     --help                      the top-level help (imports no Beam, no JAX)
     books: argument error       `--seq-len abc`, refused by argparse (exit 2)
     books: missing input        an --input glob that matches nothing (exit 1, before Beam loads)
-    books: no-op rerun          the same command again over its complete output (exit 0)
+    <job>: no-op rerun          each job command again over its complete output (exit 0): books,
+                                images, videos, video-qa, qa and pack
     inspect --render, 1st       one record of a small video dataset decoded to PNGs with an empty
                                 JAX compile cache (a fresh LWMKIT_JAX_CACHE folder per run)
     inspect --render, 2nd       the same with the cache the first run filled (JAX loads the
                                 compiled decoder instead of compiling it)
 
-Setup, not timed: the built-in sample books and a 1,000-piece tokenizer, one `lwm-pack books` run
-(seq_len 2048), the built-in sample clips through `lwm-pack videos` with the tiny random VQGAN.
+Setup, not timed: the built-in sample books and a 1,000-piece tokenizer, one run of every job
+command: `books` (seq_len 2048), `images` (a webdataset tar of four generated pictures), `videos`
+(the built-in sample clips), `video-qa` (a generated 20 s video with known cuts, offline captions and
+questions), all three with the tiny random VQGAN; `qa` (the sample books, extractive generator, the
+tiny preset) and `pack` (the books output's documents, schedule 1024,2048).
 
 Run (the command recorded in docs/benchmarks.md):
     python bench/startup.py --repeats 3
@@ -49,23 +53,55 @@ def timed(argv: list[str], env: dict[str, str], expect: int) -> tuple[float, flo
     return wall, cpu
 
 
-def setup(work: str, env: dict[str, str]) -> tuple[list[str], str]:
-    """Makes the inputs and outputs the rows read; returns (the books command, the video dataset)."""
+def write_image_tar(path: str, count: int = 4) -> str:
+    """A webdataset tar of `count` generated 64x64 pictures with captions."""
+    import io
+    import tarfile
+
+    import numpy as np
+    from PIL import Image
+
+    with tarfile.open(path, "w") as tar:
+        for i in range(count):
+            png = io.BytesIO()
+            Image.fromarray(np.full((64, 64, 3), 40 * i, np.uint8)).save(png, format="PNG")
+            for name, data in ((f"{i:04d}.png", png.getvalue()), (f"{i:04d}.txt", f"picture {i}".encode())):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def setup(work: str, env: dict[str, str]) -> tuple[dict[str, list[str]], str]:
+    """Makes the inputs and outputs the rows read; returns ({job: its command}, the video dataset)."""
     from lwmkit.pipelines.tools.sample_corpus import write_sample_corpus
-    from lwmkit.pipelines.tools.sample_videos import write_sample_videos
+    from lwmkit.pipelines.tools.sample_videos import write_cut_video, write_sample_videos
 
     books = write_sample_corpus(os.path.join(work, "raw"), books=4, seed=0)
     model = os.path.join(work, "tokenizer.model")
     inputs = [a for p in books for a in ("--input", p)]
     timed(["train-tokenizer", *inputs, "--vocab-size", "1000", "--output", model], env, 0)
-    command = ["books", *inputs, "--tokenizer", model,
-               "--seq-len", "2048", "--output", os.path.join(work, "books-out"), "--quiet"]
-    timed(command, env, 0)
+    tiny = ["--tokenizer", model, "--vqgan-preset", "tiny", "--quiet"]
     listing = write_sample_videos(os.path.join(work, "videos"), clips=2)
-    video_out = os.path.join(work, "video-out")
-    timed(["videos", "--input", listing, "--tokenizer", model, "--output", video_out, "--vqgan-preset", "tiny",
-           "--num-frames", "3", "--seq-len", "4096", "--quiet"], env, 0)
-    return command, os.path.join(video_out, "packed-4096")
+    os.makedirs(os.path.join(work, "long-videos"))
+    commands = {
+        "books": ["books", *inputs, "--tokenizer", model, "--seq-len", "2048", "--output",
+                  os.path.join(work, "books-out"), "--quiet"],
+        "images": ["images", "--input", write_image_tar(os.path.join(work, "images.tar")), *tiny, "--seq-len", "2048",
+                   "--output", os.path.join(work, "images-out")],
+        "videos": ["videos", "--input", listing, *tiny, "--num-frames", "3", "--seq-len", "4096", "--output",
+                   os.path.join(work, "video-out")],
+        "video-qa": ["video-qa", "--input", write_cut_video(os.path.join(work, "long-videos", "shots.mp4")), *tiny,
+                     "--offline", "--min-clip", "1", "--max-clip", "5", "--max-frames", "4", "--batch-size", "4",
+                     "--seq-len", "2048", "--output", os.path.join(work, "video-qa-out")],
+        "qa": ["qa", *inputs, "--tokenizer", model, "--preset", "tiny", "--generator", "extractive", "--output",
+               os.path.join(work, "qa-out"), "--quiet"],
+        "pack": ["pack", "--documents", os.path.join(work, "books-out", "documents"), "--schedule", "1024,2048",
+                 "--output", os.path.join(work, "stages-out"), "--quiet"],
+    }
+    for command in commands.values():  # books first: pack reads its documents
+        timed(command, env, 0)
+    return commands, os.path.join(work, "video-out", "packed-4096")
 
 
 def main() -> None:
@@ -80,7 +116,8 @@ def main() -> None:
     work = args.work or tempfile.mkdtemp(prefix="lwm-startup-")
     caches = os.path.join(work, "jax-caches")
     env = {**os.environ, "LWMKIT_JAX_CACHE": os.path.join(caches, "setup")}
-    books, videos = setup(work, env)
+    commands, videos = setup(work, env)
+    books = commands["books"]
     tokenizer = books[books.index("--tokenizer") + 1]
     miss = ["books", "--input", os.path.join(work, "nothing-*.jsonl"), "--tokenizer", tokenizer,
             "--output", os.path.join(work, "never-written"), "--quiet"]
@@ -95,7 +132,8 @@ def main() -> None:
         row("lwm-pack --help", ["--help"])
         row("lwm-pack books: argument error (--seq-len abc)", bad, expect=2)
         row("lwm-pack books: missing input", miss, expect=1)
-        row("lwm-pack books: no-op rerun of a complete output", books)
+        for job, command in commands.items():
+            row(f"lwm-pack {job}: no-op rerun of a complete output", command)
         png = os.path.join(work, f"png-{r}")
         row("lwm-pack inspect --render, 1st (empty JAX cache)", [*render, png + "a"], cache=f"fresh-{r}")
         row("lwm-pack inspect --render, 2nd (cache from the 1st)", [*render, png + "b"], cache=f"fresh-{r}")

@@ -1,8 +1,9 @@
 """Apache Beam jobs that turn raw data into lwmkit token shards: books, image-text pairs, videos, long-context QA.
 
 Public names load on first use, so `lwm-pack --help` and `lwmkit.pipelines.cli` start without
-importing Beam. The folders (see docs/architecture.md) and the dependency rule between them, kept
-by tests/test_layering.py (a folder may import itself and the folders after its arrow):
+importing Beam (the options classes load from each job's Beam-free `options.py`). The folders (see
+docs/architecture.md) and the dependency rule between them, kept by tests/test_layering.py (a
+folder may import itself and the folders after its arrow):
 
     cli -> tools, books, images, videos, video_qa, qa, pack, examples, dedup, writing, engine
     tools -> books, images, videos, video_qa, qa, pack, examples, dedup, writing, engine
@@ -26,19 +27,19 @@ stages and drives its model calls with the QA job's client, cache and call runne
 import importlib
 
 _EXPORTS = {
-    "BooksOptions": "books.job",
+    "BooksOptions": "books.options",  # no Beam
     "NoValidDocumentsError": "books.job",
     "run_books": "books.job",
-    "ImagesOptions": "images.job",
+    "ImagesOptions": "images.options",  # no Beam
     "NoValidPairsError": "images.job",
     "run_images": "images.job",
-    "QAOptions": "qa.job",
+    "QAOptions": "qa.options",  # no Beam
     "NoValidContextsError": "qa.job",
     "run_qa": "qa.job",
-    "VideosOptions": "videos.job",
+    "VideosOptions": "videos.options",  # no Beam
     "NoValidVideosError": "videos.job",
     "run_videos": "videos.job",
-    "VideoQAOptions": "video_qa.job",
+    "VideoQAOptions": "video_qa.options",  # no Beam
     "NoValidVideoQAError": "video_qa.job",
     "run_video_qa": "video_qa.job",
 }

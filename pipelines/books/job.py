@@ -42,7 +42,7 @@ from lwmkit.pipelines.dedup.stored import (
 from lwmkit.pipelines.dedup.text import MinHashConfig
 from lwmkit.pipelines.engine import inputs
 from lwmkit.pipelines.engine.dataflow import register_dry_run
-from lwmkit.pipelines.engine.exact_dedup import KeepFirst
+from lwmkit.pipelines.engine.drops import KeepFirst
 from lwmkit.pipelines.engine.inputs import read_tokenizer
 from lwmkit.pipelines.engine.lifecycle import PreparedJob, launch
 from lwmkit.pipelines.engine.normalize import normalize_text

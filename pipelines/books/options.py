@@ -14,9 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from lwmkit.pipelines.books.sources import input_kind
 from lwmkit.pipelines.dedup.text import MinHashConfig
 from lwmkit.pipelines.engine import runner as runner_lib
-from lwmkit.pipelines.engine.inputs import local_matches, read_tokenizer
+from lwmkit.pipelines.engine.inputs import local_inputs, read_tokenizer
 from lwmkit.pipelines.engine.job_options import (
     DEFAULT_UNIT_BYTES,
     check_packing_fields,
@@ -130,15 +131,15 @@ def books_summary(files: list[str], tokenizer, job: dict[str, Any]) -> str:
 def complete_books(options: BooksOptions) -> dict[str, Any] | None:
     """The manifest of a complete local output for `options`, answered without Beam, or None.
 
-    It matches the inputs as Beam would (`engine.inputs.local_matches`), reads the tokenizer and
+    It matches the inputs as Beam would (`engine.inputs.local_inputs`), reads the tokenizer and
     asks `lifecycle.answer_complete` with the same job record `prepare_books` builds; None (run
     `run_books`, which checks again) for object-store paths, `[...]` globs, a missing input or
     tokenizer, or anything else it cannot be sure of.
     """
     if not may_answer_complete(options) or "://" in options.tokenizer:
         return None  # first: a first run lists no inputs and reads no tokenizer twice
-    files = local_matches(options.inputs)
-    if not files:
+    files = local_inputs(options.inputs, input_kind)
+    if files is None:
         return None
     try:
         tokenizer = read_tokenizer(options.tokenizer)

@@ -28,7 +28,7 @@ from typing import Any, BinaryIO
 
 from lwmkit.pipelines.engine.jsonl import file_chunks, guard_record, parquet_file, parse_object, read_records, split_lines, too_long, utf8_text
 from lwmkit.pipelines.engine.inputs import kind_by_suffix
-from lwmkit.pipelines.engine.stages import Dropped
+from lwmkit.pipelines.engine.drops import Dropped
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 SUFFIXES = (".jsonl.zst", ".jsonl.zstd", ".jsonl", ".json.zst", ".txt", ".parquet")

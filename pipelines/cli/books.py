@@ -32,7 +32,6 @@ def run(args, beam_args: list[str]) -> None:
     """
     common.check_local_inputs(common.split_inputs(args.input), args.tokenizer)  # before Beam loads
     from lwmkit.pipelines.books.options import BooksOptions, complete_books
-    from lwmkit.pipelines.engine.dataflow import dry_run_instead
 
     options = BooksOptions(
         **job_command.io_option_values(args),
@@ -45,7 +44,7 @@ def run(args, beam_args: list[str]) -> None:
         near_threshold=args.near_threshold,
         **common.run_options(args, beam_args),
     )
-    if dry_run_instead(options):
+    if job_command.dry_run_instead(options, "books.job"):
         return
     if (manifest := complete_books(options)) is None:
         from lwmkit.pipelines.books.job import run_books

@@ -39,11 +39,15 @@ def add_parser(sub) -> None:
 
 
 def run(args, beam_args: list[str]) -> None:
-    """Runs the image-text job (or its Dataflow dry run) and prints a summary line."""
-    from lwmkit.pipelines.engine.dataflow import dry_run_instead
+    """Runs the image-text job (or its Dataflow dry run) and prints a summary line.
+
+    A missing local input or tokenizer is refused, and a rerun over a complete local output is
+    answered (`images.options.complete_images`), before Beam loads.
+    """
+    common.check_local_inputs(common.split_inputs(args.input), args.tokenizer)  # before Beam loads
+    from lwmkit.pipelines.engine.web.url_guard import DownloadOptions
     from lwmkit.pipelines.examples.vision_text import Templates
-    from lwmkit.pipelines.images.download import DownloadOptions
-    from lwmkit.pipelines.images.job import ImagesOptions, run_images
+    from lwmkit.pipelines.images.options import ImagesOptions, complete_images
     from lwmkit.pipelines.images.sources import SourceOptions
     from lwmkit.tokenizers.vision import ImageOptions
 
@@ -68,7 +72,10 @@ def run(args, beam_args: list[str]) -> None:
         **common.work_options(args),
         **common.run_options(args, beam_args),
     )
-    if dry_run_instead(options):
+    if job_command.dry_run_instead(options, "images.job"):
         return
-    manifest = run_images(options)
+    if (manifest := complete_images(options)) is None:
+        from lwmkit.pipelines.images.job import run_images
+
+        manifest = run_images(options)
     job_command.print_datasets(manifest, "image-text examples")

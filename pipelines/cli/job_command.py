@@ -15,6 +15,7 @@ Example (a command module's `add_parser` and `run`):
 from __future__ import annotations
 
 import argparse
+import importlib
 from typing import Any
 
 from lwmkit.pipelines.cli.common import int_list, print_retry, split_inputs
@@ -87,6 +88,18 @@ def arg_values(args: argparse.Namespace, *same: str, **renamed: str) -> dict[str
     """
     return {**{name: getattr(args, name) for name in same},
             **{name: getattr(args, arg) for name, arg in renamed.items()}}
+
+
+def dry_run_instead(options: Any, job_module: str) -> bool:
+    """`engine.dataflow.dry_run_instead` for a job command: with Beam's --dry_run, the job's module
+    (`job_module` under `lwmkit.pipelines`, e.g. "images.job", which registers its graph) is imported
+    first; without it nothing more loads, so the quick no-op answer that follows stays Beam-free."""
+    from lwmkit.pipelines.engine.dataflow import dry_run_instead as dry_run_of
+    from lwmkit.pipelines.engine.dataflow import dry_run_requested
+
+    if dry_run_requested(options.beam_args):
+        importlib.import_module(f"lwmkit.pipelines.{job_module}")
+    return dry_run_of(options)
 
 
 def print_datasets(manifest: dict[str, Any], what: str) -> None:

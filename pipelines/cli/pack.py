@@ -22,19 +22,31 @@ def add_parser(sub) -> None:
 
 
 def run(args, beam_args: list[str]) -> None:
-    """Packs a documents/ directory into every stage of the schedule and prints each stage."""
-    from lwmkit.pipelines.pack.job import StagesOptions, parse_schedule, run_stages
+    """Packs a documents/ directory into every stage of the schedule and prints each stage.
 
-    manifest = run_stages(
-        StagesOptions(
-            documents=args.documents,
-            output=args.output,
-            schedule=parse_schedule(args.schedule),
-            min_doc_tokens=args.min_doc_tokens,
-            pack=common.pack_options(args),
-            **common.run_options(args, beam_args),
-        )
+    A documents/ directory without a readable manifest of document records is refused, and a rerun
+    over a complete local output is answered (`pack.options.complete_stages`), before Beam loads.
+    """
+    from lwmkit.pipelines.pack.options import (
+        StagesOptions,
+        complete_stages,
+        parse_schedule,
+        read_source,
     )
+
+    options = StagesOptions(
+        documents=args.documents,
+        output=args.output,
+        schedule=parse_schedule(args.schedule),
+        min_doc_tokens=args.min_doc_tokens,
+        pack=common.pack_options(args),
+        **common.run_options(args, beam_args),
+    )
+    read_source(options)  # raises what run_stages would for the documents, before Beam loads
+    if (manifest := complete_stages(options)) is None:
+        from lwmkit.pipelines.pack.job import run_stages
+
+        manifest = run_stages(options)
     for stage in manifest.get("stages_schedule", []):
         print(
             f"seq_len {stage['seq_len']:>8}: {stage['records']} records, fill {stage['fill']:.2%}, "

@@ -121,11 +121,12 @@ def run(args: argparse.Namespace, beam_args: list[str]) -> None:
     """Builds `QAOptions` from parsed arguments, runs the job and prints a summary line.
 
     With Beam's `--dry_run=True` it builds and checks the Dataflow job instead (`engine/dataflow`).
+    A missing local input or tokenizer is refused, and a rerun over a complete local output is
+    answered (`qa.options.complete_qa`), before Beam loads.
     """
-    from lwmkit.pipelines.engine.dataflow import dry_run_instead
     from lwmkit.pipelines.qa.accounting import retry_line
     from lwmkit.pipelines.qa.assembly import ContextOptions
-    from lwmkit.pipelines.qa.job import QAOptions, run_qa
+    from lwmkit.pipelines.qa.options import QAOptions, complete_qa
 
     overrides: dict[str, Any] = {"min_fill": args.min_fill, "order": args.question_order, "seed": args.seed,
                                  "final_eos_loss": args.final_eos_loss}
@@ -138,6 +139,8 @@ def run(args: argparse.Namespace, beam_args: list[str]) -> None:
         if value is not None:
             overrides[key] = value
     inputs = tuple(p for v in args.input or () for p in v.split(",") if p)
+    common.check_local_inputs((), args.tokenizer)  # before Beam loads, in the job's order: tokenizer first
+    common.check_local_inputs(inputs)
     options = QAOptions(
         inputs=inputs,
         documents=args.documents,
@@ -154,9 +157,12 @@ def run(args: argparse.Namespace, beam_args: list[str]) -> None:
         **common.near_dedup_options(args),
         **common.run_options(args, beam_args),
     )
-    if dry_run_instead(options):
+    if job_command.dry_run_instead(options, "qa.job"):
         return
-    manifest = run_qa(options)
+    if (manifest := complete_qa(options)) is None:
+        from lwmkit.pipelines.qa.job import run_qa
+
+        manifest = run_qa(options)
     qa = manifest["qa"]
     g, ctx = qa["generation"], qa["contexts"]
     print(

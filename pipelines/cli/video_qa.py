@@ -20,8 +20,8 @@ def add_parser(sub) -> None:
         sub, "video-qa", "long videos -> clip captions and QA over the whole video -> LWM video chat shards (Beam job)")
     job_command.add_io_arguments(v, "video file glob (.mp4, .mkv, .webm, ...)", (32768,),
                                  "packed lengths; frames fill the smallest", tokenizer_help="SentencePiece .model")
+    vqgan.add_vqgan_arguments(v, "frames")  # its own group: --max-frames still lists after --seq-len
     v.add_argument("--max-frames", type=int, default=4096, help="most frames of one video in its example")
-    vqgan.add_vqgan_arguments(v, "frames")
     c = v.add_argument_group("clips")
     c.add_argument("--clips", default="scenes", choices=["scenes", "stride"], help="shot boundaries or fixed pieces")
     c.add_argument("--threshold", type=float, default=27.0, help="PySceneDetect content detector threshold")
@@ -47,12 +47,16 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace, beam_args: list[str]) -> None:
-    """Builds `VideoQAOptions` from parsed arguments, runs the job and prints a summary line."""
-    from lwmkit.pipelines.engine.dataflow import dry_run_instead
+    """Builds `VideoQAOptions` from parsed arguments, runs the job and prints a summary line.
+
+    A missing local input or tokenizer is refused, and a rerun over a complete local output is
+    answered (`video_qa.options.complete_video_qa`), before Beam loads.
+    """
+    common.check_local_inputs(common.split_inputs(args.input), args.tokenizer)  # before Beam loads
     from lwmkit.pipelines.qa.client import ClientOptions
     from lwmkit.pipelines.video_qa.clips import ClipOptions
-    from lwmkit.pipelines.video_qa.job import VideoQAOptions, run_video_qa
     from lwmkit.pipelines.video_qa.models import ChatCaptionerOptions, ChatQAOptions, OfflineOptions
+    from lwmkit.pipelines.video_qa.options import VideoQAOptions, complete_video_qa
 
     if args.offline or not args.base_url:
         captioner, questions = OfflineOptions(args.questions), OfflineOptions(args.questions)
@@ -81,9 +85,12 @@ def run(args: argparse.Namespace, beam_args: list[str]) -> None:
         **common.run_options(args, beam_args),
         **common.work_options(args),
     )
-    if dry_run_instead(options):
+    if job_command.dry_run_instead(options, "video_qa.job"):
         return
-    manifest = run_video_qa(options)
+    if (manifest := complete_video_qa(options)) is None:
+        from lwmkit.pipelines.video_qa.job import run_video_qa
+
+        manifest = run_video_qa(options)
     t = manifest.get("video_qa", {}).get("totals", {})
     print(f"{manifest['documents']} video chat examples from {t.get('videos', 0)} videos, {t.get('clips', 0)} clips, "
           f"{t.get('questions', 0)} questions; {t.get('caption.calls', 0) + t.get('qa.calls', 0)} model calls, "

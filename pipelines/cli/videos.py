@@ -62,12 +62,14 @@ def run(args: argparse.Namespace, beam_args: list[str]) -> None:
     """Builds `VideosOptions` from parsed arguments, runs the job and prints a summary line.
 
     With Beam's `--dry_run=True` it builds and checks the Dataflow job instead (`engine/dataflow`).
+    A missing local input or tokenizer is refused, and a rerun over a complete local output is
+    answered (`videos.options.complete_videos`), before Beam loads.
     """
-    from lwmkit.pipelines.engine.dataflow import dry_run_instead
+    common.check_local_inputs(common.split_inputs(args.input), args.tokenizer)  # before Beam loads
     from lwmkit.pipelines.videos.download import VideoDownloadOptions
     from lwmkit.pipelines.videos.examples import VideoTemplates
     from lwmkit.pipelines.videos.frames import DecodeOptions, FrameSampling
-    from lwmkit.pipelines.videos.job import VideosOptions, run_videos
+    from lwmkit.pipelines.videos.options import VideosOptions, complete_videos
     from lwmkit.pipelines.videos.sources import VideoSourceOptions
 
     decode = DecodeOptions(
@@ -96,7 +98,10 @@ def run(args: argparse.Namespace, beam_args: list[str]) -> None:
         **common.run_options(args, beam_args),
         **common.work_options(args),
     )
-    if dry_run_instead(options):
+    if job_command.dry_run_instead(options, "videos.job"):
         return
-    manifest = run_videos(options)
+    if (manifest := complete_videos(options)) is None:
+        from lwmkit.pipelines.videos.job import run_videos
+
+        manifest = run_videos(options)
     job_command.print_datasets(manifest, f"video examples ({manifest['stages']['frames']['kept']} frames)")

@@ -7,6 +7,9 @@ or any Beam filesystem.
 
 The kind functions are `kind_by_suffix` over each job's table of suffixes.
 
+Commands answer a no-op rerun before Beam loads, so `local_matches` and `local_inputs` find what
+Beam's local match would, without it.
+
 Example:
     match_inputs(["books/*.jsonl.zst"], input_kind)   # -> sorted paths; ValueError on a .csv
     kind_by_suffix("a.CSV", ((".parquet", "parquet"), (".csv", "csv")), "expected .parquet or .csv")  # "csv"
@@ -103,6 +106,32 @@ def local_matches(patterns: Sequence[str]) -> list[str] | None:
             continue
         found.update(p for d, _, names in os.walk(root) for n in names if match(p := os.path.join(d, n)))
     return sorted(found)
+
+
+def local_inputs(
+    patterns: Sequence[str],
+    kind: Callable[[str], Any],
+    expand: Callable[[str], str] | None = None,
+) -> list[str] | None:
+    """What `match_inputs(patterns, kind, expand)` returns, found without Beam (`local_matches`);
+    None where it cannot be sure or would raise: a remote pattern, a `[...]` class, a pattern that
+    matches nothing, a file `kind` refuses. A job's quick no-op answer lists its inputs with it.
+
+    Example:
+        local_inputs(["books/*.jsonl.zst"], input_kind)   # -> sorted paths; None on a .csv
+    """
+    files: set[str] = set()
+    for pattern in patterns:
+        matched = local_matches([expand(pattern) if expand else pattern])
+        if not matched:
+            return None
+        try:
+            for path in matched:
+                kind(path)
+        except ValueError:
+            return None
+        files.update(matched)
+    return sorted(files)
 
 
 def input_stats(files: Sequence[str]) -> list[list]:

@@ -26,8 +26,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO
 
 from lwmkit.packing.json_input import parse_json
+from lwmkit.pipelines.engine.drops import Dropped
 from lwmkit.pipelines.engine.outputs import open_input
-from lwmkit.pipelines.engine.stages import Dropped
 
 
 def file_chunks(f: BinaryIO, size: int = 1 << 20) -> Iterator[bytes]:

@@ -10,7 +10,8 @@ cannot drift apart. A rerun whose output is already complete for the same inputs
 (`complete_output`) returns at once.
 
 This module imports Beam only when a pipeline runs, so a command can answer a no-op rerun of a
-local output (`complete_output`, `answer_complete`) before Beam loads (`books/options.py`).
+local output (`complete_output`, `answer_complete`) before Beam loads: each job's `options.py`
+(`books/`, `images/`, `videos/`, `video_qa/`, `qa/`, `pack/`) has its `complete_<job>`.
 
 Example (what `run_books` is):
     launch(options, prepare_books, NoValidDocumentsError, "no valid documents in")
@@ -81,9 +82,10 @@ def complete_output(output: str, job: dict[str, Any], stats: list | None = None)
     """The existing job manifest if `output` is complete for the same inputs and options.
 
     Complete means: the job and every dataset manifest are there, were written for these inputs
-    and options, every input still has the size and modification time it had then (`stats`,
-    `inputs.input_stats`; recorded in `<output>/.lwm-pack/inputs.json`), and every shard they list
-    exists with the listed size (one listing per dataset; `lwm-pack inspect` re-hashes them).
+    and options (compared in their JSON form, as the manifest records them), every input still
+    has the size and modification time it had then (`stats`, `inputs.input_stats`; recorded in
+    `<output>/.lwm-pack/inputs.json`), and every shard they list exists with the listed size (one
+    listing per dataset; `lwm-pack inspect` re-hashes them).
     """
     raw = read_output_bytes(join(output, "manifest.json"))
     if raw is None:
@@ -96,7 +98,9 @@ def complete_output(output: str, job: dict[str, Any], stats: list | None = None)
         old = json.loads(raw)
     except json.JSONDecodeError:
         return None
-    same = all(old.get(k) == job[k] for k in ("options", "input_files", "tokenizer", "lwmkit_version"))
+    keys = ("options", "input_files", "tokenizer", "lwmkit_version")
+    recorded = json.loads(dumps_json({k: job[k] for k in keys}))  # as the manifest holds them: tuples are lists
+    same = all(old.get(k) == recorded[k] for k in keys)
     if not same or not old.get("documents"):
         return None
     for dataset in old.get("datasets", {}):
@@ -159,32 +163,44 @@ def retry_summary(manifest: dict[str, Any]) -> str | None:
 
 def may_answer_complete(options: Any) -> bool:
     """Whether `answer_complete` could answer for `options` at all: a local output holding a job
-    manifest and no lock, without `force` or `retry_failures`. Cheap (no input listing, no
-    tokenizer), so a first run pays nothing for the no-op check."""
+    manifest and no lock, without `force` or `retry_failures` (a job without the latter, `pack`,
+    never retries). Cheap (no input listing, no tokenizer), so a first run pays nothing for the
+    no-op check."""
     output = options.output
-    return not (options.force or options.retry_failures or not is_local(output)
+    return not (options.force or getattr(options, "retry_failures", False) or not is_local(output)
                 or os.path.exists(lock_path(output)) or not os.path.isfile(join(output, "manifest.json")))
 
 
-def answer_complete(options: Any, job: dict[str, Any], summary: str, stages: Sequence[str]) -> dict[str, Any] | None:
+def print_warnings(job: dict[str, Any]) -> None:
+    """Prints the job record's `warnings` to stderr (e.g. a randomly initialised VQGAN), --quiet or not."""
+    for warning in job.get("warnings", ()):
+        print(f"[lwm-pack] WARNING: {warning}", file=sys.stderr, flush=True)
+
+
+def answer_complete(options: Any, job: dict[str, Any], summary: str, stages: Sequence[str],
+                    closing: Callable[[dict[str, Any]], Sequence[str]] | None = None) -> dict[str, Any] | None:
     """The no-op answer of a rerun over a complete local output, before Beam loads, or None.
 
-    Returns the job manifest, having logged what `launch` logs for it (the job's `summary`, the
-    complete line, the stage counts), when `complete_output(options.output, job, ...)` holds, no
-    job holds the output's lock, and neither `force` nor `retry_failures` is set. None, and
-    nothing logged, for anything else, an object-store output included: the caller then runs
-    `launch`, which checks again under the lock (it never answers differently for a complete output).
-    `job` must be the record the job's `prepare` builds (e.g. `books.options.books_job`).
+    Returns the job manifest, having said what the full path says for it (the job record's
+    warnings, which its `prepare` prints; the job's `summary`, the complete line, then the stage
+    counts in the order of `stages`, or the lines `closing(manifest)` gives instead), when
+    `complete_output(options.output, job, ...)` holds, no job holds the output's lock, and neither
+    `force` nor `retry_failures` is set. None, and nothing said, for anything else, an
+    object-store output included: the caller then runs the job, which checks again under the lock
+    (it never answers differently for a complete output). `job` must be the record the job's
+    `prepare` builds (e.g. `books.options.books_job`).
     """
     if not may_answer_complete(options):
         return None
     output = options.output
     done = complete_output(output, job, input_stats(job["input_files"]))
     if done:
+        print_warnings(job)
         log = progress_log(options.progress)
         log(summary)
         log(COMPLETE.format(output=output))
-        for line in stage_count_lines(done.get("stages") or {}, stages):
+        lines = closing(done) if closing else stage_count_lines(done.get("stages") or {}, stages)
+        for line in lines:
             log(line)
     return done or None
 

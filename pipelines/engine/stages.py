@@ -34,42 +34,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
 from lwmkit.pipelines.engine import progress as progress_lib
+from lwmkit.pipelines.engine.drops import Dropped, DropRecord, failure_row
 
 MAIN = "main"
 FAILURES = "failures"
 COUNTS = "counts"
-
-
-class DropRecord(Exception):  # noqa: N818 - it is a signal, not an error of the job
-    """Raised by a stage function to drop the current record with a reason."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
-
-
-@dataclass(frozen=True)
-class Dropped:
-    """Yielded by a stage function for a record it drops (when one input yields several records)."""
-
-    reason: str
-    detail: str = ""
-    file: str = ""
-    line: int = 0
-
-
-def failure_row(stage: str, file: str, line: int, reason: str, detail: str = "") -> dict[str, Any]:
-    return {"stage": stage, "file": file, "line": int(line), "reason": reason, "detail": detail}
-
-
-def failure_sort_key(row: dict[str, Any]) -> tuple:
-    return (row["file"], row["line"], row["stage"], row["reason"], row["detail"])
 
 
 class RuntimeState:

@@ -14,20 +14,28 @@ Example (inside a job's build_pipeline, `options` a `VQGANOptions`):
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from lwmkit.pipelines.engine import runner as runner_lib
-from lwmkit.pipelines.engine.inputs import read_tokenizer
+from lwmkit.pipelines.engine.drops import Dropped
+from lwmkit.pipelines.engine.inputs import local_inputs, read_tokenizer
 from lwmkit.pipelines.engine.job_options import check_choices, check_ranges
-from lwmkit.pipelines.engine.lifecycle import PreparedJob, job_record
-from lwmkit.pipelines.engine.stages import Dropped, StageList
+from lwmkit.pipelines.engine.lifecycle import (
+    PreparedJob,
+    answer_complete,
+    job_record,
+    may_answer_complete,
+    print_warnings,
+)
 from lwmkit.tokenizers import vqgan_config
 from lwmkit.tokenizers.text import SentencePieceTokenizer
 from lwmkit.tokenizers.vision import CODE_GRID, IMAGE_SIZE, NUM_CODES, VISION_VOCAB_SIZE
+
+if TYPE_CHECKING:
+    from lwmkit.pipelines.engine.stages import StageList
 
 VQGAN_PRESETS = tuple(vqgan_config.VQGAN_PRESETS)  # from the config module: no JAX import here
 VQGAN_DTYPES = vqgan_config.DTYPES
@@ -84,14 +92,15 @@ def random_init_warning(preset: str) -> str:
     )
 
 
-def vqgan_job(options: Any, files: list[str], tokenizer: SentencePieceTokenizer) -> tuple[dict[str, Any], str]:
+def vqgan_job(options: Any, files: list[str], tokenizer: SentencePieceTokenizer, *,
+              warn: bool = True) -> tuple[dict[str, Any], str]:
     """The job record of a job that runs the VQGAN (images, videos), and the VQGAN's sha256.
 
-    Builds the VQGAN once here for its fingerprint (workers build their own); new weights at the
-    same path change the recorded options, so the output is rebuilt. Random weights put a warning
-    in the record and on stderr.
+    Builds the VQGAN once here for its fingerprint (workers build their own; no JAX is needed for
+    it); new weights at the same path change the recorded options, so the output is rebuilt.
+    Random weights put a warning in the record (`warnings`), and on stderr unless not `warn`.
     """
-    image_tokenizer = load_image_tokenizer(options.vqgan, options.vqgan_preset, options.vqgan_seed, options.vqgan_dtype)
+    image_tokenizer = image_tokenizer_of(options.vqgan, options.vqgan_preset, options.vqgan_seed, options.vqgan_dtype)
     vqgan = {**image_tokenizer.fingerprint(), "path": options.vqgan}
     del image_tokenizer
     job = job_record(
@@ -102,10 +111,18 @@ def vqgan_job(options: Any, files: list[str], tokenizer: SentencePieceTokenizer)
     )
     job["vqgan"] = vqgan
     if vqgan.get("random_init"):
-        warning = random_init_warning(options.vqgan_preset)
-        job["warnings"] = [warning]
-        print(f"[lwm-pack] WARNING: {warning}", file=sys.stderr, flush=True)
+        job["warnings"] = [random_init_warning(options.vqgan_preset)]
+        if warn:
+            print_warnings(job)
     return job, vqgan["sha256"]
+
+
+def vqgan_summary(options: Any, files: list[str], tokenizer: SentencePieceTokenizer, job: dict[str, Any], what: str,
+                  where: str) -> str:
+    """The first progress line of a job that runs the VQGAN: `what` names the inputs, `where` ends it
+    (default: the runner)."""
+    return (f"{len(files)} {what}; tokenizer {tokenizer.name} ({tokenizer.vocab_size} pieces); "
+            f"VQGAN {options.vqgan or 'random ' + options.vqgan_preset}; {where or 'runner ' + job['runner']}")
 
 
 def prepare_vqgan_job(
@@ -115,9 +132,12 @@ def prepare_vqgan_job(
 
     Reads the tokenizer, fingerprints the VQGAN into the job record (`vqgan_job`), and binds
     `build_pipeline(p, options, files, tokenizer, vqgan_sha256, job, receipts, retried)`.
-    `what` names the inputs and `where` ends the progress line.
+    `what` names the inputs and `where` ends the progress line (`vqgan_summary`).
     """
+    from lwmkit.packing.compile_cache import enable_compile_cache
+
     tokenizer = read_tokenizer(options.tokenizer)
+    enable_compile_cache()  # in the driver too (a bad LWMKIT_JAX_CACHE fails here, before the job runs)
     job, vqgan_sha256 = vqgan_job(options, files, tokenizer)
 
     def build(p, receipts=(), retried=None):
@@ -128,21 +148,53 @@ def prepare_vqgan_job(
         job=job,
         build=build,
         stages=stages,
-        summary=f"{len(files)} {what}; tokenizer {tokenizer.name} ({tokenizer.vocab_size} pieces); "
-        f"VQGAN {options.vqgan or 'random ' + options.vqgan_preset}; {where or 'runner ' + job['runner']}",
+        summary=vqgan_summary(options, files, tokenizer, job, what, where),
     )
 
 
-def load_image_tokenizer(vqgan: str | None, preset: str, seed: int, dtype: str = "float32"):
-    """`ImageTokenizer.from_weights(vqgan, preset)`, or a random one of `preset` when vqgan is None."""
-    from lwmkit.packing.compile_cache import enable_compile_cache
-    from lwmkit.tokenizers.vqgan import ImageTokenizer
+def complete_vqgan_job(options: Any, kind: Callable[[str], Any], expand: Callable[[str], str] | None,
+                       stages: Sequence[str], what: str, where: str,
+                       extra: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The manifest of a complete local output of a job that runs the VQGAN, answered before Beam
+    and JAX load, or None (the job's `run_<job>` then runs and checks again).
 
-    enable_compile_cache()  # here, in the driver and in every worker: the VQGAN compiles once per machine
+    It matches the inputs as the job's `match_inputs` would (`engine.inputs.local_inputs` with the
+    job's `kind` and `expand`), reads the tokenizer, fingerprints the VQGAN and asks
+    `lifecycle.answer_complete` with the record `prepare_vqgan_job` builds (`vqgan_job`, plus
+    `extra` entries the job adds), logging what `launch` logs (`vqgan_summary` with `what` and
+    `where`, the job's `stages`). None for object-store paths, a missing input, tokenizer or VQGAN
+    file, or anything else it cannot be sure of.
+    """
+    if not may_answer_complete(options) or "://" in options.tokenizer:
+        return None  # first: a first run lists no inputs and reads no tokenizer or VQGAN twice
+    files = local_inputs(options.inputs, kind, expand)
+    if files is None:
+        return None
+    try:
+        tokenizer = read_tokenizer(options.tokenizer)
+        job, _ = vqgan_job(options, files, tokenizer, warn=False)  # answer_complete warns if it answers
+    except (OSError, ValueError):
+        return None
+    summary = vqgan_summary(options, files, tokenizer, job, what, where)
+    return answer_complete(options, {**job, **(extra or {})}, summary, stages)
+
+
+def image_tokenizer_of(vqgan: str | None, preset: str, seed: int, dtype: str = "float32"):
+    """`ImageTokenizer.from_weights(vqgan, preset)`, or a random one of `preset` when vqgan is None
+    (numpy parameters: no JAX)."""
+    from lwmkit.tokenizers.vqgan import ImageTokenizer
 
     if vqgan is None:
         return ImageTokenizer.random(preset, seed=seed, dtype=dtype)
     return ImageTokenizer.from_weights(vqgan, preset=preset, dtype=dtype)
+
+
+def load_image_tokenizer(vqgan: str | None, preset: str, seed: int, dtype: str = "float32"):
+    """`image_tokenizer_of`, in a process whose JAX compiles with lwmkit's persistent cache."""
+    from lwmkit.packing.compile_cache import enable_compile_cache
+
+    enable_compile_cache()  # here, in the driver and in every worker: the VQGAN compiles once per machine
+    return image_tokenizer_of(vqgan, preset, seed, dtype)
 
 
 @dataclass(frozen=True)

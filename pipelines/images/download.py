@@ -36,8 +36,8 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
+from lwmkit.pipelines.engine.drops import DropRecord
 from lwmkit.pipelines.engine.web.http_fetch import fetch_bytes, guarded_opener
-from lwmkit.pipelines.engine.stages import DropRecord
 from lwmkit.pipelines.engine.web.url_guard import DownloadError as DownloadError
 from lwmkit.pipelines.engine.web.url_guard import DownloadOptions as DownloadOptions
 from lwmkit.pipelines.engine.web.url_guard import check_address as check_address

@@ -41,23 +41,20 @@ Run it:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
-from lwmkit.pipelines.dedup.entry import NearDedupOptions
-from lwmkit.pipelines.dedup.images import ImageHashConfig
 from lwmkit.pipelines.dedup.stored import near_dedup_stage
 from lwmkit.pipelines.engine import inputs
 from lwmkit.pipelines.engine.dataflow import register_dry_run
-from lwmkit.pipelines.engine.job_options import check_packing_fields, recorded_options
 from lwmkit.pipelines.engine.lifecycle import PreparedJob, launch
 from lwmkit.pipelines.engine.resume import skip_stored, stored_documents
 from lwmkit.pipelines.engine.stages import StageList, stage_links
-from lwmkit.pipelines.engine.vqgan import VQGANOptions, encode_stage, prepare_vqgan_job, token_dtype
-from lwmkit.pipelines.examples.vision_text import ExampleBuilder, Templates
-from lwmkit.pipelines.images.download import Download, DownloadOptions
-from lwmkit.pipelines.images.sources import SourceOptions, expand_input, read_pairs, source_kind
+from lwmkit.pipelines.engine.vqgan import encode_stage, prepare_vqgan_job, token_dtype
+from lwmkit.pipelines.examples.vision_text import ExampleBuilder
+from lwmkit.pipelines.images.download import Download
+from lwmkit.pipelines.images.options import STAGES, ImagesOptions, images_summary_words
+from lwmkit.pipelines.images.sources import expand_input, read_pairs, source_kind
 from lwmkit.pipelines.images.stages import (
     Decode,
     MakeExample,
@@ -66,11 +63,8 @@ from lwmkit.pipelines.images.stages import (
     keep_first,
 )
 from lwmkit.pipelines.writing.finalize import StageChain
-from lwmkit.pipelines.writing.plan import PackOptions
 from lwmkit.pipelines.writing.tail import write_job_datasets
-from lwmkit.tokenizers.vision import ImageOptions
 
-STAGES = ("read", "caption", "download", "dedup", "decode", "encode", "example")
 CHAIN = StageChain(STAGES, stage_links(STAGES), last="example", grouped=("dedup",))
 NEAR_CHAIN = CHAIN.with_stage("near_dedup", after="dedup")
 # Stages a stored pair skips before near dedup (it takes part there with its stored sketch) and after.
@@ -79,69 +73,6 @@ BEFORE_NEAR, AFTER_NEAR = STAGES[1:4], STAGES[4:]
 
 class NoValidPairsError(ValueError):
     """The job read its inputs but no pair gave an example."""
-
-
-@dataclass(frozen=True)
-class ImagesOptions(VQGANOptions):
-    """Options of the image-text job.
-
-    Attributes:
-      inputs: file globs (local or any Beam filesystem): `.tar`/`.tar.gz`/`.tgz` webdataset shards,
-        `.parquet` (image bytes or URLs with captions), captions `.jsonl` files or their folders.
-      output: output directory.
-      tokenizer: path of a SentencePiece `.model` file (the text tokenizer).
-      vqgan, vqgan_preset, vqgan_seed, vqgan_dtype, batch_size: the VQGAN (`engine.vqgan.VQGANOptions`;
-        batch_size: images per VQGAN call).
-      seq_lens: packed record lengths to produce.
-      generation_fraction: share of pairs made generation examples (the rest: understanding).
-      seed: seed of the per-pair understanding/generation choice.
-      templates: the two prompt templates (see `image_examples`).
-      sources: column names of parquet / jsonl inputs and the image size cap.
-      images: how `load_image` treats small, huge, animated images.
-      download: timeouts, retries and size cap of URL inputs.
-      shard_tokens, pack, runner, direct_running_mode, direct_num_workers, progress, beam_args,
-        force, retry_failures, keep_work: as in `BooksOptions` (with `retry_failures`, only the
-        pairs of the earlier run's failures.jsonl are read, downloaded and encoded again; a retried
-        pair that duplicates one already stored is not caught by dedup).
-      near_dedup: remove near-copies after exact dedup, before decoding (64-bit pHash; off by
-        default, see docs/near-dedup.md); near_threshold: the Hamming distance (bits of 64) at or
-        below which two images are near-copies. Recorded (and part of the work store's identity)
-        only when near_dedup is on.
-    """
-
-    inputs: tuple[str, ...]
-    output: str
-    tokenizer: str
-    seq_lens: tuple[int, ...] = (8192,)
-    generation_fraction: float = 0.5
-    seed: int = 0
-    templates: Templates = field(default_factory=Templates)
-    sources: SourceOptions = field(default_factory=SourceOptions)
-    images: ImageOptions = field(default_factory=ImageOptions)
-    download: DownloadOptions = field(default_factory=DownloadOptions)
-    shard_tokens: int = 1 << 24
-    pack: PackOptions = field(default_factory=PackOptions)
-    near_dedup: bool = False
-    near_threshold: int = 12
-
-    def __post_init__(self):
-        if not self.inputs:
-            raise ValueError("inputs: give at least one file, folder or glob")
-        if not 0 <= self.near_threshold < 32:
-            raise ValueError(f"near_threshold: {self.near_threshold} must be in 0..31 (Hamming bits of 64)")
-        check_packing_fields(self.seq_lens, self.shard_tokens)
-        super().__post_init__()
-
-    def recorded(self) -> dict[str, Any]:
-        """The options as the manifest records them (everything that shapes the output)."""
-        d = recorded_options(self, near_when_on=True)
-        d["download"].pop("user_agent")
-        d["download"].pop("ca_bundle")  # where trust comes from, not what is made
-        return d
-
-    def near(self) -> NearDedupOptions | None:
-        """The near-dedup stage's options, or None when it is off."""
-        return NearDedupOptions("image", ImageHashConfig(max_distance=self.near_threshold)) if self.near_dedup else None
 
 
 # --- the job ---------------------------------------------------------------------------------------
@@ -195,13 +126,10 @@ def image_bytes(pair: dict) -> bytes:
 
 
 def prepare_images(options: ImagesOptions) -> PreparedJob:
-    """Matches the inputs, reads the tokenizer and the VQGAN, builds the job record; see `launch.PreparedJob`.
-
-    Raises:
-      FileNotFoundError: an input pattern matches nothing, or the tokenizer or VQGAN file is missing.
-      TokenizerError: the tokenizer file is not a SentencePiece model.
-    """
-    return prepare_vqgan_job(options, match_inputs(options.inputs), build_pipeline, STAGES, "input files", "")
+    """`engine.vqgan.prepare_vqgan_job` over the matched inputs (folders stand for their captions
+    file); raises what `run_images` raises before anything runs."""
+    return prepare_vqgan_job(options, match_inputs(options.inputs), build_pipeline, STAGES,
+                             *images_summary_words(options))
 
 
 def run_images(options: ImagesOptions) -> dict[str, Any]:

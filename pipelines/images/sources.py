@@ -41,7 +41,7 @@ from typing import Any, BinaryIO
 from lwmkit.pipelines.engine.jsonl import file_chunks, guard_record, parquet_file, parse_object, read_records, split_lines, too_long, utf8_text
 from lwmkit.pipelines.engine.inputs import kind_by_suffix
 from lwmkit.pipelines.engine.outputs import open_input
-from lwmkit.pipelines.engine.stages import Dropped
+from lwmkit.pipelines.engine.drops import Dropped
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
 CAPTION_EXTENSIONS = ("txt", "caption", "text")

@@ -19,9 +19,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-from lwmkit.pipelines.engine.exact_dedup import KeepFirst
+from lwmkit.pipelines.engine.drops import DropRecord, KeepFirst
 from lwmkit.pipelines.engine.normalize import normalize_text
-from lwmkit.pipelines.engine.stages import DropRecord
 from lwmkit.pipelines.examples.vision_text import ExampleBuilder, choose_kind
 from lwmkit.pipelines.writing.payload import example_payload
 from lwmkit.tokenizers.vision import (

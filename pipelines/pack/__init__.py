@@ -1,4 +1,6 @@
 """The pack job (`lwm-pack pack`): packs an existing output's documents again, on a schedule of sequence lengths.
 
-    job.py   StagesOptions, parse_schedule, run_stages
+    options.py   StagesOptions, parse_schedule and the job record they make, without Beam (the quick
+                 no-op answer, complete_stages)
+    job.py       reading document shards, run_stages
 """

@@ -21,91 +21,30 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
-from lwmkit.packing.manifest import load_manifest
 from lwmkit.packing.records import KINDS, RecordError, decode_record
 from lwmkit.packing.shards import read_shard
 from lwmkit.pipelines.engine import runner as runner_lib
-from lwmkit.pipelines.engine.lifecycle import job_record, progress_log, run_job
-from lwmkit.pipelines.engine.outputs import is_local, join, read_output_bytes
+from lwmkit.pipelines.engine.lifecycle import progress_log, run_job
+from lwmkit.pipelines.engine.outputs import is_local, read_output_bytes
 from lwmkit.pipelines.engine.progress import progress_folder
 from lwmkit.pipelines.engine.stages import Dropped, run_stage
+from lwmkit.pipelines.pack.options import SCHEDULES as SCHEDULES
+from lwmkit.pipelines.pack.options import (
+    STAGES,
+    StagesOptions,
+    read_source,
+    stages_job,
+    stages_summary,
+)
+from lwmkit.pipelines.pack.options import parse_schedule as parse_schedule
 from lwmkit.pipelines.writing.finalize import StageChain
 from lwmkit.pipelines.writing.payload import compact_payload
-from lwmkit.pipelines.writing.plan import PackOptions
 from lwmkit.pipelines.writing.tail import write_datasets
 
-SCHEDULES = {
-    "lwm-text": (32768, 131072, 262144, 524288, 1048576),
-    "lwm-vision": (1024, 8192, 32768, 131072, 1048576),
-}
-CHAIN = StageChain(stages=("read_documents",), links=(), last="read_documents")
-
-
-@dataclass(frozen=True)
-class StagesOptions(runner_lib.RunOptions):
-    """Options of the stages job.
-
-    Attributes:
-      documents: a document dataset directory (the books job's `documents/`).
-      output: output directory for the stage datasets.
-      schedule: the stages' seq_lens, e.g. (32768, 131072), or a name in SCHEDULES via `parse`.
-      min_doc_tokens: per stage, pack only documents with at least this many tokens (default 0).
-      shard_tokens, pack, runner, direct_running_mode, direct_num_workers, progress, beam_args,
-      force: as for the books job.
-    """
-
-    documents: str
-    output: str
-    schedule: tuple[int, ...]
-    min_doc_tokens: tuple[int, ...] = ()
-    shard_tokens: int = 1 << 24
-    pack: PackOptions = field(default_factory=PackOptions)
-
-    def __post_init__(self):
-        if not self.schedule:
-            raise ValueError("schedule: give at least one stage length")
-        if list(self.schedule) != sorted(set(self.schedule)):
-            raise ValueError(f"schedule: {self.schedule} must rise strictly, like 32768,131072")
-        for n in self.schedule:
-            if not 2 <= n <= 1 << 24:
-                raise ValueError(f"schedule: {n} is outside 2..{1 << 24}")
-        if self.min_doc_tokens and len(self.min_doc_tokens) != len(self.schedule):
-            raise ValueError(
-                f"min_doc_tokens: {len(self.min_doc_tokens)} values for {len(self.schedule)} stages; give one per stage"
-            )
-        if any(m < 0 for m in self.min_doc_tokens):
-            raise ValueError(f"min_doc_tokens: {self.min_doc_tokens} must be >= 0")
-        super().__post_init__()
-
-    def per_stage_minimum(self) -> dict[int, int]:
-        return dict(zip(self.schedule, self.min_doc_tokens or [0] * len(self.schedule), strict=True))
-
-    def recorded(self) -> dict[str, Any]:
-        return {
-            "documents": self.documents,
-            "schedule": list(self.schedule),
-            "min_doc_tokens": list(self.min_doc_tokens),
-            "shard_tokens": self.shard_tokens,
-            "pack": self.pack.to_json(),
-        }
-
-
-def parse_schedule(text: str) -> tuple[int, ...]:
-    """A schedule from a name in SCHEDULES or comma-separated lengths.
-
-    Raises:
-      ValueError: listing the named schedules when the text is neither.
-    """
-    if text in SCHEDULES:
-        return SCHEDULES[text]
-    try:
-        return tuple(int(x.replace("_", "")) for x in text.split(",") if x.strip())
-    except ValueError as e:
-        raise ValueError(f"schedule {text!r} is not a list of lengths nor one of {sorted(SCHEDULES)}") from e
+CHAIN = StageChain(stages=STAGES, links=(), last="read_documents")
 
 
 def _local_copy(path: str, scratch: str) -> str:
@@ -152,17 +91,9 @@ def run_stages(options: StagesOptions) -> dict[str, Any]:
       ValueError: it does not hold document records.
     """
     log = progress_log(options.progress)
-    source = load_manifest(options.documents)
-    if source["kind"] != "document":
-        raise ValueError(f"{options.documents}: holds {source['kind']} records; `pack` reads a documents/ directory")
-    shards = [join(options.documents, s["file"]) for s in source["shards"]]
-    job = job_record(
-        options.recorded(),
-        [s["file"] + ":" + s["sha256"] for s in source["shards"]],
-        source.get("tokenizer"),
-        runner_lib.describe(options.runner, options.direct_running_mode),
-    )
-    log(f"{len(shards)} document shards, {source['documents']} documents; stages {list(options.schedule)}")
+    source, shards = read_source(options)
+    job = stages_job(options, source)
+    log(stages_summary(options, source, shards))
 
     def build(p: beam.Pipeline):
         paths = p | "document shards" >> beam.Create(shards) | "spread shards" >> beam.Reshuffle()

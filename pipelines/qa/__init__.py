@@ -1,6 +1,7 @@
 """The long-context QA job (`lwm-pack qa`): books to model-generated (or extractive) QA examples.
 
-    job.py          QAOptions, build_pipeline, prepare_qa, run_qa (reads books with the books job's stages)
+    options.py      QAOptions and the job record they make, without Beam (the quick no-op answer, complete_qa)
+    job.py          build_pipeline, prepare_qa, run_qa (reads books with the books job's stages)
     stages.py       chunking, generation batches, assembling contexts
     chunks.py       splitting a book into chunks
     generators.py   the QA generator interface and the chat-model generator

@@ -34,24 +34,20 @@ Run it against a vLLM server (the API key, if any, in $OPENAI_API_KEY):
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
 from lwmkit.packing.shards import dumps_json
 from lwmkit.pipelines.books import job as books_job
 from lwmkit.pipelines.books.job import LengthFilter, keep_first, match_inputs, normalize
-from lwmkit.pipelines.books.options import DocumentOptions
 from lwmkit.pipelines.books.sources import read_documents
 from lwmkit.pipelines.engine import runner as runner_lib
 from lwmkit.pipelines.engine.dataflow import register_dry_run
 from lwmkit.pipelines.engine.inputs import read_tokenizer
 from lwmkit.pipelines.engine.lifecycle import (
     PreparedJob,
-    job_record,
     progress_log,
     require_documents,
     run_job,
@@ -66,9 +62,16 @@ from lwmkit.pipelines.engine.progress import progress_folder
 from lwmkit.pipelines.engine.resume import previous_failures
 from lwmkit.pipelines.engine.stages import StageList, stage_links
 from lwmkit.pipelines.qa.accounting import retry_entry, stage_counts
-from lwmkit.pipelines.qa.assembly import ContextOptions
-from lwmkit.pipelines.qa.extractive import ExtractiveGenerator, ExtractiveOptions
-from lwmkit.pipelines.qa.generators import ChatGeneratorOptions, ChatQAGenerator, QAGenerator
+from lwmkit.pipelines.qa.options import (
+    STAGES,
+    QAOptions,
+    document_shards,
+    generation_line,
+    has_qa_section,
+    make_generator,
+    qa_job,
+    qa_job_summary,
+)
 from lwmkit.pipelines.qa.stages import (
     AssembleBook,
     ChunkBook,
@@ -81,124 +84,15 @@ from lwmkit.pipelines.qa.stages import (
     validate,
 )
 from lwmkit.pipelines.writing.finalize import FAILURES_FILE, StageChain
-from lwmkit.pipelines.writing.plan import PackOptions
 from lwmkit.pipelines.writing.tail import write_datasets
-from lwmkit.tokenizers.text import SentencePieceTokenizer
 
-STAGES = ("read", "normalize", "filter", "dedup", "chunk", "generate", "validate", "assemble")
 # generate receives batches of books and yields one per book
 CHAIN = StageChain(STAGES, stage_links(STAGES), last="assemble", grouped=("dedup", "generate"))
 STATS_FILE = "qa_stats.json"
-GeneratorOptions = ExtractiveOptions | ChatGeneratorOptions
 
 
 class NoValidContextsError(ValueError):
     """The job read its inputs but assembled no context."""
-
-
-def make_generator(options: GeneratorOptions) -> QAGenerator:
-    """The generator for its options: `ExtractiveOptions` or `ChatGeneratorOptions`.
-
-    Raises:
-      ValueError: naming the type for anything else.
-    """
-    makers = {ExtractiveOptions: ExtractiveGenerator, ChatGeneratorOptions: ChatQAGenerator}
-    if type(options) not in makers:
-        raise ValueError(f"generator: {type(options).__name__} is not one of {[t.__name__ for t in makers]}")
-    return makers[type(options)](options)
-
-
-@dataclass(frozen=True)
-class QAOptions(DocumentOptions, runner_lib.RunOptions):
-    """Options of the QA job.
-
-    Attributes:
-      inputs: raw book file globs (as for the books job); or
-      documents: a `documents/` directory of the books job (give inputs or documents, not both).
-      output: output directory.
-      tokenizer: path of a SentencePiece `.model` file.
-      generator: `ExtractiveOptions` (no model) or `ChatGeneratorOptions` (an OpenAI-compatible server).
-      context: chunk size, context length, fill, chat templates (presets: `ContextOptions.preset`).
-      max_attempts: replies parsed per chunk (a reply failing validation costs an attempt).
-      cache_dir: the reply cache (default `<output>/generator-cache`).
-      books_per_batch: books whose chunks share one pool of `concurrency` requests in flight.
-      text_key, min_chars, max_chars, near_dedup, near_threshold (`books.options.DocumentOptions`),
-      shard_tokens, pack, runner, direct_running_mode, direct_num_workers, progress, beam_args,
-        force: as for the books job (near_dedup's options are recorded only when it is on).
-    """
-
-    output: str
-    tokenizer: str
-    inputs: tuple[str, ...] = ()
-    documents: str | None = None
-    generator: GeneratorOptions = field(default_factory=ExtractiveOptions)
-    context: ContextOptions = field(default_factory=ContextOptions)
-    max_attempts: int = 3
-    cache_dir: str | None = None
-    books_per_batch: int = 4
-    shard_tokens: int = 1 << 24
-    pack: PackOptions = field(default_factory=PackOptions)
-    retry_failures: bool = False
-
-    def __post_init__(self):
-        self.check_near_threshold()
-        if bool(self.inputs) == bool(self.documents):
-            raise ValueError("inputs/documents: give raw inputs or a documents/ directory, exactly one of them")
-        if not isinstance(self.generator, ExtractiveOptions | ChatGeneratorOptions):
-            raise ValueError(
-                f"generator: {type(self.generator).__name__} is not ExtractiveOptions or ChatGeneratorOptions"
-            )
-        if not 1 <= self.max_attempts <= 20:
-            raise ValueError(f"max_attempts: {self.max_attempts} is outside 1..20")
-        if not 1 <= self.books_per_batch <= 4096:
-            raise ValueError(f"books_per_batch: {self.books_per_batch} is outside 1..4096")
-        self.check_char_range()
-        if self.shard_tokens < 1:
-            raise ValueError(f"shard_tokens: {self.shard_tokens} must be >= 1")
-        super().__post_init__()
-
-    @property
-    def cache_directory(self) -> str:
-        return self.cache_dir or join(self.output, "generator-cache")
-
-    def recorded(self) -> dict[str, Any]:
-        """What shapes the output (the manifest's options; a change rebuilds). No transport settings, no key."""
-        gen = make_generator(self.generator).describe()
-        if "client" in gen:
-            gen["client"] = {k: gen["client"][k] for k in ("base_url", "model")}
-        return {
-            "inputs": list(self.inputs),
-            "documents": self.documents,
-            "tokenizer": self.tokenizer,
-            "generator": gen,
-            "context": dataclasses.asdict(self.context),
-            "max_attempts": self.max_attempts,
-            "text_key": self.text_key,
-            "min_chars": self.min_chars,
-            "max_chars": self.max_chars,
-            "shard_tokens": self.shard_tokens,
-            "pack": self.pack.to_json(),
-            **({"near_dedup": True, "near_threshold": self.near_threshold} if self.near_dedup else {}),
-        }
-
-
-def _document_shards(directory: str, tokenizer: SentencePieceTokenizer) -> list[str]:
-    """The shard paths of a documents/ directory made with this tokenizer.
-
-    Raises:
-      ValueError: if the directory holds other records or was made with another tokenizer.
-    """
-    from lwmkit.packing.manifest import load_manifest
-
-    source = load_manifest(directory)
-    if source["kind"] != "document":
-        raise ValueError(f"{directory}: holds {source['kind']} records; --documents reads a documents/ directory")
-    made_with = (source.get("tokenizer") or {}).get("sha256")
-    if made_with != tokenizer.fingerprint()["sha256"]:
-        raise ValueError(
-            f"{directory}: made with tokenizer sha256 {made_with}, not {tokenizer.name}; texts would not decode"
-        )
-    return [join(directory, s["file"]) for s in source["shards"]]
 
 
 def build_pipeline(
@@ -262,15 +156,6 @@ def build_pipeline(
     )
 
 
-def _has_qa_section(output: str) -> bool | None:
-    """Whether an existing job manifest has its `qa` section (None: no readable manifest)."""
-    raw = read_output_bytes(join(output, "manifest.json"))
-    try:
-        return None if raw is None else "qa" in json.loads(raw)
-    except json.JSONDecodeError:
-        return None
-
-
 def _add_qa_section(output: str, seq_len: int, retried: Sequence[dict] | None) -> dict[str, Any]:
     """Moves the job's statistics into its manifest (the finalize stage wrote it without them),
     restates its stage counts in one unit per stage (in every dataset manifest too) and, after
@@ -294,13 +179,6 @@ def _add_qa_section(output: str, seq_len: int, retried: Sequence[dict] | None) -
     return manifest
 
 
-def _inputs_line(options: QAOptions, files: list[str]) -> str:
-    """What the job reads, for its first progress line: input files, or a documents/ directory's shards."""
-    if options.documents:
-        return f"documents of {options.documents} ({len(files)} shard{'s' if len(files) != 1 else ''})"
-    return f"{len(files)} input file{'s' if len(files) != 1 else ''}"
-
-
 def prepare_qa(options: QAOptions) -> PreparedJob:
     """Reads the tokenizer, matches the inputs (or a documents/ directory), builds the job record
     with the generator's description; see `launch.PreparedJob`. The QA job resumes through its
@@ -312,24 +190,15 @@ def prepare_qa(options: QAOptions) -> PreparedJob:
       ValueError: `documents` is not a documents/ directory of this tokenizer.
     """
     tokenizer = read_tokenizer(options.tokenizer)
-    files = _document_shards(options.documents, tokenizer) if options.documents else match_inputs(options.inputs)
+    files = document_shards(options.documents, tokenizer) if options.documents else match_inputs(options.inputs)
     generator = make_generator(options.generator)
-    job = job_record(
-        options.recorded(),
-        files,
-        {**tokenizer.fingerprint(), "path": options.tokenizer},
-        runner_lib.describe(options.runner, options.direct_running_mode),
-    )
-    job["generator"] = generator.describe()
-    c = options.context
+    job = qa_job(options, files, tokenizer, generator)
     return PreparedJob(
         files=files,
         job=job,
         build=lambda p, receipts=(), retried=None: build_pipeline(p, options, files, tokenizer, generator, job, retried),
         stages=STAGES,
-        summary=f"{_inputs_line(options, files)}; tokenizer {tokenizer.name} ({tokenizer.vocab_size} pieces); generator "
-        f"{job['generator']['kind']}; chunks of ~{c.chunk_tokens} tokens into contexts of {c.seq_len}; "
-        f"reply cache {options.cache_directory}; runner {job['runner']}",
+        summary=qa_job_summary(options, files, tokenizer, job),
     )
 
 
@@ -353,7 +222,7 @@ def run_qa(options: QAOptions) -> dict[str, Any]:
     prepared = prepare_qa(options)
     files, job = prepared.files, prepared.job
     log(prepared.summary)
-    force = options.force or _has_qa_section(options.output) is False  # a run that stopped before its last step
+    force = options.force or has_qa_section(options.output) is False  # a run that stopped before its last step
     # A retry runs the whole job again: the reply cache answers every request that succeeded
     # before, so only the failed chunks cost generator calls.
     retried = previous_failures(options.output) if options.retry_failures else None
@@ -369,8 +238,7 @@ def run_qa(options: QAOptions) -> dict[str, Any]:
     )
     if "qa" not in manifest:
         manifest = _add_qa_section(options.output, options.context.seq_len, retried)
-    g = manifest["qa"]["generation"]
-    log(f"{g['calls']} generator calls, {g['cache_hits']} cache hits, {g['usage']['total_tokens']} tokens used")
+    log(generation_line(manifest))
     require_documents(manifest, NoValidContextsError, "no QA context assembled from", files, options.output)
     return manifest
 

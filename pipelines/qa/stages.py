@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import apache_beam as beam
-from lwmkit.pipelines.engine.stages import Dropped, DropRecord
+from lwmkit.pipelines.engine.drops import Dropped, DropRecord
 from lwmkit.pipelines.pack.job import read_document_records
 from lwmkit.pipelines.qa.assembly import ContextBuilder, ContextOptions
 from lwmkit.pipelines.qa.cache import ReplyCache

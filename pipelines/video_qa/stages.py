@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from lwmkit.pipelines.engine.stages import Dropped, DropRecord
+from lwmkit.pipelines.engine.drops import Dropped, DropRecord
 from lwmkit.pipelines.qa.cache import ReplyCache
 from lwmkit.pipelines.qa.calls import generate_all, generate_pairs
 from lwmkit.pipelines.video_qa.clips import ClipOptions, find_clips

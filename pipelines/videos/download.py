@@ -54,9 +54,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from lwmkit.pipelines.engine.drops import DropRecord
 from lwmkit.pipelines.engine.job_options import check_ranges
 from lwmkit.pipelines.engine.outputs import is_local, join, read_output_bytes, write_output_bytes
-from lwmkit.pipelines.engine.stages import DropRecord
 from lwmkit.pipelines.engine.web.url_guard import DownloadError, DownloadOptions, check_url
 from lwmkit.pipelines.videos.transport import (
     direct_media,

@@ -57,117 +57,44 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
-from lwmkit.pipelines.dedup.entry import NearDedupOptions
 from lwmkit.pipelines.dedup.stored import near_dedup_stage
-from lwmkit.pipelines.dedup.videos import VideoClip, VideoHashConfig
+from lwmkit.pipelines.dedup.videos import VideoClip
 from lwmkit.pipelines.engine import inputs
 from lwmkit.pipelines.engine.dataflow import register_dry_run
-from lwmkit.pipelines.engine.job_options import check_packing_fields, recorded_options
 from lwmkit.pipelines.engine.lifecycle import PreparedJob, launch
-from lwmkit.pipelines.engine.outputs import join
 from lwmkit.pipelines.engine.resume import skip_stored, stored_documents
 from lwmkit.pipelines.engine.stages import StageList, stage_links
-from lwmkit.pipelines.engine.vqgan import VQGANOptions, prepare_vqgan_job
-from lwmkit.pipelines.videos.download import DownloadVideo, VideoDownloadOptions
-from lwmkit.pipelines.videos.examples import VideoTemplates
-from lwmkit.pipelines.videos.frames import DecodeOptions
-from lwmkit.pipelines.videos.sources import VideoSourceOptions, read_videos, source_kind
+from lwmkit.pipelines.engine.vqgan import prepare_vqgan_job
+from lwmkit.pipelines.videos.download import DownloadVideo
+from lwmkit.pipelines.videos.options import (
+    STAGES,
+    VideosOptions,
+    check_time_ranges,
+    videos_summary_words,
+)
+from lwmkit.pipelines.videos.sources import read_videos, source_kind
 from lwmkit.pipelines.videos.stages import (
     check_text,
     content_id,
     decode_to_examples,
     keep_first,
 )
-from lwmkit.pipelines.videos.workers import DEFAULT_TASK
 from lwmkit.pipelines.writing.finalize import StageChain
-from lwmkit.pipelines.writing.plan import PackOptions
 from lwmkit.pipelines.writing.tail import write_job_datasets
 
-STAGES = ("read", "text", "dedup", "download", "decode", "frames", "encode", "gather", "example")
 CHAIN = StageChain(STAGES, stage_links(STAGES, ("read", "frames"), {"gather": "decode"}), last="example",
                    grouped=("dedup", "gather"))
 NEAR_CHAIN = CHAIN.with_stage("near_dedup", after="download")
 # Stages a stored video skips before near dedup (it takes part there with its stored sketch) and after.
 BEFORE_NEAR, AFTER_NEAR = STAGES[1:4], STAGES[4:]
-WORK_DIR = "video-cache"
 
 
 class NoValidVideosError(ValueError):
     """The job read its inputs but no video gave an example."""
-
-
-@dataclass(frozen=True)
-class VideosOptions(VQGANOptions):
-    """Options of the video-text job.
-
-    Attributes:
-      inputs: file globs (local or any Beam filesystem) of `.parquet`, `.csv` or `.jsonl` lists.
-      output: output directory.
-      tokenizer: path of a SentencePiece `.model` file (the text tokenizer).
-      vqgan, vqgan_preset, vqgan_seed, vqgan_dtype, batch_size: the VQGAN, as in `ImagesOptions`
-        (`engine.vqgan.VQGANOptions`; batch_size: frames per VQGAN call).
-      seq_lens: packed record lengths to produce.
-      generation_fraction: share of captioned videos made generation examples.
-      seed: seed of the per-video understanding/generation choice.
-      templates: the three kinds' templates (see `video_examples`).
-      sources: column names and whether absolute paths may be read.
-      download: yt-dlp options, the work directory (None: `<output>/video-cache`), retries, limits.
-      decode: frame sampling, decoders and decode worker settings.
-      shard_tokens, pack, runner, direct_running_mode, direct_num_workers, progress, beam_args,
-        force, retry_failures, keep_work: as in `BooksOptions` (a retried video that duplicates one
-        already stored is not caught by dedup).
-      decode_task, decode_python_path: what the decode workers run (tests swap in a crashing task).
-      near_dedup: remove near-copies after the download, before decoding (pHash per frame and the
-        clip rule; off by default, see docs/near-dedup.md); near_threshold: the share of aligned
-        frames that must match for two clips to be near-copies. Recorded (and part of the work
-        store's identity) only when near_dedup is on.
-    """
-
-    inputs: tuple[str, ...]
-    output: str
-    tokenizer: str
-    seq_lens: tuple[int, ...] = (32768,)
-    generation_fraction: float = 0.5
-    seed: int = 0
-    templates: VideoTemplates = field(default_factory=VideoTemplates)
-    sources: VideoSourceOptions = field(default_factory=VideoSourceOptions)
-    download: VideoDownloadOptions = field(default_factory=VideoDownloadOptions)
-    decode: DecodeOptions = field(default_factory=DecodeOptions)
-    shard_tokens: int = 1 << 24
-    pack: PackOptions = field(default_factory=PackOptions)
-    decode_task: str = DEFAULT_TASK
-    decode_python_path: tuple[str, ...] = ()
-    near_dedup: bool = False
-    near_threshold: float = 0.8
-
-    def __post_init__(self):
-        if not self.inputs:
-            raise ValueError("inputs: give at least one file or glob")
-        if not 0.0 < self.near_threshold <= 1.0:
-            raise ValueError(f"near_threshold: {self.near_threshold} must be in (0, 1] (a share of frames)")
-        check_packing_fields(self.seq_lens, self.shard_tokens)
-        super().__post_init__()
-
-    @property
-    def work_dir(self) -> str:
-        return self.download.work_dir or join(self.output, WORK_DIR)
-
-    def recorded(self) -> dict[str, Any]:
-        """The options as the manifest records them (everything that shapes the output)."""
-        d = recorded_options(self, not_recorded=("decode_task", "decode_python_path"), near_when_on=True)
-        d["download"] = self.download.recorded()
-        d["decode"] = self.decode.recorded()
-        return d
-
-    def near(self) -> NearDedupOptions | None:
-        """The near-dedup stage's options, or None when it is off."""
-        return NearDedupOptions("video", VideoHashConfig(clip_threshold=self.near_threshold)) if self.near_dedup else None
 
 
 def match_inputs(patterns: Sequence[str]) -> list[str]:
@@ -189,16 +116,8 @@ def video_clip(video: dict) -> VideoClip:
     return VideoClip(video["video_path"], video.get("start"), video.get("end"))
 
 
-def build_pipeline(
-    p: beam.Pipeline,
-    options: VideosOptions,
-    files: list[str],
-    tokenizer,
-    vqgan_sha256: str,
-    job: dict,
-    receipts: Sequence[str] = (),
-    retried: Sequence[dict] | None = None,
-):
+def build_pipeline(p: beam.Pipeline, options: VideosOptions, files: list[str], tokenizer, vqgan_sha256: str,
+                   job: dict, receipts: Sequence[str] = (), retried: Sequence[dict] | None = None):
     """Adds the video job's stages to pipeline `p`; videos already in the work store are skipped."""
     stage = StageList.for_job(options)
     near = options.near()
@@ -224,16 +143,10 @@ def build_pipeline(
 
 
 def prepare_videos(options: VideosOptions) -> PreparedJob:
-    """Matches the inputs, reads the tokenizer and the VQGAN, builds the job record; see `launch.PreparedJob`.
-
-    Raises:
-      FileNotFoundError: an input pattern matches nothing, or the tokenizer or VQGAN file is missing.
-      ValueError: an unsupported input suffix.
-      TokenizerError: the tokenizer file is not a SentencePiece model.
-    """
-    return prepare_vqgan_job(
-        options, match_inputs(options.inputs), build_pipeline, STAGES, "video lists", f"downloads in {options.work_dir}"
-    )
+    """`engine.vqgan.prepare_vqgan_job` over the matched video lists; raises what `run_videos`
+    raises before anything runs (an unsupported suffix, a missing input, tokenizer or VQGAN file)."""
+    return prepare_vqgan_job(options, match_inputs(options.inputs), build_pipeline, STAGES,
+                             *videos_summary_words(options))
 
 
 def run_videos(options: VideosOptions) -> dict[str, Any]:
@@ -243,15 +156,14 @@ def run_videos(options: VideosOptions) -> dict[str, Any]:
       The job manifest (also written to `<output>/manifest.json`).
 
     Raises:
+      ValueError: time_ranges without ffmpeg, or an unsupported input suffix.
       FileNotFoundError: an input pattern matches nothing, or the tokenizer or VQGAN file is missing,
         or retry_failures finds no earlier run.
-      ValueError: time_ranges without ffmpeg, or an unsupported input suffix.
       TokenizerError: the tokenizer file is not a SentencePiece model.
       NoValidVideosError: no video gave an example (see failures.jsonl for why).
       CountMismatchError (via the runner): records were lost between stages.
     """
-    if options.download.time_ranges and shutil.which("ffmpeg") is None:
-        raise ValueError("download.time_ranges: yt-dlp cuts time ranges with ffmpeg, which is not installed")
+    check_time_ranges(options)
     return launch(options, prepare_videos, NoValidVideosError, "no valid videos in")
 
 

@@ -42,7 +42,7 @@ from typing import Any
 
 from lwmkit.pipelines.engine.jsonl import file_chunks, guard_record, not_an_object, parse_line, read_records, split_lines, too_long
 from lwmkit.pipelines.engine.inputs import kind_by_suffix
-from lwmkit.pipelines.engine.stages import Dropped
+from lwmkit.pipelines.engine.drops import Dropped
 from lwmkit.pipelines.images.sources import unsafe_member_name
 
 URL_COLUMNS = ("url", "contentUrl", "video_url", "URL")

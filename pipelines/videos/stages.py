@@ -32,7 +32,7 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 from lwmkit.pipelines.engine import progress as progress_lib
-from lwmkit.pipelines.engine.exact_dedup import KeepFirst
+from lwmkit.pipelines.engine.drops import KeepFirst
 from lwmkit.pipelines.engine.normalize import normalize_text
 from lwmkit.pipelines.engine.outputs import is_local
 from lwmkit.pipelines.engine.stages import (

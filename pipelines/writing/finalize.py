@@ -26,8 +26,8 @@ from lwmkit.packing.records import (
     tfds_features_json,
 )
 from lwmkit.packing.shards import WRITER_OPTIONS, ShardInfo, dataset_info_json, dumps_json
+from lwmkit.pipelines.engine.drops import failure_row, failure_sort_key
 from lwmkit.pipelines.engine.outputs import delete_outputs, join, list_outputs, write_output_bytes
-from lwmkit.pipelines.engine.stages import failure_row, failure_sort_key
 from lwmkit.pipelines.writing.plan import (
     DOCUMENTS,
     PackOptions,

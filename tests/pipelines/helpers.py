@@ -149,3 +149,39 @@ def checked_failures(out: Path, input_failures: Sequence[tuple]) -> tuple[list[d
     where = [((r["stage"], r["file"], r["line"], r["reason"]), r["stage"].startswith("pack-")) for r in rows]
     assert sorted(w for w, packing in where if not packing) == sorted(input_failures)
     return rows, sorted(w for w, packing in where if packing)
+
+
+def work_copy(folder: str | os.PathLike, tmp_path: Path, monkeypatch) -> str:
+    """A copy of `folder` (modification times kept) made the current directory: a test that reruns
+    a job over it leaves the module's built outputs as they were."""
+    import shutil
+
+    shutil.copytree(folder, tmp_path / "w")
+    monkeypatch.chdir(tmp_path / "w")
+    return str(tmp_path / "w")
+
+
+def inodes(folder: str) -> dict[str, int]:
+    """Every file under `folder` by its inode: equal before and after means nothing was rewritten."""
+    return {os.path.join(d, n): os.stat(os.path.join(d, n)).st_ino for d, _, names in os.walk(folder) for n in names}
+
+
+def run_cli_child(argv: Sequence[str], modules: Sequence[str] = ("apache_beam",)):
+    """Runs `lwm-pack ARGV` in a fresh interpreter that prints, as its last line, the first three
+    loaded modules of the top-level packages `modules`; returns (the result, its CPU-seconds)."""
+    import resource
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom lwmkit.pipelines.cli import main\nrc = main(sys.argv[1:])\n"
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {tuple(modules)!r})[:3])\nsys.exit(rc)\n")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = subprocess.run([sys.executable, "-P", "-c", code, *argv], capture_output=True, text=True, timeout=120)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return proc, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def touch_later(path: str) -> None:
+    """Moves `path`'s modification time one second on (its contents unchanged)."""
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))

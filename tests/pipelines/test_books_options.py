@@ -5,9 +5,6 @@ changed falls through to the full launch, which rebuilds."""
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
 
 import pytest
 from apache_beam.io.filesystems import FileSystems
@@ -16,7 +13,16 @@ from lwmkit.pipelines.books import options as options_lib
 from lwmkit.pipelines.cli import main
 from lwmkit.pipelines.engine.inputs import local_matches
 
-from .helpers import book, record, write_jsonl, write_jsonl_zst
+from .helpers import (
+    book,
+    inodes,
+    record,
+    run_cli_child,
+    touch_later,
+    work_copy,
+    write_jsonl,
+    write_jsonl_zst,
+)
 
 
 def _command(bpe_model: str, *extra: str) -> list[str]:
@@ -43,10 +49,7 @@ def built(bpe_model, tmp_path_factory) -> str:
 
 @pytest.fixture
 def here(built, tmp_path, monkeypatch) -> str:
-    """A copy of `built` (modification times kept) as the current directory."""
-    shutil.copytree(built, tmp_path / "w")
-    monkeypatch.chdir(tmp_path / "w")
-    return str(tmp_path / "w")
+    return work_copy(built, tmp_path, monkeypatch)
 
 
 _REAL = (books_lib.build_pipeline, options_lib.complete_books)
@@ -71,12 +74,8 @@ class _Calls:
         monkeypatch.setattr(options_lib, "complete_books", complete)
 
 
-def _inodes(folder: str) -> dict[str, int]:
-    return {os.path.join(d, n): os.stat(os.path.join(d, n)).st_ino for d, _, names in os.walk(folder) for n in names}
-
-
 def test_the_quick_answer_is_the_full_paths_answer(here, bpe_model, monkeypatch, capsys):
-    before = _inodes("out")
+    before = inodes("out")
     full = _Calls(monkeypatch, quick=False)  # the launch's own complete check
     assert main(_command(bpe_model)) == 0
     full_out = capsys.readouterr()
@@ -87,19 +86,14 @@ def test_the_quick_answer_is_the_full_paths_answer(here, bpe_model, monkeypatch,
     assert quick.builds == 0 and quick.answers[0]["documents"] == 4
     assert (quick_out.out, quick_out.err) == (full_out.out, full_out.err)
     assert "out is already complete for these inputs and options" in quick_out.err
-    assert _inodes("out") == before  # nothing rewritten
-
-
-def _touch(path: str) -> None:
-    st = os.stat(path)
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert inodes("out") == before  # nothing rewritten
 
 
 @pytest.mark.parametrize("change", ["input mtime", "input size", "option", "missing shard", "lock held"])
 def test_a_change_falls_through_to_the_launch(here, bpe_model, monkeypatch, change):
     extra = []
     if change == "input mtime":
-        _touch("raw/notes.txt")
+        touch_later("raw/notes.txt")
     elif change == "input size":
         with open("raw/notes.txt", "a", encoding="utf-8") as f:
             f.write(" more")
@@ -122,15 +116,7 @@ def test_a_change_falls_through_to_the_launch(here, bpe_model, monkeypatch, chan
 
 
 def test_a_no_op_rerun_does_not_import_beam(here, bpe_model):
-    import resource
-
-    code = ("import sys\nfrom lwmkit.pipelines.cli import main\nrc = main(sys.argv[1:])\n"
-            "print(sorted(m for m in sys.modules if m.startswith('apache_beam'))[:3])\nsys.exit(rc)\n")
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = subprocess.run([sys.executable, "-P", "-c", code, *_command(bpe_model), "--quiet"],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    proc, cpu = run_cli_child([*_command(bpe_model), "--quiet"])
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["4 documents -> documents: 4 records, packed-512: "
                                         f"{proc.stdout.split('packed-512: ')[1].split()[0]} records; 0 failures", "[]"]

@@ -103,8 +103,10 @@ def test_the_flags_reach_the_job_options(command, extra, want, monkeypatch, tmp_
 
     seen = []
     monkeypatch.setattr(dataflow, "dry_run_instead", lambda options: seen.append(options) or True)
-    argv = [command, "--input", str(tmp_path / "x.jsonl"), "--tokenizer", "t.model", "--output", str(tmp_path / "o"),
-            *extra]
+    for name in ("x.jsonl", "t.model"):  # the command refuses missing local files before building options
+        (tmp_path / name).touch()
+    argv = [command, "--input", str(tmp_path / "x.jsonl"), "--tokenizer", str(tmp_path / "t.model"), "--output",
+            str(tmp_path / "o"), *extra]
     assert main(argv) in (0, None)
     (options,) = seen
     assert (options.near_dedup, options.near_threshold) == want
