@@ -25,6 +25,7 @@ Example, a 10 fps clip of 30 frames, count sampling with num_frames 4:
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -185,7 +186,8 @@ def decode_video(job: dict[str, Any]) -> Iterator[tuple]:
 
     Args:
       job: {"path": local file, "name": for messages, "clip": [start, end] (None for open ends),
-        "options": `DecodeOptions.to_json()`}.
+        "options": `DecodeOptions.to_json()`, "cwd": the folder a relative path is relative to
+        (the sender's working folder: a worker started earlier may have started in another)}.
 
     Yields:
       ("meta", dict) once, before any frame: frame positions and times, the decoder, the source's
@@ -202,6 +204,8 @@ def decode_video(job: dict[str, Any]) -> Iterator[tuple]:
     raw["decoders"] = tuple(raw["decoders"])
     options = DecodeOptions(**raw)
     path, name = job["path"], job.get("name") or job["path"]
+    if job.get("cwd") and os.getcwd() != job["cwd"]:
+        os.chdir(job["cwd"])  # a worker started for an earlier job: relative paths are the sender's
     clip = tuple(job.get("clip") or (None, None))
     index = probe(path, options.min_side, options.max_pixels)
     positions = sample_frames(index.times, options.sampling, clip, index.end)

@@ -109,7 +109,7 @@ def decode_job(video: dict, options: DecodeOptions) -> dict[str, Any]:
     raw = options.to_json()
     if video.get("sampling"):
         raw["sampling"] = dict(video["sampling"])
-    return {"path": video["video_path"], "name": name, "clip": clip, "options": raw}
+    return {"path": video["video_path"], "name": name, "clip": clip, "options": raw, "cwd": os.getcwd()}
 
 
 class DecodeVideos(RuntimeState, beam.DoFn):

@@ -60,6 +60,24 @@ def test_frames_stream_in_order_and_workers_are_reused(clips):
         pool.close()
 
 
+def test_a_relative_path_is_the_senders_even_after_it_changed_folder(clips, tmp_path, monkeypatch):
+    # A worker started while the caller sat in one folder decodes a relative path given from
+    # another (a later job of the same process, e.g. in a notebook) where the caller means it.
+    pool = DecoderPool(workers=1)
+    try:
+        monkeypatch.chdir(tmp_path)
+        _frames(pool, _job(clips["ok"]))  # the worker starts here
+        elsewhere = os.path.dirname(clips["ok"])
+        monkeypatch.chdir(elsewhere)
+        relative = {**_job(os.path.basename(clips["ok"])), "cwd": elsewhere}
+        meta, frames = _frames(pool, relative)
+        assert pool.started == 1 and [read_index(f) for f in frames] == [0, 3, 7, 11]
+        with pytest.raises(VideoError, match="missing_file"):  # without the sender's folder: not found
+            _frames(pool, {**relative, "cwd": str(tmp_path)})
+    finally:
+        pool.close()
+
+
 def test_a_crash_costs_one_video(clips):
     pool = DecoderPool(task="video_inputs:crash_task", python_path=(HERE,))
     try:
