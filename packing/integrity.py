@@ -61,12 +61,13 @@ if google_crc32c.implementation != "c":  # pragma: no cover - every wheel we pin
 
 @dataclass(frozen=True)
 class Hash:
-    """A checksum algorithm: its name in manifests and messages, its value width in bytes, and the
-    hash of one buffer and of buffers one after another (contiguous read-only uint8 arrays, e.g.
-    slices of a mapped file, or bytes)."""
+    """A checksum algorithm: its name in manifests and messages, the manifest key its tables are
+    listed under, its value width in bytes, and the hash of one buffer and of buffers one after
+    another (contiguous read-only uint8 arrays, e.g. slices of a mapped file, or bytes)."""
 
     name: str
     label: str
+    key: str
     width: int
     of: Callable[[Any], int]
     of_parts: Callable[[Sequence[Any]], int]
@@ -79,11 +80,10 @@ def _xxh3_parts(parts: Sequence[Any]) -> int:
     return h.intdigest()
 
 
-XXH3_64 = Hash("xxh3_64", "XXH3-64", 8, xxhash.xxh3_64_intdigest, _xxh3_parts)
-CRC32C = Hash("crc32c", "CRC32C", 4, google_crc32c.value,
+XXH3_64 = Hash("xxh3_64", "XXH3-64", FIELD, 8, xxhash.xxh3_64_intdigest, _xxh3_parts)
+CRC32C = Hash("crc32c", "CRC32C", LEGACY_FIELD, 4, google_crc32c.value,
               lambda parts: reduce(google_crc32c.extend, parts[1:], google_crc32c.value(parts[0])))
-HASHES = {h.name: h for h in (XXH3_64, CRC32C)}
-KEY_OF = {XXH3_64.name: FIELD, CRC32C.name: LEGACY_FIELD}  # the manifest key of a table by algorithm
+HASHES = {h.name: h for h in (XXH3_64, CRC32C)}  # the manifest is read in this order: XXH3 first
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ class ShardChecksums:
     @property
     def key(self) -> str:
         """The manifest key this table is listed under (`checksums`, or `crc32c` for CRC32C tables)."""
-        return KEY_OF[self.algorithm]
+        return self.hash.key
 
     def values(self) -> list[int]:
         return np.frombuffer(self.ranges, dtype=f"<u{self.hash.width}").tolist()
@@ -131,11 +131,12 @@ class ShardChecksums:
         if not isinstance(entry, Mapping):
             raise ValueError(f"{key} must be an object, got {type(entry).__name__}")
         algorithm = CRC32C.name if key == LEGACY_FIELD else entry.get("algorithm")
-        if key != KEY_OF.get(algorithm):
+        known = HASHES.get(algorithm) if isinstance(algorithm, str) else None  # JSON may give a list
+        if known is None or known.key != key:
             raise ValueError(f"{key}.algorithm {algorithm!r}: this lwmkit reads {XXH3_64.name!r}")
         if entry.get("version") != VERSION:
             raise ValueError(f"{key} version {entry.get('version')!r}, this lwmkit reads {VERSION}")
-        width = HASHES[algorithm].width
+        width = known.width
         range_bytes, outside, ranges = (entry.get(k) for k in ("range_bytes", "outside", "ranges"))
         if not _is_int(range_bytes) or range_bytes < 1:
             raise ValueError(f"{key}.range_bytes must be an int >= 1, got {range_bytes!r}")
@@ -170,14 +171,14 @@ def table_of(shard: Mapping[str, Any]) -> ShardChecksums | None:
     Raises:
       ValueError: the table is malformed (see `ShardChecksums.from_json`).
     """
-    for key in (FIELD, LEGACY_FIELD):
-        if key in shard:
-            return ShardChecksums.from_json(shard[key], key)
+    for h in HASHES.values():
+        if h.key in shard:
+            return ShardChecksums.from_json(shard[h.key], h.key)
     return None
 
 
 def has_table(shard: Mapping[str, Any]) -> bool:
-    return FIELD in shard or LEGACY_FIELD in shard
+    return any(h.key in shard for h in HASHES.values())
 
 
 def _is_int(value: Any) -> bool:

@@ -179,6 +179,11 @@ def test_a_deeply_nested_manifest_is_a_manifest_error(tmp_path):
             "checksums.algorithm 'md5'",
         ),
         (
+            [{"file": "s", "records": 1, "bytes": 1, "sha256": "0" * 64,
+              "checksums": {"algorithm": ["xxh3_64"], "version": 1}}],  # fmt: skip
+            r"checksums.algorithm \['xxh3_64'\]",
+        ),
+        (
             [{"file": "s", "records": 1, "bytes": 1, "sha256": "0" * 64, "checksums": {
               "algorithm": "xxh3_64", "version": 1, "range_bytes": 65536, "outside": 5, "ranges": ""}}],  # fmt: skip
             "checksums.outside must be 16 lower-case hex digits",
