@@ -1,5 +1,6 @@
-"""What a stage function says about a record it drops, without Beam: `DropRecord` (raised),
-`Dropped` (yielded), the failure row each becomes, and `KeepFirst`, the exact-dedup verdict.
+"""What a stage function says about a record it drops, without Beam: `DropRecord` (raised; a
+`ReasonError`, like every exception that names a failure's reason), `Dropped` (yielded), the
+failure row each becomes, and `KeepFirst`, the exact-dedup verdict.
 
 Readers, downloaders and the VQGAN step import these markers; `stages.py` (the Beam stage adapter)
 turns them into failure rows. Keeping them apart from Beam lets a job's options and input checks
@@ -23,13 +24,20 @@ from dataclasses import dataclass
 from typing import Any
 
 
-class DropRecord(Exception):  # noqa: N818 - it is a signal, not an error of the job
-    """Raised by a stage function to drop the current record with a reason."""
+class ReasonError(Exception):
+    """An exception that says why in two parts: `reason`, the short name a failure row counts
+    (`missing_file`, `timeout`, ...), and `detail`, the rest; its message is "reason: detail".
+    The base of `DropRecord`, the downloaders' `DownloadError`, the decoders' `VideoError` and the
+    model client's `CallError`."""
 
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+
+
+class DropRecord(ReasonError):  # noqa: N818 - it is a signal, not an error of the job
+    """Raised by a stage function to drop the current record with a reason."""
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from lwmkit.pipelines.engine.drops import ReasonError
 from lwmkit.pipelines.engine.job_options import check_ranges
 
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
@@ -88,14 +89,12 @@ class ChatReply:
     waited_s: float = 0.0
 
 
-class CallError(Exception):
+class CallError(ReasonError):
     """A call that got no 200 reply: `reason` is e.g. `http_429`, `http_401`, `timeout`, `connection_error`;
     `requests` the HTTP requests it sent, `waited_s` the seconds it spent in backoff before giving up."""
 
     def __init__(self, reason: str, detail: str = "", requests: int = 0, waited_s: float = 0.0):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
+        super().__init__(reason, detail)
         self.requests = requests
         self.waited_s = waited_s
 

@@ -36,19 +36,15 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from lwmkit.pipelines.engine.drops import ReasonError
 from lwmkit.pipelines.engine.job_options import check_ranges
 
 SAMPLING_MODES = ("count", "fps")
 _TRUNCATION_SLACK = (0.5, 0.05)  # frames may end this early (seconds, share of duration) before it counts
 
 
-class VideoError(Exception):
+class VideoError(ReasonError):
     """A video cannot be turned into frames; `reason` is one of the module docstring's reasons."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
 
 
 

@@ -52,18 +52,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from lwmkit.pipelines.engine.drops import ReasonError
 from lwmkit.pipelines.engine.job_options import check_ranges
 
 RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
-class DownloadError(Exception):
+class DownloadError(ReasonError):
     """A URL could not be fetched; `reason` is one of the module docstring's reasons."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
 
     @property
     def retryable(self) -> bool:
